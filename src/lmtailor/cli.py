@@ -1,0 +1,182 @@
+"""The ``lmtailor`` command: run, demo, validate, report, models, data inspect. A thin layer over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from importlib.resources import files
+from pathlib import Path
+
+from rich.console import Console
+
+console = Console(stderr=False)
+
+
+def _setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=Console(stderr=True), show_path=False, markup=False, rich_tracebacks=False)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler], force=True)
+    logging.getLogger("lmtailor").setLevel(logging.DEBUG if verbose else logging.INFO)
+    # Transformers prints a warning per generate() call about unset generation flags; keep the console readable.
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+def packaged_example(name: str) -> Path:
+    """Path of an example experiment shipped inside the package."""
+    return Path(str(files("lmtailor").joinpath("examples", name)))
+
+
+def _load(path: Path, overrides: list[str]):
+    from lmtailor.config import load_experiment
+
+    return load_experiment(path, overrides)
+
+
+def _print_results(run_dir: Path, title: str) -> None:
+    from lmtailor.report.table import results_rich_table
+
+    records = [json.loads(p.read_text()) for p in sorted((run_dir / "results").glob("*.json"))]
+    records.sort(key=lambda r: r.get("started_at", ""))
+    console.print(results_rich_table(records, title=title))
+    console.print(f"run directory: {run_dir}")
+    console.print(f"table: {run_dir / 'results.md'}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from lmtailor.runner import run_experiment
+
+    exp = _load(args.experiment, args.set)
+    run_dir = run_experiment(exp, base_dir=args.experiment.resolve().parent, out_dir=args.out)
+    _print_results(run_dir, exp.name)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    path = packaged_example("demo.yaml")
+    console.print(f"demo experiment: {path}")
+    args.experiment = path
+    return cmd_run(args)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from lmtailor.data.prepare import prepare_data
+    from lmtailor.runner import plan_rows, resolve_task
+
+    exp = _load(args.experiment, args.set)
+    prepared = prepare_data(exp.data, exp.task.type or "", args.experiment.resolve().parent)
+    task = resolve_task(exp, prepared.task_defaults, prepared.splits)
+    for w in prepared.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+    s = prepared.splits
+    console.print(f"{args.experiment}: valid. Task {task.name} ({task.type}); "
+                  f"{len(s.train)} train / {len(s.validation)} validation / {len(s.test)} test rows.")
+    for row in plan_rows(exp):
+        console.print(f"  row {row.row_id}: {row.label} on {row.model_ref}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from lmtailor.io import write_text_atomic
+    from lmtailor.report.table import results_markdown
+
+    run_dir: Path = args.run_dir
+    paths = sorted((run_dir / "results").glob("*.json"))
+    if not paths:
+        console.print(f"[red]{run_dir}: no results/*.json: is this a run directory made by `lmtailor run`?[/]")
+        return 2
+    records = sorted((json.loads(p.read_text()) for p in paths), key=lambda r: r.get("started_at", ""))
+    write_text_atomic(run_dir / "results.md", results_markdown(records, title=run_dir.name))
+    _print_results(run_dir, run_dir.name)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from lmtailor.models import list_models
+
+    table = Table(title="models available locally")
+    entries = list_models()
+    keys = list(dict.fromkeys(k for e in entries for k in e))
+    for k in keys:
+        table.add_column(k, overflow="fold")
+    for e in entries:
+        table.add_row(*(str(e.get(k, "")) for k in keys))
+    console.print(table)
+    return 0
+
+
+def cmd_data_inspect(args: argparse.Namespace) -> int:
+    from lmtailor.data.inspect import inspect_data
+    from lmtailor.data.prepare import prepare_data
+
+    exp = _load(args.experiment, args.set)
+    prepared = prepare_data(exp.data, exp.task.type or "", args.experiment.resolve().parent)
+    task_type = exp.task.type or prepared.task_defaults.get("type", "")
+    console.print(inspect_data(prepared, task_type))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed so tests can check every command's --help)."""
+    parser = argparse.ArgumentParser(prog="lmtailor", description="Run the model customization spectrum on your task "
+                                     "and measure which rung pays.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_experiment(p: argparse.ArgumentParser, positional: bool = True) -> None:
+        if positional:
+            p.add_argument("experiment", type=Path, help="experiment YAML file")
+        p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                       help="override a key of the experiment file, e.g. strategies.0.shots=8 (repeatable)")
+
+    p = sub.add_parser("run", help="run an experiment file and print the cost-benefit table")
+    with_experiment(p)
+    p.add_argument("--out", type=Path, default=None, help="parent directory of the run directory (default: output_dir)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="run the packaged demo experiment on the embedded models")
+    with_experiment(p, positional=False)
+    p.add_argument("--out", type=Path, default=None, help="parent directory of the run directory (default: runs)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("validate", help="check an experiment file and its data without loading any model")
+    with_experiment(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("report", help="rebuild results.md from a run directory's saved results")
+    p.add_argument("run_dir", type=Path, help="a run directory written by `lmtailor run`")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("models", help="list the models available locally (embedded and converted)")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("data", help="dataset tools")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    q = data_sub.add_parser("inspect", help="print a dataset's size, label balance and length statistics")
+    with_experiment(q)
+    q.set_defaults(func=cmd_data_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``lmtailor`` console command."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    from lmtailor.errors import UserError
+    from lmtailor.registry import UnknownNameError
+
+    try:
+        return args.func(args)
+    except (UserError, UnknownNameError) as e:  # messages written for people: no traceback
+        console.print(f"error: {e}", style="red", markup=False, highlight=False)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

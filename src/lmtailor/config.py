@@ -1,0 +1,190 @@
+"""The experiment file: YAML, CLI ``--set`` overrides and the Python API all build one validated ``Experiment``.
+
+Unknown keys, wrong types, missing fields and duplicate YAML keys are errors naming the file and the key path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lmtailor.data.config import DataConfig
+from lmtailor.errors import UserError
+from lmtailor.measure.pricing import Pricing
+from lmtailor.registry import UnknownNameError
+from lmtailor.strategies import STRATEGIES, Budget, StrategyConfig
+from lmtailor.tasks import TASK_TYPES
+
+
+class ConfigError(UserError, ValueError):
+    """An experiment file that cannot be used; the message lists every problem with its key path."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TaskConfig(_Strict):
+    """What the model must do. Built-in datasets fill in what is left out."""
+
+    type: str | None = Field(None, description="task type: classification or generation (default: from the built-in dataset)")
+    name: str | None = Field(None, description="task name shown in the report (default: the dataset's name)")
+    instruction: str | None = Field(None, description="the instruction every model sees (default: from the built-in dataset)")
+    labels: list[str] | None = Field(None, description="classification label set (default: the training targets)")
+
+
+class BudgetConfig(_Strict):
+    """Size limits that keep a run within the user's time and money."""
+
+    max_input_tokens: int = Field(256, gt=0, description="inputs longer than this are truncated (and counted)")
+    max_new_tokens: int = Field(32, gt=0, description="generation length limit")
+    max_seq_len: int = Field(384, gt=0, description="training sequence length limit (prompt + response)")
+    eval_batch_size: int = Field(8, gt=0, description="batch size for scoring and generation")
+
+    def to_budget(self) -> Budget:
+        return Budget(**self.model_dump())
+
+
+class RuntimeConfig(_Strict):
+    """Device and precision; ``auto`` picks what the hardware does natively."""
+
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="compute dtype")
+    device: str | None = Field(None, description="torch device (default: cuda if present, else cpu)")
+
+
+class Experiment(_Strict):
+    """One experiment: a task and its data, the models, the strategies to run on each, budget and prices."""
+
+    name: str = Field(description="experiment name; the run directory is named after it")
+    description: str = Field("", description="free text")
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    data: DataConfig
+    models: list[str] = Field(min_length=1, description="model references: embedded alias, local directory or hub id")
+    strategies: list[Any] = Field(min_length=1, description="strategy runs; each is validated by its strategy's config")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="training/sampling seeds; one row per seed")
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    pricing: Pricing = Field(default_factory=Pricing)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    output_dir: str = Field("runs", description="where run directories are created (relative to the working directory)")
+
+    def strategy_configs(self) -> list[StrategyConfig]:
+        return list(self.strategies)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that rejects duplicate keys instead of silently keeping the last one."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(f"duplicate key {key!r} at line {key_node.start_mark.line + 1} "
+                              f"(first at line {seen[key]}); remove one of them")
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def read_yaml(path: Path) -> dict:
+    """Read an experiment YAML file into a dict, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such experiment file")
+    try:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the experiment file must be a mapping of keys (name, data, models, strategies, ...)")
+    return raw
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``key.path=value`` overrides (values parsed as YAML; list items by index, e.g. ``strategies.0.shots=8``)."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. strategies.0.shots=8")
+        value = yaml.safe_load(text) if text else ""
+        parts = key.split(".")
+        node: Any = raw
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            where = ".".join(parts[: depth + 1])
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"--set {key}: {where} is not an index of a list with {len(node)} entries")
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value  # an unknown key is reported by validation, with its path
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                raise ConfigError(f"--set {key}: {'.'.join(parts[:depth])} is a value, not a mapping or list")
+    return raw
+
+
+def _format_errors(source: str, prefix: tuple, err: ValidationError) -> list[str]:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in (*prefix, *e["loc"]))
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see the example experiment files)"
+        lines.append(f"{source}: {loc}: {msg}")
+    return lines
+
+
+def validate_experiment(raw: dict, source: str = "<experiment>") -> Experiment:
+    """Validate a raw mapping into an ``Experiment``; every problem is reported with its key path."""
+    problems: list[str] = []
+    strategies: list[StrategyConfig] = []
+    for i, item in enumerate(raw.get("strategies") or []):
+        if not isinstance(item, dict) or "name" not in item:
+            problems.append(f"{source}: strategies.{i}: expected a mapping with a 'name' (one of {', '.join(STRATEGIES)})")
+            continue
+        try:
+            cls = STRATEGIES.get(str(item["name"])).Config
+            strategies.append(cls.model_validate(item))
+        except UnknownNameError as e:
+            problems.append(f"{source}: strategies.{i}.name: {e}")
+        except ValidationError as e:
+            problems.extend(_format_errors(source, ("strategies", i), e))
+    try:
+        exp = Experiment.model_validate(raw)
+    except ValidationError as e:
+        problems.extend(_format_errors(source, (), e))
+        exp = None
+    if exp is not None and exp.task.type is not None and exp.task.type not in TASK_TYPES:
+        problems.append(f"{source}: task.type: {TASK_TYPES.unknown_message(exp.task.type)}")
+    if problems:
+        raise ConfigError("invalid experiment:\n  " + "\n  ".join(problems))
+    assert exp is not None
+    exp.strategies = strategies
+    return exp
+
+
+def load_experiment(path: Path, overrides: list[str] | None = None) -> Experiment:
+    """Read, override and validate an experiment file."""
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    return validate_experiment(raw, source=str(path))
+
+
+def dump_experiment(exp: Experiment) -> str:
+    """The resolved experiment as YAML (strategies with all their defaults filled in)."""
+    data = exp.model_dump(mode="json", exclude={"strategies"})
+    data["strategies"] = [s.model_dump(mode="json") for s in exp.strategy_configs()]
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

@@ -1,0 +1,182 @@
+"""The one meter: every strategy run is measured here, the same way, so the comparison does not lie.
+
+Records wall and CPU time per phase, peak RSS (sampled by a thread, so it is the peak of *this* run, not of
+the process's lifetime), CUDA peak memory, tokens per phase, parameters, artifact size, latency and money.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import psutil
+
+from lmtailor.measure.pricing import Pricing
+
+PHASES = ("load", "train", "inference")
+
+
+@dataclass
+class _PhaseClock:
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    tokens: int = 0
+    examples: int = 0
+
+
+class _RssSampler(threading.Thread):
+    """Polls the process RSS; ru_maxrss would report the whole process's lifetime peak instead of this run's."""
+
+    def __init__(self, interval_s: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        self.interval_s = interval_s
+        self.proc = psutil.Process(os.getpid())
+        self.peak = self.proc.memory_info().rss
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval_s):
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+
+    def stop(self) -> int:
+        self._stop_event.set()
+        self.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+        return self.peak
+
+
+def _cpu_seconds() -> float:
+    t = psutil.Process(os.getpid()).cpu_times()
+    return t.user + t.system
+
+
+def dir_size_bytes(path: Path) -> int:
+    """Return the size on disk of a file or of everything under a directory."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+@dataclass
+class Meter:
+    """Measures one strategy run. Use as a context manager; strategies mark phases and count tokens."""
+
+    pricing: Pricing = field(default_factory=Pricing)
+    hardware: str = "cpu"
+    phases: dict[str, _PhaseClock] = field(default_factory=lambda: {p: _PhaseClock() for p in PHASES})
+    trainable_params: int | None = None
+    total_params: int | None = None
+    artifacts: dict[str, int] = field(default_factory=dict)
+    flops: dict[str, float] = field(default_factory=dict)
+    _sampler: _RssSampler | None = None
+    _start_wall: float = 0.0
+    _start_cpu: float = 0.0
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    rss_start: int = 0
+    rss_peak: int = 0
+    cuda_peak: int | None = None
+
+    def __enter__(self) -> "Meter":
+        self._sampler = _RssSampler()
+        self.rss_start = self._sampler.peak
+        self._sampler.start()
+        if self.hardware == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+        self._start_wall, self._start_cpu = time.perf_counter(), _cpu_seconds()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall_s = time.perf_counter() - self._start_wall
+        self.cpu_s = _cpu_seconds() - self._start_cpu
+        assert self._sampler is not None
+        self.rss_peak = self._sampler.stop()
+        if self.hardware == "cuda":
+            import torch
+
+            self.cuda_peak = int(torch.cuda.max_memory_allocated())
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[_PhaseClock]:
+        """Time a phase ("load", "train" or "inference"); time accumulates over repeated entries."""
+        if name not in self.phases:
+            raise ValueError(f"unknown meter phase {name!r}; use one of {', '.join(self.phases)}")
+        clock = self.phases[name]
+        w, c = time.perf_counter(), _cpu_seconds()
+        try:
+            yield clock
+        finally:
+            clock.wall_s += time.perf_counter() - w
+            clock.cpu_s += _cpu_seconds() - c
+
+    def add_tokens(self, phase: str, n: int) -> None:
+        """Count ``n`` real (non-padding) tokens processed in ``phase``."""
+        self.phases[phase].tokens += int(n)
+
+    def add_examples(self, phase: str, n: int) -> None:
+        """Count ``n`` examples processed in ``phase`` (inference latency is time / examples)."""
+        self.phases[phase].examples += int(n)
+
+    def set_params(self, trainable: int, total: int) -> None:
+        self.trainable_params, self.total_params = int(trainable), int(total)
+
+    def add_artifact(self, name: str, path: Path) -> None:
+        """Record the on-disk size of a saved artifact (adapter, model, index)."""
+        self.artifacts[name] = dir_size_bytes(path)
+
+    def add_flops(self, phase: str, flops: float) -> None:
+        """Add an estimate of floating-point operations (see ``estimate_flops``)."""
+        self.flops[phase] = self.flops.get(phase, 0.0) + float(flops)
+
+    def record(self) -> dict:
+        """Everything measured, with money, as a JSON-ready dict."""
+        train, infer = self.phases["train"], self.phases["inference"]
+        per_example = infer.wall_s / infer.examples if infer.examples else None
+        rate = self.pricing.usd_per_hour(self.hardware)
+        return {
+            "hardware": self.hardware,
+            "wall_s": round(self.wall_s, 3),
+            "cpu_s": round(self.cpu_s, 3),
+            "phases": {k: {"wall_s": round(v.wall_s, 3), "cpu_s": round(v.cpu_s, 3), "tokens": v.tokens,
+                           "examples": v.examples} for k, v in self.phases.items()},
+            "peak_rss_bytes": self.rss_peak,
+            "rss_at_start_bytes": self.rss_start,
+            "cuda_peak_bytes": self.cuda_peak,
+            "trainable_params": self.trainable_params,
+            "total_params": self.total_params,
+            "artifact_bytes": self.artifacts,
+            "flops": self.flops,
+            "inference_latency_s_per_example": per_example,
+            "tokens_per_s": {"train": train.tokens / train.wall_s if train.wall_s else None,
+                             "inference": infer.tokens / infer.wall_s if infer.wall_s else None},
+            "usd": {
+                "rate_per_hour": rate,
+                "train": self.pricing.usd(self.hardware, train.wall_s),
+                "total": self.pricing.usd(self.hardware, self.wall_s),
+                "inference_per_1k": self.pricing.usd(self.hardware, per_example * 1000) if per_example else None,
+            },
+        }
+
+
+def estimate_flops(params: int, tokens: int, kind: str, trainable: int | None = None) -> float:
+    """Estimate FLOPs with the usual dense-transformer rules (Kaplan et al. 2020).
+
+    inference: 2·N per token. full training: 6·N per token (forward 2N, backward 4N).
+    PEFT training: 4·N + 2·T per token — the backward still propagates activation gradients through all N
+    frozen weights (2N) but computes weight gradients only for the T trainable ones (2T).
+    """
+    if kind == "inference":
+        return 2.0 * params * tokens
+    if kind == "full":
+        return 6.0 * params * tokens
+    if kind == "peft":
+        return (4.0 * params + 2.0 * (trainable or 0)) * tokens
+    raise ValueError(f"unknown FLOP estimate kind {kind!r}")

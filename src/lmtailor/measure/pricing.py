@@ -1,0 +1,27 @@
+"""Money: hardware $/hour and API $/1M tokens, with documented defaults the experiment file overrides."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Pricing(BaseModel):
+    """Prices used to turn measured time and tokens into dollars."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Defaults: a 2-vCPU general-purpose cloud VM (~$0.10/h) and a single 24 GB data-centre GPU (~$1.20/h),
+    # on-demand list prices of the big clouds in 2025-26, rounded. Override them with your own.
+    cpu_usd_per_hour: float = Field(0.10, ge=0, description="$/hour of the CPU machine a run uses")
+    cuda_usd_per_hour: float = Field(1.20, ge=0, description="$/hour of one GPU machine")
+    mps_usd_per_hour: float = Field(0.10, ge=0, description="$/hour of an Apple-silicon machine")
+    api_usd_per_1m_input_tokens: float = Field(0.0, ge=0, description="API price of input tokens (API-backed models)")
+    api_usd_per_1m_output_tokens: float = Field(0.0, ge=0, description="API price of output tokens (API-backed models)")
+
+    def usd_per_hour(self, hardware: str) -> float:
+        """Return the hourly price of ``hardware`` ("cpu", "cuda" or "mps")."""
+        return getattr(self, f"{hardware}_usd_per_hour")
+
+    def usd(self, hardware: str, seconds: float) -> float:
+        """Return the cost of ``seconds`` of ``hardware`` time."""
+        return self.usd_per_hour(hardware) * seconds / 3600.0

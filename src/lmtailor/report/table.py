@@ -1,0 +1,154 @@
+"""The cost-benefit table: a pure function of result records, rendered as Markdown and in the terminal."""
+
+from __future__ import annotations
+
+import statistics
+from collections import OrderedDict
+from dataclasses import dataclass
+
+
+@dataclass
+class TableRow:
+    """One strategy × model line, aggregated over seeds."""
+
+    label: str
+    model: str
+    metric: str
+    score: float | None
+    score_std: float | None
+    seeds: int
+    delta: float | None
+    train_s: float
+    infer_s_per_1k: float | None
+    peak_rss_mb: float
+    trainable: int | None
+    total: int | None
+    usd_train: float
+    usd_per_1k: float | None
+    status: str
+
+
+def _primary(record: dict) -> tuple[str, float | None]:
+    name = record.get("primary_metric")
+    for m in record.get("metrics", []):
+        if m["name"] == name:
+            return name, m["value"]
+    return name or "-", None
+
+
+def _mean(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.fmean(vals) if vals else None
+
+
+def _is_zero_shot(record: dict) -> bool:
+    return record.get("strategy") == "prompt" and record.get("config", {}).get("shots", 0) == 0
+
+
+def build_rows(records: list[dict]) -> list[TableRow]:
+    """Group records by (label, model), average over seeds, and compare with the zero-shot baseline of that model."""
+    groups: OrderedDict[tuple[str, str], list[dict]] = OrderedDict()
+    for r in records:
+        groups.setdefault((r["label"], r["model"]), []).append(r)
+    baselines: dict[str, float] = {}
+    for r in records:
+        if _is_zero_shot(r) and r.get("status") == "ok":
+            baselines.setdefault(r["model"], _primary(r)[1])
+    fallback = next(iter(baselines.values()), None)
+    rows = []
+    for (label, model), recs in groups.items():
+        ok = [r for r in recs if r.get("status") == "ok"]
+        scores = [_primary(r)[1] for r in ok]
+        score = _mean(scores)
+        std = statistics.stdev(scores) if len(scores) > 1 else None
+        base = baselines.get(model, fallback)
+        meters = [r["meter"] for r in recs]
+        rows.append(TableRow(
+            label=label, model=model, metric=_primary(recs[0])[0] if ok else "-", score=score, score_std=std,
+            seeds=len(ok), delta=None if score is None or base is None or _is_zero_shot(recs[0]) else score - base,
+            train_s=_mean([m["phases"]["train"]["wall_s"] for m in meters]) or 0.0,
+            infer_s_per_1k=_mean([m["inference_latency_s_per_example"] * 1000 if m["inference_latency_s_per_example"] else None for m in meters]),
+            peak_rss_mb=(_mean([m["peak_rss_bytes"] for m in meters]) or 0) / 2**20,
+            trainable=meters[0]["trainable_params"], total=meters[0]["total_params"],
+            usd_train=_mean([m["usd"]["train"] for m in meters]) or 0.0,
+            usd_per_1k=_mean([m["usd"]["inference_per_1k"] for m in meters]),
+            status="ok" if len(ok) == len(recs) else f"failed {len(recs) - len(ok)}/{len(recs)}: "
+            + next(r["error"]["type"] for r in recs if r.get("status") != "ok"),
+        ))
+    return rows
+
+
+def _fmt_params(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.3g}{unit}"
+    return str(n)
+
+
+def _fmt_duration(s: float | None) -> str:
+    if s is None:
+        return "-"
+    if s >= 3600:
+        return f"{s / 3600:.1f} h"
+    if s >= 60:
+        return f"{s / 60:.1f} min"
+    return f"{s:.1f} s"
+
+
+def _fmt_usd(v: float | None) -> str:
+    return "-" if v is None else f"${v:.4f}" if v < 1 else f"${v:,.2f}"
+
+
+HEADERS = ["approach", "model", "metric", "Δ vs zero-shot", "train time", "inference / 1k",
+           "peak memory", "trainable params", "$ train", "$ / 1k inferences", "status"]
+
+
+def format_rows(rows: list[TableRow]) -> list[list[str]]:
+    """Turn table rows into display strings, one list per row in ``HEADERS`` order."""
+    out = []
+    for r in rows:
+        score = "-" if r.score is None else f"{r.metric} {r.score:.3f}" + (f" ± {r.score_std:.3f}" if r.score_std is not None else "")
+        if r.seeds > 1:
+            score += f" ({r.seeds} seeds)"
+        delta = "-" if r.delta is None else f"{r.delta * 100:+.1f} pts"
+        trainable = "0" if r.trainable == 0 else _fmt_params(r.trainable)
+        if r.trainable and r.total:
+            trainable += f" ({100 * r.trainable / r.total:.2g}%)"
+        out.append([r.label, r.model, score, delta, _fmt_duration(r.train_s) if r.train_s else "-",
+                    _fmt_duration(r.infer_s_per_1k), f"{r.peak_rss_mb:,.0f} MB", trainable,
+                    _fmt_usd(r.usd_train) if r.train_s else "-", _fmt_usd(r.usd_per_1k), r.status])
+    return out
+
+
+def results_markdown(records: list[dict], title: str = "results") -> str:
+    """The cost-benefit table as Markdown, with the facts a reader needs to trust it."""
+    rows = format_rows(build_rows(records))
+    lines = [f"# {title}", "", "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    if records:
+        r0 = records[0]
+        env = r0.get("environment", {})
+        lines += ["", f"All rows are scored on the same {r0['test_rows']} test rows (ids digest "
+                  f"`{r0['test_ids_sha256']}`, listed in `splits.json`).",
+                  f"Hardware: {env.get('device', '?')}, {env.get('precision', '?')} ({env.get('precision_reason', '')}); "
+                  f"$ at {_fmt_usd(r0['meter']['usd']['rate_per_hour'])}/hour from the pricing table.",
+                  "Δ vs zero-shot: difference in the metric from the same model's zero-shot row, in percentage points.",
+                  "Inference / 1k: measured wall time per test example × 1000 (batch as configured)."]
+        failed = [r for r in records if r.get("status") != "ok"]
+        for r in failed:
+            lines.append(f"- **{r['row_id']} failed**: {r['error']['type']}: {r['error']['message']}")
+    return "\n".join(lines) + "\n"
+
+
+def results_rich_table(records: list[dict], title: str = "results"):
+    """The same table for the terminal (rich)."""
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=False)
+    for h in HEADERS:
+        table.add_column(h, overflow="fold")
+    for row in format_rows(build_rows(records)):
+        table.add_row(*row, style=None if row[-1] == "ok" else "red")
+    return table

@@ -1,0 +1,198 @@
+"""Run an experiment: prepare data once, run every strategy × model × size × seed row in the meter, score, record.
+
+A failed row is recorded as failed (with its error) and the run goes on; nothing overwrites another run.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import logging
+import re
+import time
+import traceback
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+from lmtailor.config import ConfigError, Experiment, dump_experiment
+from lmtailor.data.example import DatasetSplits
+from lmtailor.data.prepare import prepare_data
+from lmtailor.data.splits import nested_subsets
+from lmtailor.environment import describe_environment
+from lmtailor.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
+from lmtailor.measure.meter import Meter
+from lmtailor.report.table import results_markdown
+from lmtailor.runtime import Runtime, detect_runtime
+from lmtailor.strategies import STRATEGIES, RunContext, Strategy
+from lmtailor.tasks import TASK_TYPES, TaskSpec
+from lmtailor.tasks.evaluator import evaluate
+
+RESULT_SCHEMA_VERSION = 1
+log = logging.getLogger("lmtailor")
+
+
+@dataclass
+class PlannedRow:
+    """One strategy run: a configured strategy on one model, with an optional training-set size and a seed."""
+
+    row_id: str
+    strategy: Strategy
+    model_ref: str
+    seed: int
+    train_size: int | None
+
+    @property
+    def label(self) -> str:
+        size = f" n={self.train_size}" if self.train_size is not None else ""
+        return self.strategy.label() + size
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower()
+
+
+def plan_rows(exp: Experiment) -> list[PlannedRow]:
+    """Expand the experiment's strategies into rows; row ids are unique and readable."""
+    rows: list[PlannedRow] = []
+    seen: set[str] = set()
+    for cfg in exp.strategy_configs():
+        cls = STRATEGIES.get(cfg.name)
+        for model in cfg.models or exp.models:
+            probe = cls(cfg)
+            sizes = (getattr(cfg, "train_sizes", None) or [None]) if probe.uses_training_data() else [None]
+            seeds = exp.seeds if probe.uses_seed() else exp.seeds[:1]
+            for size in sizes:
+                for seed in seeds:
+                    row = PlannedRow("", cls(cfg), model, seed, size)
+                    base = f"{_slug(row.label)}__{_slug(model)}__s{seed}"
+                    row_id, k = base, 2
+                    while row_id in seen:
+                        row_id, k = f"{base}-{k}", k + 1
+                    seen.add(row_id)
+                    row.row_id = row_id
+                    rows.append(row)
+    return rows
+
+
+def resolve_task(exp: Experiment, defaults: dict, splits: DatasetSplits) -> TaskSpec:
+    """Combine the experiment's task block with the dataset's defaults; fail clearly on what is still missing."""
+    cfg = exp.task
+    task_type = cfg.type or defaults.get("type")
+    if task_type is None:
+        raise ConfigError("task.type is not set and the dataset has no default: set task.type to "
+                         f"one of {', '.join(TASK_TYPES)}")
+    instruction = cfg.instruction or defaults.get("instruction")
+    if not instruction:
+        raise ConfigError("task.instruction is not set: write the instruction every model should follow")
+    labels = None
+    if TASK_TYPES.get(task_type).output == "labels":
+        labels = tuple(cfg.labels or defaults.get("labels") or sorted({e.target for e in splits.train}))
+        unknown = sorted({e.target for e in splits.test} - set(labels))
+        if unknown:
+            raise ConfigError(f"test targets {unknown[:5]} are not in task.labels; add them or fix the data")
+    return TaskSpec(cfg.name or defaults.get("name") or exp.name, task_type, instruction, labels)
+
+
+def _ids_digest(ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+
+
+def run_row(row: PlannedRow, exp: Experiment, task: TaskSpec, splits: DatasetSplits, subsets: dict[int, list],
+            runtime: Runtime, run_dir: Path, env: dict) -> dict:
+    """Run one row inside the meter, score it with the evaluator, write its record and predictions."""
+    from transformers import set_seed
+
+    data = splits if row.train_size is None else replace(splits, train=subsets[row.train_size])
+    meter = Meter(pricing=exp.pricing, hardware=runtime.hardware)
+    ctx = RunContext(task=task, data=data, model_ref=row.model_ref, budget=exp.budget.to_budget(), seed=row.seed,
+                     meter=meter, out_dir=run_dir / "artifacts" / row.row_id, runtime=runtime, log=log)
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    record: dict = {"schema_version": RESULT_SCHEMA_VERSION, "row_id": row.row_id, "label": row.label,
+                    "strategy": row.strategy.config.name, "config": row.strategy.config.model_dump(mode="json"),
+                    "model": row.model_ref, "seed": row.seed, "train_size": len(data.train),
+                    "train_size_requested": row.train_size, "task": {"name": task.name, "type": task.type},
+                    "test_rows": len(splits.test), "test_ids_sha256": _ids_digest([e.id for e in splits.test])}
+    predictions: list[str] | None = None
+    set_seed(row.seed)
+    try:
+        with meter:
+            output = row.strategy.run(ctx)
+        predictions = output.predictions
+        scored = evaluate(task, splits.test, predictions)
+        record.update(status="ok", error=None, metrics=scored["metrics"], primary_metric=scored["primary_metric"],
+                      score_details=scored["details"], details=output.details,
+                      artifacts={k: str(Path(v).relative_to(run_dir)) if Path(v).is_relative_to(run_dir) else str(v)
+                                 for k, v in output.artifacts.items()})
+    except Exception as e:  # a failed row is kept and shown as failed, never dropped
+        log.error("row %s failed: %s: %s", row.row_id, type(e).__name__, e)
+        record.update(status="failed", metrics=[], details={},
+                      error={"type": type(e).__name__, "message": str(e), "traceback": traceback.format_exc()})
+    record.update(meter=meter.record(), environment=env, started_at=started,
+                  finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    write_json_atomic(run_dir / "results" / f"{row.row_id}.json", record)
+    if predictions is not None:
+        write_jsonl_atomic(run_dir / "predictions" / f"{row.row_id}.jsonl",
+                           ({"id": e.id, "target": e.target, "prediction": p} for e, p in zip(splits.test, predictions)))
+    gc.collect()
+    return record
+
+
+def new_run_dir(exp: Experiment, out_dir: Path | None) -> Path:
+    """Create a fresh run directory; runs never overwrite each other."""
+    root = Path(out_dir or exp.output_dir)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir, k = root / f"{_slug(exp.name)}-{stamp}", 2
+    while run_dir.exists():
+        run_dir, k = root / f"{_slug(exp.name)}-{stamp}-{k}", k + 1
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def _attach_log_file(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / "run.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("lmtailor", "transformers", "peft", "trl"):
+        logging.getLogger(name).addHandler(handler)
+    logging.getLogger("lmtailor").setLevel(logging.INFO)
+    return handler
+
+
+def run_experiment(exp: Experiment, base_dir: Path, out_dir: Path | None = None) -> Path:
+    """Run every row of ``exp``; returns the run directory holding config, splits, results, predictions, log, table."""
+    runtime = detect_runtime(exp.runtime.precision, exp.runtime.device)
+    prepared = prepare_data(exp.data, exp.task.type or "", base_dir)  # before any model is loaded
+    for w in prepared.warnings:
+        log.warning(w)
+    splits = prepared.splits
+    task = resolve_task(exp, prepared.task_defaults, splits)
+    rows = plan_rows(exp)
+    sizes = sorted({r.train_size for r in rows if r.train_size is not None})
+    subsets = dict(zip(sizes, nested_subsets(splits.train, sizes, exp.data.seed))) if sizes else {}
+
+    run_dir = new_run_dir(exp, out_dir)
+    handler = _attach_log_file(run_dir)
+    try:
+        log.info("run directory: %s", run_dir)
+        log.info("runtime: %s", runtime.describe())
+        log.info("task %s (%s): %d train / %d validation / %d test rows%s", task.name, task.type, len(splits.train),
+                 len(splits.validation), len(splits.test), f", {len(task.labels)} labels" if task.labels else "")
+        write_text_atomic(run_dir / "config.yaml", dump_experiment(exp))
+        write_json_atomic(run_dir / "splits.json", {"source": splits.source, "seed": exp.data.seed, **splits.ids(),
+                                                    "learning_curve_subsets": {str(k): [e.id for e in v] for k, v in subsets.items()},
+                                                    "warnings": prepared.warnings})
+        write_json_atomic(run_dir / "task.json", {"name": task.name, "type": task.type,
+                                                  "instruction": task.instruction, "labels": task.labels})
+        env = describe_environment(runtime)
+        records = []
+        for i, row in enumerate(rows, 1):
+            log.info("[%d/%d] %s on %s (seed %d)", i, len(rows), row.label, row.model_ref, row.seed)
+            t0 = time.perf_counter()
+            records.append(run_row(row, exp, task, splits, subsets, runtime, run_dir, env))
+            log.info("[%d/%d] %s: %s in %.1fs", i, len(rows), row.row_id, records[-1]["status"], time.perf_counter() - t0)
+        write_text_atomic(run_dir / "results.md", results_markdown(records, title=exp.name))
+    finally:
+        for name in ("lmtailor", "transformers", "peft", "trl"):
+            logging.getLogger(name).removeHandler(handler)
+        handler.close()
+    return run_dir

@@ -1,0 +1,56 @@
+"""Choose the device and the dtype from what the hardware supports, and say why."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The device and compute dtype a run uses, with the reason shown in the run output."""
+
+    device: str
+    precision: Literal["fp32", "bf16", "fp16"]
+    reason: str
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return _DTYPES[self.precision]
+
+    @property
+    def hardware(self) -> Literal["cpu", "cuda", "mps"]:
+        return "cuda" if self.device.startswith("cuda") else ("mps" if self.device == "mps" else "cpu")
+
+    def describe(self) -> str:
+        return f"device={self.device} dtype={self.precision} ({self.reason})"
+
+
+def _cpu_has_native_bf16() -> bool:
+    # Without AVX512-BF16 or AMX, PyTorch emulates bf16 matmuls on the CPU: ~100x slower than fp32 here.
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def detect_runtime(precision: Precision = "auto", device: str | None = None) -> Runtime:
+    """Pick device and dtype: bf16 on GPUs and CPUs that do it natively, fp16 on older GPUs, else fp32."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if precision != "auto":
+        return Runtime(device, precision, "set in the experiment")
+    if device.startswith("cuda"):
+        if torch.cuda.is_bf16_supported():
+            return Runtime(device, "bf16", "GPU supports bf16")
+        return Runtime(device, "fp16", "GPU lacks bf16")
+    if device == "cpu" and _cpu_has_native_bf16():
+        return Runtime(device, "bf16", "CPU has native bf16 (AVX512-BF16/AMX)")
+    return Runtime(device, "fp32", "no native bf16 on this CPU; emulated bf16 is far slower than fp32")

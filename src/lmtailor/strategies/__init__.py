@@ -1,0 +1,10 @@
+"""Strategies: one module per rung of the spectrum. Add one: a module with a ``Strategy`` subclass, one line below."""
+
+from lmtailor.registry import Registry
+from lmtailor.strategies.base import Budget, RunContext, Strategy, StrategyConfig, StrategyOutput
+
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
+STRATEGIES.register("prompt", "lmtailor.strategies.prompt:PromptStrategy")
+STRATEGIES.register("finetune", "lmtailor.strategies.finetune:FinetuneStrategy")
+
+__all__ = ["STRATEGIES", "Budget", "RunContext", "Strategy", "StrategyConfig", "StrategyOutput"]

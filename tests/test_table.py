@@ -1,0 +1,33 @@
+from lmtailor.report.table import build_rows, results_markdown
+
+
+def _record(label, model, score, strategy="prompt", shots=0, status="ok", seed=0, train_s=0.0):
+    return {
+        "row_id": f"{label}-{model}-{seed}", "label": label, "model": model, "strategy": strategy, "seed": seed,
+        "config": {"name": strategy, "shots": shots}, "status": status, "primary_metric": "accuracy",
+        "metrics": [{"name": "accuracy", "value": score, "higher_is_better": True}] if status == "ok" else [],
+        "error": None if status == "ok" else {"type": "RuntimeError", "message": "boom"},
+        "test_rows": 10, "test_ids_sha256": "abc", "environment": {"device": "cpu", "precision": "fp32"},
+        "meter": {"phases": {"train": {"wall_s": train_s}}, "inference_latency_s_per_example": 0.5,
+                  "peak_rss_bytes": 2**30, "trainable_params": 0 if strategy == "prompt" else 100,
+                  "total_params": 1000, "usd": {"train": 0.01, "inference_per_1k": 0.02, "rate_per_hour": 0.1}},
+    }
+
+
+def test_rows_compare_with_same_model_zero_shot_and_average_seeds():
+    records = [
+        _record("zero-shot", "m1", 0.2), _record("zero-shot", "m2", 0.5),
+        _record("LoRA", "m1", 0.6, "finetune", seed=0, train_s=10), _record("LoRA", "m1", 0.8, "finetune", seed=1, train_s=10),
+    ]
+    rows = {(r.label, r.model): r for r in build_rows(records)}
+    lora = rows[("LoRA", "m1")]
+    assert abs(lora.score - 0.7) < 1e-9 and lora.seeds == 2 and lora.score_std is not None
+    assert abs(lora.delta - 0.5) < 1e-9  # vs m1's zero-shot, not m2's
+    assert rows[("zero-shot", "m1")].delta is None
+
+
+def test_failed_row_is_shown_not_dropped():
+    records = [_record("zero-shot", "m1", 0.2), _record("LoRA", "m1", 0.0, "finetune", status="failed")]
+    md = results_markdown(records, "t")
+    assert "failed 1/1: RuntimeError" in md
+    assert "LoRA" in md and "boom" in md
