@@ -34,8 +34,8 @@ def test_meter_fills_every_field(tmp_path):
     assert rec["artifact_bytes"] == {"adapter": 1000}
     assert rec["inference_latency_s_per_example"] == pytest.approx(rec["phases"]["inference"]["wall_s"] / 10, rel=0.05)
     # $3.6/h is $0.001/s
-    assert rec["usd"]["train"] == pytest.approx(rec["phases"]["train"]["wall_s"] * 0.001)
-    assert rec["usd"]["inference_per_1k"] == pytest.approx(rec["inference_latency_s_per_example"] * 1000 * 0.001)
+    assert rec["usd"]["train"] == pytest.approx(rec["phases"]["train"]["wall_s"] * 0.001, rel=0.05)
+    assert rec["usd"]["inference_per_1k"] == pytest.approx(rec["inference_latency_s_per_example"] * 1000 * 0.001, rel=0.05)
     assert rec["tokens_per_s"]["train"] > 0
     assert rec["flops"]["train"] == pytest.approx((4 * 1000 + 2 * 10) * 500)
 

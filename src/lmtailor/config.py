@@ -142,7 +142,9 @@ def _format_errors(source: str, prefix: tuple, err: ValidationError) -> list[str
     for e in err.errors():
         loc = ".".join(str(p) for p in (*prefix, *e["loc"]))
         msg = e["msg"]
-        if e["type"] == "extra_forbidden":
+        if e["type"] == "value_error" and "error" in e.get("ctx", {}):
+            msg = str(e["ctx"]["error"])  # our own validators' messages, without pydantic's "Value error, " prefix
+        elif e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see the example experiment files)"
         lines.append(f"{source}: {loc}: {msg}")
     return lines

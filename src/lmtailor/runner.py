@@ -154,27 +154,28 @@ def _attach_log_file(run_dir: Path) -> logging.Handler:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for name in ("lmtailor", "transformers", "peft", "trl"):
         logging.getLogger(name).addHandler(handler)
-    logging.getLogger("lmtailor").setLevel(logging.INFO)
+    logger = logging.getLogger("lmtailor")
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
     return handler
 
 
 def run_experiment(exp: Experiment, base_dir: Path, out_dir: Path | None = None) -> Path:
     """Run every row of ``exp``; returns the run directory holding config, splits, results, predictions, log, table."""
     runtime = detect_runtime(exp.runtime.precision, exp.runtime.device)
-    prepared = prepare_data(exp.data, exp.task.type or "", base_dir)  # before any model is loaded
-    for w in prepared.warnings:
-        log.warning(w)
-    splits = prepared.splits
-    task = resolve_task(exp, prepared.task_defaults, splits)
     rows = plan_rows(exp)
-    sizes = sorted({r.train_size for r in rows if r.train_size is not None})
-    subsets = dict(zip(sizes, nested_subsets(splits.train, sizes, exp.data.seed))) if sizes else {}
-
     run_dir = new_run_dir(exp, out_dir)
     handler = _attach_log_file(run_dir)
     try:
         log.info("run directory: %s", run_dir)
         log.info("runtime: %s", runtime.describe())
+        prepared = prepare_data(exp.data, exp.task.type or "", base_dir)  # before any model is loaded
+        for w in prepared.warnings:
+            log.warning(w)
+        splits = prepared.splits
+        task = resolve_task(exp, prepared.task_defaults, splits)
+        sizes = sorted({r.train_size for r in rows if r.train_size is not None})
+        subsets = dict(zip(sizes, nested_subsets(splits.train, sizes, exp.data.seed))) if sizes else {}
         log.info("task %s (%s): %d train / %d validation / %d test rows%s", task.name, task.type, len(splits.train),
                  len(splits.validation), len(splits.test), f", {len(task.labels)} labels" if task.labels else "")
         write_text_atomic(run_dir / "config.yaml", dump_experiment(exp))

@@ -1,0 +1,144 @@
+"""From a ``data:`` block to validated, split rows, before any model is loaded.
+
+One source (a file, ``builtin:`` or an ``hf:`` dataset without a test split) is de-duplicated and split by the seed;
+separate train/validation/test files keep their rows and order (validation is carved from train when not given),
+and rows shared between them are reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lmtailor.data.config import DataConfig, source_kind
+from lmtailor.data.example import DatasetSplits, Example
+from lmtailor.data.loading import load_file, load_hf
+from lmtailor.data.splits import cap_rows, split_rows
+from lmtailor.data.validate import (DataError, cross_split_duplicates, drop_exact_duplicates, unique_ids,
+                                    unseen_label_warnings)
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class PreparedData:
+    """Split rows plus what the data implies about the task, the warnings to show, and the files read."""
+
+    splits: DatasetSplits
+    task_defaults: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    source_files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Loaded:
+    """Rows before splitting: ``pool`` (one source, to split) or ``given`` (already split)."""
+
+    description: str
+    pool: list[Example] | None = None
+    given: dict[str, list[Example]] = field(default_factory=dict)
+    defaults: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+
+
+def _resolve(base_dir: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base_dir / path
+
+
+def _load_files(cfg: DataConfig, base_dir: Path) -> _Loaded:
+    keys = {"source": cfg.source} if cfg.source else {k: getattr(cfg, k) for k in SPLITS if getattr(cfg, k)}
+    paths = {k: _resolve(base_dir, v) for k, v in keys.items()}
+    names = [p.name for p in paths.values()]
+    loaded = _Loaded(description=", ".join(f"{k}: {v}" for k, v in keys.items()) if not cfg.source else cfg.source,
+                     files=[str(p) for p in paths.values()])
+    for key, path in paths.items():
+        # Ids cite the file by name; two files of the same name in different folders need their given paths.
+        name = path.name if names.count(path.name) == 1 else keys[key]
+        rows, notes = load_file(path, name, cfg.input_field, cfg.target_field, cfg.id_field)
+        loaded.warnings += notes
+        if key == "source":
+            loaded.pool = rows
+        else:
+            loaded.given[key] = rows
+    return loaded
+
+
+def _load_builtin(cfg: DataConfig) -> _Loaded:
+    from lmtailor.data.builtin import BUILTIN_DATASETS
+
+    dataset = BUILTIN_DATASETS.get(cfg.builtin_name()).load(cfg.options)
+    return _Loaded(description=dataset.description, pool=dataset.rows, defaults=dict(dataset.task_defaults),
+                   files=list(dataset.files))
+
+
+def _load_hf(cfg: DataConfig) -> _Loaded:
+    spec = cfg.source.partition(":")[2]
+    by_split, warnings = load_hf(spec, cfg.input_field, cfg.target_field, cfg.id_field)
+    for alias in ("valid", "dev", "val"):  # datasets name their validation split in several ways
+        if alias in by_split and "validation" not in by_split:
+            by_split["validation"] = by_split.pop(alias)
+    loaded = _Loaded(description=cfg.source, warnings=warnings)
+    if "train" in by_split and "test" in by_split:
+        loaded.given = {k: by_split[k] for k in SPLITS if k in by_split}
+    else:  # no official test split: pool everything and split by the seed like a single file
+        loaded.pool = [e for rows in by_split.values() for e in rows]
+    return loaded
+
+
+def _load(cfg: DataConfig, base_dir: Path) -> _Loaded:
+    kind = source_kind(cfg.source) if cfg.source else "file"
+    if kind == "builtin":
+        return _load_builtin(cfg)
+    if kind == "hf":
+        return _load_hf(cfg)
+    return _load_files(cfg, base_dir)
+
+
+def _uses_labels(task_type: str) -> bool:
+    from lmtailor.tasks import TASK_TYPES
+
+    return task_type in TASK_TYPES and TASK_TYPES.get(task_type).output == "labels"
+
+
+def _split(cfg: DataConfig, loaded: _Loaded, stratify: bool) -> tuple[dict[str, list[Example]], list[str]]:
+    if loaded.pool is not None:
+        rows, warnings = drop_exact_duplicates(loaded.pool)
+        train, validation, test = split_rows(rows, cfg.test_fraction, cfg.validation_fraction, cfg.seed, stratify)
+        return {"train": train, "validation": validation, "test": test}, warnings
+    parts = dict(loaded.given)
+    if "validation" not in parts:
+        if cfg.validation_fraction > 0:
+            kept, _, carved = split_rows(parts["train"], cfg.validation_fraction, 0.0, cfg.seed, stratify)
+            kept_ids = {id(e) for e in kept}
+            parts["train"] = [e for e in parts["train"] if id(e) in kept_ids]  # keep the file's order
+            parts["validation"] = carved
+        else:
+            parts["validation"] = []
+    return {k: parts[k] for k in SPLITS}, cross_split_duplicates(parts)
+
+
+def prepare_data(cfg: DataConfig, task_type: str, base_dir: Path) -> PreparedData:
+    """Load, validate and split the data of ``cfg``; raises ``DataError`` naming file, row and field on bad data.
+
+    ``task_type`` may be empty when the task type comes from a built-in dataset's defaults.
+    """
+    loaded = _load(cfg, Path(base_dir))
+    task_type = task_type or loaded.defaults.get("type", "")
+    stratify = _uses_labels(task_type)
+    parts, warnings = _split(cfg, loaded, stratify)
+    caps = {"train": cfg.max_train, "validation": cfg.max_validation, "test": cfg.max_test}
+    parts = {k: cap_rows(rows, caps[k], cfg.seed, stratify) for k, rows in parts.items()}
+    unique_ids(parts)
+    total = sum(len(rows) for rows in parts.values())
+    for name in ("train", "test"):
+        if not parts[name]:
+            raise DataError(f"{loaded.description}: no {name} rows ({total} usable rows in all): "
+                            f"add rows{' or lower data.test_fraction' if name == 'train' else ''}")
+    defaults = dict(loaded.defaults)
+    if stratify:
+        warnings += unseen_label_warnings(parts)
+        defaults.setdefault("labels", sorted({e.target for e in parts["train"]}))
+    splits = DatasetSplits(parts["train"], parts["validation"], parts["test"], source=loaded.description)
+    return PreparedData(splits, defaults, loaded.warnings + warnings, loaded.files)

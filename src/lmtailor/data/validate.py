@@ -1,0 +1,238 @@
+"""Check data rows before any model is loaded: every problem names the file, the row and the field, and says the fix.
+
+Problems in one file are collected (up to a limit) and raised together as one ``DataError``, so users fix them in
+one go instead of one per run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from lmtailor.data.example import Example
+from lmtailor.errors import UserError
+
+MAX_PROBLEMS = 10
+
+
+class DataError(UserError, ValueError):
+    """Data that cannot be used as given; the message names file, row and field and says how to fix it."""
+
+
+@dataclass
+class Record:
+    """One raw row as read from a file: its fields and where it is (``line 3`` / ``row 3`` / ``item 3``)."""
+
+    number: int
+    where: str
+    fields: dict[str, Any]
+
+
+class Problems:
+    """Collects the problems of one file, then raises them as one ``DataError`` (in row order, up to a limit)."""
+
+    def __init__(self, file: str, limit: int = MAX_PROBLEMS) -> None:
+        self.file = file
+        self.limit = limit
+        self.items: list[tuple[int, int, str]] = []
+        self.hints: list[str] = []
+
+    def add(self, where: str, message: str, hint: str | None = None, row: int = 0) -> None:
+        """Record one problem at ``where`` (e.g. ``line 3, field 'target'``) of row number ``row`` (0: the whole
+        file); ``hint`` says how to fix it and is shown once."""
+        self.items.append((row, len(self.items), f"{where}: {message}" if where else message))
+        if hint and hint not in self.hints:
+            self.hints.append(hint)
+
+    @property
+    def count(self) -> int:
+        return len(self.items)
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def raise_if_any(self) -> None:
+        """Raise every collected problem as one ``DataError``."""
+        if not self.items:
+            return
+        noun = "problem" if self.count == 1 else "problems"
+        lines = [f"{self.file}: {self.count} {noun} in the data; fix them and run again:"]
+        lines += [f"  {m}" for _, _, m in sorted(self.items)[: self.limit]]
+        if self.count > self.limit:
+            lines.append(f"  ... and {self.count - self.limit} more (only the first {self.limit} are shown)")
+        lines += [f"How to fix: {h}" for h in self.hints]
+        raise DataError("\n".join(lines))
+
+
+def _as_text(value: Any) -> tuple[str | None, str | None]:
+    """Return (text, None) for usable values, (None, reason) otherwise; numbers and booleans become text."""
+    if isinstance(value, str):
+        return value, None
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None, "is empty (null)"
+    if isinstance(value, bool):
+        return json.dumps(value), None
+    if isinstance(value, (int, float)):
+        return repr(value), None
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8"), None
+        except UnicodeDecodeError:
+            return None, "holds bytes that are not valid UTF-8"
+    return None, f"holds a {type(value).__name__} ({json.dumps(value, default=str)[:60]}), not text"
+
+
+def _field_names(fields: dict) -> str:
+    return ", ".join(repr(k) for k in fields) or "none"
+
+
+class _Coerced:
+    """Counts non-string values read as text, for one warning per field."""
+
+    def __init__(self) -> None:
+        self.by_field: Counter[str] = Counter()
+        self.first: dict[str, str] = {}
+
+    def note(self, field: str, where: str, value: Any, text: str) -> None:
+        self.by_field[field] += 1
+        self.first.setdefault(field, f"{where}: {value!r} -> {text!r}")
+
+    def warnings(self, file: str) -> list[str]:
+        return [f"{file}: field {f!r} holds numbers or booleans in {n} row(s), read as text (e.g. {self.first[f]})"
+                for f, n in sorted(self.by_field.items())]
+
+
+def _missing_everywhere(records: list[Record], wanted: list[tuple[str, str]], problems: Problems) -> set[str]:
+    """Report a field absent from every row once (not once per row); return those fields."""
+    absent = set()
+    for role, field in wanted:
+        if records and all(field not in r.fields for r in records):
+            absent.add(field)
+            problems.add("", f"no row has a field {field!r} (the {role}); the rows have fields "
+                         f"{_field_names(records[0].fields)}",
+                         f"set data.{role}_field in the experiment file to the field that holds the {role}, "
+                         f"one of {_field_names(records[0].fields)}")
+    return absent
+
+
+def _field_text(rec: Record, role: str, field: str, fields_hint: str, problems: Problems,
+                coerced: _Coerced) -> str | None:
+    """The stripped text of ``rec[field]``, or ``None`` after recording why it cannot be used."""
+    where = f"{rec.where}, field {field!r}"
+    if field not in rec.fields:
+        problems.add(where, f"missing; this row has fields {_field_names(rec.fields)}", fields_hint, row=rec.number)
+        return None
+    value = rec.fields[field]
+    text, reason = _as_text(value)
+    if text is None:
+        problems.add(where, f"{reason}; expected text", "give every row a text value in that field", row=rec.number)
+        return None
+    if isinstance(value, (int, float)):
+        coerced.note(field, rec.where, value, text)
+    if not text.strip():
+        problems.add(where, f"the {role} is empty or only whitespace", f"fill in or remove rows with an empty {role}",
+                     row=rec.number)
+        return None
+    return text.strip()
+
+
+def records_to_examples(records: list[Record], file: str, input_field: str, target_field: str,
+                        id_field: str | None, problems: Problems) -> tuple[list[Example], list[str]]:
+    """Turn raw records into ``Example`` rows, collecting every problem into ``problems``; returns (rows, warnings)."""
+    wanted = [("input", input_field), ("target", target_field)] + ([("id", id_field)] if id_field else [])
+    absent = _missing_everywhere(records, wanted, problems)
+    hint = (f"every row needs the fields {input_field!r} and {target_field!r}; if they are named differently, "
+            "set data.input_field / data.target_field in the experiment file")
+    coerced = _Coerced()
+    rows: list[Example] = []
+    first_row_of_id: dict[str, str] = {}
+    for rec in records:
+        values = {role: _field_text(rec, role, field, hint, problems, coerced)
+                  for role, field in wanted if field not in absent}
+        if absent or None in values.values():
+            continue
+        row_id = values.get("id") or f"{file}:{rec.number}"
+        if row_id in first_row_of_id:
+            problems.add(f"{rec.where}, field {id_field!r}", f"id {row_id!r} is already used by "
+                         f"{first_row_of_id[row_id]}", "ids must be unique: fix or drop the repeated ids",
+                         row=rec.number)
+            continue
+        first_row_of_id[row_id] = rec.where
+        rows.append(Example(row_id, values["input"], values["target"], {"file": file, "row": rec.number}))
+    return rows, coerced.warnings(file)
+
+
+def drop_exact_duplicates(rows: list[Example]) -> tuple[list[Example], list[str]]:
+    """Drop rows whose input and target repeat an earlier row (so a split cannot leak); warn about what was dropped."""
+    seen: dict[tuple[str, str], str] = {}
+    kept, dropped = [], []
+    for e in rows:
+        key = (e.input, e.target)
+        if key in seen:
+            dropped.append(f"{e.id} = {seen[key]}")
+        else:
+            seen[key] = e.id
+            kept.append(e)
+    warnings = []
+    if dropped:
+        warnings.append(f"dropped {len(dropped)} row(s) that repeat an earlier row exactly (same input and target), "
+                        f"so that no row is in both train and test: {', '.join(dropped[:5])}"
+                        + (" ..." if len(dropped) > 5 else ""))
+    by_input: dict[str, Example] = {}
+    conflicts = []
+    for e in kept:
+        other = by_input.setdefault(e.input, e)
+        if other is not e and other.target != e.target:
+            conflicts.append(f"{other.id} ({other.target!r}) vs {e.id} ({e.target!r})")
+    if conflicts:
+        warnings.append(f"{len(conflicts)} input(s) appear with different targets: {', '.join(conflicts[:5])}"
+                        + (" ..." if len(conflicts) > 5 else "") + "; no model can get both right, and the copies "
+                        "may land in different splits: fix the targets or drop one copy")
+    return kept, warnings
+
+
+def cross_split_duplicates(splits: dict[str, list[Example]]) -> list[str]:
+    """Warn about inputs shared between user-given splits (train/validation/test), naming both row ids."""
+    warnings = []
+    names = [n for n in ("train", "validation", "test") if splits.get(n)]
+    for i, a in enumerate(names):
+        index = {}
+        for e in splits[a]:
+            index.setdefault(e.input, e.id)
+        for b in names[i + 1:]:
+            pairs = [f"{index[e.input]} = {e.id}" for e in splits[b] if e.input in index]
+            if pairs:
+                warnings.append(f"{len(pairs)} {b} row(s) have the same input as a {a} row: {', '.join(pairs[:5])}"
+                                + (" ..." if len(pairs) > 5 else "") + f"; scores on them measure memory, not "
+                                f"generalisation: remove them from one of the files")
+    return warnings
+
+
+def unique_ids(splits: dict[str, list[Example]]) -> None:
+    """Raise if a row id is used in two splits (ids name rows in the predictions and the report)."""
+    owner: dict[str, str] = {}
+    clashes = []
+    for name, rows in splits.items():
+        for e in rows:
+            if e.id in owner and owner[e.id] != name:
+                clashes.append(f"{e.id!r} ({owner[e.id]} and {name})")
+            owner.setdefault(e.id, name)
+    if clashes:
+        raise DataError(f"{len(clashes)} row id(s) are used in two splits: {', '.join(clashes[:5])}; ids must be "
+                        "unique across the train, validation and test files: fix the id field")
+
+
+def unseen_label_warnings(splits: dict[str, list[Example]]) -> list[str]:
+    """For classification: warn about validation/test labels that no training row has."""
+    train_labels = {e.target for e in splits.get("train", [])}
+    warnings = []
+    for name in ("validation", "test"):
+        unseen = Counter(e.target for e in splits.get(name, []) if e.target not in train_labels)
+        if unseen:
+            listed = ", ".join(f"{label!r} ({n} rows)" for label, n in sorted(unseen.items())[:5])
+            warnings.append(f"{name} has label(s) that no training row has: {listed}; no trained model can predict "
+                            "them: add training rows for them or drop those rows")
+    return warnings

@@ -1,0 +1,74 @@
+"""`lmtailor run` on a tiny model: every row scored on the same test rows, the run directory complete."""
+
+import json
+import random
+import textwrap
+
+import pytest
+
+from lmtailor.cli import main
+
+LABELS = ["red", "green", "blue"]
+
+
+@pytest.fixture()
+def experiment(tmp_path):
+    rng = random.Random(0)
+    words = "the a of one two river stone cloud quiet bright small old".split()
+    with (tmp_path / "rows.jsonl").open("w") as f:
+        for i in range(90):
+            label = LABELS[i % 3]
+            text = " ".join(rng.choices(words, k=6)) + f" {label} " + " ".join(rng.choices(words, k=3))
+            f.write(json.dumps({"text": text, "colour": label}) + "\n")
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(textwrap.dedent("""
+        name: tiny colours
+        task:
+          type: classification
+          instruction: Which colour word does the text contain?
+        data:
+          source: rows.jsonl
+          input_field: text
+          target_field: colour
+          max_test: 12
+        models: [tiny-llama]
+        strategies:
+          - {name: prompt, shots: 0}
+          - {name: prompt, shots: 2}
+          - {name: finetune, method: lora, max_steps: 4, batch_size: 4}
+          - {name: finetune, method: full, max_steps: 3, batch_size: 4, train_sizes: [12, 24]}
+        budget: {max_input_tokens: 48, max_seq_len: 96}
+    """))
+    return exp
+
+
+def test_run_writes_a_complete_run_directory(experiment, tmp_path, capsys):
+    assert main(["run", str(experiment), "--out", str(tmp_path / "runs")]) == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    for name in ("config.yaml", "splits.json", "task.json", "run.log", "results.md"):
+        assert (run_dir / name).is_file(), name
+    records = [json.loads(p.read_text()) for p in sorted((run_dir / "results").glob("*.json"))]
+    assert len(records) == 5  # zero-shot, 2-shot, LoRA, full n=12, full n=24
+    failed = [(r["row_id"], r["error"]) for r in records if r["status"] != "ok"]
+    assert not failed
+    splits = json.loads((run_dir / "splits.json").read_text())
+    assert len(splits["test"]) == 12
+    assert len({r["test_ids_sha256"] for r in records}) == 1  # every row scored on the same test rows
+    for r in records:
+        preds = [json.loads(line) for line in (run_dir / "predictions" / f"{r['row_id']}.jsonl").open()]
+        assert [p["id"] for p in preds] == splits["test"]
+        assert all(p["prediction"] in LABELS for p in preds)
+        assert r["meter"]["inference_latency_s_per_example"] > 0
+        assert r["environment"]["precision"] == "fp32"
+    sizes = sorted(r["train_size"] for r in records if r["label"].startswith("full"))
+    assert sizes == [12, 24]
+    assert set(splits["learning_curve_subsets"]["12"]) <= set(splits["learning_curve_subsets"]["24"])
+    assert not set(splits["test"]) & set(splits["train"])
+    table = capsys.readouterr().out
+    assert "zero-shot" in table and "2-shot" in table
+
+
+def test_validate_command_lists_rows_without_loading_models(experiment, capsys):
+    assert main(["validate", str(experiment)]) == 0
+    out = capsys.readouterr().out
+    assert "valid" in out and out.count("row ") == 5
