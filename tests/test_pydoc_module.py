@@ -30,7 +30,7 @@ def test_builds_fast_out_of_process_with_enough_classes(built):
     assert 8 <= len(counts) <= 12 and min(counts.values()) >= 40
     assert dataset.task_defaults["labels"] == sorted(counts)
     defaults = dataset.task_defaults
-    assert defaults["type"] == "classification" and "module name only" in defaults["instruction"]
+    assert defaults["type"] == "classification" and "[NAME] masks" in defaults["instruction"]
     # the ~200 standard-library imports happened in the subprocess, not here
     assert not {"mailbox", "imaplib", "nntplib", "antigravity"} & new_modules
     assert cache_path().is_file() and dataset.files == [str(cache_path())]

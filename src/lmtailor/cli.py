@@ -37,11 +37,14 @@ def _load(path: Path, overrides: list[str]):
 
 
 def _print_results(run_dir: Path, title: str) -> None:
-    from lmtailor.report.table import results_rich_table
+    from lmtailor.report.table import results_markdown, results_rich_table
 
     records = [json.loads(p.read_text()) for p in sorted((run_dir / "results").glob("*.json"))]
-    records.sort(key=lambda r: r.get("started_at", ""))
-    console.print(results_rich_table(records, title=title))
+    records.sort(key=lambda r: (r.get("row_index", 0), r.get("started_at", "")))
+    if console.is_terminal:
+        console.print(results_rich_table(records, title=title))
+    else:  # piped or captured: Markdown reads well as plain text and does not wrap at an assumed 80 columns
+        console.print(results_markdown(records, title=title), markup=False, highlight=False, soft_wrap=True)
     console.print(f"run directory: {run_dir}")
     console.print(f"table: {run_dir / 'results.md'}")
 
@@ -57,7 +60,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     path = packaged_example("demo.yaml")
-    console.print(f"demo experiment: {path}")
+    exp = _load(path, args.set)
+    d, b = exp.data, exp.budget
+    console.print(f"demo experiment: {path}", markup=False, highlight=False)
+    console.print(f"{exp.description.strip()}\nSized for this run: at most {d.max_train} training, "
+                  f"{d.max_validation} validation and {d.max_test} test rows; inputs cut to {b.max_input_tokens} "
+                  f"tokens, training sequences to {b.max_seq_len}. Change any of it with --set, e.g. "
+                  "--set data.max_train=400.", markup=False, highlight=False)
     args.experiment = path
     return cmd_run(args)
 

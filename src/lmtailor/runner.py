@@ -41,6 +41,7 @@ class PlannedRow:
     model_ref: str
     seed: int
     train_size: int | None
+    index: int = 0  # position in the plan: the table keeps the experiment file's order
 
     @property
     def label(self) -> str:
@@ -70,7 +71,7 @@ def plan_rows(exp: Experiment) -> list[PlannedRow]:
                     while row_id in seen:
                         row_id, k = f"{base}-{k}", k + 1
                     seen.add(row_id)
-                    row.row_id = row_id
+                    row.row_id, row.index = row_id, len(rows)
                     rows.append(row)
     return rows
 
@@ -108,7 +109,8 @@ def run_row(row: PlannedRow, exp: Experiment, task: TaskSpec, splits: DatasetSpl
     ctx = RunContext(task=task, data=data, model_ref=row.model_ref, budget=exp.budget.to_budget(), seed=row.seed,
                      meter=meter, out_dir=run_dir / "artifacts" / row.row_id, runtime=runtime, log=log)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    record: dict = {"schema_version": RESULT_SCHEMA_VERSION, "row_id": row.row_id, "label": row.label,
+    record: dict = {"schema_version": RESULT_SCHEMA_VERSION, "row_id": row.row_id, "row_index": row.index,
+                    "label": row.label,
                     "strategy": row.strategy.config.name, "config": row.strategy.config.model_dump(mode="json"),
                     "model": row.model_ref, "seed": row.seed, "train_size": len(data.train),
                     "train_size_requested": row.train_size, "task": {"name": task.name, "type": task.type},
@@ -191,7 +193,8 @@ def run_experiment(exp: Experiment, base_dir: Path, out_dir: Path | None = None)
             t0 = time.perf_counter()
             records.append(run_row(row, exp, task, splits, subsets, runtime, run_dir, env))
             log.info("[%d/%d] %s: %s in %.1fs", i, len(rows), row.row_id, records[-1]["status"], time.perf_counter() - t0)
-        write_text_atomic(run_dir / "results.md", results_markdown(records, title=exp.name))
+            # Rewritten after every row, so an interrupted run still leaves the table of what finished.
+            write_text_atomic(run_dir / "results.md", results_markdown(records, title=exp.name))
     finally:
         for name in ("lmtailor", "transformers", "peft", "trl"):
             logging.getLogger(name).removeHandler(handler)

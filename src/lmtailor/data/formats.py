@@ -18,6 +18,8 @@ from lmtailor.tasks.base import TaskSpec
 
 def _user_turn(task: TaskSpec, input_text: str) -> dict:
     instruction = task.instruction.strip()
+    if not instruction:  # a model tuned on the task no longer needs to be told it: the turn is the bare input
+        return {"role": "user", "content": input_text, "instruction": "", "input": input_text}
     if task.type == "classification" and task.labels:
         instruction += "\nAnswer with exactly one of these labels: " + ", ".join(task.labels) + "."
     # The parts are kept beside the rendered content so the plain template can lay them out its own way;

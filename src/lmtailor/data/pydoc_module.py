@@ -32,9 +32,8 @@ log = logging.getLogger("lmtailor")
 EXTRACTOR = Path(__file__).with_name("pydoc_extract.py")
 EXTRACT_TIMEOUT_S = 300
 NAME, CLASS, MODULE = "[NAME]", "[CLASS]", "[MODULE]"
-INSTRUCTION = (f"Which Python standard library module is this docstring from? In the docstring, the object's own "
-               f"name is masked as {NAME}, its class as {CLASS} and its module's name as {MODULE}. "
-               "Answer with the module name only.")
+INSTRUCTION = (f"Which Python standard library module is this docstring from? In it, {NAME} masks the object's "
+               f"name, {CLASS} its class and {MODULE} its module.")
 
 
 class PydocModuleOptions(BaseModel):

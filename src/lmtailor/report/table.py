@@ -115,7 +115,8 @@ def format_rows(rows: list[TableRow]) -> list[list[str]]:
         delta = "-" if r.delta is None else f"{r.delta * 100:+.1f} pts"
         trainable = "0" if r.trainable == 0 else _fmt_params(r.trainable)
         if r.trainable and r.total:
-            trainable += f" ({100 * r.trainable / r.total:.2g}%)"
+            pct = 100 * r.trainable / r.total
+            trainable += f" ({pct:.0f}%)" if pct >= 10 else f" ({pct:.2g}%)"
         out.append([r.label, r.model, score, delta, _fmt_duration(r.train_s) if r.train_s else "-",
                     _fmt_duration(r.infer_s_per_1k), f"{r.peak_rss_mb:,.0f} MB", trainable,
                     _fmt_usd(r.usd_train) if r.train_s else "-", _fmt_usd(r.usd_per_1k), r.status])

@@ -1,0 +1,93 @@
+"""Greedy generation, free or constrained to a label set, in left-padded batches through HF ``generate``.
+
+Prompts arrive as token ids (``lmtailor.data.formats`` made them), so padding is done here: on the left, with an
+attention mask, which ``generate`` turns into the right position ids. Rows are batched in order of prompt length
+to waste little on padding, and answers are returned in the rows' order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+
+@dataclass
+class Generated:
+    """Generated token ids per row (stop token included, padding removed) and the real tokens processed."""
+
+    ids: list[list[int]]
+    tokens: int
+
+
+class LabelTrie:
+    """The label token sequences as a prefix tree: which tokens may follow a partial answer."""
+
+    def __init__(self, sequences: Sequence[Sequence[int]]) -> None:
+        self.root: dict = {}
+        self.ends: dict[tuple[int, ...], int] = {}
+        for index, seq in enumerate(sequences):
+            node = self.root
+            for t in seq:
+                node = node.setdefault(int(t), {})
+            self.ends.setdefault(tuple(int(t) for t in seq), index)
+
+    def allowed(self, prefix: Sequence[int]) -> list[int]:
+        """Tokens that extend ``prefix`` towards some label (empty when it left the tree or is complete)."""
+        node = self.root
+        for t in prefix:
+            node = node.get(int(t))
+            if node is None:
+                return []
+        return list(node)
+
+    def match(self, ids: Sequence[int]) -> int | None:
+        """Index of the label whose sequence ``ids`` is, if any."""
+        return self.ends.get(tuple(int(t) for t in ids))
+
+
+def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    return ids, mask
+
+
+def _strip(new_ids: list[int], stop_ids: Sequence[int]) -> list[int]:
+    """Cut a generated row after its first stop token (what follows is padding)."""
+    for i, t in enumerate(new_ids):
+        if t in stop_ids:
+            return new_ids[: i + 1]
+    return new_ids
+
+
+@torch.no_grad()
+def generate_ids(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_ids: Sequence[int],
+                 pad_id: int, batch_size: int = 8, trie: LabelTrie | None = None,
+                 on_batch: Callable[[int], None] | None = None) -> Generated:
+    """Greedy-decode each prompt (only along ``trie`` when given); batches of ``batch_size``, left-padded."""
+    from transformers import GenerationConfig
+
+    device = next(model.parameters()).device
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                              eos_token_id=list(stop_ids), pad_token_id=pad_id)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    results: list[list[int]] = [[] for _ in prompts]
+    tokens = 0
+    for start in range(0, len(order), batch_size):
+        batch = order[start: start + batch_size]
+        ids, mask = _left_pad([prompts[i] for i in batch], pad_id, device)
+        width = ids.shape[1]
+        allowed_fn = None
+        if trie is not None:
+            # Finished or off-tree rows may only continue with a stop token; generate pads finished rows anyway.
+            allowed_fn = lambda _, seq: trie.allowed(seq[width:].tolist()) or list(stop_ids)  # noqa: E731
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                             prefix_allowed_tokens_fn=allowed_fn)
+        for row, i in enumerate(batch):
+            results[i] = _strip(out[row, width:].tolist(), stop_ids)
+            tokens += len(prompts[i]) + len(results[i])
+        if on_batch:
+            on_batch(len(batch))
+    return Generated(results, tokens)

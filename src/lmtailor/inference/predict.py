@@ -1,0 +1,126 @@
+"""Predict the test rows with a causal LM: label likelihood, label-constrained greedy decoding, or free generation.
+
+Token accounting (``meter.add_tokens("inference", n)``) counts the real tokens fed to the model: prompt tokens
+(padding excluded) plus generated or scored answer tokens. In likelihood mode the few-shot prefix shared by every
+prompt is computed once and counted once, and the one-row self-check of the prefix cache is counted too: the count
+is what the hardware processed, not what a naive implementation would have.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+from tqdm.auto import tqdm
+
+from lmtailor.data.example import Example
+from lmtailor.data.formats import build_messages, encode_prompt, encode_prompt_completion, stop_token_ids, truncate_text
+from lmtailor.errors import UserError
+from lmtailor.inference.generation import LabelTrie, generate_ids
+from lmtailor.inference.label_scoring import score_labels
+from lmtailor.measure.meter import Meter, estimate_flops
+from lmtailor.strategies.base import Budget
+from lmtailor.tasks.base import TaskSpec
+
+Mode = Literal["likelihood", "constrained", "generate"]
+MODES: tuple[str, ...] = ("likelihood", "constrained", "generate")
+
+
+def default_mode(task: TaskSpec) -> Mode:
+    """Likelihood scoring for classification, free generation otherwise."""
+    return "likelihood" if task.type == "classification" else "generate"
+
+
+def _check(model, task: TaskSpec, mode: str) -> None:
+    if mode not in MODES:
+        raise UserError(f"unknown scoring mode {mode!r}; use one of {', '.join(MODES)}")
+    if mode != "generate" and not task.labels:
+        raise UserError(f"scoring mode {mode!r} chooses among the task's labels, but task {task.name!r} "
+                        f"({task.type}) has none; use scoring: generate")
+    if getattr(model.config, "is_encoder_decoder", False):
+        raise UserError(f"{type(model).__name__} is an encoder-decoder model; prediction supports decoder-only "
+                        "(causal LM) models so far")
+
+
+def _prepare(tokenizer, task: TaskSpec, rows: Sequence[Example], exemplars: Sequence[Example],
+             max_input_tokens: int) -> tuple[list[str], list[Example], int, int]:
+    """Cut row and exemplar inputs to the budget; return (row texts, exemplars, rows cut, exemplars cut)."""
+    texts, cut_rows = [], 0
+    for row in rows:
+        text, cut = truncate_text(tokenizer, row.input, max_input_tokens)
+        texts.append(text)
+        cut_rows += cut
+    shots, cut_shots = [], 0
+    for ex in exemplars:
+        text, cut = truncate_text(tokenizer, ex.input, max_input_tokens)
+        shots.append(Example(ex.id, text, ex.target, ex.meta))
+        cut_shots += cut
+    return texts, shots, cut_rows, cut_shots
+
+
+def predict(model, tokenizer, task: TaskSpec, rows: Sequence[Example], exemplars: Sequence[Example], budget: Budget,
+            meter: Meter, mode: Mode | None = None, progress_desc: str = "",
+            normalize: bool = False) -> tuple[list[str], dict]:
+    """Return a prediction per row (aligned with ``rows``) and details; counts tokens and rows into ``meter``.
+
+    ``normalize`` (likelihood mode) ranks labels by mean instead of summed token log-probability.
+    """
+    mode = mode or default_mode(task)
+    _check(model, task, mode)
+    texts, shots, cut_rows, cut_shots = _prepare(tokenizer, task, rows, exemplars, budget.max_input_tokens)
+    details: dict = {"mode": mode, "rows": len(rows), "shots": len(shots), "truncated_inputs": cut_rows,
+                     "truncated_exemplar_inputs": cut_shots}
+    if not rows:
+        return [], details
+    prompts = [encode_prompt(tokenizer, build_messages(task, text, shots)) for text in texts]
+    details["prompt_tokens"] = {"mean": round(sum(map(len, prompts)) / len(prompts), 1), "max": max(map(len, prompts))}
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=len(rows), desc=progress_desc or mode, unit="row")
+    try:
+        if mode == "generate":
+            predictions, tokens = _generate(model, tokenizer, prompts, budget, pad_id, bar, details)
+        else:
+            # The answer follows the same generation prompt in every row, so its tokens are the same for all rows.
+            first = build_messages(task, texts[0], shots)
+            label_ids = [encode_prompt_completion(tokenizer, first, label)[1] for label in task.labels]
+            runner = _likelihood if mode == "likelihood" else _constrained
+            predictions, tokens = runner(model, task, prompts, label_ids, budget, pad_id, bar, details, normalize)
+    finally:
+        bar.close()
+        model.train(was_training)
+    meter.add_tokens("inference", tokens)
+    meter.add_examples("inference", len(rows))
+    meter.add_flops("inference", estimate_flops(sum(p.numel() for p in model.parameters()), tokens, "inference"))
+    details["tokens"] = tokens
+    if "label_scores" in details:  # keyed by row id, so a reader can line them up with predictions.jsonl
+        details["label_scores"] = dict(zip((row.id for row in rows), details["label_scores"]))
+    return predictions, details
+
+
+def _likelihood(model, task, prompts, label_ids, budget, pad_id, bar, details, normalize):
+    result = score_labels(model, prompts, label_ids, pad_id, normalize=normalize, on_row=lambda: bar.update(1))
+    details.update({"labels": list(task.labels), "score": "mean token log-prob" if normalize else "sum of token "
+                    "log-probs", "prefix_cache_tokens": result.prefix_len, "scoring_path": result.path,
+                    "notes": result.notes, "label_scores": [[round(x, 4) for x in row] for row in result.scores]})
+    return [task.labels[i] for i in result.best()], result.tokens
+
+
+def _constrained(model, task, prompts, label_ids, budget, pad_id, bar, details, normalize):
+    trie = LabelTrie(label_ids)
+    stops = sorted({ids[-1] for ids in label_ids})
+    out = generate_ids(model, prompts, max(map(len, label_ids)), stops, pad_id, budget.eval_batch_size, trie=trie,
+                       on_batch=bar.update)
+    matches = [trie.match(ids) for ids in out.ids]
+    # Every path through the tree ends in a label, so a miss means generation stopped early: say so, pick label 0.
+    details["unmatched"] = sum(m is None for m in matches)
+    return [task.labels[m if m is not None else 0] for m in matches], out.tokens
+
+
+def _generate(model, tokenizer, prompts, budget, pad_id, bar, details):
+    stops = stop_token_ids(tokenizer)
+    out = generate_ids(model, prompts, budget.max_new_tokens, stops, pad_id, budget.eval_batch_size,
+                       on_batch=bar.update)
+    details["hit_max_new_tokens"] = sum(not ids or ids[-1] not in stops for ids in out.ids)
+    texts = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in out.ids]
+    return texts, out.tokens

@@ -1,0 +1,60 @@
+"""Load a model reference as (model, tokenizer, family) on the run's device and dtype."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from lmtailor.models.family import Family, Head, auto_class, check_head, detect_family, head_for
+from lmtailor.models.sources import resolve_model
+from lmtailor.runtime import Runtime
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to use: eval mode, on ``runtime.device`` in ``runtime.dtype``; its tokenizer has a pad token."""
+
+    model: Any  # transformers.PreTrainedModel
+    tokenizer: Any  # transformers.PreTrainedTokenizerBase
+    family: Family
+    ref: str
+    path: str
+    source: Literal["embedded", "local", "hub", "tiny"]
+
+
+def load_tokenizer(path: str):
+    """Load the tokenizer at ``path`` and give it a pad token (eos, else sep/unk) when it has none."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    if tokenizer.pad_token is None:
+        fallback = tokenizer.eos_token or tokenizer.sep_token or tokenizer.unk_token
+        if fallback is None:
+            raise ValueError(f"the tokenizer at {path} has no pad, eos, sep or unk token to pad batches with")
+        tokenizer.pad_token = fallback
+    return tokenizer
+
+
+def load_model(ref: str, runtime: Runtime, head: Head | None = None, num_labels: int | None = None) -> LoadedModel:
+    """Resolve ``ref`` and load it with the family's head (or ``head``) in ``runtime.dtype`` on ``runtime.device``."""
+    from transformers import AutoConfig
+
+    resolved = resolve_model(ref)
+    config = AutoConfig.from_pretrained(resolved.path, trust_remote_code=False)
+    family = detect_family(config)
+    head = head_for(family, head)
+    check_head(config, head)
+    if head == "sequence-classification" and num_labels is not None:
+        config.num_labels = num_labels
+    elif num_labels is not None:
+        raise ValueError(f"num_labels={num_labels} only applies to head='sequence-classification', not {head!r}")
+    tokenizer = load_tokenizer(resolved.path)
+    if getattr(config, "pad_token_id", None) is None:
+        # classification heads of decoders find the last real token through pad_token_id
+        config.pad_token_id = tokenizer.pad_token_id
+    # An explicit dtype, never "auto": "auto" takes the checkpoint's bf16 even on CPUs that emulate it slowly.
+    model = auto_class(head).from_pretrained(resolved.path, config=config, dtype=runtime.dtype,
+                                             trust_remote_code=False)
+    model.to(runtime.device)
+    model.eval()
+    return LoadedModel(model, tokenizer, family, ref, resolved.path, resolved.source)

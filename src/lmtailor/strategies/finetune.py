@@ -1,0 +1,203 @@
+"""Supervised fine-tuning, LoRA or full, of a decoder-only model on the task's training rows.
+
+Rows are rendered with the same instruction format inference uses, the loss falls only on the answer (by default),
+training runs through TRL's ``SFTTrainer``, and the tuned model then answers the test rows zero-shot with that same
+format. The artifact is saved as safetensors: a PEFT adapter (``adapter/``) or a whole model (``model/``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field, model_validator
+
+from lmtailor.errors import UserError
+from lmtailor.measure.meter import Meter
+from lmtailor.strategies.base import RunContext, Strategy, StrategyConfig, StrategyOutput
+from lmtailor.tasks.base import TaskSpec
+
+if TYPE_CHECKING:
+    from lmtailor.training.dataset import SFTRows
+
+_LORA_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "target_modules")
+
+
+class FinetuneConfig(StrategyConfig):
+    """Knobs of a fine-tuning run. LoRA knobs set together with ``method: full`` are an error, not silently ignored."""
+
+    name: Literal["finetune"] = Field(description="registered strategy name")
+    method: Literal["lora", "full"] = Field(description="lora: train low-rank adapters only; full: train every weight")
+    epochs: float = Field(1.0, gt=0, description="passes over the training rows (fractions allowed)")
+    max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps (overrides epochs)")
+    learning_rate: float | None = Field(
+        None, gt=0, description="peak AdamW learning rate (default: lora 2e-4, full 5e-5; see training/sft.py)")
+    batch_size: int = Field(8, ge=1, description="rows per forward/backward pass")
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, description="passes per optimizer step (effective batch = batch_size x this)")
+    warmup_ratio: float = Field(
+        0.05, ge=0, lt=1, description="fraction of the steps spent warming the learning rate up linearly")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
+    lora_r: int = Field(16, ge=1, description="LoRA rank")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (the update is scaled by alpha / r)")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input")
+    target_modules: list[str] | Literal["all-linear"] | None = Field(
+        None, description="modules that get adapters: names, 'all-linear', or unset for PEFT's architecture default")
+    with_instruction: bool = Field(
+        True, description="show the task instruction (and label list) in training and test prompts; false trains "
+                          "and answers on the bare input, a shorter prompt the tuned model no longer needs: cheaper "
+                          "to train and to serve")
+    completion_only_loss: bool = Field(
+        True, description="train on the answer tokens only (false: on the whole prompt too)")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass: less memory, ~25% slower")
+    train_sizes: list[int] | None = Field(
+        None, description="learning curve: one row per training-set size (nested subsets of the training split)")
+    eval_strategy: Literal["epoch", "steps", "no"] = Field(
+        "epoch", description="when to compute the validation loss: each epoch, every eval_steps steps, or never")
+    eval_steps: int | None = Field(
+        None, ge=1, description="steps between validation losses (with eval_strategy: steps)")
+    logging_steps: int = Field(5, ge=1, description="steps between training-loss log entries")
+    scoring: Literal["likelihood", "constrained", "generate"] | None = Field(
+        None, description="how test answers are produced (default: likelihood for classification, generate otherwise)")
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> "FinetuneConfig":
+        if self.method == "full":
+            stray = [f for f in _LORA_FIELDS if f in self.model_fields_set]
+            if stray:
+                raise ValueError(f"LoRA settings ({', '.join(stray)}) do not apply to method: full; remove them or "
+                                 "set method: lora")
+        if self.eval_strategy == "steps" and self.eval_steps is None:
+            raise ValueError("eval_strategy: steps needs eval_steps (e.g. eval_steps: 20)")
+        if self.eval_steps is not None and self.eval_strategy != "steps":
+            raise ValueError("eval_steps only applies with eval_strategy: steps")
+        if isinstance(self.target_modules, list) and not self.target_modules:
+            raise ValueError("target_modules is an empty list; name modules, use 'all-linear', or leave it unset")
+        if self.train_sizes is not None and (not self.train_sizes or min(self.train_sizes) < 1):
+            raise ValueError("train_sizes must be a non-empty list of positive row counts, e.g. [50, 100, 200]")
+        return self
+
+
+@dataclass
+class _Trained:
+    """What training leaves behind for measurement, inference and the run record."""
+
+    model: Any
+    state: Any  # transformers TrainerState: global_step, epoch, num_input_tokens_seen, log_history
+    train: SFTRows
+    validation: SFTRows
+    trainable: int
+    total: int
+    artifact_name: str
+    artifact: Path
+
+
+class FinetuneStrategy(Strategy):
+    """Fine-tune the model on the training rows (LoRA or full), then answer the test rows zero-shot."""
+
+    Config = FinetuneConfig
+    config: FinetuneConfig
+
+    def default_label(self) -> str:
+        name = "LoRA" if self.config.method == "lora" else "full FT"
+        return name if self.config.with_instruction else f"{name} (input only)"
+
+    def uses_training_data(self) -> bool:
+        return True
+
+    def run(self, ctx: RunContext) -> StrategyOutput:
+        from lmtailor.inference.predict import predict
+        from lmtailor.models import load_model
+
+        if not ctx.data.train:
+            raise UserError("finetune needs training rows, but the training split is empty; check data.max_train "
+                            "and the split sizes")
+        with ctx.meter.phase("load"):
+            loaded = load_model(ctx.model_ref, ctx.runtime)
+        if loaded.family != "decoder-only":
+            raise UserError(f"finetune supports decoder-only models so far; {ctx.model_ref} is an {loaded.family} "
+                            "model (its fine-tuning is not implemented yet): use a decoder-only model such as "
+                            "smollm2-135m-instruct")
+        task = ctx.task if self.config.with_instruction else replace(ctx.task, instruction="")
+        with ctx.meter.phase("train"):
+            trained = self._train(ctx, task, loaded.model, loaded.tokenizer)
+        self._measure(ctx.meter, trained)
+        model = trained.model
+        if self.config.method == "lora":
+            # Serve as deployed: the adapter (saved above) folded into the base weights, so inference costs what the
+            # base model's does instead of paying for the extra low-rank matmuls on every layer.
+            model = model.merge_and_unload()
+        with ctx.meter.phase("inference"):  # the prompt format the model was tuned on
+            predictions, inference = predict(model.eval(), loaded.tokenizer, task, ctx.data.test, (),
+                                             ctx.budget, ctx.meter, mode=self.config.scoring,
+                                             progress_desc=self.label())
+        return StrategyOutput(predictions=predictions, artifacts={trained.artifact_name: trained.artifact},
+                              details={**self._details(trained), "inference": inference})
+
+    def _train(self, ctx: RunContext, task: TaskSpec, model, tokenizer) -> _Trained:
+        """Tokenize the rows, train through TRL, finish with a validation loss, save the artifact."""
+        from lmtailor.training.dataset import build_sft_rows
+        from lmtailor.training.sft import build_trainer, count_params, learning_rate
+
+        cfg = self.config
+        train = build_sft_rows(tokenizer, task, ctx.data.train, ctx.budget)
+        val = build_sft_rows(tokenizer, task, ctx.data.validation, ctx.budget)
+        trainer = build_trainer(model, tokenizer, cfg, train.dataset, val.dataset, ctx.runtime, ctx.seed,
+                                ctx.out_dir / "checkpoints", ctx.budget.max_seq_len)
+        trainable, total = count_params(trainer.model)
+        ctx.log.info("%s: %d training rows, %s of %s parameters trainable, lr %g", self.label(), train.rows,
+                     f"{trainable:,}", f"{total:,}", learning_rate(cfg))
+        trainer.train()
+        state = trainer.state
+        if val.dataset is not None and cfg.eval_strategy != "no" and not _evaluated_at(state, state.global_step):
+            trainer.evaluate()  # max_steps can end training mid-epoch: always finish with a validation loss
+        name = "adapter" if cfg.method == "lora" else "model"
+        path = ctx.out_dir / name
+        trainer.model.save_pretrained(path)  # safetensors is the default of both PEFT and Transformers
+        tokenizer.save_pretrained(path)
+        # Drop the optimizer state (2x the trainable weights) before inference; keep the model and the log.
+        trainer.optimizer = trainer.lr_scheduler = None
+        trainer.accelerator.free_memory()
+        with contextlib.suppress(OSError):
+            (ctx.out_dir / "checkpoints").rmdir()  # nothing is checkpointed yet; keep the run directory clean
+        return _Trained(trainer.model, state, train, val, trainable, total, name, path)
+
+    def _measure(self, meter: Meter, t: _Trained) -> None:
+        from lmtailor.measure.meter import estimate_flops
+
+        tokens = int(t.state.num_input_tokens_seen)  # real (non-padding) tokens over every step actually run
+        meter.add_tokens("train", tokens)
+        meter.add_examples("train", round(t.state.epoch * t.train.rows))
+        meter.set_params(t.trainable, t.total)
+        kind = "peft" if self.config.method == "lora" else "full"
+        meter.add_flops("train", estimate_flops(t.total, tokens, kind, t.trainable))
+        meter.add_artifact(t.artifact_name, t.artifact)
+
+    def _details(self, t: _Trained) -> dict[str, Any]:
+        from lmtailor.training.sft import learning_rate, summarize_log
+
+        cfg = self.config
+        details = {
+            "method": cfg.method, "with_instruction": cfg.with_instruction, "learning_rate": learning_rate(cfg), "steps": t.state.global_step,
+            "epochs": t.state.epoch, "effective_batch_size": cfg.batch_size * cfg.gradient_accumulation_steps,
+            "train_rows": t.train.rows, "train_tokens": int(t.state.num_input_tokens_seen),
+            "train_data": t.train.summary(), "validation_data": t.validation.summary(),
+            "trainable_params": t.trainable, "total_params": t.total, **summarize_log(t.state.log_history),
+        }
+        if cfg.method == "lora":
+            details["lora"] = {**_lora_details(t.model), "inference": "adapter merged into the base weights"}
+        return details
+
+
+def _evaluated_at(state, step: int) -> bool:
+    return any("eval_loss" in e and e.get("step") == step for e in state.log_history)
+
+
+def _lora_details(peft_model) -> dict:
+    c = peft_model.peft_config["default"]
+    targets = sorted(c.target_modules) if isinstance(c.target_modules, (set, list)) else c.target_modules
+    return {"r": c.r, "alpha": c.lora_alpha, "dropout": c.lora_dropout, "target_modules": targets}

@@ -1,0 +1,91 @@
+"""Zero-shot and few-shot prompting of a general model: the bottom rung of the spectrum.
+
+Exemplars are drawn at random (fixed by the seed) from the training split only; for classification the draw
+covers as many distinct labels as it can. Classification is scored by label likelihood by default (see
+``inference/label_scoring.py``), generation tasks by greedy decoding.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Literal, Sequence
+
+from pydantic import Field
+
+from lmtailor.data.example import Example
+from lmtailor.errors import UserError
+from lmtailor.strategies.base import RunContext, Strategy, StrategyConfig, StrategyOutput
+
+
+class PromptConfig(StrategyConfig):
+    """Knobs of a prompting run."""
+
+    name: Literal["prompt"] = Field(description="registered strategy name")
+    shots: int = Field(0, ge=0, description="exemplars (solved training rows) shown before each test row; 0: zero-shot")
+    exemplars: Literal["random"] = Field(
+        "random", description="how exemplars are chosen: random rows of the training split, fixed by the seed")
+    scoring: Literal["likelihood", "constrained", "generate"] | None = Field(
+        None, description="how answers are produced: likelihood (score every label), constrained (greedy decoding "
+                          "limited to the labels) or generate (free greedy text); default: likelihood for "
+                          "classification, generate otherwise")
+
+
+def draw_exemplars(train: Sequence[Example], shots: int, seed: int, distinct_targets: bool,
+                   exclude_inputs: frozenset[str] = frozenset()) -> list[Example]:
+    """Draw ``shots`` rows from ``train`` at random; with ``distinct_targets``, one per target before any repeat."""
+    pool = [e for e in train if e.input not in exclude_inputs]
+    if shots > len(pool):
+        raise UserError(f"shots={shots} needs {shots} training rows, but the training split has {len(pool)} usable "
+                        "rows; lower shots or raise data.max_train")
+    rng = random.Random(seed)
+    order = rng.sample(pool, len(pool))
+    if not distinct_targets:
+        return order[:shots]
+    seen: set[str] = set()
+    first = [e for e in order if not (e.target in seen or seen.add(e.target))]  # first row of each target
+    picked = first[:shots]
+    chosen = {id(e) for e in picked}
+    picked += [e for e in order if id(e) not in chosen][: shots - len(picked)]
+    rng.shuffle(picked)  # so labels do not appear in a fixed pattern (the repeats all at the end)
+    return picked
+
+
+class PromptStrategy(Strategy):
+    """Prompt a decoder-only model with the task instruction and ``shots`` solved training rows."""
+
+    Config = PromptConfig
+    config: PromptConfig
+
+    def default_label(self) -> str:
+        return "zero-shot" if self.config.shots == 0 else f"{self.config.shots}-shot"
+
+    def uses_seed(self) -> bool:
+        return self.config.shots > 0  # zero-shot scoring is deterministic: one run says it all
+
+    def run(self, ctx: RunContext) -> StrategyOutput:
+        from lmtailor.inference.predict import predict
+        from lmtailor.models import load_model
+
+        cfg = self.config
+        with ctx.meter.phase("load"):
+            loaded = load_model(ctx.model_ref, ctx.runtime)
+        if loaded.family != "decoder-only":
+            raise UserError(f"the prompt strategy supports decoder-only models so far; {ctx.model_ref} is an "
+                            f"{loaded.family} model: use a decoder-only model such as smollm2-135m-instruct")
+        ctx.meter.set_params(0, sum(p.numel() for p in loaded.model.parameters()))
+        test_inputs = frozenset(e.input for e in ctx.data.test)  # a duplicate of a test row is no exemplar either
+        exemplars = draw_exemplars(ctx.data.train, cfg.shots, ctx.seed, ctx.task.type == "classification",
+                                   test_inputs)
+        leaked = {e.id for e in exemplars} & {e.id for e in ctx.data.test}
+        if leaked:
+            raise RuntimeError(f"exemplars {sorted(leaked)} are test rows; the splits share ids, which they must not")
+        if exemplars:
+            ctx.log.info("%s: exemplars %s", self.label(), ", ".join(e.id for e in exemplars))
+        with ctx.meter.phase("inference"):
+            predictions, inference = predict(loaded.model, loaded.tokenizer, ctx.task, ctx.data.test, exemplars,
+                                             ctx.budget, ctx.meter, mode=cfg.scoring,
+                                             progress_desc=f"{self.label()} {ctx.model_ref}")
+        details = {"shots": cfg.shots, "exemplars": cfg.exemplars, "exemplar_ids": [e.id for e in exemplars],
+                   "scoring": inference["mode"], "truncated_inputs": inference["truncated_inputs"],
+                   "inference": inference}
+        return StrategyOutput(predictions=predictions, details=details)

@@ -1,0 +1,1 @@
+"""Training helpers shared by the strategies that train: row encoding for SFT and the TRL trainer setup."""

@@ -1,0 +1,153 @@
+"""Supervised fine-tuning through TRL's ``SFTTrainer``, configured for honest measurement on any hardware.
+
+TRL fits as is: it accepts a pre-tokenized dataset (``input_ids`` + ``completion_mask``), builds ``labels`` with -100
+on the prompt when ``completion_only_loss`` is on (in dataset preparation since TRL 1.x, not in the collator), pads
+per batch, wraps the model with PEFT from ``peft_config``, and its ``log_history`` is the training log we record.
+What we set explicitly, because the defaults are wrong for us, is said next to each argument below.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformers.trainer_callback import ProgressCallback
+
+from lmtailor.runtime import Runtime
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    from lmtailor.strategies.finetune import FinetuneConfig
+
+log = logging.getLogger("lmtailor")
+
+# Where the default learning rates come from:
+# - LoRA 2e-4: the QLoRA paper (Dettmers et al. 2023, appendix B.2: 2e-4 for models up to 13B) and the value in
+#   the PEFT/TRL LoRA examples; LoRA wants roughly 10x the full fine-tuning rate.
+# - full 5e-5: the Transformers ``TrainingArguments`` default, the top of BERT's fine-tuning range
+#   (Devlin et al. 2019: 5e-5, 3e-5, 2e-5); small models like SmolLM2-135M tolerate the top of the range.
+DEFAULT_LEARNING_RATE = {"lora": 2e-4, "full": 5e-5}
+
+
+def learning_rate(cfg: "FinetuneConfig") -> float:
+    """The configured learning rate, or the method's default."""
+    return cfg.learning_rate if cfg.learning_rate is not None else DEFAULT_LEARNING_RATE[cfg.method]
+
+
+def lora_config(cfg: "FinetuneConfig") -> "LoraConfig":
+    """PEFT's ``LoraConfig`` for a causal LM from the strategy's knobs (no target_modules = PEFT's default)."""
+    from peft import LoraConfig
+
+    return LoraConfig(task_type="CAUSAL_LM", r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=cfg.target_modules, bias="none")
+
+
+def sft_config(cfg: "FinetuneConfig", runtime: Runtime, seed: int, output_dir: Path, max_seq_len: int,
+               has_eval: bool) -> "SFTConfig":
+    """TRL's ``SFTConfig`` for one run: precision from ``runtime``, no checkpoints, no trackers, progress shown."""
+    from trl import SFTConfig
+
+    eval_strategy = cfg.eval_strategy if has_eval else "no"
+    on_cpu = runtime.device == "cpu"
+    return SFTConfig(
+        output_dir=str(output_dir),
+        seed=seed,
+        data_seed=seed,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps if cfg.max_steps is not None else -1,
+        learning_rate=learning_rate(cfg),
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5 dropped warmup_ratio: a float < 1 here is a ratio
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        # TRL turns bf16 on whenever fp16 is off; on a CPU without native bf16 that makes a step ~12x slower, so
+        # precision always follows the runtime (fp32 on such CPUs).
+        bf16=runtime.precision == "bf16",
+        fp16=runtime.precision == "fp16",
+        use_cpu=on_cpu,
+        # TRL defaults to gradient checkpointing (saves memory, costs ~20-30% time): off unless asked for. Set under
+        # its transformers-5 name, which also keeps the deprecated ``gradient_checkpointing`` alias from warning.
+        activation_checkpointing=cfg.gradient_checkpointing,
+        max_length=max_seq_len,  # rows are already cut to this; TRL's own truncation is then a no-op
+        completion_only_loss=cfg.completion_only_loss,
+        packing=False,
+        eval_strategy=eval_strategy,
+        eval_steps=cfg.eval_steps if eval_strategy == "steps" else None,
+        logging_strategy="steps",
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,  # the loss before learning anything: the baseline the log is read against
+        include_num_input_tokens_seen="non_padding",  # real tokens trained on, for the meter and the FLOP estimate
+        save_strategy="no",  # one final save by the strategy; checkpoint/resume is not supported yet
+        report_to=[],
+        disable_tqdm=False,
+        dataloader_num_workers=0,  # rows are tokenized in memory: worker processes would only compete for the cores
+        dataloader_pin_memory=not on_cpu,
+    )
+
+
+def build_trainer(model, tokenizer, cfg: "FinetuneConfig", train: "Dataset", validation: "Dataset | None",
+                  runtime: Runtime, seed: int, output_dir: Path, max_seq_len: int) -> "SFTTrainer":
+    """An ``SFTTrainer`` over pre-tokenized rows; LoRA wraps ``model`` in place, full fine-tuning trains it all."""
+    from trl import SFTTrainer
+
+    if cfg.method == "full" and model.dtype != torch.float32:
+        # Mixed precision needs fp32 master weights: AdamW updates on half-precision weights are mostly rounded away.
+        model = model.float()
+    args = sft_config(cfg, runtime, seed, output_dir, max_seq_len, has_eval=validation is not None)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=validation,
+                         processing_class=tokenizer, peft_config=lora_config(cfg) if cfg.method == "lora" else None)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(LossInBarProgress())
+    return trainer
+
+
+class LossInBarProgress(ProgressCallback):
+    """Transformers' progress bar (rate, ETA), with the latest losses on the bar instead of a printed dict per log.
+
+    The full log still reaches the run record through ``trainer.state.log_history`` and the run log via our logger.
+    """
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        shown = {k: f"{logs[k]:.4g}" for k in ("loss", "eval_loss") if isinstance(logs.get(k), (int, float))}
+        if shown and self.training_bar is not None:
+            self.training_bar.set_postfix(shown, refresh=False)
+        if shown:
+            log.info("step %d: %s", state.global_step, ", ".join(f"{k} {v}" for k, v in shown.items()))
+
+
+def count_params(model) -> tuple[int, int]:
+    """(trainable, total) parameters; shared (tied) tensors are counted once."""
+    params = list(model.parameters())  # parameters() yields each shared tensor once
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def summarize_log(log_history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Split the Trainer's ``log_history`` into the training-loss log, the validation log and the final summary."""
+    train_log, eval_log, summary = [], [], {}
+    for entry in log_history:
+        if "loss" in entry:
+            train_log.append({k: entry[k] for k in ("step", "epoch", "loss", "learning_rate", "grad_norm",
+                                                    "mean_token_accuracy") if k in entry})
+        elif "eval_loss" in entry:
+            eval_log.append({k: entry[k] for k in ("step", "epoch", "eval_loss", "eval_mean_token_accuracy")
+                             if k in entry})
+        elif "train_runtime" in entry:
+            summary = entry
+    return {
+        "train_log": train_log,
+        "eval_log": eval_log,
+        "first_train_loss": train_log[0]["loss"] if train_log else None,
+        "last_train_loss": train_log[-1]["loss"] if train_log else None,
+        "mean_train_loss": summary.get("train_loss"),
+        "val_loss": eval_log[-1]["eval_loss"] if eval_log else None,
+        "train_runtime_s": summary.get("train_runtime"),
+    }

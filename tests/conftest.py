@@ -1,0 +1,43 @@
+"""Session-wide test setup: a private cache directory, no network, and the tiny models every test shares."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Set before any test module imports huggingface_hub/transformers, which read these at import time.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Point LMTAILOR_CACHE at a session temp dir so tests never read or write the user's cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LMTAILOR_CACHE", str(tmp_path_factory.mktemp("lmtailor-cache")))
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(_private_cache):
+    """A tiny random Llama (ChatML chat template) saved with its tokenizer; the same dir the alias tiny-llama uses."""
+    from lmtailor.models.tiny import tiny_model_dir
+
+    return tiny_model_dir("llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_dir(_private_cache):
+    """A tiny random T5 (encoder-decoder) saved with its tokenizer; the dir behind the alias tiny-t5."""
+    from lmtailor.models.tiny import tiny_model_dir
+
+    return tiny_model_dir("t5")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(_private_cache):
+    """A tiny random BERT (encoder) saved with its tokenizer; the dir behind the alias tiny-bert."""
+    from lmtailor.models.tiny import tiny_model_dir
+
+    return tiny_model_dir("bert")
