@@ -14,7 +14,8 @@ def test_meter_fills_every_field(tmp_path):
         with meter.phase("load"):
             time.sleep(0.01)
         with meter.phase("train"):
-            blob = bytearray(64 * 2**20)  # 64 MB, so the sampled peak must rise
+            # 64 MB written byte by byte: a zeroed bytearray may be untouched calloc pages, which add no RSS
+            blob = b"\x01" * (64 * 2**20)
             time.sleep(0.15)
             del blob
             meter.add_tokens("train", 500)
