@@ -41,3 +41,14 @@ def tiny_bert_dir(_private_cache):
     from lmtailor.models.tiny import tiny_model_dir
 
     return tiny_model_dir("bert")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and with other CPU work running 2 threads were ~20x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

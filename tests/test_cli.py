@@ -22,3 +22,19 @@ def test_every_command_has_help(command, capsys):
         main([*command, "--help"])
     assert e.value.code == 0
     assert "usage: lmtailor" in capsys.readouterr().out
+
+
+def test_demo_names_the_packaged_examples_on_a_typo(capsys):
+    from lmtailor.cli import main, packaged_examples
+
+    assert {"demo", "architectures"} <= set(packaged_examples())
+    assert main(["demo", "nope"]) != 0
+    assert "architectures, demo" in capsys.readouterr().out
+
+
+def test_every_packaged_example_validates(capsys):
+    from lmtailor.cli import packaged_example, packaged_examples
+    from lmtailor.config import load_experiment
+
+    for name in packaged_examples():
+        load_experiment(packaged_example(f"{name}.yaml"))

@@ -36,13 +36,7 @@ def _rows(n: int, prefix: str, seed: int) -> list[Example]:
 SPLITS = DatasetSplits(train=_rows(24, "train", 0), validation=_rows(6, "val", 1), test=_rows(6, "test", 2))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and with other CPU work running, 2 threads were ~20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _config(**kw) -> FinetuneConfig:
@@ -319,9 +313,13 @@ def test_max_steps_mid_epoch_still_ends_with_a_validation_loss(tiny_llama_dir, t
     assert not (tmp_path / "checkpoints").exists()  # nothing checkpointed, no empty directory left behind
 
 
-def test_encoder_decoder_model_is_refused_by_name(tiny_t5_dir, tmp_path):
-    with pytest.raises(UserError, match="encoder-decoder"):
-        _run(_config(method="lora", max_steps=1), tmp_path, model_ref="tiny-t5")
+@pytest.mark.parametrize("ref", ["tiny-t5", "tiny-bart"])
+def test_encoder_decoder_models_fine_tune_through_seq2seq(ref, tmp_path):
+    run = _run(_config(method="lora", max_steps=2, batch_size=4), tmp_path, model_ref=ref)
+    d = run.output.details
+    assert d["steps"] == 2 and d["val_loss"] is not None
+    assert (run.output.artifacts["adapter"] / "adapter_config.json").is_file()
+    assert run.model.config.is_encoder_decoder and set(run.output.predictions) <= set(LABELS)
 
 
 def test_empty_training_split_is_an_error(tmp_path):
@@ -342,3 +340,24 @@ def test_input_only_trains_and_answers_on_the_bare_input(tmp_path):
     assert b["train_data"]["tokens"] < d["train_data"]["tokens"]
     assert b["inference"]["prompt_tokens"]["mean"] < d["inference"]["prompt_tokens"]["mean"]
     assert set(bare.output.predictions) <= set(LABELS)
+
+
+def test_encoder_model_is_fine_tuned_as_a_classifier(tiny_bert_dir, tmp_path):
+    meter = Meter()
+    ctx = RunContext(task=TASK, data=SPLITS, model_ref="tiny-bert", budget=BUDGET, seed=0, meter=meter,
+                     out_dir=tmp_path, runtime=CPU)
+    with meter:
+        out = FinetuneStrategy(_config(method="lora", epochs=2, batch_size=4)).run(ctx)
+    assert out.details["head"] == "sequence-classification" and out.details["labels"] == list(LABELS)
+    assert len(out.predictions) == len(SPLITS.test) and set(out.predictions) <= set(LABELS)
+    assert (out.artifacts["adapter"] / "adapter_config.json").is_file()
+    assert 0 < meter.trainable_params < meter.total_params and meter.phases["train"].tokens > 0
+    assert out.details["eval_log"] and "eval_accuracy" in out.details["eval_log"][-1]
+
+
+def test_encoder_on_a_generation_task_is_a_clear_error(tiny_bert_dir, tmp_path):
+    task = TaskSpec("echo", "generation", "Repeat.")
+    ctx = RunContext(task=task, data=SPLITS, model_ref="tiny-bert", budget=BUDGET, seed=0, meter=Meter(),
+                     out_dir=tmp_path, runtime=CPU)
+    with pytest.raises(UserError, match="classifier only"):
+        FinetuneStrategy(_config(method="full")).run(ctx)

@@ -51,3 +51,23 @@ def test_prompt_run_draws_exemplars_from_train_only(tiny_llama_dir, tmp_path):
     assert len(ids) == 3 and set(ids) <= {e.id for e in TRAIN} - {"t0", "t1", "t2"}
     assert len(out.predictions) == 3 and set(out.predictions) <= {"a", "b", "c"}
     assert out.details["scoring"] == "likelihood"
+
+
+@pytest.mark.parametrize("ref", ["tiny-t5", "tiny-bart"])
+def test_prompt_runs_encoder_decoder_models_in_their_own_format(ref, tmp_path):
+    task = TaskSpec("abc", "classification", "Which letter?", ("a", "b", "c"))
+    test = [Example(f"x{i}", f"text {i}", ["a", "b", "c"][i % 3]) for i in range(3)]
+    ctx = RunContext(task=task, data=DatasetSplits(train=TRAIN, validation=[], test=test), model_ref=ref,
+                     budget=Budget(), seed=0, meter=Meter(), out_dir=tmp_path, runtime=Runtime("cpu", "fp32", "t"))
+    with ctx.meter:
+        out = PromptStrategy(PromptConfig(name="prompt", shots=2)).run(ctx)
+    assert len(out.predictions) == 3 and set(out.predictions) <= {"a", "b", "c"}
+    assert ctx.meter.phases["inference"].tokens > 0
+
+
+def test_prompting_an_encoder_is_a_clear_error(tmp_path):
+    task = TaskSpec("abc", "classification", "Which letter?", ("a", "b", "c"))
+    ctx = RunContext(task=task, data=DatasetSplits(train=TRAIN, validation=[], test=TRAIN[:2]), model_ref="tiny-bert",
+                     budget=Budget(), seed=0, meter=Meter(), out_dir=tmp_path, runtime=Runtime("cpu", "fp32", "t"))
+    with pytest.raises(UserError, match="no language-model head"):
+        PromptStrategy(PromptConfig(name="prompt", shots=0)).run(ctx)

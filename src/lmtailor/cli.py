@@ -12,6 +12,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from lmtailor.errors import UserError
+
 console = Console(stderr=False)
 
 
@@ -28,6 +30,12 @@ def _setup_logging(verbose: bool) -> None:
 def packaged_example(name: str) -> Path:
     """Path of an example experiment shipped inside the package."""
     return Path(str(files("lmtailor").joinpath("examples", name)))
+
+
+def packaged_examples() -> list[str]:
+    """Names of the example experiments shipped inside the package."""
+    return sorted(p.name.removesuffix(".yaml") for p in files("lmtailor").joinpath("examples").iterdir()
+                  if p.name.endswith(".yaml"))
 
 
 def _load(path: Path, overrides: list[str]):
@@ -59,7 +67,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    path = packaged_example("demo.yaml")
+    if args.example not in packaged_examples():
+        raise UserError(f"no packaged example {args.example!r}; choose one of {', '.join(packaged_examples())}")
+    path = packaged_example(f"{args.example}.yaml")
     exp = _load(path, args.set)
     d, b = exp.data, exp.budget
     console.print(f"demo experiment: {path}", markup=False, highlight=False)
@@ -148,7 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="parent directory of the run directory (default: output_dir)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("demo", help="run the packaged demo experiment on the embedded models")
+    p = sub.add_parser("demo", help="run a packaged example experiment on the embedded models (default: demo)")
+    p.add_argument("example", nargs="?", default="demo",
+                   help=f"which packaged example: {', '.join(packaged_examples())}")
     with_experiment(p, positional=False)
     p.add_argument("--out", type=Path, default=None, help="parent directory of the run directory (default: runs)")
     p.set_defaults(func=cmd_demo)

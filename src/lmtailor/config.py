@@ -30,7 +30,7 @@ class _Strict(BaseModel):
 class TaskConfig(_Strict):
     """What the model must do. Built-in datasets fill in what is left out."""
 
-    type: str | None = Field(None, description="task type: classification or generation (default: from the built-in dataset)")
+    type: str | None = Field(None, description="task type: classification, generation or qa (default: from the built-in dataset)")
     name: str | None = Field(None, description="task name shown in the report (default: the dataset's name)")
     instruction: str | None = Field(None, description="the instruction every model sees (default: from the built-in dataset)")
     labels: list[str] | None = Field(None, description="classification label set (default: the training targets)")

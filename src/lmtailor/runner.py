@@ -100,14 +100,15 @@ def _ids_digest(ids: list[str]) -> str:
 
 
 def run_row(row: PlannedRow, exp: Experiment, task: TaskSpec, splits: DatasetSplits, subsets: dict[int, list],
-            runtime: Runtime, run_dir: Path, env: dict) -> dict:
+            runtime: Runtime, run_dir: Path, env: dict, base_dir: Path = Path(".")) -> dict:
     """Run one row inside the meter, score it with the evaluator, write its record and predictions."""
     from transformers import set_seed
 
     data = splits if row.train_size is None else replace(splits, train=subsets[row.train_size])
     meter = Meter(pricing=exp.pricing, hardware=runtime.hardware)
     ctx = RunContext(task=task, data=data, model_ref=row.model_ref, budget=exp.budget.to_budget(), seed=row.seed,
-                     meter=meter, out_dir=run_dir / "artifacts" / row.row_id, runtime=runtime, log=log)
+                     meter=meter, out_dir=run_dir / "artifacts" / row.row_id, runtime=runtime, log=log,
+                     base_dir=base_dir)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     record: dict = {"schema_version": RESULT_SCHEMA_VERSION, "row_id": row.row_id, "row_index": row.index,
                     "label": row.label,
@@ -191,7 +192,7 @@ def run_experiment(exp: Experiment, base_dir: Path, out_dir: Path | None = None)
         for i, row in enumerate(rows, 1):
             log.info("[%d/%d] %s on %s (seed %d)", i, len(rows), row.label, row.model_ref, row.seed)
             t0 = time.perf_counter()
-            records.append(run_row(row, exp, task, splits, subsets, runtime, run_dir, env))
+            records.append(run_row(row, exp, task, splits, subsets, runtime, run_dir, env, base_dir))
             log.info("[%d/%d] %s: %s in %.1fs", i, len(rows), row.row_id, records[-1]["status"], time.perf_counter() - t0)
             # Rewritten after every row, so an interrupted run still leaves the table of what finished.
             write_text_atomic(run_dir / "results.md", results_markdown(records, title=exp.name))

@@ -40,3 +40,5 @@ class BuiltinSpec:
 
 BUILTIN_DATASETS: Registry[BuiltinSpec] = Registry("built-in dataset")
 BUILTIN_DATASETS.register("pydoc-module", "lmtailor.data.pydoc_module:SPEC")
+BUILTIN_DATASETS.register("pydoc-summary", "lmtailor.data.pydoc_summary:SPEC")
+BUILTIN_DATASETS.register("pydoc-qa", "lmtailor.data.pydoc_qa:SPEC")

@@ -17,9 +17,11 @@ import sys
 if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.abspath(__file__)):
     del sys.path[0]
 
+import ast  # noqa: E402
 import inspect  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
+import re  # noqa: E402
 import warnings  # noqa: E402
 
 # Never imported: they open windows or browsers, print on import, need a display (so they vary by machine),
@@ -50,6 +52,48 @@ def _own_doc(obj) -> str | None:
     return inspect.cleandoc(doc) if isinstance(doc, str) and doc.strip() else None
 
 
+# Default values whose repr carries a memory address (``<object object at 0x7f...>``) would differ between runs.
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+# Paths of this machine (a default of ``basedir=sys.prefix + ...``) must not reach the rows either.
+_LOCAL = tuple(p for p in {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.expanduser("~")} if len(p) > 1)
+
+
+class _Elided:
+    """Shown as ``...`` where a default is not a short literal, as type stubs do."""
+
+    def __repr__(self) -> str:
+        return "..."
+
+
+def _portable_default(value):
+    """``value`` when its repr is a short literal that reads back equal, else ``...``.
+
+    A default can be any object: ``cgi.parse(environ=os.environ)`` would put this process's environment variables
+    into the dataset, and reprs of functions or sentinels change between runs.
+    """
+    text = repr(value)
+    try:
+        literal = ast.literal_eval(text) == value
+    except Exception:  # noqa: BLE001 - not a literal (or an object whose == raises)
+        literal = False
+    if not literal or len(text) > 60 or any(p in text for p in _LOCAL):
+        return _Elided()
+    return value
+
+
+def _signature(obj) -> str | None:
+    """``inspect.signature`` as text, e.g. ``(iterable, /, *, key=None)``; ``None`` where Python cannot tell."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sig = inspect.signature(obj)
+        params = [p if p.default is p.empty else p.replace(default=_portable_default(p.default))
+                  for p in sig.parameters.values()]
+        return _ADDRESS.sub("", str(sig.replace(parameters=params)))
+    except Exception:  # noqa: BLE001 - many builtins and some classes have no introspectable signature
+        return None
+
+
 def _methods(cls: type, module: str):
     """Public methods defined in ``cls``'s own ``__dict__`` that carry their own docstring."""
     for name, attr in sorted(cls.__dict__.items()):
@@ -60,8 +104,9 @@ def _methods(cls: type, module: str):
             continue  # properties, data, aliases (``b = a`` in a class body)
         doc = _own_doc(func)
         if doc:
+            # Looked up on the class so that a classmethod's signature drops ``cls`` as callers see it.
             yield {"id": f"{module}.{cls.__name__}.{name}", "module": module, "qualname": f"{cls.__name__}.{name}",
-                   "name": name, "kind": "method", "doc": doc}
+                   "name": name, "kind": "method", "doc": doc, "signature": _signature(getattr(cls, name, func))}
 
 
 def _objects(module_name: str, module) -> list[dict]:
@@ -76,7 +121,7 @@ def _objects(module_name: str, module) -> list[dict]:
         if doc:
             kind = "class" if inspect.isclass(obj) else "function"
             rows.append({"id": f"{module_name}.{name}", "module": module_name, "qualname": name, "name": name,
-                         "kind": kind, "doc": doc})
+                         "kind": kind, "doc": doc, "signature": _signature(obj)})
         if inspect.isclass(obj):
             rows.extend(_methods(obj, module_name))
     return rows

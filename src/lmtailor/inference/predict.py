@@ -17,7 +17,7 @@ from lmtailor.data.formats import build_messages, encode_prompt, encode_prompt_c
 from lmtailor.errors import UserError
 from lmtailor.inference.generation import LabelTrie, generate_ids
 from lmtailor.inference.label_scoring import score_labels
-from lmtailor.measure.meter import Meter, estimate_flops
+from lmtailor.measure.meter import Meter
 from lmtailor.strategies.base import Budget
 from lmtailor.tasks.base import TaskSpec
 
@@ -36,9 +36,6 @@ def _check(model, task: TaskSpec, mode: str) -> None:
     if mode != "generate" and not task.labels:
         raise UserError(f"scoring mode {mode!r} chooses among the task's labels, but task {task.name!r} "
                         f"({task.type}) has none; use scoring: generate")
-    if getattr(model.config, "is_encoder_decoder", False):
-        raise UserError(f"{type(model).__name__} is an encoder-decoder model; prediction supports decoder-only "
-                        "(causal LM) models so far")
 
 
 def _prepare(tokenizer, task: TaskSpec, rows: Sequence[Example], exemplars: Sequence[Example],
@@ -64,6 +61,11 @@ def predict(model, tokenizer, task: TaskSpec, rows: Sequence[Example], exemplars
 
     ``normalize`` (likelihood mode) ranks labels by mean instead of summed token log-probability.
     """
+    if getattr(model.config, "is_encoder_decoder", False):  # T5, BART: the family's own format and decoding
+        from lmtailor.inference.seq2seq import predict_seq2seq
+
+        return predict_seq2seq(model, tokenizer, task, rows, exemplars, budget, meter, mode=mode,
+                               progress_desc=progress_desc, normalize=normalize)
     mode = mode or default_mode(task)
     _check(model, task, mode)
     texts, shots, cut_rows, cut_shots = _prepare(tokenizer, task, rows, exemplars, budget.max_input_tokens)
@@ -89,9 +91,7 @@ def predict(model, tokenizer, task: TaskSpec, rows: Sequence[Example], exemplars
     finally:
         bar.close()
         model.train(was_training)
-    meter.add_tokens("inference", tokens)
-    meter.add_examples("inference", len(rows))
-    meter.add_flops("inference", estimate_flops(sum(p.numel() for p in model.parameters()), tokens, "inference"))
+    meter.count_inference(model, tokens, len(rows))
     details["tokens"] = tokens
     if "label_scores" in details:  # keyed by row id, so a reader can line them up with predictions.jsonl
         details["label_scores"] = dict(zip((row.id for row in rows), details["label_scores"]))

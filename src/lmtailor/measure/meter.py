@@ -18,7 +18,8 @@ import psutil
 
 from lmtailor.measure.pricing import Pricing
 
-PHASES = ("load", "train", "inference")
+# "index": building a retrieval index (embedding a corpus): a one-time set-up cost like training.
+PHASES = ("load", "index", "train", "inference")
 
 
 @dataclass
@@ -125,6 +126,12 @@ class Meter:
         """Count ``n`` examples processed in ``phase`` (inference latency is time / examples)."""
         self.phases[phase].examples += int(n)
 
+    def count_inference(self, model, tokens: int, examples: int) -> None:
+        """Count one prediction pass over ``examples`` rows: real tokens, rows, and the FLOP estimate for ``model``."""
+        self.add_tokens("inference", tokens)
+        self.add_examples("inference", examples)
+        self.add_flops("inference", estimate_flops(sum(p.numel() for p in model.parameters()), tokens, "inference"))
+
     def set_params(self, trainable: int, total: int) -> None:
         self.trainable_params, self.total_params = int(trainable), int(total)
 
@@ -159,7 +166,8 @@ class Meter:
                              "inference": infer.tokens / infer.wall_s if infer.wall_s else None},
             "usd": {
                 "rate_per_hour": rate,
-                "train": self.pricing.usd(self.hardware, train.wall_s),
+                # one-time set-up: training and index building
+                "train": self.pricing.usd(self.hardware, train.wall_s + self.phases["index"].wall_s),
                 "total": self.pricing.usd(self.hardware, self.wall_s),
                 "inference_per_1k": self.pricing.usd(self.hardware, per_example * 1000) if per_example else None,
             },

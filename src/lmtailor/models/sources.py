@@ -61,6 +61,7 @@ for _entry in EMBEDDED_MODELS:
     MODEL_ALIASES.register(_entry.alias, _embedded_alias(_entry))
 MODEL_ALIASES.register("tiny-llama", _tiny_alias("llama", "decoder-only", "Llama with a ChatML chat template"))
 MODEL_ALIASES.register("tiny-t5", _tiny_alias("t5", "encoder-decoder", "T5"))
+MODEL_ALIASES.register("tiny-bart", _tiny_alias("bart", "encoder-decoder", "BART"))
 MODEL_ALIASES.register("tiny-bert", _tiny_alias("bert", "encoder", "BERT"))
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-TINY_VERSION = "v1"  # bump when the configs, corpus or tokenizer change, so cached builds are rebuilt
-TINY_FAMILIES = ("llama", "t5", "bert")
+TINY_VERSION = "v2"  # bump when the configs, corpus or tokenizer change, so cached builds are rebuilt
+TINY_FAMILIES = ("llama", "t5", "bart", "bert")
 VOCAB_SIZE = 512
 
 # ChatML, the format of SmolLM2-Instruct: the tiny llama exercises the same code paths as the real instruct model.
@@ -71,6 +71,10 @@ _SPECIALS = {
               {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "<|im_end|>", "pad_token": "<pad>",
                "extra_special_tokens": ["<|im_start|>"]}),
     "t5": (["<pad>", "</s>", "<unk>"], {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}),
+    # BART's own id order (<s>=0, <pad>=1, </s>=2, <unk>=3), which BartConfig's default token ids assume
+    "bart": (["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+             {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>",
+              "mask_token": "<mask>"}),
     "bert": (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
              {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
               "mask_token": "[MASK]"}),
@@ -92,6 +96,10 @@ def _train_backend(family: str):
     if family == "t5":  # T5 ends every sequence with </s>, as its own tokenizer does
         tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
                                                            special_tokens=[("</s>", ids["</s>"])])
+    elif family == "bart":  # BART wraps every sequence (targets too) in <s> … </s>, as its own tokenizer does
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+            special_tokens=[("<s>", ids["<s>"]), ("</s>", ids["</s>"])])
     elif family == "bert":
         tok.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
@@ -113,7 +121,7 @@ def build_tiny_tokenizer(family: str):
 
 
 def _config(family: str, tokenizer):
-    from transformers import BertConfig, LlamaConfig, T5Config
+    from transformers import BartConfig, BertConfig, LlamaConfig, T5Config
 
     vocab = len(tokenizer)
     if family == "llama":
@@ -126,6 +134,12 @@ def _config(family: str, tokenizer):
                         num_heads=4, relative_attention_num_buckets=8, dropout_rate=0.0,
                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                         decoder_start_token_id=tokenizer.pad_token_id)
+    if family == "bart":
+        return BartConfig(vocab_size=vocab, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                          decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
+                          max_position_embeddings=512, dropout=0.0, bos_token_id=tokenizer.bos_token_id,
+                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                          decoder_start_token_id=tokenizer.eos_token_id, forced_eos_token_id=tokenizer.eos_token_id)
     return BertConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                       intermediate_size=128, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id)
 
@@ -142,7 +156,7 @@ def tiny_model_dir(family: str) -> Path:
 
 
 def build_tiny_model(family: str, out_dir: Path, seed: int = 0) -> Path:
-    """Build a tiny random ``family`` model ("llama", "t5" or "bert") and save it with its tokenizer to ``out_dir``."""
+    """Build a tiny random ``family`` model (one of ``TINY_FAMILIES``) and save it with its tokenizer to ``out_dir``."""
     import torch
     from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
@@ -150,7 +164,8 @@ def build_tiny_model(family: str, out_dir: Path, seed: int = 0) -> Path:
         raise ValueError(f"unknown tiny model family {family!r}; choose one of {', '.join(TINY_FAMILIES)}")
     tokenizer = build_tiny_tokenizer(family)
     config = _config(family, tokenizer)
-    auto = {"llama": AutoModelForCausalLM, "t5": AutoModelForSeq2SeqLM, "bert": AutoModel}[family]
+    auto = {"llama": AutoModelForCausalLM, "t5": AutoModelForSeq2SeqLM, "bart": AutoModelForSeq2SeqLM,
+            "bert": AutoModel}[family]
     with torch.random.fork_rng(devices=[]):  # don't disturb the caller's random stream
         torch.manual_seed(seed)
         model = auto.from_config(config, dtype=torch.float32)

@@ -52,6 +52,7 @@ class RunContext:
     out_dir: Path
     runtime: Runtime
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("lmtailor"))
+    base_dir: Path = Path(".")  # the experiment file's folder: relative paths in strategy configs start here
 
 
 @dataclass

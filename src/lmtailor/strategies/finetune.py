@@ -97,7 +97,11 @@ class _Trained:
 
 
 class FinetuneStrategy(Strategy):
-    """Fine-tune the model on the training rows (LoRA or full), then answer the test rows zero-shot."""
+    """Fine-tune the model on the training rows (LoRA or full), then answer the test rows zero-shot.
+
+    Decoder-only models train through TRL's SFT, encoder-decoder models through Seq2SeqTrainer, encoders as
+    classifiers with a head over the task's labels: the family is read from the config.
+    """
 
     Config = FinetuneConfig
     config: FinetuneConfig
@@ -116,15 +120,17 @@ class FinetuneStrategy(Strategy):
         if not ctx.data.train:
             raise UserError("finetune needs training rows, but the training split is empty; check data.max_train "
                             "and the split sizes")
+        family = model_family(ctx.model_ref)
+        if family == "encoder":
+            return self._run_encoder(ctx)
         with ctx.meter.phase("load"):
             loaded = load_model(ctx.model_ref, ctx.runtime)
-        if loaded.family != "decoder-only":
-            raise UserError(f"finetune supports decoder-only models so far; {ctx.model_ref} is an {loaded.family} "
-                            "model (its fine-tuning is not implemented yet): use a decoder-only model such as "
-                            "smollm2-135m-instruct")
         task = ctx.task if self.config.with_instruction else replace(ctx.task, instruction="")
         with ctx.meter.phase("train"):
-            trained = self._train(ctx, task, loaded.model, loaded.tokenizer)
+            if family == "encoder-decoder":
+                trained = self._train_seq2seq(ctx, task, loaded.model, loaded.tokenizer)
+            else:
+                trained = self._train(ctx, task, loaded.model, loaded.tokenizer)
         self._measure(ctx.meter, trained)
         model = trained.model
         if self.config.method == "lora":
@@ -137,6 +143,38 @@ class FinetuneStrategy(Strategy):
                                              progress_desc=self.label())
         return StrategyOutput(predictions=predictions, artifacts={trained.artifact_name: trained.artifact},
                               details={**self._details(trained), "inference": inference})
+
+    def _run_encoder(self, ctx: RunContext) -> StrategyOutput:
+        """An encoder (BERT family) gets a classification head over the task's labels, trained with the body."""
+        from lmtailor.models import load_model
+        from lmtailor.training.classifier import check_config, predict_classifier, train_classifier
+
+        if ctx.task.type != "classification" or not ctx.task.labels:
+            raise UserError(f"{ctx.model_ref} is an encoder: it can be fine-tuned as a classifier only, but task "
+                            f"{ctx.task.name!r} is {ctx.task.type}; use a decoder-only model for this task")
+        check_config(self.config)
+        with ctx.meter.phase("load"):
+            loaded = load_model(ctx.model_ref, ctx.runtime, head="sequence-classification",
+                                num_labels=len(ctx.task.labels))
+        with ctx.meter.phase("train"):
+            trained = train_classifier(loaded.model, loaded.tokenizer, self.config, ctx.task, ctx.data.train,
+                                       ctx.data.validation, ctx.budget, ctx.runtime, ctx.seed, ctx.out_dir)
+        self._measure(ctx.meter, trained)
+        model = trained.model.merge_and_unload() if self.config.method == "lora" else trained.model
+        with ctx.meter.phase("inference"):
+            predictions, inference = predict_classifier(model.eval(), loaded.tokenizer, ctx.task, ctx.data.test,
+                                                        ctx.budget, ctx.meter, progress_desc=self.label())
+        details = {**self._details(trained), "head": "sequence-classification", "labels": list(trained.labels),
+                   "inference": inference}
+        return StrategyOutput(predictions=predictions, artifacts={trained.artifact_name: trained.artifact},
+                              details=details)
+
+    def _train_seq2seq(self, ctx: RunContext, task: TaskSpec, model, tokenizer):
+        """T5/BART: Seq2SeqTrainer on (source, target) pairs in the family's own format (training/seq2seq.py)."""
+        from lmtailor.training.seq2seq import train_seq2seq
+
+        return train_seq2seq(model, tokenizer, self.config, task, ctx.data.train, ctx.data.validation, ctx.budget,
+                             ctx.runtime, ctx.seed, ctx.out_dir)
 
     def _train(self, ctx: RunContext, task: TaskSpec, model, tokenizer) -> _Trained:
         """Tokenize the rows, train through TRL, finish with a validation loss, save the artifact."""
@@ -182,7 +220,8 @@ class FinetuneStrategy(Strategy):
 
         cfg = self.config
         details = {
-            "method": cfg.method, "with_instruction": cfg.with_instruction, "learning_rate": learning_rate(cfg), "steps": t.state.global_step,
+            "method": cfg.method, "with_instruction": cfg.with_instruction,
+            "learning_rate": getattr(t, "learning_rate", None) or learning_rate(cfg), "steps": t.state.global_step,
             "epochs": t.state.epoch, "effective_batch_size": cfg.batch_size * cfg.gradient_accumulation_steps,
             "train_rows": t.train.rows, "train_tokens": int(t.state.num_input_tokens_seen),
             "train_data": t.train.summary(), "validation_data": t.validation.summary(),
@@ -191,6 +230,15 @@ class FinetuneStrategy(Strategy):
         if cfg.method == "lora":
             details["lora"] = {**_lora_details(t.model), "inference": "adapter merged into the base weights"}
         return details
+
+
+def model_family(ref: str) -> str:
+    """The family of the model ``ref`` names, from its config alone (no weights loaded)."""
+    from transformers import AutoConfig
+
+    from lmtailor.models import detect_family, resolve_model
+
+    return detect_family(AutoConfig.from_pretrained(resolve_model(ref).path, trust_remote_code=False))
 
 
 def _evaluated_at(state, step: int) -> bool:

@@ -51,7 +51,7 @@ def draw_exemplars(train: Sequence[Example], shots: int, seed: int, distinct_tar
 
 
 class PromptStrategy(Strategy):
-    """Prompt a decoder-only model with the task instruction and ``shots`` solved training rows."""
+    """Prompt a generative model (decoder-only or encoder-decoder) with the instruction and ``shots`` solved rows."""
 
     Config = PromptConfig
     config: PromptConfig
@@ -69,9 +69,9 @@ class PromptStrategy(Strategy):
         cfg = self.config
         with ctx.meter.phase("load"):
             loaded = load_model(ctx.model_ref, ctx.runtime)
-        if loaded.family != "decoder-only":
-            raise UserError(f"the prompt strategy supports decoder-only models so far; {ctx.model_ref} is an "
-                            f"{loaded.family} model: use a decoder-only model such as smollm2-135m-instruct")
+        if loaded.family == "encoder":
+            raise UserError(f"{ctx.model_ref} is an encoder: it has no language-model head to prompt; fine-tune it as "
+                            "a classifier (finetune) or prompt a decoder-only or encoder-decoder model")
         ctx.meter.set_params(0, sum(p.numel() for p in loaded.model.parameters()))
         test_inputs = frozenset(e.input for e in ctx.data.test)  # a duplicate of a test row is no exemplar either
         exemplars = draw_exemplars(ctx.data.train, cfg.shots, ctx.seed, ctx.task.type == "classification",

@@ -6,5 +6,6 @@ from lmtailor.tasks.base import Metric, TaskSpec, TaskType
 TASK_TYPES: Registry[type[TaskType]] = Registry("task type")
 TASK_TYPES.register("classification", "lmtailor.tasks.classification:Classification")
 TASK_TYPES.register("generation", "lmtailor.tasks.generation:Generation")
+TASK_TYPES.register("qa", "lmtailor.tasks.qa:Qa")
 
 __all__ = ["TASK_TYPES", "Metric", "TaskSpec", "TaskType"]

@@ -11,6 +11,8 @@ def evaluate(task: TaskSpec, test: list[Example], predictions: list[str]) -> dic
     if len(predictions) != len(test):
         raise ValueError(f"strategy returned {len(predictions)} predictions for {len(test)} test rows")
     scorer = TASK_TYPES.get(task.type)()
-    result = scorer.score([e.target for e in test], predictions, task.labels)
+    # A task type may read richer references from the rows (e.g. qa: every accepted answer in meta["answers"]).
+    references = scorer.references(test) if hasattr(scorer, "references") else [e.target for e in test]
+    result = scorer.score(references, predictions, task.labels)
     result["primary_metric"] = scorer.primary_metric
     return result

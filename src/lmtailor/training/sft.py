@@ -16,6 +16,7 @@ import torch
 from transformers.trainer_callback import ProgressCallback
 
 from lmtailor.runtime import Runtime
+from lmtailor.training.args import common_training_args
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -52,43 +53,11 @@ def sft_config(cfg: "FinetuneConfig", runtime: Runtime, seed: int, output_dir: P
     """TRL's ``SFTConfig`` for one run: precision from ``runtime``, no checkpoints, no trackers, progress shown."""
     from trl import SFTConfig
 
-    eval_strategy = cfg.eval_strategy if has_eval else "no"
-    on_cpu = runtime.device == "cpu"
     return SFTConfig(
-        output_dir=str(output_dir),
-        seed=seed,
-        data_seed=seed,
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps if cfg.max_steps is not None else -1,
-        learning_rate=learning_rate(cfg),
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        warmup_steps=cfg.warmup_ratio,  # transformers 5 dropped warmup_ratio: a float < 1 here is a ratio
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
-        # TRL turns bf16 on whenever fp16 is off; on a CPU without native bf16 that makes a step ~12x slower, so
-        # precision always follows the runtime (fp32 on such CPUs).
-        bf16=runtime.precision == "bf16",
-        fp16=runtime.precision == "fp16",
-        use_cpu=on_cpu,
-        # TRL defaults to gradient checkpointing (saves memory, costs ~20-30% time): off unless asked for. Set under
-        # its transformers-5 name, which also keeps the deprecated ``gradient_checkpointing`` alias from warning.
-        activation_checkpointing=cfg.gradient_checkpointing,
+        **common_training_args(cfg, runtime, seed, output_dir, has_eval, learning_rate(cfg)),
         max_length=max_seq_len,  # rows are already cut to this; TRL's own truncation is then a no-op
         completion_only_loss=cfg.completion_only_loss,
         packing=False,
-        eval_strategy=eval_strategy,
-        eval_steps=cfg.eval_steps if eval_strategy == "steps" else None,
-        logging_strategy="steps",
-        logging_steps=cfg.logging_steps,
-        logging_first_step=True,  # the loss before learning anything: the baseline the log is read against
-        include_num_input_tokens_seen="non_padding",  # real tokens trained on, for the meter and the FLOP estimate
-        save_strategy="no",  # one final save by the strategy; checkpoint/resume is not supported yet
-        report_to=[],
-        disable_tqdm=False,
-        dataloader_num_workers=0,  # rows are tokenized in memory: worker processes would only compete for the cores
-        dataloader_pin_memory=not on_cpu,
     )
 
 
@@ -138,7 +107,8 @@ def summarize_log(log_history: list[dict[str, Any]]) -> dict[str, Any]:
             train_log.append({k: entry[k] for k in ("step", "epoch", "loss", "learning_rate", "grad_norm",
                                                     "mean_token_accuracy") if k in entry})
         elif "eval_loss" in entry:
-            eval_log.append({k: entry[k] for k in ("step", "epoch", "eval_loss", "eval_mean_token_accuracy")
+            eval_log.append({k: entry[k] for k in ("step", "epoch", "eval_loss", "eval_mean_token_accuracy",
+                                                   "eval_accuracy")
                              if k in entry})
         elif "train_runtime" in entry:
             summary = entry

@@ -1,0 +1,124 @@
+"""Instruction formats for encoder-decoder models (T5, Flan-T5, BART): a source text for the encoder, a target
+text for the decoder, and no chat template.
+
+The source is laid out the way Flan-T5 was instruction-tuned (natural instructions, blank lines between parts):
+
+    {instruction}
+    Options: red, green, blue          <- classification only
+
+    Input: {exemplar input}            <- few-shot: exemplars go in the source, each with its answer
+    Answer: {exemplar target}
+
+    Input: {input}                     <- with exemplars; zero-shot, the row's input stands alone
+    Answer:
+
+With no instruction (``TaskSpec.instruction == ""``: a model tuned on the task no longer needs telling) and no
+exemplars, the source is the bare input. The target is the answer, tokenized as the family's tokenizer writes
+targets (T5: ``answer </s>``; BART: ``<s> answer </s>``), so the end-of-sequence token is learnt and scored.
+Training and label scoring both go through ``encode_target``, so a tuned model is scored on the tokens it learnt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from lmtailor.data.example import Example
+from lmtailor.data.formats import truncate_text
+from lmtailor.errors import UserError
+from lmtailor.tasks.base import TaskSpec
+
+
+def _header(task: TaskSpec) -> str:
+    instruction = task.instruction.strip()
+    if not instruction:
+        return ""
+    if task.type == "classification" and task.labels:
+        instruction += "\nOptions: " + ", ".join(task.labels)
+    return instruction
+
+
+def source_text(task: TaskSpec, input_text: str, exemplars: Sequence[Example] = ()) -> str:
+    """The encoder's text for one row: instruction (and label options), few-shot exemplars, then the input."""
+    parts = [_header(task)] if _header(task) else []
+    parts += [f"Input: {ex.input}\nAnswer: {ex.target}" for ex in exemplars]
+    # Zero-shot the input stands alone (Flan's "instruction, blank line, text"); after exemplars it needs the same
+    # Input/Answer markers they have, so the model sees where its answer goes.
+    parts.append(f"Input: {input_text}\nAnswer:" if exemplars else input_text)
+    return "\n\n".join(parts)
+
+
+def encode_source(tokenizer, text: str) -> list[int]:
+    """Token ids of a source text, with the family's special tokens (T5: ``… </s>``; BART: ``<s> … </s>``)."""
+    return tokenizer(text)["input_ids"]
+
+
+def encode_target(tokenizer, target: str) -> list[int]:
+    """Token ids the decoder learns and is scored on, ending with the end-of-sequence token."""
+    ids = tokenizer(text_target=target)["input_ids"]
+    if tokenizer.eos_token_id is None:
+        raise UserError("this tokenizer has no eos token, so an encoder-decoder answer has no end to learn, score or "
+                        "stop at; use the model's own tokenizer")
+    if not ids or ids[-1] != tokenizer.eos_token_id:  # a tokenizer that adds no special tokens to targets
+        ids = ids + [tokenizer.eos_token_id]
+    return ids
+
+
+@dataclass
+class Seq2SeqSources:
+    """The rows' source texts within the input budget, and how many inputs had to be cut."""
+
+    texts: list[str]
+    truncated_inputs: int
+    truncated_exemplar_inputs: int
+
+
+def build_sources(tokenizer, task: TaskSpec, rows: Sequence[Example], exemplars: Sequence[Example],
+                  max_input_tokens: int) -> Seq2SeqSources:
+    """Source texts for ``rows``: every row and exemplar input cut to ``max_input_tokens`` tokens (counted)."""
+    shots, cut_shots = [], 0
+    for ex in exemplars:
+        text, cut = truncate_text(tokenizer, ex.input, max_input_tokens)
+        shots.append(Example(ex.id, text, ex.target, ex.meta))
+        cut_shots += cut
+    texts, cut_rows = [], 0
+    for row in rows:
+        text, cut = truncate_text(tokenizer, row.input, max_input_tokens)
+        texts.append(source_text(task, text, shots))
+        cut_rows += cut
+    return Seq2SeqSources(texts, cut_rows, cut_shots)
+
+
+@dataclass
+class Seq2SeqRow:
+    """One training row as encoder and decoder ids, and what had to be cut to fit the budget."""
+
+    source_ids: list[int]
+    target_ids: list[int]
+    input_truncated: bool
+    target_truncated: bool
+
+
+def encode_training_row(tokenizer, task: TaskSpec, row: Example, max_input_tokens: int,
+                        max_seq_len: int) -> Seq2SeqRow:
+    """Encode one training row: the input cut to ``max_input_tokens``, then the source and the target each kept
+    within ``max_seq_len`` (the encoder and the decoder are separate sequences)."""
+    text, input_cut = truncate_text(tokenizer, row.input, max_input_tokens)
+    source = encode_source(tokenizer, source_text(task, text))
+    over = len(source) - max_seq_len
+    if over > 0:  # the instruction and options left too little room: shorten the input further
+        n_input = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if n_input <= over:
+            raise UserError(f"row {row.id!r}: the instruction alone is {len(source) - n_input} tokens, which leaves "
+                            f"no room for the input within budget.max_seq_len={max_seq_len}; raise "
+                            "budget.max_seq_len or shorten task.instruction")
+        text, _ = truncate_text(tokenizer, text, n_input - over)
+        source = encode_source(tokenizer, source_text(task, text))
+        input_cut = True
+        if len(source) > max_seq_len:  # tokens merged differently at the cut: drop the rest, keep the end token
+            source = source[: max_seq_len - 1] + source[-1:]
+    target = encode_target(tokenizer, row.target)
+    target_cut = len(target) > max_seq_len
+    if target_cut:  # keep the answer's start, as the decoder-only path does
+        target = target[:max_seq_len]
+    return Seq2SeqRow(source, target, input_truncated=input_cut, target_truncated=target_cut)

@@ -1,0 +1,270 @@
+"""Fine-tune an encoder (BERT, MiniLM, RoBERTa, DeBERTa, ...) as a sequence classifier, full or LoRA, and predict.
+
+The model sees the bare row input (no instruction, no label list: a classification head needs neither) and a head
+over ``task.labels`` (label id i = ``task.labels[i]``) learns to pick one. Training runs through transformers'
+``Trainer`` with the same measurement-minded settings as ``training/sft.py``: precision from the runtime, no
+checkpoints, no trackers, real-token counting, the loss on the progress bar.
+
+There is deliberately no zero-shot counterpart: the head of a freshly loaded encoder is randomly initialised, so
+predicting with it before training measures noise, not the model. Encoders enter a comparison only fine-tuned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from lmtailor.data.example import Example
+from lmtailor.data.formats import truncate_text
+from lmtailor.errors import UserError
+from lmtailor.io import write_json_atomic
+from lmtailor.measure.meter import Meter
+from lmtailor.runtime import Runtime
+from lmtailor.training.args import common_training_args
+from lmtailor.strategies.base import Budget
+from lmtailor.tasks.base import TaskSpec
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import TrainingArguments
+
+    from lmtailor.strategies.finetune import FinetuneConfig
+
+# Where the encoder learning rates come from:
+# - full 5e-5: the top of BERT's fine-tuning grid (Devlin et al. 2019, appendix A.3: 5e-5, 3e-5, 2e-5) and the
+#   Transformers default; small encoders such as MiniLM and short runs on small data favour the top of the range.
+# - LoRA 5e-4: the LoRA paper's RoBERTa-base GLUE runs (Hu et al. 2021, table 9: 4e-4 to 5e-4); adapters start at
+#   zero and the head from scratch, so they want ~10x the full rate.
+DEFAULT_LEARNING_RATE = {"lora": 5e-4, "full": 5e-5}
+
+LABELS_FILE = "labels.json"  # next to the artifact: adapters carry no model config, so the label order lives here
+_NOT_FOR_CLASSIFIERS = ("scoring", "completion_only_loss")
+
+
+@dataclass
+class EncodedSplit:
+    """A tokenized split with the counts the run record reports (the same shape as ``SFTRows``)."""
+
+    dataset: "Dataset | None"
+    rows: int
+    tokens: int
+    truncated_inputs: int
+
+    def summary(self) -> dict:
+        return {"rows": self.rows, "tokens": self.tokens, "truncated_inputs": self.truncated_inputs}
+
+
+@dataclass
+class ClassifierTrained:
+    """What classifier training leaves behind for measurement, inference and the run record."""
+
+    model: Any  # the tuned model: a PeftModelForSequenceClassification for LoRA, else the model itself
+    state: Any  # transformers TrainerState: global_step, epoch, num_input_tokens_seen, log_history
+    train: EncodedSplit
+    validation: EncodedSplit
+    trainable: int
+    total: int
+    learning_rate: float
+    artifact_name: str  # "adapter" or "model"
+    artifact: Path
+    labels: tuple[str, ...]
+
+
+def learning_rate(cfg: "FinetuneConfig") -> float:
+    """The configured learning rate, or the encoder default for the method."""
+    return cfg.learning_rate if cfg.learning_rate is not None else DEFAULT_LEARNING_RATE[cfg.method]
+
+
+def check_config(cfg: "FinetuneConfig") -> None:
+    """Reject finetune knobs set explicitly that mean nothing for a classification head."""
+    stray = [f for f in _NOT_FOR_CLASSIFIERS if f in cfg.model_fields_set]
+    if "with_instruction" in cfg.model_fields_set and cfg.with_instruction:
+        stray.append("with_instruction")
+    if stray:
+        raise UserError(f"finetune: {', '.join(stray)} apply to generative models only; an encoder classifier reads "
+                        "the bare input and picks a label with its head. Remove them for this model.")
+
+
+def _label_ids(task: TaskSpec) -> dict[str, int]:
+    if task.type != "classification" or not task.labels:
+        raise UserError(f"task {task.name!r} ({task.type}) has no label set; an encoder classifier needs a "
+                        "classification task with labels")
+    return {label: i for i, label in enumerate(task.labels)}
+
+
+def _input_limit(tokenizer, budget: Budget) -> int:
+    """Input tokens allowed: the budget, but never past the model's maximum once [CLS]/[SEP] are added."""
+    limit = budget.max_input_tokens
+    model_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(model_max, int) and model_max < 1_000_000:  # tokenizers without a limit report ~1e30
+        limit = min(limit, model_max - tokenizer.num_special_tokens_to_add(pair=False))
+    return limit
+
+
+def encode_split(tokenizer, task: TaskSpec, rows: Sequence[Example], budget: Budget) -> EncodedSplit:
+    """Tokenize ``rows`` (inputs cut to the budget) with their label ids as ``labels``."""
+    from datasets import Dataset
+
+    ids = _label_ids(task)
+    limit, records, cut_rows, tokens = _input_limit(tokenizer, budget), [], 0, 0
+    for row in rows:
+        if row.target not in ids:
+            raise UserError(f"row {row.id!r}: label {row.target!r} is not one of the task labels "
+                            f"({', '.join(task.labels)}); fix the row or add the label to task.labels")
+        text, cut = truncate_text(tokenizer, row.input, limit)
+        enc = dict(tokenizer(text))
+        records.append({**enc, "labels": ids[row.target]})
+        cut_rows += cut
+        tokens += len(enc["input_ids"])
+    dataset = Dataset.from_list(records) if records else None
+    return EncodedSplit(dataset, len(records), tokens, cut_rows)
+
+
+def lora_config(cfg: "FinetuneConfig", model) -> "LoraConfig":
+    """PEFT's ``LoraConfig`` for sequence classification; every module of the head is trained and saved."""
+    from peft import LoraConfig
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
+
+    model_type = getattr(model.config, "model_type", "")
+    if cfg.target_modules is None and model_type not in PEFT_DEFAULTS:
+        raise UserError(f"PEFT has no default LoRA target modules for model type {model_type!r}; set "
+                        "target_modules in the finetune strategy (e.g. target_modules: all-linear)")
+    # PEFT's SEQ_CLS task adds modules named "classifier"/"score" to modules_to_save. Some heads have more fresh
+    # parts (DeBERTa's "pooler", DistilBERT's "pre_classifier"), so save every top-level module outside the encoder.
+    encoder = getattr(model, model.base_model_prefix, None)
+    head = [name for name, module in model.named_children()
+            if module is not encoder and any(True for _ in module.parameters())]
+    return LoraConfig(task_type="SEQ_CLS", r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=cfg.target_modules, modules_to_save=head, bias="none")
+
+
+def classifier_args(cfg: "FinetuneConfig", runtime: Runtime, seed: int, output_dir: Path,
+                    has_eval: bool) -> "TrainingArguments":
+    """``TrainingArguments`` for one run: precision from ``runtime``, no checkpoints, no trackers, progress shown."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        **common_training_args(cfg, runtime, seed, output_dir, has_eval, learning_rate(cfg)),
+        remove_unused_columns=False,  # the columns are exactly the model's inputs; PEFT wrappers hide the signature
+        label_names=["labels"],
+    )
+
+
+def _accuracy(eval_pred) -> dict[str, float]:
+    logits, labels = eval_pred.predictions, eval_pred.label_ids
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    return {"accuracy": float((logits.argmax(-1) == labels).mean())}
+
+
+def _set_labels(model, labels: Sequence[str]) -> None:
+    """Name the head's outputs after the task labels, so a saved model says what it predicts."""
+    model.config.id2label = dict(enumerate(labels))
+    model.config.label2id = {label: i for i, label in enumerate(labels)}
+
+
+def train_classifier(model, tokenizer, cfg: "FinetuneConfig", task: TaskSpec, train_rows: Sequence[Example],
+                     val_rows: Sequence[Example], budget: Budget, runtime: Runtime, seed: int,
+                     out_dir: Path) -> ClassifierTrained:
+    """Train ``model`` (loaded with a sequence-classification head over ``task.labels``) and save the artifact."""
+    from peft import get_peft_model
+    from transformers import DataCollatorWithPadding, Trainer
+    from transformers.trainer_callback import ProgressCallback
+
+    from lmtailor.training.sft import LossInBarProgress, count_params
+
+    check_config(cfg)
+    labels = tuple(task.labels or ())
+    train, val = encode_split(tokenizer, task, train_rows, budget), encode_split(tokenizer, task, val_rows, budget)
+    if train.dataset is None:
+        raise UserError("finetune needs training rows, but the training split is empty")
+    if model.config.num_labels != len(labels):
+        raise UserError(f"the model's head has {model.config.num_labels} outputs but task {task.name!r} has "
+                        f"{len(labels)} labels; load it with num_labels={len(labels)}")
+    _set_labels(model, labels)
+    if cfg.method == "full" and model.dtype != torch.float32:
+        model = model.float()  # AdamW updates on half-precision weights are mostly rounded away
+    if cfg.method == "lora":
+        model = get_peft_model(model, lora_config(cfg, model))
+    out_dir = Path(out_dir)
+    args = classifier_args(cfg, runtime, seed, out_dir / "checkpoints", has_eval=val.dataset is not None)
+    trainer = Trainer(model=model, args=args, train_dataset=train.dataset, eval_dataset=val.dataset,
+                      processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
+                      compute_metrics=_accuracy)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(LossInBarProgress())
+    trainable, total = count_params(trainer.model)
+    trainer.train()
+    state = trainer.state
+    if val.dataset is not None and cfg.eval_strategy != "no" and not any(
+            "eval_loss" in e and e.get("step") == state.global_step for e in state.log_history):
+        trainer.evaluate()  # max_steps can end training mid-epoch: always finish with a validation score
+    name = "adapter" if cfg.method == "lora" else "model"
+    path = save_classifier(trainer.model, tokenizer, labels, out_dir / name)
+    trainer.optimizer = trainer.lr_scheduler = None  # drop the optimizer state before inference
+    trainer.accelerator.free_memory()
+    with contextlib.suppress(OSError):
+        (out_dir / "checkpoints").rmdir()  # nothing is checkpointed: keep the run directory clean
+    return ClassifierTrained(trainer.model, state, train, val, trainable, total, learning_rate(cfg), name, path,
+                             labels)
+
+
+def save_classifier(model, tokenizer, labels: Sequence[str], path: Path) -> Path:
+    """Save the model (or LoRA adapter with its head) as safetensors, the tokenizer, and the label order."""
+    model.save_pretrained(path)  # safetensors is the default of both PEFT and Transformers
+    tokenizer.save_pretrained(path)
+    write_json_atomic(path / LABELS_FILE, {"labels": list(labels),
+                                           "id2label": {str(i): label for i, label in enumerate(labels)}})
+    return path
+
+
+def _check_head(model, task: TaskSpec) -> None:
+    labels = tuple(_label_ids(task))
+    config = model.config
+    if config.num_labels != len(labels):
+        raise UserError(f"the model's head has {config.num_labels} outputs but task {task.name!r} has {len(labels)} "
+                        "labels; fine-tune it on this task first")
+    named = [config.id2label.get(i) for i in range(len(labels))]
+    if named != list(labels) and named != [f"LABEL_{i}" for i in range(len(labels))]:
+        raise UserError(f"the model's head predicts labels {named} but task {task.name!r} has {list(labels)} (in "
+                        "that order); use the model fine-tuned on this task or fix task.labels")
+
+
+@torch.no_grad()
+def predict_classifier(model, tokenizer, task: TaskSpec, rows: Sequence[Example], budget: Budget, meter: Meter,
+                       progress_desc: str = "") -> tuple[list[str], dict]:
+    """Return the argmax label per row and details (probabilities by row id); counts tokens, rows, FLOPs."""
+    _check_head(model, task)
+    limit = _input_limit(tokenizer, budget)
+    details: dict = {"mode": "classifier-head", "rows": len(rows), "truncated_inputs": 0, "labels": list(task.labels)}
+    predictions, probs, tokens = [], [], 0
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    bar = tqdm(total=len(rows), desc=progress_desc or "classify", unit="row")
+    try:
+        for start in range(0, len(rows), budget.eval_batch_size):
+            batch = rows[start:start + budget.eval_batch_size]
+            texts = []
+            for row in batch:
+                text, cut = truncate_text(tokenizer, row.input, limit)
+                texts.append(text)
+                details["truncated_inputs"] += cut
+            enc = tokenizer(texts, padding=True, return_tensors="pt").to(device)
+            tokens += int(enc["attention_mask"].sum())  # real tokens, padding excluded
+            p = model(**enc).logits.float().softmax(-1)
+            predictions += [task.labels[i] for i in p.argmax(-1).tolist()]
+            probs += p.tolist()
+            bar.update(len(batch))
+    finally:
+        bar.close()
+        model.train(was_training)
+    meter.count_inference(model, tokens, len(rows))
+    details["tokens"] = tokens
+    details["label_probs"] = {row.id: [round(x, 4) for x in p] for row, p in zip(rows, probs)}
+    return predictions, details

@@ -1,0 +1,170 @@
+"""Fine-tuning, LoRA or full, of an encoder-decoder model (T5, Flan-T5, BART) through transformers'
+``Seq2SeqTrainer``.
+
+The knobs are the finetune strategy's (``FinetuneConfig``), read the same way as the decoder-only path in
+``training/sft.py``: same learning-rate defaults, precision from the runtime, no checkpoints, no trackers, the loss
+on the progress bar. Rows are encoded by ``data/seq2seq_format.py``, the module inference uses, so the tuned model
+is scored on exactly the source and target tokens it learnt. The loss of an encoder-decoder model is always on the
+target alone (the source is the encoder's input, never predicted).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+from transformers.trainer_callback import ProgressCallback
+
+from lmtailor.data.example import Example
+from lmtailor.data.seq2seq_format import encode_training_row
+from lmtailor.errors import UserError
+from lmtailor.runtime import Runtime
+from lmtailor.training.args import common_training_args
+from lmtailor.strategies.base import Budget
+from lmtailor.tasks.base import TaskSpec
+from lmtailor.training.sft import LossInBarProgress, count_params, learning_rate
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+    from lmtailor.strategies.finetune import FinetuneConfig
+
+
+@dataclass
+class Seq2SeqRows:
+    """A tokenized split (``input_ids``, ``attention_mask``, ``labels``), with counts the run record reports."""
+
+    dataset: "Dataset | None"
+    rows: int
+    tokens: int  # source + target tokens of one pass over the rows
+    truncated_inputs: int
+    truncated_targets: int
+
+    def summary(self) -> dict:
+        return {"rows": self.rows, "tokens": self.tokens, "truncated_inputs": self.truncated_inputs,
+                "truncated_targets": self.truncated_targets}
+
+
+@dataclass
+class Seq2SeqTrained:
+    """What training leaves behind: the fields of the finetune strategy's ``_Trained``."""
+
+    model: Any  # the tuned model (a PeftModel for LoRA)
+    state: Any  # transformers TrainerState; num_input_tokens_seen counts source and target tokens
+    train: Seq2SeqRows
+    validation: Seq2SeqRows
+    trainable: int
+    total: int
+    artifact_name: str  # "adapter" or "model"
+    artifact: Path
+
+
+def build_seq2seq_rows(tokenizer, task: TaskSpec, rows: Sequence[Example], budget: Budget) -> Seq2SeqRows:
+    """Encode ``rows`` into a ``datasets.Dataset`` of source ids and target labels within ``budget``."""
+    from datasets import Dataset
+
+    encoded = [encode_training_row(tokenizer, task, row, budget.max_input_tokens, budget.max_seq_len)
+               for row in rows]
+    records = [{"input_ids": e.source_ids, "attention_mask": [1] * len(e.source_ids), "labels": e.target_ids}
+               for e in encoded]
+    return Seq2SeqRows(
+        dataset=Dataset.from_list(records) if records else None,
+        rows=len(records),
+        tokens=sum(len(e.source_ids) + len(e.target_ids) for e in encoded),
+        truncated_inputs=sum(e.input_truncated for e in encoded),
+        truncated_targets=sum(e.target_truncated for e in encoded),
+    )
+
+
+def seq2seq_lora_config(cfg: "FinetuneConfig") -> "LoraConfig":
+    """PEFT's ``LoraConfig`` for a seq2seq LM (no target_modules = PEFT's default: T5 q, v; BART q_proj, v_proj)."""
+    from peft import LoraConfig
+
+    return LoraConfig(task_type="SEQ_2_SEQ_LM", r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                      lora_dropout=cfg.lora_dropout, target_modules=cfg.target_modules, bias="none")
+
+
+def seq2seq_training_args(cfg: "FinetuneConfig", runtime: Runtime, seed: int, output_dir: Path,
+                          has_eval: bool) -> "Seq2SeqTrainingArguments":
+    """``Seq2SeqTrainingArguments`` for one run: precision from ``runtime``, no checkpoints, no trackers."""
+    from transformers import Seq2SeqTrainingArguments
+
+    return Seq2SeqTrainingArguments(
+        **common_training_args(cfg, runtime, seed, output_dir, has_eval, learning_rate(cfg)),
+        prediction_loss_only=True,  # validation needs the loss only; keeping every logit would cost memory
+        predict_with_generate=False,
+        remove_unused_columns=False,  # the dataset holds exactly the model's inputs
+    )
+
+
+def _trainer_class():
+    from transformers import Seq2SeqTrainer
+
+    class _CountingSeq2SeqTrainer(Seq2SeqTrainer):
+        """Counts the target tokens too: the Trainer's own count covers the encoder input (attention mask) only,
+        and the meter's token count must be every real token processed, as on the decoder-only path."""
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            if "labels" in inputs:
+                self.state.num_input_tokens_seen += int((inputs["labels"] != -100).sum())
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    return _CountingSeq2SeqTrainer
+
+
+def build_seq2seq_trainer(model, tokenizer, cfg: "FinetuneConfig", train: "Dataset", validation: "Dataset | None",
+                          runtime: Runtime, seed: int, output_dir: Path) -> "Seq2SeqTrainer":
+    """A ``Seq2SeqTrainer`` over encoded rows; LoRA wraps ``model`` with PEFT, full fine-tuning trains it all."""
+    from transformers import DataCollatorForSeq2Seq
+
+    if "completion_only_loss" in cfg.model_fields_set and not cfg.completion_only_loss:
+        raise UserError("completion_only_loss: false does not apply to encoder-decoder models: their loss is always "
+                        "on the target, the source is only read by the encoder; remove the setting")
+    if cfg.method == "full" and model.dtype != torch.float32:
+        model = model.float()  # mixed precision needs fp32 master weights
+    collator = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
+    if cfg.method == "lora":
+        from peft import get_peft_model
+
+        model = get_peft_model(model, seq2seq_lora_config(cfg))
+    args = seq2seq_training_args(cfg, runtime, seed, output_dir, has_eval=validation is not None)
+    trainer = _trainer_class()(model=model, args=args, data_collator=collator, train_dataset=train,
+                               eval_dataset=validation, processing_class=tokenizer)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(LossInBarProgress())
+    return trainer
+
+
+def train_seq2seq(model, tokenizer, cfg: "FinetuneConfig", task: TaskSpec, train_rows: Sequence[Example],
+                  val_rows: Sequence[Example], budget: Budget, runtime: Runtime, seed: int,
+                  out_dir: Path) -> Seq2SeqTrained:
+    """Encode the rows, train, finish with a validation loss, save the adapter or model (safetensors) in ``out_dir``."""
+    if cfg.method not in ("lora", "full"):
+        raise UserError(f"method {cfg.method!r} is not implemented for encoder-decoder models; use lora or full")
+    if not train_rows:
+        raise UserError("fine-tuning needs training rows, but there are none; check data.max_train and the splits")
+    out_dir = Path(out_dir)
+    train = build_seq2seq_rows(tokenizer, task, train_rows, budget)
+    val = build_seq2seq_rows(tokenizer, task, val_rows, budget)
+    trainer = build_seq2seq_trainer(model, tokenizer, cfg, train.dataset, val.dataset, runtime, seed,
+                                    out_dir / "checkpoints")
+    trainable, total = count_params(trainer.model)
+    trainer.train()
+    state = trainer.state
+    if val.dataset is not None and cfg.eval_strategy != "no" and not any(
+            "eval_loss" in e and e.get("step") == state.global_step for e in state.log_history):
+        trainer.evaluate()  # max_steps can end training mid-epoch: always finish with a validation loss
+    name = "adapter" if cfg.method == "lora" else "model"
+    path = out_dir / name
+    trainer.model.save_pretrained(path)  # safetensors is the default of both PEFT and Transformers
+    tokenizer.save_pretrained(path)
+    trainer.optimizer = trainer.lr_scheduler = None  # free the optimizer state before inference
+    trainer.accelerator.free_memory()
+    with contextlib.suppress(OSError):
+        (out_dir / "checkpoints").rmdir()  # nothing is checkpointed yet; keep the run directory clean
+    return Seq2SeqTrained(trainer.model, state, train, val, trainable, total, name, path)
