@@ -12,7 +12,8 @@ from lmtailor.data.example import Example
 from lmtailor.data.seq2seq_format import (build_sources, encode_source, encode_target, encode_training_row,
                                           source_text)
 from lmtailor.errors import UserError
-from lmtailor.inference.seq2seq import generate_seq2seq_ids, predict_seq2seq, score_labels_seq2seq
+from lmtailor.inference.generation import generate_ids
+from lmtailor.inference.seq2seq import predict_seq2seq, score_labels_seq2seq
 from lmtailor.measure.meter import Meter
 from lmtailor.models import load_model
 from lmtailor.runtime import Runtime
@@ -143,8 +144,8 @@ def test_generate_returns_text_and_batching_changes_nothing(tiny):
     tok = tiny.tokenizer
     sources = [encode_source(tok, t) for t in build_sources(tok, GEN_TASK, TEST, (), 32).texts]
     stops = [tok.eos_token_id]
-    batched = generate_seq2seq_ids(tiny.model, sources, 6, stops, tok.pad_token_id, batch_size=3)
-    single = [generate_seq2seq_ids(tiny.model, [s], 6, stops, tok.pad_token_id, batch_size=1).ids[0]
+    batched = generate_ids(tiny.model, sources, 6, stops, tok.pad_token_id, batch_size=3)
+    single = [generate_ids(tiny.model, [s], 6, stops, tok.pad_token_id, batch_size=1).ids[0]
               for s in sources]
     assert batched.ids == single
     assert [tok.decode(ids, skip_special_tokens=True).strip() for ids in single] == preds

@@ -47,11 +47,17 @@ class LabelTrie:
         return self.ends.get(tuple(int(t) for t in ids))
 
 
-def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(p) for p in prompts)
-    ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompts], device=device)
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-    return ids, mask
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, device, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad token-id rows to one width on ``side``; return (ids, attention mask)."""
+    width = max(len(s) for s in seqs)
+    pads = [[pad_id] * (width - len(s)) for s in seqs]
+    ones = [[1] * len(s) for s in seqs]
+    zeros = [[0] * (width - len(s)) for s in seqs]
+    if side == "left":
+        rows, masks = [p + list(s) for p, s in zip(pads, seqs)], [z + o for z, o in zip(zeros, ones)]
+    else:
+        rows, masks = [list(s) + p for p, s in zip(pads, seqs)], [o + z for z, o in zip(zeros, ones)]
+    return torch.tensor(rows, device=device), torch.tensor(masks, device=device)
 
 
 def _strip(new_ids: list[int], stop_ids: Sequence[int]) -> list[int]:
@@ -66,27 +72,33 @@ def _strip(new_ids: list[int], stop_ids: Sequence[int]) -> list[int]:
 def generate_ids(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_ids: Sequence[int],
                  pad_id: int, batch_size: int = 8, trie: LabelTrie | None = None,
                  on_batch: Callable[[int], None] | None = None) -> Generated:
-    """Greedy-decode each prompt (only along ``trie`` when given); batches of ``batch_size``, left-padded."""
+    """Greedy-decode each prompt (only along ``trie`` when given) in batches of ``batch_size``.
+
+    Decoder-only prompts are left-padded, so every row's answer starts at the same position; encoder-decoder
+    sources are right-padded (BART's learned absolute positions would shift under left padding), and their output
+    starts with the decoder's start token. Returned ids are the answer tokens, stop token kept.
+    """
     from transformers import GenerationConfig
 
+    seq2seq = getattr(model.config, "is_encoder_decoder", False)
     device = next(model.parameters()).device
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                               eos_token_id=list(stop_ids), pad_token_id=pad_id)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths: little padding
     results: list[list[int]] = [[] for _ in prompts]
     tokens = 0
     for start in range(0, len(order), batch_size):
         batch = order[start: start + batch_size]
-        ids, mask = _left_pad([prompts[i] for i in batch], pad_id, device)
-        width = ids.shape[1]
+        ids, mask = pad_batch([prompts[i] for i in batch], pad_id, device, side="right" if seq2seq else "left")
+        answer_start = 1 if seq2seq else ids.shape[1]
         allowed_fn = None
         if trie is not None:
             # Finished or off-tree rows may only continue with a stop token; generate pads finished rows anyway.
-            allowed_fn = lambda _, seq: trie.allowed(seq[width:].tolist()) or list(stop_ids)  # noqa: E731
+            allowed_fn = lambda _, seq: trie.allowed(seq[answer_start:].tolist()) or list(stop_ids)  # noqa: E731
         out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
                              prefix_allowed_tokens_fn=allowed_fn)
         for row, i in enumerate(batch):
-            results[i] = _strip(out[row, width:].tolist(), stop_ids)
+            results[i] = _strip(out[row, answer_start:].tolist(), stop_ids)
             tokens += len(prompts[i]) + len(results[i])
         if on_batch:
             on_batch(len(batch))

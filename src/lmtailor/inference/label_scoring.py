@@ -29,6 +29,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from lmtailor.inference.generation import pad_batch
+
 log = logging.getLogger("lmtailor")
 
 
@@ -85,11 +87,6 @@ def common_prefix_len(prompts: Sequence[Sequence[int]]) -> int:
     return n
 
 
-def _pad_right(seqs: Sequence[Sequence[int]], pad_id: int, device) -> torch.Tensor:
-    width = max(len(s) for s in seqs)
-    return torch.tensor([list(s) + [pad_id] * (width - len(s)) for s in seqs], device=device)
-
-
 @torch.no_grad()
 def _label_logps_after(model, cache, first_logits: torch.Tensor, labels: Sequence[Sequence[int]],
                        pad_id: int) -> tuple[list[list[float]], int]:
@@ -100,7 +97,7 @@ def _label_logps_after(model, cache, first_logits: torch.Tensor, labels: Sequenc
     if max(len(r) for r in labels) < 2:
         return logps, 0
     cache.batch_repeat_interleave(len(labels))
-    inputs = _pad_right([r if r else [pad_id] for r in rest], pad_id, first_logits.device)
+    inputs, _ = pad_batch([r if r else [pad_id] for r in rest], pad_id, first_logits.device)
     out = forward_with_cache(model, inputs, cache)
     lp = torch.log_softmax(out.logits.float(), dim=-1)
     for i, lab in enumerate(labels):
@@ -122,8 +119,7 @@ def _score_row_uncached(model, prompt: Sequence[int], labels, pad_id: int):
     """All labels of one row as one right-padded batch of prompt + label, no cache (the fallback path)."""
     seqs = [list(prompt) + list(lab[:-1]) for lab in labels]
     device = _device(model)
-    inputs = _pad_right(seqs, pad_id, device)
-    mask = _pad_right([[1] * len(s) for s in seqs], 0, device)
+    inputs, mask = pad_batch(seqs, pad_id, device)
     width = max(len(lab) for lab in labels)
     out = model(input_ids=inputs, attention_mask=mask, logits_to_keep=width)
     lp = torch.log_softmax(out.logits.float(), dim=-1)  # positions len(prompt)-1 .. end

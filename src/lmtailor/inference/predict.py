@@ -8,7 +8,7 @@ is what the hardware processed, not what a naive implementation would have.
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 from tqdm.auto import tqdm
 
@@ -30,7 +30,8 @@ def default_mode(task: TaskSpec) -> Mode:
     return "likelihood" if task.type == "classification" else "generate"
 
 
-def _check(model, task: TaskSpec, mode: str) -> None:
+def check_mode(task: TaskSpec, mode: str) -> None:
+    """Refuse an unknown scoring mode, or a label mode on a task without labels."""
     if mode not in MODES:
         raise UserError(f"unknown scoring mode {mode!r}; use one of {', '.join(MODES)}")
     if mode != "generate" and not task.labels:
@@ -67,7 +68,7 @@ def predict(model, tokenizer, task: TaskSpec, rows: Sequence[Example], exemplars
         return predict_seq2seq(model, tokenizer, task, rows, exemplars, budget, meter, mode=mode,
                                progress_desc=progress_desc, normalize=normalize)
     mode = mode or default_mode(task)
-    _check(model, task, mode)
+    check_mode(task, mode)
     texts, shots, cut_rows, cut_shots = _prepare(tokenizer, task, rows, exemplars, budget.max_input_tokens)
     details: dict = {"mode": mode, "rows": len(rows), "shots": len(shots), "truncated_inputs": cut_rows,
                      "truncated_exemplar_inputs": cut_shots}
@@ -75,19 +76,34 @@ def predict(model, tokenizer, task: TaskSpec, rows: Sequence[Example], exemplars
         return [], details
     prompts = [encode_prompt(tokenizer, build_messages(task, text, shots)) for text in texts]
     details["prompt_tokens"] = {"mean": round(sum(map(len, prompts)) / len(prompts), 1), "max": max(map(len, prompts))}
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
+
+    def body(bar) -> tuple[list[str], int]:
+        if mode == "generate":
+            return _generate(model, tokenizer, prompts, budget, pad_id, bar, details)
+        # The answer follows the same generation prompt in every row, so its tokens are the same for all rows.
+        first = build_messages(task, texts[0], shots)
+        label_ids = [encode_prompt_completion(tokenizer, first, label)[1] for label in task.labels]
+        if mode == "likelihood":
+            return _likelihood(model, task, prompts, label_ids, pad_id, bar, details, normalize)
+        return constrained_labels(model, task, prompts, label_ids, budget, pad_id, bar, details)
+
+    return run_rows(model, rows, meter, details, progress_desc or mode, body)
+
+
+def pad_token_id(tokenizer) -> int:
+    """The id batches are padded with: the pad token, else eos."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def run_rows(model, rows: Sequence[Example], meter: Meter, details: dict, desc: str,
+             body: Callable[[tqdm], tuple[list[str], int]]) -> tuple[list[str], dict]:
+    """Run ``body(bar) -> (predictions, tokens)`` in eval mode under a progress bar; count it into ``meter``."""
     was_training = model.training
     model.eval()
-    bar = tqdm(total=len(rows), desc=progress_desc or mode, unit="row")
+    bar = tqdm(total=len(rows), desc=desc, unit="row")
     try:
-        if mode == "generate":
-            predictions, tokens = _generate(model, tokenizer, prompts, budget, pad_id, bar, details)
-        else:
-            # The answer follows the same generation prompt in every row, so its tokens are the same for all rows.
-            first = build_messages(task, texts[0], shots)
-            label_ids = [encode_prompt_completion(tokenizer, first, label)[1] for label in task.labels]
-            runner = _likelihood if mode == "likelihood" else _constrained
-            predictions, tokens = runner(model, task, prompts, label_ids, budget, pad_id, bar, details, normalize)
+        predictions, tokens = body(bar)
     finally:
         bar.close()
         model.train(was_training)
@@ -98,7 +114,7 @@ def predict(model, tokenizer, task: TaskSpec, rows: Sequence[Example], exemplars
     return predictions, details
 
 
-def _likelihood(model, task, prompts, label_ids, budget, pad_id, bar, details, normalize):
+def _likelihood(model, task, prompts, label_ids, pad_id, bar, details, normalize):
     result = score_labels(model, prompts, label_ids, pad_id, normalize=normalize, on_row=lambda: bar.update(1))
     details.update({"labels": list(task.labels), "score": "mean token log-prob" if normalize else "sum of token "
                     "log-probs", "prefix_cache_tokens": result.prefix_len, "scoring_path": result.path,
@@ -106,7 +122,9 @@ def _likelihood(model, task, prompts, label_ids, budget, pad_id, bar, details, n
     return [task.labels[i] for i in result.best()], result.tokens
 
 
-def _constrained(model, task, prompts, label_ids, budget, pad_id, bar, details, normalize):
+def constrained_labels(model, task: TaskSpec, prompts, label_ids, budget: Budget, pad_id: int, bar,
+                       details: dict) -> tuple[list[str], int]:
+    """Greedy decoding limited to the label sequences (any model family); returns (labels, tokens)."""
     trie = LabelTrie(label_ids)
     stops = sorted({ids[-1] for ids in label_ids})
     out = generate_ids(model, prompts, max(map(len, label_ids)), stops, pad_id, budget.eval_batch_size, trie=trie,

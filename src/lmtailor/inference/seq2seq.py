@@ -11,25 +11,21 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from lmtailor.data.example import Example
 from lmtailor.data.seq2seq_format import build_sources, encode_source, encode_target
 from lmtailor.errors import UserError
-from lmtailor.inference.generation import Generated, LabelTrie
+from lmtailor.inference.generation import generate_ids, pad_batch
 from lmtailor.inference.label_scoring import LabelScores
-from lmtailor.inference.predict import MODES, Mode, default_mode
+from lmtailor.inference.predict import (Mode, check_mode, constrained_labels, default_mode, pad_token_id,
+                                        run_rows)
 from lmtailor.measure.meter import Meter
 from lmtailor.strategies.base import Budget
 from lmtailor.tasks.base import TaskSpec
 
 
 def _check(model, task: TaskSpec, mode: str) -> None:
-    if mode not in MODES:
-        raise UserError(f"unknown scoring mode {mode!r}; use one of {', '.join(MODES)}")
-    if mode != "generate" and not task.labels:
-        raise UserError(f"scoring mode {mode!r} chooses among the task's labels, but task {task.name!r} "
-                        f"({task.type}) has none; use scoring: generate")
+    check_mode(task, mode)
     if not getattr(model.config, "is_encoder_decoder", False):
         raise UserError(f"{type(model).__name__} is not an encoder-decoder model; predict it with "
                         "lmtailor.inference.predict.predict")
@@ -53,27 +49,17 @@ def predict_seq2seq(model, tokenizer, task: TaskSpec, rows: Sequence[Example], e
         return [], details
     encoded = [encode_source(tokenizer, text) for text in sources.texts]
     details["prompt_tokens"] = {"mean": round(sum(map(len, encoded)) / len(encoded), 1), "max": max(map(len, encoded))}
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    was_training = model.training
-    model.eval()
-    bar = tqdm(total=len(rows), desc=progress_desc or mode, unit="row")
-    try:
+    pad_id = pad_token_id(tokenizer)
+
+    def body(bar) -> tuple[list[str], int]:
         if mode == "generate":
-            predictions, tokens = _generate(model, tokenizer, encoded, budget, pad_id, bar, details)
-        else:
-            label_ids = [encode_target(tokenizer, label) for label in task.labels]
-            if mode == "likelihood":
-                predictions, tokens = _likelihood(model, task, encoded, label_ids, pad_id, bar, details, normalize)
-            else:
-                predictions, tokens = _constrained(model, task, encoded, label_ids, budget, pad_id, bar, details)
-    finally:
-        bar.close()
-        model.train(was_training)
-    meter.count_inference(model, tokens, len(rows))
-    details["tokens"] = tokens
-    if "label_scores" in details:  # keyed by row id, so a reader can line them up with predictions.jsonl
-        details["label_scores"] = dict(zip((row.id for row in rows), details["label_scores"]))
-    return predictions, details
+            return _generate(model, tokenizer, encoded, budget, pad_id, bar, details)
+        label_ids = [encode_target(tokenizer, label) for label in task.labels]
+        if mode == "likelihood":
+            return _likelihood(model, task, encoded, label_ids, pad_id, bar, details, normalize)
+        return constrained_labels(model, task, encoded, label_ids, budget, pad_id, bar, details)
+
+    return run_rows(model, rows, meter, details, progress_desc or mode, body)
 
 
 def _likelihood(model, task, sources, label_ids, pad_id, bar, details, normalize):
@@ -85,20 +71,9 @@ def _likelihood(model, task, sources, label_ids, pad_id, bar, details, normalize
     return [task.labels[i] for i in result.best()], result.tokens
 
 
-def _constrained(model, task, sources, label_ids, budget, pad_id, bar, details):
-    trie = LabelTrie(label_ids)
-    stops = sorted({ids[-1] for ids in label_ids})
-    out = generate_seq2seq_ids(model, sources, max(map(len, label_ids)), stops, pad_id, budget.eval_batch_size,
-                               trie=trie, on_batch=bar.update)
-    matches = [trie.match(ids) for ids in out.ids]
-    # Every path through the tree ends in a label, so a miss means generation stopped early: say so, pick label 0.
-    details["unmatched"] = sum(m is None for m in matches)
-    return [task.labels[m if m is not None else 0] for m in matches], out.tokens
-
-
 def _generate(model, tokenizer, sources, budget, pad_id, bar, details):
     stops = [tokenizer.eos_token_id]
-    out = generate_seq2seq_ids(model, sources, budget.max_new_tokens, stops, pad_id, budget.eval_batch_size,
+    out = generate_ids(model, sources, budget.max_new_tokens, stops, pad_id, budget.eval_batch_size,
                                on_batch=bar.update)
     # BART forces eos at the length limit, so a cut-off answer may still end with eos: count by length too.
     details["hit_max_new_tokens"] = sum(not ids or ids[-1] not in stops or len(ids) >= budget.max_new_tokens
@@ -109,14 +84,6 @@ def _generate(model, tokenizer, sources, budget, pad_id, bar, details):
 
 def _device(model) -> torch.device:
     return next(model.parameters()).device
-
-
-def _pad_right(seqs: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    # Right padding for the encoder: BART's learned absolute positions would shift under left padding.
-    width = max(len(s) for s in seqs)
-    ids = torch.tensor([list(s) + [pad_id] * (width - len(s)) for s in seqs], device=device)
-    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
-    return ids, mask
 
 
 @torch.no_grad()
@@ -131,7 +98,7 @@ def score_labels_seq2seq(model, sources: Sequence[Sequence[int]], labels: Sequen
         raise ValueError("every label needs at least one target token")
     device = _device(model)
     # -100 marks padding in labels; the model's own shift turns the labels into decoder inputs (start token first).
-    label_batch, _ = _pad_right(labels, -100, device)
+    label_batch, _ = pad_batch(labels, -100, device)
     decoder_inputs = model.prepare_decoder_input_ids_from_labels(labels=label_batch)
     result = LabelScores([], path="encoder-once")
     n = len(labels)
@@ -148,43 +115,3 @@ def score_labels_seq2seq(model, sources: Sequence[Sequence[int]], labels: Sequen
         if on_row:
             on_row()
     return result
-
-
-def _strip(new_ids: list[int], stop_ids: Sequence[int]) -> list[int]:
-    """Cut a generated row after its first stop token (what follows is padding)."""
-    for i, t in enumerate(new_ids):
-        if t in stop_ids:
-            return new_ids[: i + 1]
-    return new_ids
-
-
-@torch.no_grad()
-def generate_seq2seq_ids(model, sources: Sequence[Sequence[int]], max_new_tokens: int, stop_ids: Sequence[int],
-                         pad_id: int, batch_size: int = 8, trie: LabelTrie | None = None,
-                         on_batch: Callable[[int], None] | None = None) -> Generated:
-    """Greedy-decode each source (only along ``trie`` when given) in right-padded batches of ``batch_size``.
-
-    Returned ids are the answer tokens (decoder start token removed, stop token kept)."""
-    from transformers import GenerationConfig
-
-    device = _device(model)
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                              eos_token_id=list(stop_ids), pad_token_id=pad_id)
-    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))  # similar lengths: little padding
-    results: list[list[int]] = [[] for _ in sources]
-    tokens = 0
-    allowed_fn = None
-    if trie is not None:
-        # The decoder's sequence starts with its start token; finished or off-tree rows may only stop.
-        allowed_fn = lambda _, seq: trie.allowed(seq[1:].tolist()) or list(stop_ids)  # noqa: E731
-    for start in range(0, len(order), batch_size):
-        batch = order[start: start + batch_size]
-        ids, mask = _pad_right([sources[i] for i in batch], pad_id, device)
-        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
-                             prefix_allowed_tokens_fn=allowed_fn)
-        for row, i in enumerate(batch):
-            results[i] = _strip(out[row, 1:].tolist(), stop_ids)
-            tokens += len(sources[i]) + len(results[i])
-        if on_batch:
-            on_batch(len(batch))
-    return Generated(results, tokens)
