@@ -27,7 +27,7 @@ from lmtailor.training.classifier import (
     predict_classifier,
     train_classifier,
 )
-from lmtailor.training.sft import summarize_log
+from lmtailor.training.common import summarize_log
 
 LABELS = ("red", "green", "blue")
 TASK = TaskSpec("colours", "classification", "Which colour word does the text contain?", LABELS)

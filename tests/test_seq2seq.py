@@ -205,7 +205,7 @@ def full_run(request, tmp_path_factory):
 
 
 def _assert_learnt(trained, epochs: int):
-    from lmtailor.training.sft import summarize_log
+    from lmtailor.training.common import summarize_log
 
     s = summarize_log(trained.state.log_history)
     assert s["last_train_loss"] < s["first_train_loss"] - 0.3

@@ -207,7 +207,7 @@ def cross_split_duplicates(splits: dict[str, list[Example]]) -> list[str]:
             if pairs:
                 warnings.append(f"{len(pairs)} {b} row(s) have the same input as a {a} row: {', '.join(pairs[:5])}"
                                 + (" ..." if len(pairs) > 5 else "") + "; scores on them measure memory, not "
-                                f"generalisation: remove them from one of the files")
+                                "generalisation: remove them from one of the files")
     return warnings
 
 

@@ -7,7 +7,6 @@ format. The artifact is saved as safetensors: a PEFT adapter (``adapter/``) or a
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -179,7 +178,8 @@ class FinetuneStrategy(Strategy):
     def _train(self, ctx: RunContext, task: TaskSpec, model, tokenizer) -> _Trained:
         """Tokenize the rows, train through TRL, finish with a validation loss, save the artifact."""
         from lmtailor.training.dataset import build_sft_rows
-        from lmtailor.training.sft import build_trainer, count_params, learning_rate
+        from lmtailor.training.common import count_params, train_and_save
+        from lmtailor.training.sft import build_trainer, learning_rate
 
         cfg = self.config
         train = build_sft_rows(tokenizer, task, ctx.data.train, ctx.budget)
@@ -189,19 +189,7 @@ class FinetuneStrategy(Strategy):
         trainable, total = count_params(trainer.model)
         ctx.log.info("%s: %d training rows, %s of %s parameters trainable, lr %g", self.label(), train.rows,
                      f"{trainable:,}", f"{total:,}", learning_rate(cfg))
-        trainer.train()
-        state = trainer.state
-        if val.dataset is not None and cfg.eval_strategy != "no" and not _evaluated_at(state, state.global_step):
-            trainer.evaluate()  # max_steps can end training mid-epoch: always finish with a validation loss
-        name = "adapter" if cfg.method == "lora" else "model"
-        path = ctx.out_dir / name
-        trainer.model.save_pretrained(path)  # safetensors is the default of both PEFT and Transformers
-        tokenizer.save_pretrained(path)
-        # Drop the optimizer state (2x the trainable weights) before inference; keep the model and the log.
-        trainer.optimizer = trainer.lr_scheduler = None
-        trainer.accelerator.free_memory()
-        with contextlib.suppress(OSError):
-            (ctx.out_dir / "checkpoints").rmdir()  # nothing is checkpointed yet; keep the run directory clean
+        state, name, path = train_and_save(trainer, cfg, tokenizer, ctx.out_dir)
         return _Trained(trainer.model, state, train, val, trainable, total, name, path)
 
     def _measure(self, meter: Meter, t: _Trained) -> None:
@@ -216,7 +204,8 @@ class FinetuneStrategy(Strategy):
         meter.add_artifact(t.artifact_name, t.artifact)
 
     def _details(self, t: _Trained) -> dict[str, Any]:
-        from lmtailor.training.sft import learning_rate, summarize_log
+        from lmtailor.training.common import summarize_log
+        from lmtailor.training.sft import learning_rate
 
         cfg = self.config
         details = {
@@ -239,10 +228,6 @@ def model_family(ref: str) -> str:
     from lmtailor.models import detect_family, resolve_model
 
     return detect_family(AutoConfig.from_pretrained(resolve_model(ref).path, trust_remote_code=False))
-
-
-def _evaluated_at(state, step: int) -> bool:
-    return any("eval_loss" in e and e.get("step") == step for e in state.log_history)
 
 
 def _lora_details(peft_model) -> dict:

@@ -11,7 +11,6 @@ predicting with it before training measures noise, not the model. Encoders enter
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -25,7 +24,8 @@ from lmtailor.errors import UserError
 from lmtailor.io import write_json_atomic
 from lmtailor.measure.meter import Meter
 from lmtailor.runtime import Runtime
-from lmtailor.training.args import common_training_args
+from lmtailor.training.common import (common_training_args, count_params, fp32_for_full, train_and_save,
+                                       use_loss_bar)
 from lmtailor.strategies.base import Budget
 from lmtailor.tasks.base import TaskSpec
 
@@ -174,9 +174,7 @@ def train_classifier(model, tokenizer, cfg: "FinetuneConfig", task: TaskSpec, tr
     """Train ``model`` (loaded with a sequence-classification head over ``task.labels``) and save the artifact."""
     from peft import get_peft_model
     from transformers import DataCollatorWithPadding, Trainer
-    from transformers.trainer_callback import ProgressCallback
 
-    from lmtailor.training.sft import LossInBarProgress, count_params
 
     check_config(cfg)
     labels = tuple(task.labels or ())
@@ -187,8 +185,7 @@ def train_classifier(model, tokenizer, cfg: "FinetuneConfig", task: TaskSpec, tr
         raise UserError(f"the model's head has {model.config.num_labels} outputs but task {task.name!r} has "
                         f"{len(labels)} labels; load it with num_labels={len(labels)}")
     _set_labels(model, labels)
-    if cfg.method == "full" and model.dtype != torch.float32:
-        model = model.float()  # AdamW updates on half-precision weights are mostly rounded away
+    model = fp32_for_full(model, cfg)
     if cfg.method == "lora":
         model = get_peft_model(model, lora_config(cfg, model))
     out_dir = Path(out_dir)
@@ -196,20 +193,10 @@ def train_classifier(model, tokenizer, cfg: "FinetuneConfig", task: TaskSpec, tr
     trainer = Trainer(model=model, args=args, train_dataset=train.dataset, eval_dataset=val.dataset,
                       processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
                       compute_metrics=_accuracy)
-    trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(LossInBarProgress())
+    use_loss_bar(trainer)
     trainable, total = count_params(trainer.model)
-    trainer.train()
-    state = trainer.state
-    if val.dataset is not None and cfg.eval_strategy != "no" and not any(
-            "eval_loss" in e and e.get("step") == state.global_step for e in state.log_history):
-        trainer.evaluate()  # max_steps can end training mid-epoch: always finish with a validation score
-    name = "adapter" if cfg.method == "lora" else "model"
-    path = save_classifier(trainer.model, tokenizer, labels, out_dir / name)
-    trainer.optimizer = trainer.lr_scheduler = None  # drop the optimizer state before inference
-    trainer.accelerator.free_memory()
-    with contextlib.suppress(OSError):
-        (out_dir / "checkpoints").rmdir()  # nothing is checkpointed: keep the run directory clean
+    state, name, path = train_and_save(trainer, cfg, tokenizer, out_dir,
+                                       save=lambda m, tok, p: save_classifier(m, tok, labels, p))
     return ClassifierTrained(trainer.model, state, train, val, trainable, total, learning_rate(cfg), name, path,
                              labels)
 

@@ -10,22 +10,20 @@ target alone (the source is the encoder's input, never predicted).
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-import torch
-from transformers.trainer_callback import ProgressCallback
 
 from lmtailor.data.example import Example
 from lmtailor.data.seq2seq_format import encode_training_row
 from lmtailor.errors import UserError
 from lmtailor.runtime import Runtime
-from lmtailor.training.args import common_training_args
+from lmtailor.training.common import (common_training_args, count_params, fp32_for_full, train_and_save,
+                                       use_loss_bar)
 from lmtailor.strategies.base import Budget
 from lmtailor.tasks.base import TaskSpec
-from lmtailor.training.sft import LossInBarProgress, count_params, learning_rate
+from lmtailor.training.sft import learning_rate
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -125,8 +123,7 @@ def build_seq2seq_trainer(model, tokenizer, cfg: "FinetuneConfig", train: "Datas
     if "completion_only_loss" in cfg.model_fields_set and not cfg.completion_only_loss:
         raise UserError("completion_only_loss: false does not apply to encoder-decoder models: their loss is always "
                         "on the target, the source is only read by the encoder; remove the setting")
-    if cfg.method == "full" and model.dtype != torch.float32:
-        model = model.float()  # mixed precision needs fp32 master weights
+    model = fp32_for_full(model, cfg)
     collator = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
     if cfg.method == "lora":
         from peft import get_peft_model
@@ -135,9 +132,7 @@ def build_seq2seq_trainer(model, tokenizer, cfg: "FinetuneConfig", train: "Datas
     args = seq2seq_training_args(cfg, runtime, seed, output_dir, has_eval=validation is not None)
     trainer = _trainer_class()(model=model, args=args, data_collator=collator, train_dataset=train,
                                eval_dataset=validation, processing_class=tokenizer)
-    trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(LossInBarProgress())
-    return trainer
+    return use_loss_bar(trainer)
 
 
 def train_seq2seq(model, tokenizer, cfg: "FinetuneConfig", task: TaskSpec, train_rows: Sequence[Example],
@@ -154,17 +149,5 @@ def train_seq2seq(model, tokenizer, cfg: "FinetuneConfig", task: TaskSpec, train
     trainer = build_seq2seq_trainer(model, tokenizer, cfg, train.dataset, val.dataset, runtime, seed,
                                     out_dir / "checkpoints")
     trainable, total = count_params(trainer.model)
-    trainer.train()
-    state = trainer.state
-    if val.dataset is not None and cfg.eval_strategy != "no" and not any(
-            "eval_loss" in e and e.get("step") == state.global_step for e in state.log_history):
-        trainer.evaluate()  # max_steps can end training mid-epoch: always finish with a validation loss
-    name = "adapter" if cfg.method == "lora" else "model"
-    path = out_dir / name
-    trainer.model.save_pretrained(path)  # safetensors is the default of both PEFT and Transformers
-    tokenizer.save_pretrained(path)
-    trainer.optimizer = trainer.lr_scheduler = None  # free the optimizer state before inference
-    trainer.accelerator.free_memory()
-    with contextlib.suppress(OSError):
-        (out_dir / "checkpoints").rmdir()  # nothing is checkpointed yet; keep the run directory clean
+    state, name, path = train_and_save(trainer, cfg, tokenizer, out_dir)
     return Seq2SeqTrained(trainer.model, state, train, val, trainable, total, name, path)

@@ -8,15 +8,11 @@ What we set explicitly, because the defaults are wrong for us, is said next to e
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import torch
-from transformers.trainer_callback import ProgressCallback
+from typing import TYPE_CHECKING
 
 from lmtailor.runtime import Runtime
-from lmtailor.training.args import common_training_args
+from lmtailor.training.common import common_training_args, fp32_for_full, use_loss_bar
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -24,8 +20,6 @@ if TYPE_CHECKING:
     from trl import SFTConfig, SFTTrainer
 
     from lmtailor.strategies.finetune import FinetuneConfig
-
-log = logging.getLogger("lmtailor")
 
 # Where the default learning rates come from:
 # - LoRA 2e-4: the QLoRA paper (Dettmers et al. 2023, appendix B.2: 2e-4 for models up to 13B) and the value in
@@ -66,58 +60,8 @@ def build_trainer(model, tokenizer, cfg: "FinetuneConfig", train: "Dataset", val
     """An ``SFTTrainer`` over pre-tokenized rows; LoRA wraps ``model`` in place, full fine-tuning trains it all."""
     from trl import SFTTrainer
 
-    if cfg.method == "full" and model.dtype != torch.float32:
-        # Mixed precision needs fp32 master weights: AdamW updates on half-precision weights are mostly rounded away.
-        model = model.float()
+    model = fp32_for_full(model, cfg)
     args = sft_config(cfg, runtime, seed, output_dir, max_seq_len, has_eval=validation is not None)
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=validation,
                          processing_class=tokenizer, peft_config=lora_config(cfg) if cfg.method == "lora" else None)
-    trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(LossInBarProgress())
-    return trainer
-
-
-class LossInBarProgress(ProgressCallback):
-    """Transformers' progress bar (rate, ETA), with the latest losses on the bar instead of a printed dict per log.
-
-    The full log still reaches the run record through ``trainer.state.log_history`` and the run log via our logger.
-    """
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
-            return
-        shown = {k: f"{logs[k]:.4g}" for k in ("loss", "eval_loss") if isinstance(logs.get(k), (int, float))}
-        if shown and self.training_bar is not None:
-            self.training_bar.set_postfix(shown, refresh=False)
-        if shown:
-            log.info("step %d: %s", state.global_step, ", ".join(f"{k} {v}" for k, v in shown.items()))
-
-
-def count_params(model) -> tuple[int, int]:
-    """(trainable, total) parameters; shared (tied) tensors are counted once."""
-    params = list(model.parameters())  # parameters() yields each shared tensor once
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
-
-
-def summarize_log(log_history: list[dict[str, Any]]) -> dict[str, Any]:
-    """Split the Trainer's ``log_history`` into the training-loss log, the validation log and the final summary."""
-    train_log, eval_log, summary = [], [], {}
-    for entry in log_history:
-        if "loss" in entry:
-            train_log.append({k: entry[k] for k in ("step", "epoch", "loss", "learning_rate", "grad_norm",
-                                                    "mean_token_accuracy") if k in entry})
-        elif "eval_loss" in entry:
-            eval_log.append({k: entry[k] for k in ("step", "epoch", "eval_loss", "eval_mean_token_accuracy",
-                                                   "eval_accuracy")
-                             if k in entry})
-        elif "train_runtime" in entry:
-            summary = entry
-    return {
-        "train_log": train_log,
-        "eval_log": eval_log,
-        "first_train_loss": train_log[0]["loss"] if train_log else None,
-        "last_train_loss": train_log[-1]["loss"] if train_log else None,
-        "mean_train_loss": summary.get("train_loss"),
-        "val_loss": eval_log[-1]["eval_loss"] if eval_log else None,
-        "train_runtime_s": summary.get("train_runtime"),
-    }
+    return use_loss_bar(trainer)

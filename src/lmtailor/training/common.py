@@ -1,0 +1,148 @@
+"""What every fine-tuning backend shares (TRL SFT, Seq2SeqTrainer, the classifier Trainer): the Trainer arguments,
+the progress bar, and the end of a run (final validation, save, optimizer state dropped).
+
+One place decides what the library defaults get wrong for honest measurement: precision always follows the
+runtime (TRL and ``dtype="auto"`` would switch on bf16, ~12x slower on CPUs that emulate it), no checkpoints yet,
+no trackers, real (non-padding) tokens counted for the meter, progress bars on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+from transformers.trainer_callback import ProgressCallback
+
+from lmtailor.runtime import Runtime
+
+if TYPE_CHECKING:
+    from lmtailor.strategies.finetune import FinetuneConfig
+
+log = logging.getLogger("lmtailor")
+
+
+def common_training_args(cfg: "FinetuneConfig", runtime: Runtime, seed: int, output_dir: Path, has_eval: bool,
+                         learning_rate: float) -> dict[str, Any]:
+    """Keyword arguments for ``TrainingArguments`` and its subclasses (``SFTConfig``, ``Seq2SeqTrainingArguments``)."""
+    eval_strategy = cfg.eval_strategy if has_eval else "no"
+    on_cpu = runtime.device == "cpu"
+    return dict(
+        output_dir=str(output_dir),
+        seed=seed,
+        data_seed=seed,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps if cfg.max_steps is not None else -1,
+        learning_rate=learning_rate,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5 dropped warmup_ratio: a float < 1 here is a ratio
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        bf16=runtime.precision == "bf16",
+        fp16=runtime.precision == "fp16",
+        use_cpu=on_cpu,
+        # TRL defaults to gradient checkpointing (saves memory, costs ~20-30% time): off unless asked for. Set under
+        # its transformers-5 name, which also keeps the deprecated ``gradient_checkpointing`` alias from warning.
+        activation_checkpointing=cfg.gradient_checkpointing,
+        eval_strategy=eval_strategy,
+        eval_steps=cfg.eval_steps if eval_strategy == "steps" else None,
+        logging_strategy="steps",
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,  # the loss before learning anything: the baseline the log is read against
+        include_num_input_tokens_seen="non_padding",  # real tokens trained on, for the meter and the FLOP estimate
+        save_strategy="no",  # one final save by the strategy; checkpoint/resume is not supported yet
+        report_to=[],
+        disable_tqdm=False,
+        dataloader_num_workers=0,  # rows are tokenized in memory: worker processes would only compete for the cores
+        dataloader_pin_memory=not on_cpu,
+    )
+
+
+def fp32_for_full(model, cfg: "FinetuneConfig"):
+    """Full fine-tuning keeps fp32 master weights: AdamW updates on half-precision weights are mostly rounded away."""
+    return model.float() if cfg.method == "full" and model.dtype != torch.float32 else model
+
+
+class LossInBarProgress(ProgressCallback):
+    """Transformers' progress bar (rate, ETA), with the latest losses on the bar instead of a printed dict per log.
+
+    The full log still reaches the run record through ``trainer.state.log_history`` and the run log via our logger.
+    """
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        shown = {k: f"{logs[k]:.4g}" for k in ("loss", "eval_loss") if isinstance(logs.get(k), (int, float))}
+        if shown and self.training_bar is not None:
+            self.training_bar.set_postfix(shown, refresh=False)
+        if shown:
+            log.info("step %d: %s", state.global_step, ", ".join(f"{k} {v}" for k, v in shown.items()))
+
+
+def count_params(model) -> tuple[int, int]:
+    """(trainable, total) parameters; shared (tied) tensors are counted once."""
+    params = list(model.parameters())  # parameters() yields each shared tensor once
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def use_loss_bar(trainer):
+    """Swap the Trainer's progress bar for ``LossInBarProgress``; return the trainer."""
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(LossInBarProgress())
+    return trainer
+
+
+def _save_pretrained(model, tokenizer, path: Path) -> Path:
+    model.save_pretrained(path)  # safetensors is the default of both PEFT and Transformers
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def train_and_save(trainer, cfg: "FinetuneConfig", tokenizer, out_dir: Path,
+                   save: Callable[[Any, Any, Path], Path] = _save_pretrained) -> tuple[Any, str, Path]:
+    """Train; end with a validation score; save the adapter or model; drop the optimizer state.
+
+    Returns (trainer state, artifact name, artifact path). ``max_steps`` can end training mid-epoch, so a final
+    evaluation runs unless the last step already had one.
+    """
+    trainer.train()
+    state = trainer.state
+    evaluated = any("eval_loss" in e and e.get("step") == state.global_step for e in state.log_history)
+    if trainer.eval_dataset is not None and cfg.eval_strategy != "no" and not evaluated:
+        trainer.evaluate()
+    name = "adapter" if cfg.method == "lora" else "model"
+    path = save(trainer.model, tokenizer, Path(out_dir) / name)
+    # The optimizer state (2x the trainable weights) is not needed for inference; the model and the log are.
+    trainer.optimizer = trainer.lr_scheduler = None
+    trainer.accelerator.free_memory()
+    with contextlib.suppress(OSError):
+        (Path(out_dir) / "checkpoints").rmdir()  # nothing is checkpointed yet; keep the run directory clean
+    return state, name, path
+
+
+def summarize_log(log_history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Split the Trainer's ``log_history`` into the training-loss log, the validation log and the final summary."""
+    train_log, eval_log, summary = [], [], {}
+    for entry in log_history:
+        if "loss" in entry:
+            train_log.append({k: entry[k] for k in ("step", "epoch", "loss", "learning_rate", "grad_norm",
+                                                    "mean_token_accuracy") if k in entry})
+        elif "eval_loss" in entry:
+            eval_log.append({k: entry[k] for k in ("step", "epoch", "eval_loss", "eval_mean_token_accuracy",
+                                                   "eval_accuracy")
+                             if k in entry})
+        elif "train_runtime" in entry:
+            summary = entry
+    return {
+        "train_log": train_log,
+        "eval_log": eval_log,
+        "first_train_loss": train_log[0]["loss"] if train_log else None,
+        "last_train_loss": train_log[-1]["loss"] if train_log else None,
+        "mean_train_loss": summary.get("train_loss"),
+        "val_loss": eval_log[-1]["eval_loss"] if eval_log else None,
+        "train_runtime_s": summary.get("train_runtime"),
+    }
