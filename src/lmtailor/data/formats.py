@@ -9,6 +9,7 @@ tuned model is scored on exactly the tokens it learnt.
 
 from __future__ import annotations
 
+import weakref
 from typing import Sequence
 
 from lmtailor.data.example import Example
@@ -66,13 +67,19 @@ def _plain_text(tokenizer, messages: list[dict]) -> str:
     return "".join(parts)
 
 
+_ADDS_BOS: "weakref.WeakKeyDictionary[object, bool]" = weakref.WeakKeyDictionary()
+
+
 def _adds_bos(tokenizer) -> bool:
-    """Whether the tokenizer puts BOS first when left to its defaults (the model was trained to expect it)."""
-    bos = tokenizer.bos_token_id
-    if bos is None:
-        return False
-    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
-    return bool(ids) and ids[0] == bos
+    """Whether the tokenizer puts BOS first when left to its defaults (the model was trained to expect it).
+
+    Probed once per tokenizer: this runs for every prompt, and the answer cannot change.
+    """
+    if tokenizer not in _ADDS_BOS:
+        bos = tokenizer.bos_token_id
+        ids = tokenizer("a", add_special_tokens=True)["input_ids"] if bos is not None else []
+        _ADDS_BOS[tokenizer] = bool(ids) and ids[0] == bos
+    return _ADDS_BOS[tokenizer]
 
 
 def _tokenize(tokenizer, text: str) -> list[int]:
