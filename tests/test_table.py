@@ -31,3 +31,12 @@ def test_failed_row_is_shown_not_dropped():
     md = results_markdown(records, "t")
     assert "failed 1/1: RuntimeError" in md
     assert "LoRA" in md and "boom" in md
+
+
+def test_a_model_without_zero_shot_is_compared_with_the_named_first_model():
+    records = [_record("zero-shot", "m1", 0.2), _record("full FT", "enc", 0.7, "finetune", train_s=5)]
+    rows = {(r.label, r.model): r for r in build_rows(records)}
+    enc = rows[("full FT", "enc")]
+    assert abs(enc.delta - 0.5) < 1e-9 and enc.baseline_model == "m1"
+    assert rows[("zero-shot", "m1")].baseline_model is None
+    assert "+50.0 pts (vs m1)" in results_markdown(records, "t")

@@ -26,6 +26,7 @@ class TableRow:
     usd_train: float
     usd_per_1k: float | None
     status: str
+    baseline_model: str | None = None  # whose zero-shot row the delta is against, when not this model's own
 
 
 def _primary(record: dict) -> tuple[str, float | None]:
@@ -54,14 +55,16 @@ def build_rows(records: list[dict]) -> list[TableRow]:
     for r in records:
         if _is_zero_shot(r) and r.get("status") == "ok":
             baselines.setdefault(r["model"], _primary(r)[1])
-    fallback = next(iter(baselines.values()), None)
+    # A model without a zero-shot row of its own (an encoder classifier) is compared with the first model's.
+    fallback_model = next(iter(baselines), None)
     rows = []
     for (label, model), recs in groups.items():
         ok = [r for r in recs if r.get("status") == "ok"]
         scores = [_primary(r)[1] for r in ok]
         score = _mean(scores)
         std = statistics.stdev(scores) if len(scores) > 1 else None
-        base = baselines.get(model, fallback)
+        base_model = model if model in baselines else fallback_model
+        base = baselines.get(base_model) if base_model is not None else None
         meters = [r["meter"] for r in recs]
         rows.append(TableRow(
             label=label, model=model, metric=_primary(recs[0])[0] if ok else "-", score=score, score_std=std,
@@ -74,6 +77,7 @@ def build_rows(records: list[dict]) -> list[TableRow]:
             trainable=meters[0]["trainable_params"], total=meters[0]["total_params"],
             usd_train=_mean([m["usd"]["train"] for m in meters]) or 0.0,
             usd_per_1k=_mean([m["usd"]["inference_per_1k"] for m in meters]),
+            baseline_model=base_model if base_model != model else None,
             status="ok" if len(ok) == len(recs) else f"failed {len(recs) - len(ok)}/{len(recs)}: "
             + next(r["error"]["type"] for r in recs if r.get("status") != "ok"),
         ))
@@ -115,6 +119,8 @@ def format_rows(rows: list[TableRow]) -> list[list[str]]:
         if r.seeds > 1:
             score += f" ({r.seeds} seeds)"
         delta = "-" if r.delta is None else f"{r.delta * 100:+.1f} pts"
+        if r.delta is not None and r.baseline_model:
+            delta += f" (vs {r.baseline_model})"
         trainable = "0" if r.trainable == 0 else _fmt_params(r.trainable)
         if r.trainable and r.total:
             pct = 100 * r.trainable / r.total
@@ -137,7 +143,8 @@ def results_markdown(records: list[dict], title: str = "results") -> str:
                   f"`{r0['test_ids_sha256']}`, listed in `splits.json`).",
                   f"Hardware: {env.get('device', '?')}, {env.get('precision', '?')} ({env.get('precision_reason', '')}); "
                   f"$ at {_fmt_usd(r0['meter']['usd']['rate_per_hour'])}/hour from the pricing table.",
-                  "Δ vs zero-shot: difference in the metric from the same model's zero-shot row, in percentage points.",
+                  "Δ vs zero-shot: difference in the metric from the same model's zero-shot row, in percentage points "
+                  "(a model without one, such as an encoder classifier, is compared with the model named in brackets).",
                   "Inference / 1k: measured wall time per test example × 1000 (batch as configured)."]
         failed = [r for r in records if r.get("status") != "ok"]
         for r in failed:
