@@ -28,20 +28,6 @@ FILES = {
 }
 
 
-@pytest.fixture(scope="session")
-def tiny_st_dir(tiny_bert_dir, tmp_path_factory) -> str:
-    """A random sentence-transformers model (tiny BERT + mean pooling) saved like any other."""
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.base.modules import Transformer
-    from sentence_transformers.sentence_transformer.modules import Pooling
-
-    word = Transformer(str(tiny_bert_dir), max_seq_length=64)
-    model = SentenceTransformer(modules=[word, Pooling(word.get_embedding_dimension(), "mean")], device="cpu")
-    path = tmp_path_factory.mktemp("tiny-st")
-    model.save(str(path))
-    return str(path)
-
-
 @pytest.fixture
 def cache(tmp_path, monkeypatch) -> Path:
     """A fresh cache for one test, so embedding counts start from nothing."""

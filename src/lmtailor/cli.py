@@ -45,12 +45,14 @@ def _load(path: Path, overrides: list[str]):
 
 
 def _print_results(run_dir: Path, title: str) -> None:
+    from lmtailor.report.findings import architecture_findings
     from lmtailor.report.table import results_markdown, results_rich_table
 
     records = [json.loads(p.read_text()) for p in sorted((run_dir / "results").glob("*.json"))]
     records.sort(key=lambda r: (r.get("row_index", 0), r.get("started_at", "")))
     if console.is_terminal:
         console.print(results_rich_table(records, title=title))
+        console.print("\n".join(architecture_findings(records)), markup=False, highlight=False, soft_wrap=True)
     else:  # piped or captured: Markdown reads well as plain text and does not wrap at an assumed 80 columns
         console.print(results_markdown(records, title=title), markup=False, highlight=False, soft_wrap=True)
     console.print(f"run directory: {run_dir}")

@@ -99,6 +99,15 @@ def _ids_digest(ids: list[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
 
 
+def _family(ref: str) -> str | None:
+    from lmtailor.models import family_of
+
+    try:
+        return family_of(ref)
+    except Exception:  # an unloadable model fails its row with the real error; the record just lacks a family
+        return None
+
+
 def run_row(row: PlannedRow, exp: Experiment, task: TaskSpec, splits: DatasetSplits, subsets: dict[int, list],
             runtime: Runtime, run_dir: Path, env: dict, base_dir: Path = Path(".")) -> dict:
     """Run one row inside the meter, score it with the evaluator, write its record and predictions."""
@@ -113,7 +122,7 @@ def run_row(row: PlannedRow, exp: Experiment, task: TaskSpec, splits: DatasetSpl
     record: dict = {"schema_version": RESULT_SCHEMA_VERSION, "row_id": row.row_id, "row_index": row.index,
                     "label": row.label,
                     "strategy": row.strategy.config.name, "config": row.strategy.config.model_dump(mode="json"),
-                    "model": row.model_ref, "seed": row.seed, "train_size": len(data.train),
+                    "model": row.model_ref, "family": _family(row.model_ref), "seed": row.seed, "train_size": len(data.train),
                     "train_size_requested": row.train_size, "task": {"name": task.name, "type": task.type},
                     "test_rows": len(splits.test), "test_ids_sha256": _ids_digest([e.id for e in splits.test])}
     predictions: list[str] | None = None
@@ -122,7 +131,7 @@ def run_row(row: PlannedRow, exp: Experiment, task: TaskSpec, splits: DatasetSpl
         with meter:
             output = row.strategy.run(ctx)
         predictions = output.predictions
-        scored = evaluate(task, splits.test, predictions)
+        scored = evaluate(task, splits.test, predictions, output.retrieved_doc_ids, output.retrieval_k)
         record.update(status="ok", error=None, metrics=scored["metrics"], primary_metric=scored["primary_metric"],
                       score_details=scored["details"], details=output.details,
                       artifacts={k: str(Path(v).relative_to(run_dir)) if Path(v).is_relative_to(run_dir) else str(v)

@@ -104,7 +104,7 @@ def _row(obj: dict, opts: PydocSummaryOptions) -> tuple[Example | None, str]:
         return None, "input_too_long"
     if is_copied(summary, text, opts.max_copied_bigrams):
         return None, "copied_summary"
-    return Example(obj["id"], text, summary, {"kind": obj["kind"]}), ""
+    return Example(obj["id"], text, summary, {"kind": obj["kind"], "source_doc": obj["id"]}), ""
 
 
 def build_rows(objects: list[dict], opts: PydocSummaryOptions) -> tuple[list[Example], dict]:

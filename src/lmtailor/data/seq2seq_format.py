@@ -53,9 +53,16 @@ def encode_source(tokenizer, text: str) -> list[int]:
     return tokenizer(text)["input_ids"]
 
 
-def encode_target(tokenizer, target: str) -> list[int]:
-    """Token ids the decoder learns and is scored on, ending with the end-of-sequence token."""
+def encode_target(tokenizer, target: str, decoder_start_token_id: int | None = None) -> list[int]:
+    """Token ids the decoder learns and is scored on, ending with the end-of-sequence token.
+
+    A leading ``decoder_start_token_id`` is dropped: the decoder is always fed it first, and a target that repeats
+    it (BERT2BERT: [CLS] starts the decoder and the BERT tokenizer starts targets with [CLS]) teaches the model to
+    emit it again, which a briefly tuned model then repeats for ever. T5 and BART targets never start with it.
+    """
     ids = tokenizer(text_target=target)["input_ids"]
+    if decoder_start_token_id is not None and ids[:1] == [decoder_start_token_id]:
+        ids = ids[1:]
     if tokenizer.eos_token_id is None:
         raise UserError("this tokenizer has no eos token, so an encoder-decoder answer has no end to learn, score or "
                         "stop at; use the model's own tokenizer")
@@ -100,7 +107,7 @@ class Seq2SeqRow:
 
 
 def encode_training_row(tokenizer, task: TaskSpec, row: Example, max_input_tokens: int,
-                        max_seq_len: int) -> Seq2SeqRow:
+                        max_seq_len: int, decoder_start_token_id: int | None = None) -> Seq2SeqRow:
     """Encode one training row: the input cut to ``max_input_tokens``, then the source and the target each kept
     within ``max_seq_len`` (the encoder and the decoder are separate sequences)."""
     text, input_cut = truncate_text(tokenizer, row.input, max_input_tokens)
@@ -117,7 +124,7 @@ def encode_training_row(tokenizer, task: TaskSpec, row: Example, max_input_token
         input_cut = True
         if len(source) > max_seq_len:  # tokens merged differently at the cut: drop the rest, keep the end token
             source = source[: max_seq_len - 1] + source[-1:]
-    target = encode_target(tokenizer, row.target)
+    target = encode_target(tokenizer, row.target, decoder_start_token_id)
     target_cut = len(target) > max_seq_len
     if target_cut:  # keep the answer's start, as the decoder-only path does
         target = target[:max_seq_len]

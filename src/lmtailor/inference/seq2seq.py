@@ -54,7 +54,8 @@ def predict_seq2seq(model, tokenizer, task: TaskSpec, rows: Sequence[Example], e
     def body(bar) -> tuple[list[str], int]:
         if mode == "generate":
             return _generate(model, tokenizer, encoded, budget, pad_id, bar, details)
-        label_ids = [encode_target(tokenizer, label) for label in task.labels]
+        start = model.config.decoder_start_token_id
+        label_ids = [encode_target(tokenizer, label, start) for label in task.labels]
         if mode == "likelihood":
             return _likelihood(model, task, encoded, label_ids, pad_id, bar, details, normalize)
         return constrained_labels(model, task, encoded, label_ids, budget, pad_id, bar, details)

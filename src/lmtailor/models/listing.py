@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmtailor.models.cache import dir_size, is_complete
-from lmtailor.models.embedded import EMBEDDED_MODELS, EmbeddedModel
+from lmtailor.models.embedded import EMBEDDED_MODELS, EmbeddedModel, MissingPackageError
 from lmtailor.models.gguf_cache import converted_path
-from lmtailor.models.sources import MODEL_ALIASES
+from lmtailor.models.sources import MODEL_ALIASES, Alias
 from lmtailor.models.tiny import TINY_VERSION
 from lmtailor.paths import cache_dir
 
@@ -43,6 +43,18 @@ def _embedded_row(entry: EmbeddedModel) -> tuple[dict, Path | None]:
     return row, converted
 
 
+def _built_row(alias: Alias) -> tuple[dict, Path | None]:
+    """An alias built once on first use (e.g. minilm-l6-bert2bert): installed if its sources are, cached once built."""
+    try:
+        path = alias.cached_path()  # type: ignore[misc]
+    except MissingPackageError as exc:
+        return _row(alias.name, alias.source, alias.family, f"no: {exc}".splitlines()[-1].strip(), "-", "-",
+                    alias.description), None
+    done = is_complete(path)
+    return _row(alias.name, alias.source, alias.family, "yes", "yes" if done else "no: built on first use",
+                _size(dir_size(path)) if done else "-", alias.description), path
+
+
 def list_models() -> list[dict]:
     """One row per alias (embedded, then tiny) and per other model directory found in the cache.
 
@@ -55,6 +67,11 @@ def list_models() -> list[dict]:
         known.add(converted)
     for name in MODEL_ALIASES.names():
         alias = MODEL_ALIASES.get(name)
+        if alias.cached_path is not None:
+            row, path = _built_row(alias)
+            rows.append(row)
+            known.add(path)
+            continue
         if alias.source != "tiny":
             continue
         built = cache_dir() / "models" / f"{name}-{TINY_VERSION}"

@@ -35,6 +35,17 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
+def family_of(ref: str) -> Family:
+    """The family of the model ``ref`` names: an alias says it; otherwise its config does (no weights loaded)."""
+    from transformers import AutoConfig
+
+    from lmtailor.models.sources import MODEL_ALIASES
+
+    if ref in MODEL_ALIASES:  # also spares converting an embedded GGUF just to read its config
+        return MODEL_ALIASES.get(ref).family  # type: ignore[return-value]
+    return detect_family(AutoConfig.from_pretrained(resolve_model(ref).path, trust_remote_code=False))
+
+
 def load_model(ref: str, runtime: Runtime, head: Head | None = None, num_labels: int | None = None) -> LoadedModel:
     """Resolve ``ref`` and load it with the family's head (or ``head``) in ``runtime.dtype`` on ``runtime.device``."""
     from transformers import AutoConfig

@@ -32,6 +32,8 @@ class Alias:
     family: str
     description: str
     locate: Callable[[], Path]
+    # where ``locate`` puts a model it builds on first use, without building it (for ``lmtailor models``)
+    cached_path: Callable[[], Path] | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,13 @@ def _embedded_alias(entry) -> Alias:
     return Alias(entry.alias, "embedded", entry.family, entry.description, lambda: locate_embedded(entry.alias))
 
 
+def _bert2bert_dir(encoder_alias: str, build: bool = True) -> Path:
+    from lmtailor.models.bert2bert import bert2bert_dir, bert2bert_path
+
+    where = bert2bert_dir if build else bert2bert_path
+    return where(locate_embedded(encoder_alias), f"{encoder_alias}-bert2bert")
+
+
 def _tiny_alias(family: str, model_family: str, what: str) -> Alias:
     from lmtailor.models.tiny import tiny_model_dir
 
@@ -59,6 +68,10 @@ def _tiny_alias(family: str, model_family: str, what: str) -> Alias:
 
 for _entry in EMBEDDED_MODELS:
     MODEL_ALIASES.register(_entry.alias, _embedded_alias(_entry))
+MODEL_ALIASES.register("minilm-l6-bert2bert", Alias(
+    "minilm-l6-bert2bert", "embedded", "encoder-decoder",
+    "BERT2BERT warm-started from minilm-l6 (encoder and decoder untied; cross-attention random: fine-tune first)",
+    lambda: _bert2bert_dir("minilm-l6"), cached_path=lambda: _bert2bert_dir("minilm-l6", build=False)))
 MODEL_ALIASES.register("tiny-llama", _tiny_alias("llama", "decoder-only", "Llama with a ChatML chat template"))
 MODEL_ALIASES.register("tiny-t5", _tiny_alias("t5", "encoder-decoder", "T5"))
 MODEL_ALIASES.register("tiny-bart", _tiny_alias("bart", "encoder-decoder", "BART"))

@@ -27,6 +27,7 @@ class TableRow:
     usd_per_1k: float | None
     status: str
     baseline_model: str | None = None  # whose zero-shot row the delta is against, when not this model's own
+    retrieval: dict[str, float] | None = None  # recall@k and MRR of a retrieval row, averaged over seeds
 
 
 def _primary(record: dict) -> tuple[str, float | None]:
@@ -40,6 +41,16 @@ def _primary(record: dict) -> tuple[str, float | None]:
 def _mean(values: list[float | None]) -> float | None:
     vals = [v for v in values if v is not None]
     return statistics.fmean(vals) if vals else None
+
+
+def _retrieval(records: list[dict]) -> dict[str, float] | None:
+    """Mean retrieval metrics (recall@k, mrr) of records that were scored on retrieval; None for other rows."""
+    names = [m["name"] for m in records[0].get("metrics", []) if m["name"].startswith("recall@") or m["name"] == "mrr"]
+    if not names:
+        return None
+    values = {n: _mean([next((m["value"] for m in r["metrics"] if m["name"] == n), None) for r in records])
+              for n in names}
+    return {n: v for n, v in values.items() if v is not None} or None
 
 
 def _is_zero_shot(record: dict) -> bool:
@@ -78,6 +89,7 @@ def build_rows(records: list[dict]) -> list[TableRow]:
             usd_train=_mean([m["usd"]["train"] for m in meters]) or 0.0,
             usd_per_1k=_mean([m["usd"]["inference_per_1k"] for m in meters]),
             baseline_model=base_model if base_model != model else None,
+            retrieval=_retrieval(ok) if ok else None,
             status="ok" if len(ok) == len(recs) else f"failed {len(recs) - len(ok)}/{len(recs)}: "
             + next(r["error"]["type"] for r in recs if r.get("status") != "ok"),
         ))
@@ -103,16 +115,31 @@ def _fmt_duration(s: float | None) -> str:
     return f"{s:.1f} s"
 
 
-def _fmt_usd(v: float | None) -> str:
+def fmt_usd(v: float | None) -> str:
     return "-" if v is None else f"${v:.4f}" if v < 1 else f"${v:,.2f}"
 
 
 HEADERS = ["approach", "model", "metric", "Δ vs zero-shot", "train / index time", "inference / 1k",
            "peak memory", "trainable params", "$ train", "$ / 1k inferences", "status"]
+RETRIEVAL_HEADER = "retrieval"  # shown after the metric when any row retrieved
+
+
+def headers(rows: list[TableRow]) -> list[str]:
+    """The table's columns: ``HEADERS``, plus the retrieval column when some row has retrieval metrics."""
+    if not any(r.retrieval for r in rows):
+        return list(HEADERS)
+    return HEADERS[:3] + [RETRIEVAL_HEADER] + HEADERS[3:]
+
+
+def _fmt_retrieval(metrics: dict[str, float] | None) -> str:
+    if not metrics:
+        return "-"
+    return " · ".join(f"{'MRR' if name == 'mrr' else name} {value:.3f}" for name, value in metrics.items())
 
 
 def format_rows(rows: list[TableRow]) -> list[list[str]]:
-    """Turn table rows into display strings, one list per row in ``HEADERS`` order."""
+    """Turn table rows into display strings, one list per row in ``headers(rows)`` order."""
+    with_retrieval = RETRIEVAL_HEADER in headers(rows)
     out = []
     for r in rows:
         score = "-" if r.score is None else f"{r.metric} {r.score:.3f}" + (f" ± {r.score_std:.3f}" if r.score_std is not None else "")
@@ -125,16 +152,22 @@ def format_rows(rows: list[TableRow]) -> list[list[str]]:
         if r.trainable and r.total:
             pct = 100 * r.trainable / r.total
             trainable += f" ({pct:.0f}%)" if pct >= 10 else f" ({pct:.2g}%)"
-        out.append([r.label, r.model, score, delta, _fmt_duration(r.train_s) if r.train_s else "-",
-                    _fmt_duration(r.infer_s_per_1k), f"{r.peak_rss_mb:,.0f} MB", trainable,
-                    _fmt_usd(r.usd_train) if r.train_s else "-", _fmt_usd(r.usd_per_1k), r.status])
+        cells = [r.label, r.model, score, delta, _fmt_duration(r.train_s) if r.train_s else "-",
+                 _fmt_duration(r.infer_s_per_1k), f"{r.peak_rss_mb:,.0f} MB", trainable,
+                 fmt_usd(r.usd_train) if r.train_s else "-", fmt_usd(r.usd_per_1k), r.status]
+        if with_retrieval:
+            cells.insert(3, _fmt_retrieval(r.retrieval))
+        out.append(cells)
     return out
 
 
 def results_markdown(records: list[dict], title: str = "results") -> str:
     """The cost-benefit table as Markdown, with the facts a reader needs to trust it."""
-    rows = format_rows(build_rows(records))
-    lines = [f"# {title}", "", "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    from lmtailor.report.findings import architecture_findings  # findings builds on this module's rows
+
+    table_rows = build_rows(records)
+    rows, columns = format_rows(table_rows), headers(table_rows)
+    lines = [f"# {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
     if records:
         r0 = records[0]
@@ -142,13 +175,17 @@ def results_markdown(records: list[dict], title: str = "results") -> str:
         lines += ["", f"All rows are scored on the same {r0['test_rows']} test rows (ids digest "
                   f"`{r0['test_ids_sha256']}`, listed in `splits.json`).",
                   f"Hardware: {env.get('device', '?')}, {env.get('precision', '?')} ({env.get('precision_reason', '')}); "
-                  f"$ at {_fmt_usd(r0['meter']['usd']['rate_per_hour'])}/hour from the pricing table.",
+                  f"$ at {fmt_usd(r0['meter']['usd']['rate_per_hour'])}/hour from the pricing table.",
                   "Δ vs zero-shot: difference in the metric from the same model's zero-shot row, in percentage points "
                   "(a model without one, such as an encoder classifier, is compared with the model named in brackets).",
                   "Inference / 1k: measured wall time per test example × 1000 (batch as configured)."]
+        if RETRIEVAL_HEADER in columns:
+            lines.append("Retrieval: recall@k and MRR of the documents retrieved for each test row against its gold "
+                         "document, over the rows that name one; RAG rows' time includes building the index.")
         failed = [r for r in records if r.get("status") != "ok"]
         for r in failed:
             lines.append(f"- **{r['row_id']} failed**: {r['error']['type']}: {r['error']['message']}")
+        lines += [""] + architecture_findings(records)
     return "\n".join(lines) + "\n"
 
 
@@ -157,8 +194,9 @@ def results_rich_table(records: list[dict], title: str = "results"):
     from rich.table import Table
 
     table = Table(title=title, show_lines=False)
-    for h in HEADERS:
+    table_rows = build_rows(records)
+    for h in headers(table_rows):
         table.add_column(h, overflow="fold")
-    for row in format_rows(build_rows(records)):
+    for row in format_rows(table_rows):
         table.add_row(*row, style=None if row[-1] == "ok" else "red")
     return table

@@ -6,5 +6,6 @@ from lmtailor.strategies.base import Budget, RunContext, Strategy, StrategyConfi
 STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
 STRATEGIES.register("prompt", "lmtailor.strategies.prompt:PromptStrategy")
 STRATEGIES.register("finetune", "lmtailor.strategies.finetune:FinetuneStrategy")
+STRATEGIES.register("rag", "lmtailor.strategies.rag:RagStrategy")
 
 __all__ = ["STRATEGIES", "Budget", "RunContext", "Strategy", "StrategyConfig", "StrategyOutput"]

@@ -62,6 +62,10 @@ class StrategyOutput:
     predictions: list[str]
     artifacts: dict[str, Path] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    # Retrieval strategies: the document ids retrieved for each test row, best first, scored against the rows'
+    # gold documents (meta["gold_doc"]) at ``retrieval_k`` by the evaluator.
+    retrieved_doc_ids: list[list[str]] | None = None
+    retrieval_k: int | None = None
 
 
 class Strategy(ABC):

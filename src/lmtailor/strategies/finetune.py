@@ -114,12 +114,12 @@ class FinetuneStrategy(Strategy):
 
     def run(self, ctx: RunContext) -> StrategyOutput:
         from lmtailor.inference.predict import predict
-        from lmtailor.models import load_model
+        from lmtailor.models import family_of, load_model
 
         if not ctx.data.train:
             raise UserError("finetune needs training rows, but the training split is empty; check data.max_train "
                             "and the split sizes")
-        family = model_family(ctx.model_ref)
+        family = family_of(ctx.model_ref)
         if family == "encoder":
             return self._run_encoder(ctx)
         with ctx.meter.phase("load"):
@@ -219,15 +219,6 @@ class FinetuneStrategy(Strategy):
         if cfg.method == "lora":
             details["lora"] = {**_lora_details(t.model), "inference": "adapter merged into the base weights"}
         return details
-
-
-def model_family(ref: str) -> str:
-    """The family of the model ``ref`` names, from its config alone (no weights loaded)."""
-    from transformers import AutoConfig
-
-    from lmtailor.models import detect_family, resolve_model
-
-    return detect_family(AutoConfig.from_pretrained(resolve_model(ref).path, trust_remote_code=False))
 
 
 def _lora_details(peft_model) -> dict:

@@ -1,13 +1,20 @@
-"""The one evaluator: every strategy's predictions are scored here, on the same test rows, by the task's scorer."""
+"""The one evaluator: every strategy's predictions are scored here, on the same test rows, by the task's scorer.
+
+Retrieval strategies also hand over the documents they retrieved per row; where the rows name their gold document
+(``meta["gold_doc"]``, a document id or a list of them) retrieval is scored too: recall@k and MRR, beside the task
+metric.
+"""
 
 from __future__ import annotations
 
 from lmtailor.data.example import Example
 from lmtailor.tasks import TASK_TYPES, TaskSpec
+from lmtailor.tasks.base import Metric
 
 
-def evaluate(task: TaskSpec, test: list[Example], predictions: list[str]) -> dict:
-    """Score ``predictions`` (aligned with ``test``) with the task type's scorer."""
+def evaluate(task: TaskSpec, test: list[Example], predictions: list[str],
+             retrieved: list[list[str]] | None = None, k: int | None = None) -> dict:
+    """Score ``predictions`` (aligned with ``test``) with the task type's scorer, and ``retrieved`` at ``k``."""
     if len(predictions) != len(test):
         raise ValueError(f"strategy returned {len(predictions)} predictions for {len(test)} test rows")
     scorer = TASK_TYPES.get(task.type)()
@@ -15,4 +22,23 @@ def evaluate(task: TaskSpec, test: list[Example], predictions: list[str]) -> dic
     references = scorer.references(test) if hasattr(scorer, "references") else [e.target for e in test]
     result = scorer.score(references, predictions, task.labels)
     result["primary_metric"] = scorer.primary_metric
+    if retrieved is not None:
+        metrics, details = score_retrieval(test, retrieved, k or max(map(len, retrieved), default=1))
+        result["metrics"] += metrics
+        result["details"]["retrieval"] = details
     return result
+
+
+def score_retrieval(test: list[Example], retrieved: list[list[str]], k: int) -> tuple[list[dict], dict]:
+    """recall@k and MRR over the rows with a gold document; no metrics (and the reason) when none has one."""
+    from lmtailor.retrieval.metrics import retrieval_metrics
+
+    if len(retrieved) != len(test):
+        raise ValueError(f"strategy returned retrieved documents for {len(retrieved)} of {len(test)} test rows")
+    scored = [(docs, e.meta["gold_doc"]) for docs, e in zip(retrieved, test) if e.meta.get("gold_doc")]
+    if not scored:
+        return [], {"scored": False, "reason": "no test row names its gold document (meta gold_doc)"}
+    m = retrieval_metrics([d for d, _ in scored], [g for _, g in scored], k)
+    metrics = [Metric(f"recall@{k}", m[f"recall@{k}"]), Metric("mrr", m["mrr"])]
+    return [x.as_dict() for x in metrics], {"scored": True, "k": k, "queries": m["queries"], f"hit@{k}": m[f"hit@{k}"],
+                                            "rows_without_gold": len(test) - len(scored)}

@@ -62,11 +62,14 @@ class Seq2SeqTrained:
     artifact: Path
 
 
-def build_seq2seq_rows(tokenizer, task: TaskSpec, rows: Sequence[Example], budget: Budget) -> Seq2SeqRows:
-    """Encode ``rows`` into a ``datasets.Dataset`` of source ids and target labels within ``budget``."""
+def build_seq2seq_rows(tokenizer, task: TaskSpec, rows: Sequence[Example], budget: Budget,
+                       decoder_start_token_id: int | None = None) -> Seq2SeqRows:
+    """Encode ``rows`` into a ``datasets.Dataset`` of source ids and target labels within ``budget``
+    (``decoder_start_token_id``: the model's, so targets do not repeat it; see ``encode_target``)."""
     from datasets import Dataset
 
-    encoded = [encode_training_row(tokenizer, task, row, budget.max_input_tokens, budget.max_seq_len)
+    encoded = [encode_training_row(tokenizer, task, row, budget.max_input_tokens, budget.max_seq_len,
+                                   decoder_start_token_id)
                for row in rows]
     records = [{"input_ids": e.source_ids, "attention_mask": [1] * len(e.source_ids), "labels": e.target_ids}
                for e in encoded]
@@ -79,12 +82,30 @@ def build_seq2seq_rows(tokenizer, task: TaskSpec, rows: Sequence[Example], budge
     )
 
 
-def seq2seq_lora_config(cfg: "FinetuneConfig") -> "LoraConfig":
-    """PEFT's ``LoraConfig`` for a seq2seq LM (no target_modules = PEFT's default: T5 q, v; BART q_proj, v_proj)."""
+def _composite_default_targets(model) -> list[str] | None:
+    """PEFT's default LoRA targets for an ``EncoderDecoderModel`` (e.g. BERT2BERT), which PEFT has none for: the
+    union of its encoder's and decoder's defaults (BERT: query, value). None for models PEFT knows (T5, BART)."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as defaults
+
+    config = getattr(model, "config", None)
+    if config is None or config.model_type in defaults or not hasattr(config, "decoder"):
+        return None
+    parts = [getattr(config, side, None) for side in ("encoder", "decoder")]
+    targets = [m for part in parts if part is not None for m in defaults.get(part.model_type, [])]
+    return sorted(set(targets)) or None
+
+
+def seq2seq_lora_config(cfg: "FinetuneConfig", model=None) -> "LoraConfig":
+    """PEFT's ``LoraConfig`` for a seq2seq LM (no target_modules = PEFT's default: T5 q, v; BART q_proj, v_proj;
+    BERT2BERT query, value). Modules a warm start left random (the config's ``warm_start_new_modules``, e.g.
+    BERT2BERT's cross-attention) are trained in full: a low-rank update of frozen random weights learns little."""
     from peft import LoraConfig
 
+    targets = cfg.target_modules if cfg.target_modules is not None else _composite_default_targets(model)
+    new_modules = list(getattr(getattr(model, "config", None), "warm_start_new_modules", None) or []) or None
     return LoraConfig(task_type="SEQ_2_SEQ_LM", r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                      lora_dropout=cfg.lora_dropout, target_modules=cfg.target_modules, bias="none")
+                      lora_dropout=cfg.lora_dropout, target_modules=targets, bias="none",
+                      modules_to_save=new_modules)
 
 
 def seq2seq_training_args(cfg: "FinetuneConfig", runtime: Runtime, seed: int, output_dir: Path,
@@ -128,7 +149,7 @@ def build_seq2seq_trainer(model, tokenizer, cfg: "FinetuneConfig", train: "Datas
     if cfg.method == "lora":
         from peft import get_peft_model
 
-        model = get_peft_model(model, seq2seq_lora_config(cfg))
+        model = get_peft_model(model, seq2seq_lora_config(cfg, model))
     args = seq2seq_training_args(cfg, runtime, seed, output_dir, has_eval=validation is not None)
     trainer = _trainer_class()(model=model, args=args, data_collator=collator, train_dataset=train,
                                eval_dataset=validation, processing_class=tokenizer)
@@ -144,8 +165,9 @@ def train_seq2seq(model, tokenizer, cfg: "FinetuneConfig", task: TaskSpec, train
     if not train_rows:
         raise UserError("fine-tuning needs training rows, but there are none; check data.max_train and the splits")
     out_dir = Path(out_dir)
-    train = build_seq2seq_rows(tokenizer, task, train_rows, budget)
-    val = build_seq2seq_rows(tokenizer, task, val_rows, budget)
+    start = model.config.decoder_start_token_id
+    train = build_seq2seq_rows(tokenizer, task, train_rows, budget, start)
+    val = build_seq2seq_rows(tokenizer, task, val_rows, budget, start)
     trainer = build_seq2seq_trainer(model, tokenizer, cfg, train.dataset, val.dataset, runtime, seed,
                                     out_dir / "checkpoints")
     trainable, total = count_params(trainer.model)

@@ -1,0 +1,223 @@
+"""Recommendations by architecture: which model family did best on this task, at what cost, and whether the rule of
+thumb held. A pure function of result records; every figure it prints comes from them.
+
+Rows are the cost-benefit table's rows (``build_rows``: one per approach × model, averaged over seeds), so the seed
+averaging exists once. A gap is called only when it is larger than the noise: 1 point, one test row's worth (1/n),
+and the seed standard deviation of either row compared, whichever is largest.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from lmtailor.report.table import TableRow, fmt_usd, build_rows
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What the rule of thumb expects for one task type."""
+
+    expects: str  # the family expected to win
+    says: str  # the rule, as the user will read it
+    cheaper_at_par_counts: bool = False  # a claim about cost: a tie won on price still bears it out
+
+
+# The rule of thumb lmtailor's report checks, from the architecture slide quoted in issue 3 item 8 ("encoder-decoder
+# for summarization/translation/QA/structured generation, decoder-only for open-ended generation/dialogue/code") and
+# item 6 (encoder classifiers: "the smallest model in the table, and often the cheapest one that wins"); DESIGN.md
+# ("The problem it solves") asks the question: encoder-decoder (T5, Flan-T5, BART) or decoder-only?
+RULES_OF_THUMB: dict[str, Rule] = {
+    "classification": Rule("encoder", "an encoder classifier is usually the cheapest model that wins",
+                           cheaper_at_par_counts=True),
+    "generation": Rule("encoder-decoder", "encoder-decoder for output determined by the input (summarization, "
+                       "translation, structured generation); for open-ended generation, dialogue or code the slide "
+                       "expects decoder-only instead"),
+    "qa": Rule("encoder-decoder", "encoder-decoder for question answering"),
+    # for a task type of open-ended generation / dialogue / code, once one is registered under this name
+    "open-ended": Rule("decoder-only", "decoder-only for open-ended generation, dialogue and code"),
+}
+
+MIN_GAP = 0.01  # 1 point on the 0-1 scale every scorer reports
+
+
+@dataclass
+class _Best:
+    family: str
+    row: TableRow
+    signed: float  # the score, negated when lower is better, so that larger always means better
+
+
+def _cost_key(row: TableRow) -> tuple[float, float]:
+    # The recurring cost decides (it grows with every request), then the one-time set-up.
+    return (float("inf") if row.usd_per_1k is None else row.usd_per_1k, row.usd_train)
+
+
+def _name(row: TableRow) -> str:
+    return f"{row.label} on {row.model}"
+
+
+def _score(row: TableRow) -> str:
+    text = f"{row.score:.3f}" + (f" ± {row.score_std:.3f}" if row.score_std is not None else "")
+    return text + (f" ({row.seeds} seeds)" if row.seeds > 1 else "")
+
+
+def _usd(v: float | None) -> str:
+    return "$0" if v == 0 else fmt_usd(v)
+
+
+def _vs(a: float | None, b: float | None) -> str:
+    """'$a vs $b (r×)', the ratio only when both are positive."""
+    text = f"{_usd(a)} vs {_usd(b)}"
+    if a is None or b is None or not (a > 0 and b > 0):
+        return text
+    ratio = a / b
+    return text + (f" ({ratio:.2g}×)" if ratio < 10 else f" ({ratio:,.0f}×)")
+
+
+def _costs(a: TableRow, b: TableRow) -> str:
+    setup = ("no set-up cost for either" if a.usd_train == b.usd_train == 0
+             else f"set-up {_vs(a.usd_train, b.usd_train)}")
+    return f"{setup}; per 1k inferences {_vs(a.usd_per_1k, b.usd_per_1k)}"
+
+
+def _pts(x: float) -> str:
+    return f"{x * 100:.1f} pts"
+
+
+def _noise(a: TableRow, b: TableRow, n: int) -> tuple[float, str]:
+    """The smallest gap worth calling between two rows, and what it is made of."""
+    parts = [(MIN_GAP, "1 pt")]
+    if n:
+        parts.append((1 / n, f"one test row of {n} = {_pts(1 / n)}"))
+    stds = [r.score_std for r in (a, b) if r.score_std is not None]
+    if stds:
+        parts.append((max(stds), f"seed std {_pts(max(stds))}"))
+    value = max(v for v, _ in parts)
+    return value, "the largest of " + ", ".join(text for _, text in parts)
+
+
+def _rows_worth(gap: float, n: int) -> str:
+    rows = gap * n
+    return (f" ≈ {rows:.1f} test rows' worth" if rows < 10 else f" ≈ {rows:.0f} test rows' worth") if n else ""
+
+
+def _family_of(records: list[dict]) -> dict[tuple[str, str], str | None]:
+    family_of: dict[tuple[str, str], str | None] = {}
+    for r in records:
+        if family_of.get((r["label"], r["model"])) is None:
+            family_of[(r["label"], r["model"])] = r.get("family")
+    return family_of
+
+
+def _families(family_of: dict, rows: list[TableRow], hib: bool) -> tuple[dict[str, _Best], list[str]]:
+    """Each family's best row (highest score, ties to the cheaper), and notes on the rows left out."""
+    best: dict[str, _Best] = {}
+    notes, unknown = [], []
+    for row in rows:
+        family = family_of.get((row.label, row.model))
+        if row.score is None:
+            notes.append(f"{_name(row)} is not compared: no seed finished ({row.status}).")
+            continue
+        if family is None:
+            unknown.append(_name(row))
+            continue
+        cand = _Best(family, row, row.score if hib else -row.score)
+        cur = best.get(family)
+        better = cur is None or cand.signed > cur.signed
+        if better or (cand.signed == cur.signed and _cost_key(row) < _cost_key(cur.row)):
+            best[family] = cand
+    if unknown:
+        notes.append(f"Not compared, their records do not say the model's family (written by an older lmtailor; "
+                     f"run them again): {'; '.join(unknown)}.")
+    return best, notes
+
+
+def _verdict(rule: Rule | None, task_type: str, ranked: list[_Best], n: int) -> str:
+    if rule is None:
+        return f"- **Rule of thumb**: none recorded for task type `{task_type}`, so there is nothing to check."
+    head = f"- **Rule of thumb** for {task_type}: {rule.says}. "
+    mine = next((b for b in ranked if b.family == rule.expects), None)
+    if mine is None:
+        return head + f"This run **cannot tell**: it has no {rule.expects} row."
+    other = next(b for b in ranked if b.family != rule.expects)
+    diff = mine.signed - other.signed
+    noise, _ = _noise(mine.row, other.row, n)
+    if diff > noise:
+        return head + (f"This run **agrees**: {rule.expects} beat {other.family} by {_pts(diff)}"
+                       f"{_rows_worth(diff, n)}.")
+    if -diff > noise:
+        return head + (f"This run **disagrees**: {other.family} beat {rule.expects} by {_pts(-diff)}"
+                       f"{_rows_worth(-diff, n)}.")
+    at_par = f"{rule.expects} and {other.family} are within the noise ({_pts(abs(diff))} ≤ {_pts(noise)})"
+    if rule.cheaper_at_par_counts and _cost_key(mine.row) < _cost_key(other.row):
+        return head + f"This run **agrees**: {at_par}, and {rule.expects} is cheaper ({_costs(mine.row, other.row)})."
+    return head + f"This run **cannot tell**: {at_par}."
+
+
+def _task_findings(records: list[dict]) -> list[str]:
+    task = records[0].get("task", {})
+    name, task_type = task.get("name", "?"), task.get("type", "?")
+    n = min((r.get("test_rows") or 0 for r in records), default=0)
+    rows = build_rows(records)
+    ok = next((r for r in records if r.get("status") == "ok"), None)
+    metric = ok["primary_metric"] if ok else "-"
+    hib = next((m.get("higher_is_better", True) for m in (ok or {}).get("metrics", []) if m["name"] == metric), True)
+    family_of = _family_of(records)
+    best, notes = _families(family_of, rows, hib)
+    lines = [f"## Which architecture did best: `{name}` ({task_type}, {n} test rows)", ""]
+    if best:
+        lines += [f"| family | best row | {metric} | $ set-up | $ / 1k inferences |", "|---|---|---|---|---|"]
+        ranked = sorted(best.values(), key=lambda b: (-b.signed, _cost_key(b.row)))
+        lines += [f"| {b.family} | {_name(b.row)} | {_score(b.row)} | {_usd(b.row.usd_train)} | "
+                  f"{_usd(b.row.usd_per_1k)} |" for b in ranked]
+        lines.append("")
+    if len(best) < 2:
+        ran = ", ".join(sorted(best)) or "none"
+        lines.append(f"- Families with a scored row: {ran}. Comparing architectures needs rows from at least two "
+                     "families (decoder-only, encoder-decoder, encoder): add a model of another family to the "
+                     "strategies' `models`.")
+        return lines + [f"- {note}" for note in notes] + [""]
+    lines += _comparison(ranked, rows, family_of, hib, metric, n)
+    lines.append(_verdict(RULES_OF_THUMB.get(task_type), task_type, ranked, n))
+    lines.append("- Cheaper means a lower $ per 1k inferences, then a lower set-up (training and index building).")
+    return lines + [f"- {note}" for note in notes] + [""]
+
+
+def _comparison(ranked: list[_Best], rows: list[TableRow], family_of: dict, hib: bool, metric: str,
+                n: int) -> list[str]:
+    """The winner against the runner-up family, the noise, and the cheapest row as good as the best."""
+    lines = []
+    win, second = ranked[0], ranked[1]
+    gap = win.signed - second.signed
+    noise, why = _noise(win.row, second.row, n)
+    if gap > noise:
+        careful = " — under two test rows' worth, so read it with care" if n and gap < 2 / n else ""
+        lines.append(f"- **{win.family} did best**: {_name(win.row)} beat {second.family}'s best ({_name(second.row)}) "
+                     f"by {_pts(gap)} of {metric}{_rows_worth(gap, n)}{careful}; {_costs(win.row, second.row)}.")
+    else:
+        lines.append(f"- **No clear winner**: {win.family} leads {second.family} by {_pts(gap)} of {metric}, within "
+                     f"the noise; {_costs(win.row, second.row)}.")
+    lines.append(f"- Noise: a gap is called only above {_pts(noise)}, {why}.")
+    # the cheapest row of any family that is as good as the best, within the same noise
+    par = [r for r in rows if r.score is not None and family_of.get((r.label, r.model))
+           and win.signed - (r.score if hib else -r.score) <= noise]
+    cheapest = min(par, key=_cost_key)
+    if cheapest is win.row:
+        lines.append(f"- **Cheapest within {_pts(noise)} of the best**: the best row itself.")
+    else:
+        lines.append(f"- **Cheapest within {_pts(noise)} of the best**: {_name(cheapest)} "
+                     f"({family_of[(cheapest.label, cheapest.model)]}), {metric} {_score(cheapest)}; "
+                     f"{_costs(cheapest, win.row)} against the best.")
+    return lines
+
+
+def architecture_findings(records: list[dict]) -> list[str]:
+    """Markdown lines per task: each family's best row, the winner and its cost, and the rule-of-thumb check."""
+    by_task: OrderedDict[str, list[dict]] = OrderedDict()
+    for r in records:
+        by_task.setdefault(r.get("task", {}).get("name", "?"), []).append(r)
+    lines: list[str] = []
+    for recs in by_task.values():
+        lines += _task_findings(recs)
+    return lines

@@ -1,0 +1,234 @@
+"""Retrieval-augmented generation: the ``prompt`` rung with the top-k passages of a corpus above each test input.
+
+The index is built (or found in the cache) in the meter's ``index`` phase; retrieval of every test input happens in
+the ``inference`` phase, where it is paid for at serving time. Passages are numbered and fitted into
+``max_context_tokens`` of the generator's tokens (cuts and drops are reported), then the augmented rows go through
+the same prediction code as ``prompt`` (label likelihood, constrained or free generation; both model families).
+
+What may be in the corpus:
+
+- ``task:train`` builds it from the training split only (each row's input and answer), minus any training row whose
+  input is also a test input: a test row can never retrieve itself.
+- For any other corpus, documents a test row was *made from* (``meta["source_doc"]``: pydoc-summary and
+  pydoc-module rows, whose target is part of that document) are left out, since retrieving them would copy the
+  answer. A ``meta["gold_doc"]`` (pydoc-qa) is different: it is the knowledge the question is about, which a
+  retrieval system is meant to find, and finding it is scored (recall@k, MRR).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from lmtailor.data.example import Example
+from lmtailor.errors import UserError
+from lmtailor.strategies.base import RunContext, Strategy, StrategyConfig, StrategyOutput
+from lmtailor.strategies.prompt import draw_exemplars
+
+TASK_CORPUS = "task:train"
+
+
+class RagConfig(StrategyConfig):
+    """Knobs of a retrieval-augmented run."""
+
+    name: Literal["rag"] = Field(description="registered strategy name")
+    corpus: str = Field("builtin:pydoc", description="a folder of .txt/.md/.html files, a .jsonl file, "
+                        "builtin:pydoc, or task:train (the training rows; never a test row)")
+    text_field: str = Field("text", description="JSONL corpus: the field holding a document's text")
+    id_field: str | None = Field(None, description="JSONL corpus: the field holding a document's id "
+                                 "(default: file:line)")
+    retriever: Literal["dense", "bm25", "hybrid"] = Field(
+        "dense", description="dense (embeddings, FAISS), bm25 (words) or hybrid (both, reciprocal rank fusion)")
+    k: int = Field(3, ge=1, description="passages retrieved per test input")
+    embedder: str = Field("minilm-l6", description="sentence-transformers model (alias, directory or hub id); "
+                          "chunks are measured in its tokens for every retriever")
+    chunk_tokens: int = Field(128, ge=8, description="chunk length in embedder tokens")
+    chunk_overlap: int = Field(32, ge=0, description="tokens shared by consecutive chunks of a document")
+    max_context_tokens: int = Field(384, ge=16, description="budget for the passages block, in the generator's "
+                                    "tokens; passages past it are cut or dropped (and counted)")
+    shots: int = Field(0, ge=0, description="solved training rows shown before the test row (without passages)")
+    scoring: Literal["likelihood", "constrained", "generate"] | None = Field(
+        None, description="as for prompt: default likelihood for classification, generate otherwise")
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> "RagConfig":
+        if self.chunk_overlap >= self.chunk_tokens:
+            raise ValueError(f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_tokens "
+                             f"({self.chunk_tokens})")
+        return self
+
+
+def task_documents(train: list[Example], test: list[Example]) -> list:
+    """The ``task:train`` corpus: one document per training row (input and answer), none sharing a test input."""
+    from lmtailor.retrieval import Document
+
+    test_inputs = {e.input for e in test}
+    test_ids = {e.id for e in test}
+    docs = [Document(e.id, f"{e.input}\nAnswer: {e.target}", {"split": "train"})
+            for e in train if e.input not in test_inputs]
+    leaked = test_ids & {d.id for d in docs}
+    if leaked:
+        raise RuntimeError(f"training rows {sorted(leaked)[:5]} share ids with test rows; the splits must not")
+    if not docs:
+        raise UserError("corpus task:train is empty: every training row's input is also a test input")
+    return docs
+
+
+def input_limit(model) -> int | None:
+    """How many input positions the model has (None: no fixed limit, e.g. T5's relative positions)."""
+    config = model.config
+    config = getattr(config, "encoder", None) or config  # EncoderDecoderModel: the encoder reads the passages
+    if getattr(config, "relative_attention_num_buckets", None):  # T5
+        return None
+    return getattr(config, "max_position_embeddings", None)
+
+
+class RagStrategy(Strategy):
+    """Retrieve top-k chunks per test input and prompt a generative model with them."""
+
+    Config = RagConfig
+    config: RagConfig
+
+    def default_label(self) -> str:
+        shots = f", {self.config.shots}-shot" if self.config.shots else ""
+        return f"RAG {self.config.retriever} k={self.config.k}{shots}"
+
+    def uses_seed(self) -> bool:
+        return self.config.shots > 0
+
+    def _documents(self, ctx: RunContext) -> list:
+        from lmtailor.retrieval import load_corpus
+
+        cfg = self.config
+        if cfg.corpus == TASK_CORPUS:
+            return task_documents(ctx.data.train, ctx.data.test)
+        if cfg.corpus.startswith("task:"):
+            raise UserError(f"corpus {cfg.corpus!r}: the only corpus made from the task's data is {TASK_CORPUS} "
+                            "(the training rows); the test rows are never retrievable")
+        sources = {e.meta["source_doc"] for e in ctx.data.test if e.meta.get("source_doc")}
+        docs = load_corpus(cfg.corpus, ctx.base_dir, cfg.text_field, cfg.id_field, exclude_ids=sources)
+        if sources:
+            ctx.log.info("%s: left out the %d documents the test rows were made from", self.label(),
+                         len(sources & {d.id for d in docs}) or len(sources))
+        return docs
+
+    def _build(self, ctx: RunContext):
+        """Load the corpus, chunk it, build the retriever; returns (retriever, embedder, details)."""
+        from lmtailor.retrieval import Embedder, chunk_documents, make_retriever
+
+        cfg = self.config
+        t0 = time.perf_counter()
+        docs = self._documents(ctx)
+        embedder = Embedder(cfg.embedder)
+        # +2: the [CLS]/[SEP] the embedder adds; longer chunks would lose their tail silently.
+        if cfg.chunk_tokens + 2 > embedder.max_seq_length:
+            raise UserError(f"chunk_tokens={cfg.chunk_tokens} does not fit the embedder {cfg.embedder!r}, which reads "
+                            f"{embedder.max_seq_length} tokens; set chunk_tokens to at most "
+                            f"{embedder.max_seq_length - 2}")
+        chunks = chunk_documents(docs, embedder.tokenizer, cfg.chunk_tokens, cfg.chunk_overlap)
+        chunk_s = time.perf_counter() - t0
+        params = {"chunk_tokens": cfg.chunk_tokens, "chunk_overlap": cfg.chunk_overlap}
+        options = {} if cfg.retriever == "bm25" else {"embedder": embedder, "params": params}
+        retriever = make_retriever(cfg.retriever, chunks, **options)
+        details = {"corpus": cfg.corpus, "documents": len(docs), "chunks": len(chunks),
+                   "load_and_chunk_s": round(chunk_s, 3), "build": retriever.build_stats}
+        ctx.log.info("%s: %d documents, %d chunks of ≤%d tokens; index %s", self.label(), len(docs), len(chunks),
+                     cfg.chunk_tokens, _describe_build(retriever.build_stats))
+        return retriever, embedder, details
+
+    def run(self, ctx: RunContext) -> StrategyOutput:
+        from lmtailor.inference.predict import predict
+        from lmtailor.models import load_model
+        from lmtailor.retrieval.context import assemble_context, with_passages
+
+        cfg = self.config
+        with ctx.meter.phase("index"):
+            retriever, embedder, index_details = self._build(ctx)
+        with ctx.meter.phase("load"):
+            loaded = load_model(ctx.model_ref, ctx.runtime)
+        if loaded.family == "encoder":
+            raise UserError(f"{ctx.model_ref} is an encoder: it cannot read passages and answer; use a decoder-only "
+                            "or encoder-decoder model for rag")
+        n_params = sum(p.numel() for p in loaded.model.parameters())
+        if cfg.retriever != "bm25":  # the embedder serves every query too
+            n_params += sum(p.numel() for p in embedder.model.parameters())
+        ctx.meter.set_params(0, n_params)
+        exemplars = draw_exemplars(ctx.data.train, cfg.shots, ctx.seed, ctx.task.type == "classification",
+                                   frozenset(e.input for e in ctx.data.test))
+        budget = ctx.budget
+        context_budget = cfg.max_context_tokens
+        limit = input_limit(loaded.model)
+        if limit is not None:
+            # What the model can read: its positions minus the row, the instruction and (decoder-only) the answer.
+            room = limit - budget.max_input_tokens - 64 - (0 if loaded.model.config.is_encoder_decoder
+                                                            else budget.max_new_tokens)
+            if room < context_budget:
+                if room < 16:
+                    raise UserError(f"{ctx.model_ref} reads {limit} tokens, which leaves no room for passages beside "
+                                    f"budget.max_input_tokens={budget.max_input_tokens}; lower it")
+                ctx.log.warning("%s: %s reads %d tokens: passages budget lowered from %d to %d", self.label(),
+                                ctx.model_ref, limit, context_budget, room)
+                context_budget = room
+        with ctx.meter.phase("inference"):
+            t0 = time.perf_counter()
+            hits = retriever.retrieve([e.input for e in ctx.data.test], cfg.k)
+            retrieval_s = time.perf_counter() - t0
+            rows, contexts, cut_inputs = self._augment(ctx, loaded.tokenizer, hits, context_budget,
+                                                       assemble_context, with_passages)
+            longest = max((len(loaded.tokenizer(r.input, add_special_tokens=False)["input_ids"]) for r in rows),
+                          default=0)
+            # predict() cuts inputs to max_input_tokens: widen it so the passages, already fitted, are not cut again.
+            wide = replace(budget, max_input_tokens=max(budget.max_input_tokens, longest + 1))
+            predictions, inference = predict(loaded.model, loaded.tokenizer, replace(
+                ctx.task, instruction=ctx.task.instruction.rstrip() + " Use the numbered passages if they help."),
+                rows, exemplars, wide, ctx.meter, mode=cfg.scoring, progress_desc=f"{self.label()} {ctx.model_ref}")
+        retrieved = [[h.chunk.doc_id for h in row_hits] for row_hits in hits]
+        details = {
+            "retriever": cfg.retriever, "k": cfg.k, "embedder": cfg.embedder if cfg.retriever != "bm25" else None,
+            "index": index_details, "retrieval_s": round(retrieval_s, 3),
+            "retrieval_ms_per_query": round(1000 * retrieval_s / max(1, len(hits)), 2),
+            "context": {"budget_tokens": context_budget, "mean_tokens": _mean([c.tokens for c in contexts]),
+                        "passages_cut": sum(c.cut for c in contexts),
+                        "passages_dropped": sum(c.dropped for c in contexts),
+                        "rows_with_cut_or_dropped": sum(bool(c.cut or c.dropped) for c in contexts)},
+            "retrieved_doc_ids": dict(zip((e.id for e in ctx.data.test), retrieved)),
+            "shots": cfg.shots, "exemplar_ids": [e.id for e in exemplars], "scoring": inference["mode"],
+            "truncated_inputs": cut_inputs, "inference": inference,
+        }
+        if details["context"]["rows_with_cut_or_dropped"]:
+            ctx.log.info("%s: passages cut to fit %d tokens in %d of %d rows (%d cut, %d dropped)", self.label(),
+                         context_budget, details["context"]["rows_with_cut_or_dropped"], len(rows),
+                         details["context"]["passages_cut"], details["context"]["passages_dropped"])
+        return StrategyOutput(predictions=predictions, details=details, retrieved_doc_ids=retrieved,
+                              retrieval_k=cfg.k)
+
+    def _augment(self, ctx: RunContext, tokenizer, hits, context_budget: int, assemble, with_passages):
+        from lmtailor.data.formats import truncate_text
+
+        rows, contexts, cut_inputs = [], [], 0
+        name = "Question" if ctx.task.type == "qa" else "Input"
+        for row, row_hits in zip(ctx.data.test, hits):
+            context = assemble(row_hits, tokenizer, context_budget)
+            # The row is cut to its own budget first, so a long input cannot push its passages out.
+            text, cut = truncate_text(tokenizer, row.input, ctx.budget.max_input_tokens)
+            cut_inputs += cut
+            rows.append(Example(row.id, with_passages(context, text, name), row.target, row.meta))
+            contexts.append(context)
+        return rows, contexts, cut_inputs
+
+
+def _mean(values: list[int]) -> float:
+    return round(sum(values) / len(values), 1) if values else 0.0
+
+
+def _describe_build(stats: dict) -> str:
+    dense = stats.get("dense", stats)
+    if "reused_index" not in dense:
+        return f"built in {stats['build_s']:.2f}s (BM25, in memory)"
+    if dense["reused_index"]:
+        return f"reused from the cache ({dense['index_path']}; nothing embedded)"
+    return (f"built ({dense['embedded']} chunks embedded, {dense['reused']} vectors reused, "
+            f"{dense['embed_s']:.1f}s embedding)")
