@@ -317,3 +317,23 @@ def test_inspect_shows_sizes_balance_and_lengths(tmp_path):
     text = inspect_data(_prepare(tmp_path, source="rows.jsonl"), "classification").plain
     assert "train" in text and "42" in text and "label balance" in text and "green" in text
     assert "median" in text and "train input" in text
+
+
+def test_gold_documents_and_answers_are_read_from_the_named_fields(tmp_path):
+    from lmtailor.data.loading import load_file
+
+    rows = [{"input": "q1", "target": "a", "doc": "d1", "alts": ["a", "A."]},
+            {"input": "q2", "target": "b", "doc": ["d2", "d3"], "alts": []},
+            {"input": "q3", "target": "c", "doc": None}]
+    path = _jsonl(tmp_path / "qa.jsonl", rows)
+    loaded, _ = load_file(path, "qa.jsonl", "input", "target", meta_fields={"gold_doc": "doc", "answers": "alts"})
+    assert [r.meta.get("gold_doc") for r in loaded] == ["d1", ["d2", "d3"], None]  # empty: not scored on retrieval
+    assert [r.meta.get("answers") for r in loaded] == [["a", "A."], None, None]
+
+
+def test_a_bad_gold_document_value_names_file_row_and_field(tmp_path):
+    _jsonl(tmp_path / "qa.jsonl", [{"input": "q", "target": "a", "doc": "d"}, {"input": "r", "target": "b", "doc": 7}])
+    msg = _error(tmp_path, source="qa.jsonl", gold_doc_field="doc")
+    assert "qa.jsonl" in msg and "line 2, field 'doc'" in msg and "gold_doc must be a string or a list" in msg
+    msg = _error(tmp_path, source="qa.jsonl", answers_field="answers")
+    assert "no row has a field 'answers'" in msg and "data.answers_field" in msg

@@ -177,3 +177,35 @@ def test_bad_configurations_are_clear_errors(tiny_st_dir, tmp_path):
     with pytest.raises(UserError, match="task:train"):
         RagStrategy(RagConfig(name="rag", corpus="task:test")).run(_ctx(tmp_path, "tiny-llama", QUESTIONS[:1]))
     assert STRATEGIES.get("rag") is RagStrategy
+
+
+def test_lmtailor_run_scores_retrieval_and_compares_architectures(tmp_path, one_torch_thread, capsys):
+    from lmtailor.cli import main
+
+    _corpus(tmp_path)
+    questions = {"json.loads": "What does json.loads parse?", "os.getcwd": "What does os.getcwd return?",
+                 "math.sqrt": "What does math.sqrt raise for negative input?",
+                 "time.sleep": "What does time.sleep suspend?"}
+    rows = [{"q": q + (" " + "again " * i), "a": "x", "doc": doc} for i in range(5) for doc, q in questions.items()]
+    (tmp_path / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "exp.yaml").write_text(
+        "name: tiny rag\n"
+        "task: {type: qa, instruction: Answer.}\n"
+        "data: {source: qa.jsonl, input_field: q, target_field: a, gold_doc_field: doc, max_test: 6}\n"
+        "models: [tiny-llama, tiny-t5]\n"
+        "strategies:\n"
+        "  - {name: prompt, shots: 0}\n"
+        "  - {name: rag, corpus: docs.jsonl, id_field: id, retriever: bm25, k: 2, chunk_tokens: 64, chunk_overlap: 8}\n"
+        "budget: {max_input_tokens: 32, max_new_tokens: 3}\n")
+    assert main(["run", str(tmp_path / "exp.yaml"), "--out", str(tmp_path / "runs")]) == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    records = [json.loads(p.read_text()) for p in (run_dir / "results").glob("*.json")]
+    assert {r["status"] for r in records} == {"ok"} and len(records) == 4
+    rag = [r for r in records if r["strategy"] == "rag"]
+    assert {r["family"] for r in rag} == {"decoder-only", "encoder-decoder"}
+    for r in rag:  # BM25 finds each question's document by its name: the hand-checkable answer is 1.0
+        metrics = {m["name"]: m["value"] for m in r["metrics"]}
+        assert metrics["recall@2"] == 1.0 and metrics["mrr"] == 1.0
+    table = (run_dir / "results.md").read_text()
+    assert "| retrieval |" in table and "recall@2 1.000 · MRR 1.000" in table
+    assert "Which architecture did best" in table and "encoder-decoder" in table

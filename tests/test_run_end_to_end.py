@@ -7,6 +7,7 @@ import textwrap
 import pytest
 
 from lmtailor.cli import main
+from lmtailor.runtime import detect_runtime
 
 LABELS = ["red", "green", "blue"]
 
@@ -59,7 +60,8 @@ def test_run_writes_a_complete_run_directory(experiment, tmp_path, capsys):
         assert [p["id"] for p in preds] == splits["test"]
         assert all(p["prediction"] in LABELS for p in preds)
         assert r["meter"]["inference_latency_s_per_example"] > 0
-        assert r["environment"]["precision"] == "fp32"
+        # The dtype the hardware supports (fp32 on CPUs that only emulate bf16), never a library default.
+        assert r["environment"]["precision"] == detect_runtime().precision
     sizes = sorted(r["train_size"] for r in records if r["label"].startswith("full"))
     assert sizes == [12, 24]
     assert set(splits["learning_curve_subsets"]["12"]) <= set(splits["learning_curve_subsets"]["24"])

@@ -32,13 +32,14 @@ class Runtime:
         return f"device={self.device} dtype={self.precision} ({self.reason})"
 
 
-def _cpu_has_native_bf16() -> bool:
-    # Without AVX512-BF16 or AMX, PyTorch emulates bf16 matmuls on the CPU: ~100x slower than fp32 here.
+def _cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    # Without AVX512-BF16 or AMX, PyTorch emulates bf16 matmuls on the CPU: ~100x slower than fp32 (0.85 against
+    # 117 GFLOP/s on an AVX2 machine). With AMX it is the other way round: ~5x faster than fp32 (1080 against 215).
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        flags = set(cpuinfo.read_text().split())
     except OSError:
         return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def detect_runtime(precision: Precision = "auto", device: str | None = None) -> Runtime:

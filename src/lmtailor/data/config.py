@@ -39,6 +39,10 @@ class DataConfig(BaseModel):
     input_field: str = Field("input", description="the field (JSON key / CSV column) holding the model input")
     target_field: str = Field("target", description="the field holding the gold answer (the label, for classification)")
     id_field: str | None = Field(None, description="the field holding a unique row id (default: <file name>:<line>)")
+    gold_doc_field: str | None = Field(None, description="the field naming each row's gold document id (or a list of "
+                                       "ids) in the RAG corpus; rag rows then report recall@k and MRR")
+    answers_field: str | None = Field(None, description="qa: the field listing every accepted answer (a list of "
+                                      "strings); a prediction scores against the best-matching one")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="share of a single source's rows held out for test")
     validation_fraction: float = Field(0.1, ge=0, lt=1, description="share held out for validation (of the source, "
                                        "or of the train file when no validation file is given)")
@@ -91,6 +95,10 @@ class DataConfig(BaseModel):
                                  for err in e.errors())
             known = ", ".join(options_model.model_fields)
             raise ValueError(f"{problems} (options of builtin:{name}: {known})") from None
+
+    def meta_fields(self) -> dict[str, str]:
+        """Optional row facts to read from the data files: {"gold_doc": field, "answers": field} as set."""
+        return {k: v for k, v in (("gold_doc", self.gold_doc_field), ("answers", self.answers_field)) if v}
 
     def builtin_name(self) -> str:
         """The name after ``builtin:`` (empty when the source is not a built-in dataset)."""

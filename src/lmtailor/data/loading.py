@@ -137,8 +137,8 @@ def read_records(path: Path, problems: Problems) -> list[Record]:
     raise DataError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv, .tsv or .parquet")
 
 
-def load_file(path: Path, name: str, input_field: str, target_field: str,
-              id_field: str | None = None) -> tuple[list[Example], list[str]]:
+def load_file(path: Path, name: str, input_field: str, target_field: str, id_field: str | None = None,
+              meta_fields: dict[str, str] | None = None) -> tuple[list[Example], list[str]]:
     """Load and validate one data file; ``name`` is how rows cite it. Returns (rows, warnings); raises ``DataError``."""
     if not path.is_file():
         raise DataError(f"{path}: no such data file (relative paths are relative to the experiment file's folder)")
@@ -146,7 +146,7 @@ def load_file(path: Path, name: str, input_field: str, target_field: str,
     records = read_records(path, problems)
     if not records and not problems:
         problems.add("", "the file has no rows", "a data file needs at least one row with the input and target fields")
-    rows, warnings = records_to_examples(records, name, input_field, target_field, id_field, problems)
+    rows, warnings = records_to_examples(records, name, input_field, target_field, id_field, problems, meta_fields)
     problems.raise_if_any()
     return rows, warnings
 
@@ -165,8 +165,8 @@ def _hf_records(split, target_field: str) -> list[Record]:
     return rows
 
 
-def load_hf(spec: str, input_field: str, target_field: str,
-            id_field: str | None = None) -> tuple[dict[str, list[Example]], list[str]]:
+def load_hf(spec: str, input_field: str, target_field: str, id_field: str | None = None,
+            meta_fields: dict[str, str] | None = None) -> tuple[dict[str, list[Example]], list[str]]:
     """Load ``hf:<dataset>[:<config>]`` with ``datasets.load_dataset``; returns ({split: rows}, warnings).
 
     Needs the Hugging Face Hub (or a copy in the datasets cache); offline, the error says how to use a file instead.
@@ -192,7 +192,8 @@ def load_hf(spec: str, input_field: str, target_field: str,
         if records and all(r.fields.get(target_field) is None for r in records):
             warnings.append(f"hf:{spec}: split {split_name!r} has no {target_field!r} values (unlabeled); not used")
             continue
-        rows, notes = records_to_examples(records, label, input_field, target_field, id_field, problems)
+        rows, notes = records_to_examples(records, label, input_field, target_field, id_field, problems,
+                                          meta_fields)
         problems.raise_if_any()
         out[split_name], warnings = rows, warnings + notes
     return out, warnings

@@ -56,7 +56,7 @@ def _load_files(cfg: DataConfig, base_dir: Path) -> _Loaded:
     for key, path in paths.items():
         # Ids cite the file by name; two files of the same name in different folders need their given paths.
         name = path.name if names.count(path.name) == 1 else keys[key]
-        rows, notes = load_file(path, name, cfg.input_field, cfg.target_field, cfg.id_field)
+        rows, notes = load_file(path, name, cfg.input_field, cfg.target_field, cfg.id_field, cfg.meta_fields())
         loaded.warnings += notes
         if key == "source":
             loaded.pool = rows
@@ -75,7 +75,7 @@ def _load_builtin(cfg: DataConfig) -> _Loaded:
 
 def _load_hf(cfg: DataConfig) -> _Loaded:
     spec = cfg.source.partition(":")[2]
-    by_split, warnings = load_hf(spec, cfg.input_field, cfg.target_field, cfg.id_field)
+    by_split, warnings = load_hf(spec, cfg.input_field, cfg.target_field, cfg.id_field, cfg.meta_fields())
     for alias in ("valid", "dev", "val"):  # datasets name their validation split in several ways
         if alias in by_split and "validation" not in by_split:
             by_split["validation"] = by_split.pop(alias)

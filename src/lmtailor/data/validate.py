@@ -139,11 +139,33 @@ def _field_text(rec: Record, role: str, field: str, fields_hint: str, problems: 
     return text.strip()
 
 
+def _meta_value(rec: Record, key: str, field: str, problems: Problems) -> str | list[str] | None:
+    """A row's optional ``meta`` value (gold_doc, answers): a non-empty string or list of them; None when unset."""
+    value = rec.fields.get(field)
+    if value is None or value == "" or value == []:
+        return None
+    if isinstance(value, str):
+        return value.strip() or None
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) and v.strip() for v in value):
+        return [v.strip() for v in value]
+    problems.add(f"{rec.where}, field {field!r}", f"the {key} must be a string or a list of non-empty strings, got "
+                 f"{type(value).__name__} {str(value)[:60]!r}", f"fix the {field!r} value of this row or leave it empty",
+                 row=rec.number)
+    return None
+
+
 def records_to_examples(records: list[Record], file: str, input_field: str, target_field: str,
-                        id_field: str | None, problems: Problems) -> tuple[list[Example], list[str]]:
-    """Turn raw records into ``Example`` rows, collecting every problem into ``problems``; returns (rows, warnings)."""
+                        id_field: str | None, problems: Problems,
+                        meta_fields: dict[str, str] | None = None) -> tuple[list[Example], list[str]]:
+    """Turn raw records into ``Example`` rows, collecting every problem into ``problems``; returns (rows, warnings).
+
+    ``meta_fields`` maps optional row facts to the fields holding them (``gold_doc``: the id(s) of the row's gold
+    document in a RAG corpus; ``answers``: every accepted answer of a QA row); rows may leave them empty.
+    """
     wanted = [("input", input_field), ("target", target_field)] + ([("id", id_field)] if id_field else [])
-    absent = _missing_everywhere(records, wanted, problems)
+    meta_fields = {k: v for k, v in (meta_fields or {}).items() if v}
+    absent = _missing_everywhere(records, wanted + list(meta_fields.items()),
+                                 problems)
     hint = (f"every row needs the fields {input_field!r} and {target_field!r}; if they are named differently, "
             "set data.input_field / data.target_field in the experiment file")
     coerced = _Coerced()
@@ -161,7 +183,12 @@ def records_to_examples(records: list[Record], file: str, input_field: str, targ
                          row=rec.number)
             continue
         first_row_of_id[row_id] = rec.where
-        rows.append(Example(row_id, values["input"], values["target"], {"file": file, "row": rec.number}))
+        meta = {"file": file, "row": rec.number}
+        for key, field in meta_fields.items():
+            value = _meta_value(rec, key, field, problems)
+            if value is not None:
+                meta[key] = value if key != "answers" or isinstance(value, list) else [value]
+        rows.append(Example(row_id, values["input"], values["target"], meta))
     return rows, coerced.warnings(file)
 
 

@@ -1,0 +1,41 @@
+"""The dtype comes from what the hardware does natively, never from a library default."""
+
+from __future__ import annotations
+
+import pytest
+
+from lmtailor import runtime
+from lmtailor.runtime import _cpu_has_native_bf16, detect_runtime
+
+
+@pytest.mark.parametrize(
+    ("flags", "native"),
+    [
+        ("fpu sse2 avx avx2 fma", False),  # emulated bf16: far slower than fp32
+        ("fpu avx2 avx512f avx512_bf16", True),
+        ("fpu avx2 amx_tile amx_bf16", True),
+        ("fpu avx2 avx512_bf16x", False),  # a flag is a whole word, not a substring
+    ],
+)
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, flags, native):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    assert _cpu_has_native_bf16(cpuinfo) is native
+
+
+def test_missing_cpuinfo_means_no_native_bf16(tmp_path):
+    assert _cpu_has_native_bf16(tmp_path / "absent") is False
+
+
+@pytest.mark.parametrize(("native", "precision"), [(False, "fp32"), (True, "bf16")])
+def test_auto_precision_on_cpu_follows_the_hardware(monkeypatch, native, precision):
+    monkeypatch.setattr(runtime, "_cpu_has_native_bf16", lambda: native)
+    chosen = detect_runtime("auto", "cpu")
+    assert chosen.precision == precision
+    assert precision in chosen.describe()  # the run output shows the dtype and why
+
+
+def test_explicit_precision_wins(monkeypatch):
+    monkeypatch.setattr(runtime, "_cpu_has_native_bf16", lambda: False)
+    chosen = detect_runtime("bf16", "cpu")
+    assert chosen.precision == "bf16" and "experiment" in chosen.reason
