@@ -19,7 +19,10 @@ import psutil
 from lmtailor.measure.pricing import Pricing
 
 # "index": building a retrieval index (embedding a corpus): a one-time set-up cost like training.
-PHASES = ("load", "index", "train", "inference")
+PHASES = ("load", "data", "index", "pretrain", "train", "inference")
+# Phases paid once before serving (the "set-up" cost): making extra training data (augmentation, a teacher's
+# synthetic rows), building a retrieval index, (continued) pre-training and fine-tuning.
+SETUP_PHASES = ("data", "index", "pretrain", "train")
 
 
 @dataclass
@@ -107,7 +110,7 @@ class Meter:
 
     @contextmanager
     def phase(self, name: str) -> Iterator[_PhaseClock]:
-        """Time a phase ("load", "train" or "inference"); time accumulates over repeated entries."""
+        """Time a phase (one of ``PHASES``); time accumulates over repeated entries."""
         if name not in self.phases:
             raise ValueError(f"unknown meter phase {name!r}; use one of {', '.join(self.phases)}")
         clock = self.phases[name]
@@ -143,6 +146,10 @@ class Meter:
         """Add an estimate of floating-point operations (see ``estimate_flops``)."""
         self.flops[phase] = self.flops.get(phase, 0.0) + float(flops)
 
+    def setup_wall_s(self) -> float:
+        """Wall time of the one-time set-up phases (``SETUP_PHASES``)."""
+        return sum(self.phases[p].wall_s for p in SETUP_PHASES)
+
     def record(self) -> dict:
         """Everything measured, with money, as a JSON-ready dict."""
         train, infer = self.phases["train"], self.phases["inference"]
@@ -166,8 +173,8 @@ class Meter:
                              "inference": infer.tokens / infer.wall_s if infer.wall_s else None},
             "usd": {
                 "rate_per_hour": rate,
-                # one-time set-up: training and index building
-                "train": self.pricing.usd(self.hardware, train.wall_s + self.phases["index"].wall_s),
+                # one-time set-up: extra data, index building, pre-training and training
+                "train": self.pricing.usd(self.hardware, self.setup_wall_s()),
                 "total": self.pricing.usd(self.hardware, self.wall_s),
                 "inference_per_1k": self.pricing.usd(self.hardware, per_example * 1000) if per_example else None,
             },

@@ -6,6 +6,8 @@ import statistics
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from lmtailor.measure.meter import SETUP_PHASES
+
 
 @dataclass
 class TableRow:
@@ -80,8 +82,8 @@ def build_rows(records: list[dict]) -> list[TableRow]:
         rows.append(TableRow(
             label=label, model=model, metric=_primary(recs[0])[0] if ok else "-", score=score, score_std=std,
             seeds=len(ok), delta=None if score is None or base is None or _is_zero_shot(recs[0]) else score - base,
-            # set-up time: training, and building a retrieval index (both paid once, before serving)
-            train_s=_mean([m["phases"]["train"]["wall_s"] + m["phases"].get("index", {}).get("wall_s", 0.0)
+            # set-up time: everything paid once before serving (extra data, index, pre-training, training)
+            train_s=_mean([sum(m["phases"].get(p, {}).get("wall_s", 0.0) for p in SETUP_PHASES)
                            for m in meters]) or 0.0,
             infer_s_per_1k=_mean([m["inference_latency_s_per_example"] * 1000 if m["inference_latency_s_per_example"] else None for m in meters]),
             peak_rss_mb=(_mean([m["peak_rss_bytes"] for m in meters]) or 0) / 2**20,

@@ -66,6 +66,9 @@ class StrategyOutput:
     # gold documents (meta["gold_doc"]) at ``retrieval_k`` by the evaluator.
     retrieved_doc_ids: list[list[str]] | None = None
     retrieval_k: int | None = None
+    # Training strategies: the tuned model and its tokenizer, as served (LoRA merged), so the runner can probe what
+    # the training made it forget (measure/forgetting.py) against the base model. Dropped once probed.
+    tuned: tuple[Any, Any] | None = None
 
 
 class Strategy(ABC):

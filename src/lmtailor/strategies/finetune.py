@@ -51,6 +51,10 @@ class FinetuneConfig(StrategyConfig):
                           "to train and to serve")
     completion_only_loss: bool = Field(
         True, description="train on the answer tokens only (false: on the whole prompt too)")
+    instruction_format: Literal["chat", "alpaca", "plain"] = Field(
+        "chat", description="how rows are laid out for training and for answering: chat (messages through the "
+                            "model's chat template, the plain template when it has none), alpaca (### Instruction / "
+                            "### Input / ### Response) or plain (INSTRUCTION: ... RESPONSE: ...)")
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in the backward pass: less memory, ~25% slower")
     train_sizes: list[int] | None = Field(
@@ -113,23 +117,37 @@ class FinetuneStrategy(Strategy):
         return True
 
     def run(self, ctx: RunContext) -> StrategyOutput:
-        from lmtailor.inference.predict import predict
         from lmtailor.models import family_of, load_model
 
         if not ctx.data.train:
             raise UserError("finetune needs training rows, but the training split is empty; check data.max_train "
                             "and the split sizes")
-        family = family_of(ctx.model_ref)
-        if family == "encoder":
+        if family_of(ctx.model_ref) == "encoder":
             return self._run_encoder(ctx)
         with ctx.meter.phase("load"):
             loaded = load_model(ctx.model_ref, ctx.runtime)
-        task = ctx.task if self.config.with_instruction else replace(ctx.task, instruction="")
+        return self.tune_and_answer(ctx, loaded.model, loaded.tokenizer)
+
+    def tuned_task(self, task: TaskSpec) -> TaskSpec:
+        """The task as the tuned model sees it: the chosen layout, the instruction unless training drops it."""
+        task = replace(task, prompt_format=self.config.instruction_format)
+        return task if self.config.with_instruction else replace(task, instruction="")
+
+    def tune_and_answer(self, ctx: RunContext, model, tokenizer) -> StrategyOutput:
+        """Fine-tune an already loaded decoder-only or encoder-decoder model, then answer the test rows.
+
+        Strategies that prepare the model first (continued pre-training, pre-training from scratch) call this with
+        their model, so the fine-tuning phase is the same code and measured the same way as a plain finetune row.
+        """
+        from lmtailor.inference.predict import predict
+        from lmtailor.models import family_of
+
+        task = self.tuned_task(ctx.task)
         with ctx.meter.phase("train"):
-            if family == "encoder-decoder":
-                trained = self._train_seq2seq(ctx, task, loaded.model, loaded.tokenizer)
+            if family_of(ctx.model_ref) == "encoder-decoder":
+                trained = self._train_seq2seq(ctx, task, model, tokenizer)
             else:
-                trained = self._train(ctx, task, loaded.model, loaded.tokenizer)
+                trained = self._train(ctx, task, model, tokenizer)
         self._measure(ctx.meter, trained)
         model = trained.model
         if self.config.method == "lora":
@@ -137,11 +155,11 @@ class FinetuneStrategy(Strategy):
             # base model's does instead of paying for the extra low-rank matmuls on every layer.
             model = model.merge_and_unload()
         with ctx.meter.phase("inference"):  # the prompt format the model was tuned on
-            predictions, inference = predict(model.eval(), loaded.tokenizer, task, ctx.data.test, (),
+            predictions, inference = predict(model.eval(), tokenizer, task, ctx.data.test, (),
                                              ctx.budget, ctx.meter, mode=self.config.scoring,
                                              progress_desc=self.label())
         return StrategyOutput(predictions=predictions, artifacts={trained.artifact_name: trained.artifact},
-                              details={**self._details(trained), "inference": inference})
+                              details={**self._details(trained), "inference": inference}, tuned=(model, tokenizer))
 
     def _run_encoder(self, ctx: RunContext) -> StrategyOutput:
         """An encoder (BERT family) gets a classification head over the task's labels, trained with the body."""
@@ -166,7 +184,7 @@ class FinetuneStrategy(Strategy):
         details = {**self._details(trained), "head": "sequence-classification", "labels": list(trained.labels),
                    "inference": inference}
         return StrategyOutput(predictions=predictions, artifacts={trained.artifact_name: trained.artifact},
-                              details=details)
+                              details=details, tuned=(model, loaded.tokenizer))
 
     def _train_seq2seq(self, ctx: RunContext, task: TaskSpec, model, tokenizer):
         """T5/BART: Seq2SeqTrainer on (source, target) pairs in the family's own format (training/seq2seq.py)."""

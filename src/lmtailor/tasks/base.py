@@ -26,6 +26,9 @@ class TaskSpec:
     type: str
     instruction: str
     labels: tuple[str, ...] | None = None
+    # How rows are laid out as prompts (data/formats.py): "chat" (messages through the model's chat template, the
+    # plain template when it has none), "alpaca" or "plain". Training and inference read the same field.
+    prompt_format: str = "chat"
 
 
 class TaskType(Protocol):
