@@ -1,9 +1,10 @@
-"""The ``data:`` block of an experiment: where the rows come from, which fields hold input and target, the split."""
+"""The ``data:`` block of an experiment: where the rows come from, how rows hold their text (fields, Alpaca or
+messages), and the split."""
 
 from __future__ import annotations
 
 from pathlib import PurePath
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -36,8 +37,15 @@ class DataConfig(BaseModel):
     train: str | None = Field(None, description="training rows file, instead of source (then test is required)")
     validation: str | None = Field(None, description="validation rows file (default: carved from train)")
     test: str | None = Field(None, description="test rows file, used with train")
-    input_field: str = Field("input", description="the field (JSON key / CSV column) holding the model input")
-    target_field: str = Field("target", description="the field holding the gold answer (the label, for classification)")
+    format: Literal["fields", "alpaca", "messages"] = Field(
+        "fields", description="how rows hold their text: fields (data.input_field and data.target_field), alpaca "
+        "(instruction, input (may be empty) and output, as in Stanford Alpaca; each row's instruction replaces "
+        "task.instruction) or messages (a list of {role, content} turns: an optional system turn, then user and "
+        "assistant alternating, ending with the assistant's answer)")
+    input_field: str = Field("input", description="the field (JSON key / CSV column) holding the model input "
+                             "(data.format: fields)")
+    target_field: str = Field("target", description="the field holding the gold answer (the label, for "
+                              "classification; data.format: fields)")
     id_field: str | None = Field(None, description="the field holding a unique row id (default: <file name>:<line>)")
     gold_doc_field: str | None = Field(None, description="the field naming each row's gold document id (or a list of "
                                        "ids) in the RAG corpus; rag rows then report recall@k and MRR")
@@ -73,7 +81,22 @@ class DataConfig(BaseModel):
             raise ValueError(f"data.test_fraction ({self.test_fraction}) + data.validation_fraction "
                              f"({self.validation_fraction}) must leave rows for training (sum below 1)")
         self._check_options()
+        self._check_format()
         return self
+
+    def _check_format(self) -> None:
+        if self.format == "fields":
+            return
+        stray = [k for k in ("input_field", "target_field") if k in self.model_fields_set]
+        if stray:
+            verb = "applies" if len(stray) == 1 else "apply"
+            raise ValueError(f"data.{' and data.'.join(stray)} only {verb} to data.format: fields; data.format: "
+                             f"{self.format} reads its own fields "
+                             + ("('instruction', 'input', 'output')" if self.format == "alpaca" else "('messages')")
+                             + f": remove data.{' / data.'.join(stray)} or use data.format: fields")
+        if self.source and source_kind(self.source) == "builtin":
+            raise ValueError(f"data.format: {self.format} applies to files and hf: datasets; built-in datasets have "
+                             "their own layout: remove data.format")
 
     def _check_options(self) -> None:
         kind = source_kind(self.source) if self.source else "file"

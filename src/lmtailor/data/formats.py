@@ -1,69 +1,172 @@
-"""Instruction formats: task rows -> chat messages -> token ids, the same way for training and for inference.
+"""Instruction formats: task rows -> messages -> token ids, the same way for training and for inference.
 
-A row becomes a user turn (the task instruction, for classification the allowed labels, then the input) and its
-answer an assistant turn. Few-shot exemplars are earlier user/assistant turns. Tokenizers with a chat template
-render through it; the others get a plain ``INSTRUCTION: … INPUT: … RESPONSE:`` template whose answers end with
-eos. Training (loss on the completion ids) and label scoring both go through ``encode_prompt_completion``, so a
-tuned model is scored on exactly the tokens it learnt.
+A row becomes a user turn (an instruction, for classification the allowed labels, then the input) and its answer an
+assistant turn. Few-shot exemplars are earlier user/assistant turns; a row read from a conversation
+(``data.format: messages``) brings its system text and earlier turns along. The instruction is the row's own when it
+has one (``meta["instruction"]``: an Alpaca row's ``instruction``, or "" for a conversation, whose user turn is the
+whole request), else ``TaskSpec.instruction``; the label list follows it while the task's instruction is shown.
+
+``TaskSpec.prompt_format`` picks the layout, and the messages record it, so every function below renders the same:
+
+- ``chat``: the messages through the tokenizer's chat template; a tokenizer without one gets the plain layout.
+- ``alpaca``: the Stanford Alpaca text, answers followed by eos::
+
+      Below is an instruction that describes a task, paired with an input that provides further context. Write a
+      response that appropriately completes the request.
+
+      ### Instruction:
+      {instruction}
+
+      ### Input:
+      {input}
+
+      ### Response:
+      {answer}</s>
+
+  and, when the row has no separate input, the no-input variant ("Below is an instruction that describes a task.
+  Write a response …", no ``### Input:`` section).
+- ``plain``: ``INSTRUCTION: … INPUT: … RESPONSE:`` with answers " answer" + eos.
+
+alpaca and plain are raw-text templates used as they are, even when the tokenizer has a chat template. That is what
+a model tuned on Alpaca-style text expects, and what the fine-tuning tools do: LLaMA-Factory's ``template: alpaca``
+replaces the model's own template, and Axolotl's ``type: alpaca`` writes the Alpaca text as is. Wrapping the Alpaca
+text in a chat turn would give a layout that neither an Alpaca-tuned model nor the chat model was trained on; whoever
+wants the model's chat template picks ``chat``. Several turns (exemplars, earlier turns) follow LLaMA-Factory: the
+preamble (or the row's system text) once, then one instruction/response block per turn, each answer ending with eos.
+When a turn has only one text (an Alpaca row with an empty input, a conversation turn, a tuned model shown the bare
+input), that text takes the instruction slot: Alpaca's no-input variant.
+
+Training (loss on the completion ids) and label scoring both go through ``encode_prompt_completion``, so a tuned
+model is scored on exactly the tokens it learnt, and the prompt ids are those inference feeds.
 """
 
 from __future__ import annotations
 
 import weakref
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from lmtailor.data.example import Example
 from lmtailor.errors import UserError
 from lmtailor.tasks.base import TaskSpec
 
+PROMPT_FORMATS = ("chat", "alpaca", "plain")
 
-def _user_turn(task: TaskSpec, input_text: str) -> dict:
-    instruction = task.instruction.strip()
-    if not instruction:  # a model tuned on the task no longer needs to be told it: the turn is the bare input
-        return {"role": "user", "content": input_text, "instruction": "", "input": input_text}
-    if task.type == "classification" and task.labels:
+# Stanford Alpaca's two preambles (tatsu-lab/stanford_alpaca train.py; the same in Axolotl's AlpacaPrompter).
+ALPACA_PREAMBLE = ("Below is an instruction that describes a task, paired with an input that provides further "
+                   "context. Write a response that appropriately completes the request.\n\n")
+ALPACA_PREAMBLE_NO_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately "
+                            "completes the request.\n\n")
+
+
+def check_format(name: str) -> str:
+    """Return ``name`` if it is a known prompt format, else raise naming the known ones."""
+    if name not in PROMPT_FORMATS:
+        raise UserError(f"unknown instruction format {name!r}; use one of {', '.join(PROMPT_FORMATS)}")
+    return name
+
+
+def instruction_for(task: TaskSpec, meta: Mapping[str, Any] | None = None) -> str:
+    """The instruction a row is shown (without the label list): its own when it carries one, else the task's."""
+    own = (meta or {}).get("instruction")
+    return (task.instruction if own is None else own).strip()
+
+
+def shows_labels(task: TaskSpec) -> bool:
+    """Whether prompts list the allowed labels: for classification, while the task's instruction is shown (a model
+    tuned without the instruction is shown neither)."""
+    return task.type == "classification" and bool(task.labels) and bool(task.instruction.strip())
+
+
+def _user_turn(task: TaskSpec, input_text: str, meta: Mapping[str, Any] | None = None) -> dict:
+    instruction = instruction_for(task, meta)
+    if instruction and shows_labels(task):
         instruction += "\nAnswer with exactly one of these labels: " + ", ".join(task.labels) + "."
-    # The parts are kept beside the rendered content so the plain template can lay them out its own way;
+    content = f"{instruction}\n\nInput:\n{input_text}" if instruction and input_text else instruction or input_text
+    # The parts are kept beside the rendered content so the raw templates can lay them out their own way;
     # chat templates only see role and content.
-    return {"role": "user", "content": f"{instruction}\n\nInput:\n{input_text}",
-            "instruction": instruction, "input": input_text}
+    return {"role": "user", "content": content, "instruction": instruction, "input": input_text}
 
 
-def build_messages(task: TaskSpec, input_text: str, exemplars: Sequence[Example] = ()) -> list[dict]:
-    """Return chat messages: one user/assistant pair per exemplar, then the row's user turn."""
+def _history(meta: Mapping[str, Any] | None) -> list[dict]:
+    """A conversation row's earlier turns; a user turn there is a whole request (it takes the instruction slot)."""
+    turns = []
+    for t in (meta or {}).get("history") or ():
+        turn = {"role": t["role"], "content": t["content"]}
+        if t["role"] == "user":
+            turn.update(instruction=t["content"], input="")
+        turns.append(turn)
+    return turns
+
+
+def build_messages(task: TaskSpec, input_text: str, exemplars: Sequence[Example] = (),
+                   meta: Mapping[str, Any] | None = None) -> list[dict]:
+    """Return messages for one row: its system text, a user/assistant pair per exemplar, its earlier turns, then its
+    user turn. ``meta`` is the row's ``Example.meta`` (own instruction, system text, earlier turns, when it has them);
+    every message records ``task.prompt_format`` so rendering needs nothing else."""
+    fmt = check_format(task.prompt_format)
     messages: list[dict] = []
+    if (meta or {}).get("system"):
+        messages.append({"role": "system", "content": meta["system"]})
     for ex in exemplars:
-        messages.append(_user_turn(task, ex.input))
+        messages += _history(ex.meta)
+        messages.append(_user_turn(task, ex.input, ex.meta))
         messages.append({"role": "assistant", "content": ex.target})
-    messages.append(_user_turn(task, input_text))
+    messages += _history(meta)
+    messages.append(_user_turn(task, input_text, meta))
+    for m in messages:
+        m["format"] = fmt
     return messages
 
 
 def has_chat_template(tokenizer) -> bool:
-    """Whether the tokenizer carries a chat template (else the plain template is used)."""
+    """Whether the tokenizer carries a chat template (else the chat format falls back to the plain template)."""
     return bool(getattr(tokenizer, "chat_template", None))
+
+
+def format_of(messages: Sequence[Mapping[str, Any]]) -> str:
+    """The prompt format ``build_messages`` recorded in the messages ("chat" for messages built by hand)."""
+    return check_format(messages[0].get("format", "chat")) if messages else "chat"
 
 
 def _chat_view(messages: list[dict]) -> list[dict]:
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
-def _plain_text(tokenizer, messages: list[dict]) -> str:
-    """Render messages with the plain template (every user turn ends with "RESPONSE:"; answers are " answer" + eos)."""
-    if not tokenizer.eos_token:
-        raise UserError("this tokenizer has neither a chat template nor an eos token, so answers have no end "
-                        "marker to score or stop at; set tokenizer.chat_template or use another model")
+def _alpaca_user(instruction: str, input_text: str) -> str:
+    if instruction and input_text:
+        return f"### Instruction:\n{instruction}\n\n### Input:\n{input_text}\n\n### Response:\n"
+    return f"### Instruction:\n{instruction or input_text}\n\n### Response:\n"
+
+
+def _plain_user(instruction: str, input_text: str) -> str:
+    if instruction and input_text:
+        return f"INSTRUCTION: {instruction}\n\nINPUT: {input_text}\n\nRESPONSE:"
+    return f"INSTRUCTION: {instruction or input_text}\n\nRESPONSE:"
+
+
+def raw_text(messages: Sequence[Mapping[str, Any]], fmt: str, answer_end: str = "") -> str:
+    """Lay messages out with the alpaca or plain template; each answer is followed by ``answer_end`` (the eos token
+    where a decoder learns where answers stop) and a blank line."""
+    if fmt not in ("alpaca", "plain"):
+        raise ValueError(f"raw_text lays out alpaca or plain text, not {fmt!r}")
+    system = next((m["content"] for m in messages if m["role"] == "system"), None)
     parts = []
+    if fmt == "alpaca":  # the preamble is Alpaca's system text: a row's own system text takes its place
+        last = next((m for m in reversed(messages) if m["role"] == "user"), {})
+        both = bool(last.get("instruction") and last.get("input"))
+        parts.append(f"{system}\n\n" if system else ALPACA_PREAMBLE if both else ALPACA_PREAMBLE_NO_INPUT)
+    elif system:
+        parts.append(f"{system}\n\n")
     for m in messages:
         if m["role"] == "user":
-            parts.append(f"INSTRUCTION: {m.get('instruction', '')}\n\nINPUT: {m.get('input', m['content'])}"
-                         "\n\nRESPONSE:")
+            user = _alpaca_user if fmt == "alpaca" else _plain_user
+            parts.append(user(m.get("instruction", m["content"]), m.get("input", "")))
         elif m["role"] == "assistant":
-            # The space starts the answer rather than ending the prompt: BPE vocabularies hold " word" as one
-            # token, so "RESPONSE:" + " positive" tokenizes the same alone as inside the whole text.
-            parts.append(f" {m['content']}{tokenizer.eos_token}\n\n")
-        else:
-            parts.append(f"{m['content']}\n\n")  # a system turn: plain text ahead of the rest
+            # plain: the space starts the answer rather than ending the prompt: BPE vocabularies hold " word" as one
+            # token, so "RESPONSE:" + " positive" tokenizes the same alone as inside the whole text. Alpaca's
+            # prompt ends with a newline, which never merges with the answer's first token.
+            space = " " if fmt == "plain" else ""
+            parts.append(f"{space}{m['content']}{answer_end}\n\n")
     return "".join(parts)
 
 
@@ -91,19 +194,34 @@ def _tokenize(tokenizer, text: str) -> list[int]:
     return ids
 
 
-def render(tokenizer, messages: list[dict], generation_prompt: bool) -> str:
-    """Render messages as text: chat template when the tokenizer has one, else the plain template."""
-    if has_chat_template(tokenizer):
+def _apply_chat_template(tokenizer, messages: list[dict], generation_prompt: bool) -> str:
+    from jinja2 import TemplateError
+
+    try:
         return tokenizer.apply_chat_template(_chat_view(messages), tokenize=False,
                                              add_generation_prompt=generation_prompt)
-    return _plain_text(tokenizer, messages)
+    except TemplateError as e:  # e.g. a template that refuses a system turn, raised from inside the template
+        roles = ", ".join(m["role"] for m in messages)
+        raise UserError(f"the model's chat template refused the conversation (roles {roles}): {e}; use "
+                        "instruction_format: alpaca or plain, or rows without the turns it refuses") from None
+
+
+def render(tokenizer, messages: list[dict], generation_prompt: bool) -> str:
+    """Render messages as text in the format they record: the chat template (chat, when the tokenizer has one),
+    else the alpaca or plain template."""
+    fmt = format_of(messages)
+    if fmt == "chat" and has_chat_template(tokenizer):
+        return _apply_chat_template(tokenizer, messages, generation_prompt)
+    if not tokenizer.eos_token:
+        raise UserError(f"the {'plain' if fmt == 'chat' else fmt} template ends answers with the eos token, but this "
+                        "tokenizer has none (and no chat template), so answers have no end marker to score or stop "
+                        "at; set tokenizer.chat_template and use instruction_format: chat, or use another model")
+    return raw_text(messages, "plain" if fmt == "chat" else fmt, tokenizer.eos_token)
 
 
 def encode_prompt(tokenizer, messages: list[dict]) -> list[int]:
     """Token ids of the prompt up to where the assistant's answer starts."""
     return _tokenize(tokenizer, render(tokenizer, messages, generation_prompt=True))
-
-
 def _is_special(tokenizer, token_id: int) -> bool:
     if token_id == tokenizer.eos_token_id or token_id in tokenizer.all_special_ids:
         return True
@@ -127,7 +245,7 @@ def _trim_after_end(tokenizer, ids: list[int]) -> list[int]:
 
 def encode_prompt_completion(tokenizer, messages: list[dict], completion: str) -> tuple[list[int], list[int]]:
     """Return (prompt_ids, completion_ids): the prompt as ``encode_prompt`` gives it, and the answer ending with
-    the end-of-turn (chat template) or eos (plain template) token."""
+    the end-of-turn (chat template) or eos (alpaca and plain templates) token."""
     prompt_text = render(tokenizer, messages, generation_prompt=True)
     full_text = render(tokenizer, [*messages, {"role": "assistant", "content": completion}], generation_prompt=False)
     prompt_ids = _tokenize(tokenizer, prompt_text)
@@ -147,7 +265,7 @@ def encode_prompt_completion(tokenizer, messages: list[dict], completion: str) -
 
 
 def stop_token_ids(tokenizer) -> tuple[int, ...]:
-    """Token ids that end an answer: the template's end-of-turn token and eos."""
+    """Token ids that end an answer in any format: the chat template's end-of-turn token and eos."""
     from lmtailor.tasks.base import TaskSpec as _Spec
 
     probe = _Spec("probe", "generation", "Reply.")

@@ -1,7 +1,8 @@
 """Read JSONL / JSON / CSV / TSV / Parquet files and Hugging Face datasets into ``Example`` rows.
 
 Rows are numbered as a person counts them: JSONL and CSV by the line number an editor shows (a CSV header is line 1),
-Parquet by 1-based row, JSON arrays by 1-based item. Row ids default to ``<file name>:<number>``.
+Parquet by 1-based row, JSON arrays by 1-based item. Row ids default to ``<file name>:<number>``. How a row's fields
+become input, target and meta is ``data.format`` (``data/row_formats.py``: named fields, Alpaca rows or messages).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 from pathlib import Path
 
 from lmtailor.data.example import Example
+from lmtailor.data.row_formats import row_reader
 from lmtailor.data.validate import DataError, Problems, Record, records_to_examples
 
 REENCODE_HINT = ("save the file as UTF-8, e.g. `iconv -f WINDOWS-1252 -t UTF-8 {name} > {stem}.utf8{suffix}` "
@@ -138,15 +140,20 @@ def read_records(path: Path, problems: Problems) -> list[Record]:
 
 
 def load_file(path: Path, name: str, input_field: str, target_field: str, id_field: str | None = None,
-              meta_fields: dict[str, str] | None = None) -> tuple[list[Example], list[str]]:
-    """Load and validate one data file; ``name`` is how rows cite it. Returns (rows, warnings); raises ``DataError``."""
+              meta_fields: dict[str, str] | None = None, row_format: str = "fields") -> tuple[list[Example], list[str]]:
+    """Load and validate one data file; ``name`` is how rows cite it. Returns (rows, warnings); raises ``DataError``.
+
+    ``row_format`` is ``data.format``: ``fields`` reads ``input_field`` / ``target_field``; ``alpaca`` and
+    ``messages`` read their own fields.
+    """
     if not path.is_file():
         raise DataError(f"{path}: no such data file (relative paths are relative to the experiment file's folder)")
     problems = Problems(str(path))  # the full path in messages, the short name in row ids
     records = read_records(path, problems)
     if not records and not problems:
         problems.add("", "the file has no rows", "a data file needs at least one row with the input and target fields")
-    rows, warnings = records_to_examples(records, name, input_field, target_field, id_field, problems, meta_fields)
+    reader = row_reader(row_format, input_field, target_field)
+    rows, warnings = records_to_examples(records, name, reader, id_field, problems, meta_fields)
     problems.raise_if_any()
     return rows, warnings
 
@@ -166,7 +173,8 @@ def _hf_records(split, target_field: str) -> list[Record]:
 
 
 def load_hf(spec: str, input_field: str, target_field: str, id_field: str | None = None,
-            meta_fields: dict[str, str] | None = None) -> tuple[dict[str, list[Example]], list[str]]:
+            meta_fields: dict[str, str] | None = None,
+            row_format: str = "fields") -> tuple[dict[str, list[Example]], list[str]]:
     """Load ``hf:<dataset>[:<config>]`` with ``datasets.load_dataset``; returns ({split: rows}, warnings).
 
     Needs the Hugging Face Hub (or a copy in the datasets cache); offline, the error says how to use a file instead.
@@ -183,17 +191,18 @@ def load_hf(spec: str, input_field: str, target_field: str, id_field: str | None
                         "Loading hf: datasets needs network access to the Hugging Face Hub, or a copy already in "
                         "the datasets cache (with HF_DATASETS_OFFLINE=1). Offline, export the dataset to a .jsonl "
                         "file on a machine with network and set data.source to that file.") from None
+    reader = row_reader(row_format, input_field, target_field)
+    answers = reader.answer_field
     out: dict[str, list[Example]] = {}
     warnings: list[str] = []
     for split_name in dataset:
         label = f"{name}/{split_name}"
         problems = Problems(f"hf:{spec} split {split_name!r}")
-        records = _hf_records(dataset[split_name], target_field)
-        if records and all(r.fields.get(target_field) is None for r in records):
-            warnings.append(f"hf:{spec}: split {split_name!r} has no {target_field!r} values (unlabeled); not used")
+        records = _hf_records(dataset[split_name], answers)
+        if records and all(r.fields.get(answers) is None for r in records):
+            warnings.append(f"hf:{spec}: split {split_name!r} has no {answers!r} values (unlabeled); not used")
             continue
-        rows, notes = records_to_examples(records, label, input_field, target_field, id_field, problems,
-                                          meta_fields)
+        rows, notes = records_to_examples(records, label, reader, id_field, problems, meta_fields)
         problems.raise_if_any()
         out[split_name], warnings = rows, warnings + notes
     return out, warnings

@@ -2,7 +2,8 @@
 
 One source (a file, ``builtin:`` or an ``hf:`` dataset without a test split) is de-duplicated and split by the seed;
 separate train/validation/test files keep their rows and order (validation is carved from train when not given),
-and rows shared between them are reported.
+and rows shared between them are reported. Rows that carry their own instruction (``data.format: alpaca`` or
+``messages``) make ``task.instruction`` optional: the rows' own instructions are what models are shown.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ from lmtailor.data.validate import (DataError, cross_split_duplicates, drop_exac
                                     unseen_label_warnings)
 
 SPLITS = ("train", "validation", "test")
+
+# The task instruction recorded for data whose rows carry their own (data/formats.py shows each row its own).
+OWN_INSTRUCTIONS = {"alpaca": "(each row's own instruction, data.format: alpaca)",
+                    "messages": "(each row's own conversation, data.format: messages)"}
 
 
 @dataclass
@@ -56,7 +61,8 @@ def _load_files(cfg: DataConfig, base_dir: Path) -> _Loaded:
     for key, path in paths.items():
         # Ids cite the file by name; two files of the same name in different folders need their given paths.
         name = path.name if names.count(path.name) == 1 else keys[key]
-        rows, notes = load_file(path, name, cfg.input_field, cfg.target_field, cfg.id_field, cfg.meta_fields())
+        rows, notes = load_file(path, name, cfg.input_field, cfg.target_field, cfg.id_field, cfg.meta_fields(),
+                                cfg.format)
         loaded.warnings += notes
         if key == "source":
             loaded.pool = rows
@@ -75,7 +81,7 @@ def _load_builtin(cfg: DataConfig) -> _Loaded:
 
 def _load_hf(cfg: DataConfig) -> _Loaded:
     spec = cfg.source.partition(":")[2]
-    by_split, warnings = load_hf(spec, cfg.input_field, cfg.target_field, cfg.id_field, cfg.meta_fields())
+    by_split, warnings = load_hf(spec, cfg.input_field, cfg.target_field, cfg.id_field, cfg.meta_fields(), cfg.format)
     for alias in ("valid", "dev", "val"):  # datasets name their validation split in several ways
         if alias in by_split and "validation" not in by_split:
             by_split["validation"] = by_split.pop(alias)
@@ -137,6 +143,8 @@ def prepare_data(cfg: DataConfig, task_type: str, base_dir: Path) -> PreparedDat
             raise DataError(f"{loaded.description}: no {name} rows ({total} usable rows in all): "
                             f"add rows{' or lower data.test_fraction' if name == 'train' else ''}")
     defaults = dict(loaded.defaults)
+    if cfg.format in OWN_INSTRUCTIONS:
+        defaults.setdefault("instruction", OWN_INSTRUCTIONS[cfg.format])
     if stratify:
         warnings += unseen_label_warnings(parts)
         defaults.setdefault("labels", sorted({e.target for e in parts["train"]}))

@@ -16,35 +16,60 @@ With no instruction (``TaskSpec.instruction == ""``: a model tuned on the task n
 exemplars, the source is the bare input. The target is the answer, tokenized as the family's tokenizer writes
 targets (T5: ``answer </s>``; BART: ``<s> answer </s>``), so the end-of-sequence token is learnt and scored.
 Training and label scoring both go through ``encode_target``, so a tuned model is scored on the tokens it learnt.
+
+A row's own instruction (``data.format: alpaca``) replaces the task's; a conversation row (``data.format: messages``)
+puts its system text first and its earlier turns as ``Input:``/``Answer:`` pairs before its input.
+
+``TaskSpec.prompt_format``: ``chat`` is the layout above (encoder-decoder models have no chat template; this is the
+family's own instruction format). ``alpaca`` and ``plain`` lay the source out with the decoder-only raw templates
+(``data/formats.py``) up to and including ``### Response:`` / ``RESPONSE:``, exemplar answers inline without eos;
+the answer is still the decoder's target, so the same data and layout can be compared across families.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from lmtailor.data.example import Example
-from lmtailor.data.formats import truncate_text
+from lmtailor.data.formats import build_messages, check_format, instruction_for, raw_text, shows_labels, truncate_text
 from lmtailor.errors import UserError
 from lmtailor.tasks.base import TaskSpec
 
 
-def _header(task: TaskSpec) -> str:
-    instruction = task.instruction.strip()
-    if not instruction:
-        return ""
-    if task.type == "classification" and task.labels:
+def _header(task: TaskSpec, meta: Mapping[str, Any] | None = None) -> str:
+    instruction = instruction_for(task, meta)
+    if instruction and shows_labels(task):
         instruction += "\nOptions: " + ", ".join(task.labels)
     return instruction
 
 
-def source_text(task: TaskSpec, input_text: str, exemplars: Sequence[Example] = ()) -> str:
-    """The encoder's text for one row: instruction (and label options), few-shot exemplars, then the input."""
-    parts = [_header(task)] if _header(task) else []
-    parts += [f"Input: {ex.input}\nAnswer: {ex.target}" for ex in exemplars]
-    # Zero-shot the input stands alone (Flan's "instruction, blank line, text"); after exemplars it needs the same
-    # Input/Answer markers they have, so the model sees where its answer goes.
-    parts.append(f"Input: {input_text}\nAnswer:" if exemplars else input_text)
+def _pairs(meta: Mapping[str, Any] | None) -> list[str]:
+    """A conversation row's earlier turns (alternating user, assistant) as Input/Answer pairs."""
+    turns = [t["content"] for t in (meta or {}).get("history") or ()]
+    return [f"Input: {q}\nAnswer: {a}" for q, a in zip(turns[::2], turns[1::2])]
+
+
+def source_text(task: TaskSpec, input_text: str, exemplars: Sequence[Example] = (),
+                meta: Mapping[str, Any] | None = None) -> str:
+    """The encoder's text for one row: instruction (and label options), few-shot exemplars, then the input.
+
+    ``meta`` is the row's ``Example.meta`` (its own instruction, system text and earlier turns, when it has them).
+    """
+    fmt = check_format(task.prompt_format)
+    if fmt != "chat":  # the raw templates, cut where the decoder's answer starts
+        return raw_text(build_messages(task, input_text, exemplars, meta), fmt).rstrip()
+    header = _header(task, meta)
+    parts = [text for text in ((meta or {}).get("system"), header) if text]
+    for ex in exemplars:
+        own = _header(task, ex.meta)  # an exemplar with its own instruction shows it above its input
+        parts += _pairs(ex.meta)
+        parts.append((f"{own}\n" if own and own != header else "") + f"Input: {ex.input}\nAnswer: {ex.target}")
+    history = _pairs(meta)
+    parts += history
+    # Zero-shot the input stands alone (Flan's "instruction, blank line, text"); after exemplars or earlier turns it
+    # needs the same Input/Answer markers they have, so the model sees where its answer goes.
+    parts.append(f"Input: {input_text}\nAnswer:" if exemplars or history else input_text)
     return "\n\n".join(parts)
 
 
@@ -91,7 +116,7 @@ def build_sources(tokenizer, task: TaskSpec, rows: Sequence[Example], exemplars:
     texts, cut_rows = [], 0
     for row in rows:
         text, cut = truncate_text(tokenizer, row.input, max_input_tokens)
-        texts.append(source_text(task, text, shots))
+        texts.append(source_text(task, text, shots, row.meta))
         cut_rows += cut
     return Seq2SeqSources(texts, cut_rows, cut_shots)
 
@@ -111,7 +136,7 @@ def encode_training_row(tokenizer, task: TaskSpec, row: Example, max_input_token
     """Encode one training row: the input cut to ``max_input_tokens``, then the source and the target each kept
     within ``max_seq_len`` (the encoder and the decoder are separate sequences)."""
     text, input_cut = truncate_text(tokenizer, row.input, max_input_tokens)
-    source = encode_source(tokenizer, source_text(task, text))
+    source = encode_source(tokenizer, source_text(task, text, meta=row.meta))
     over = len(source) - max_seq_len
     if over > 0:  # the instruction and options left too little room: shorten the input further
         n_input = len(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -120,7 +145,7 @@ def encode_training_row(tokenizer, task: TaskSpec, row: Example, max_input_token
                             f"no room for the input within budget.max_seq_len={max_seq_len}; raise "
                             "budget.max_seq_len or shorten task.instruction")
         text, _ = truncate_text(tokenizer, text, n_input - over)
-        source = encode_source(tokenizer, source_text(task, text))
+        source = encode_source(tokenizer, source_text(task, text, meta=row.meta))
         input_cut = True
         if len(source) > max_seq_len:  # tokens merged differently at the cut: drop the rest, keep the end token
             source = source[: max_seq_len - 1] + source[-1:]

@@ -10,7 +10,7 @@ import json
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from lmtailor.data.example import Example
 from lmtailor.errors import UserError
@@ -67,7 +67,7 @@ class Problems:
         raise DataError("\n".join(lines))
 
 
-def _as_text(value: Any) -> tuple[str | None, str | None]:
+def as_text(value: Any) -> tuple[str | None, str | None]:
     """Return (text, None) for usable values, (None, reason) otherwise; numbers and booleans become text."""
     if isinstance(value, str):
         return value, None
@@ -85,11 +85,11 @@ def _as_text(value: Any) -> tuple[str | None, str | None]:
     return None, f"holds a {type(value).__name__} ({json.dumps(value, default=str)[:60]}), not text"
 
 
-def _field_names(fields: dict) -> str:
+def field_names(fields: dict) -> str:
     return ", ".join(repr(k) for k in fields) or "none"
 
 
-class _Coerced:
+class Coerced:
     """Counts non-string values read as text, for one warning per field."""
 
     def __init__(self) -> None:
@@ -105,28 +105,27 @@ class _Coerced:
                 for f, n in sorted(self.by_field.items())]
 
 
-def _missing_everywhere(records: list[Record], wanted: list[tuple[str, str]], problems: Problems) -> set[str]:
-    """Report a field absent from every row once (not once per row); return those fields."""
+def _missing_everywhere(records: list[Record], wanted: list[tuple[str, str, str]], problems: Problems) -> set[str]:
+    """Report a field absent from every row once (not once per row); return those fields. ``wanted`` holds
+    (role, field, how to fix it) triples."""
     absent = set()
-    for role, field in wanted:
+    for role, field, hint in wanted:
         if records and all(field not in r.fields for r in records):
             absent.add(field)
             problems.add("", f"no row has a field {field!r} (the {role}); the rows have fields "
-                         f"{_field_names(records[0].fields)}",
-                         f"set data.{role}_field in the experiment file to the field that holds the {role}, "
-                         f"one of {_field_names(records[0].fields)}")
+                         f"{field_names(records[0].fields)}", hint)
     return absent
 
 
-def _field_text(rec: Record, role: str, field: str, fields_hint: str, problems: Problems,
-                coerced: _Coerced) -> str | None:
+def field_text(rec: Record, role: str, field: str, fields_hint: str, problems: Problems,
+                coerced: Coerced) -> str | None:
     """The stripped text of ``rec[field]``, or ``None`` after recording why it cannot be used."""
     where = f"{rec.where}, field {field!r}"
     if field not in rec.fields:
-        problems.add(where, f"missing; this row has fields {_field_names(rec.fields)}", fields_hint, row=rec.number)
+        problems.add(where, f"missing; this row has fields {field_names(rec.fields)}", fields_hint, row=rec.number)
         return None
     value = rec.fields[field]
-    text, reason = _as_text(value)
+    text, reason = as_text(value)
     if text is None:
         problems.add(where, f"{reason}; expected text", "give every row a text value in that field", row=rec.number)
         return None
@@ -154,50 +153,70 @@ def _meta_value(rec: Record, key: str, field: str, problems: Problems) -> str | 
     return None
 
 
-def records_to_examples(records: list[Record], file: str, input_field: str, target_field: str,
-                        id_field: str | None, problems: Problems,
+class RowReader(Protocol):
+    """Turns one record into (input, target, meta) per ``data.format`` (``data/row_formats.py``)."""
+
+    required: list[tuple[str, str, str]]  # (role, field, how to fix it): the fields every row must have
+    answer_field: str  # the field holding the answer (an unlabeled split leaves it empty)
+
+    def read(self, rec: Record, problems: Problems, coerced: Coerced) -> tuple[str, str, dict] | None: ...
+
+
+def records_to_examples(records: list[Record], file: str, reader: RowReader, id_field: str | None, problems: Problems,
                         meta_fields: dict[str, str] | None = None) -> tuple[list[Example], list[str]]:
     """Turn raw records into ``Example`` rows, collecting every problem into ``problems``; returns (rows, warnings).
 
+    ``reader`` reads the input, target and format-specific meta of a record (``row_formats.row_reader``).
     ``meta_fields`` maps optional row facts to the fields holding them (``gold_doc``: the id(s) of the row's gold
     document in a RAG corpus; ``answers``: every accepted answer of a QA row); rows may leave them empty.
     """
-    wanted = [("input", input_field), ("target", target_field)] + ([("id", id_field)] if id_field else [])
     meta_fields = {k: v for k, v in (meta_fields or {}).items() if v}
-    absent = _missing_everywhere(records, wanted + list(meta_fields.items()),
-                                 problems)
-    hint = (f"every row needs the fields {input_field!r} and {target_field!r}; if they are named differently, "
-            "set data.input_field / data.target_field in the experiment file")
-    coerced = _Coerced()
+    optional = [("id", id_field)] if id_field else []
+    optional += list(meta_fields.items())
+    absent = _missing_everywhere(records, reader.required + [
+        (role, field, f"set data.{role}_field in the experiment file to the field that holds the {role}")
+        for role, field in optional], problems)
+    coerced = Coerced()
     rows: list[Example] = []
     first_row_of_id: dict[str, str] = {}
     for rec in records:
-        values = {role: _field_text(rec, role, field, hint, problems, coerced)
-                  for role, field in wanted if field not in absent}
-        if absent or None in values.values():
+        if absent:
+            break
+        parsed = reader.read(rec, problems, coerced)
+        row_id = field_text(rec, "id", id_field, "give every row an id, or unset data.id_field to number rows",
+                            problems, coerced) if id_field else f"{file}:{rec.number}"
+        if parsed is None or row_id is None:
             continue
-        row_id = values.get("id") or f"{file}:{rec.number}"
         if row_id in first_row_of_id:
             problems.add(f"{rec.where}, field {id_field!r}", f"id {row_id!r} is already used by "
                          f"{first_row_of_id[row_id]}", "ids must be unique: fix or drop the repeated ids",
                          row=rec.number)
             continue
         first_row_of_id[row_id] = rec.where
-        meta = {"file": file, "row": rec.number}
+        input_text, target, own_meta = parsed
+        meta = {"file": file, "row": rec.number, **own_meta}
         for key, field in meta_fields.items():
             value = _meta_value(rec, key, field, problems)
             if value is not None:
                 meta[key] = value if key != "answers" or isinstance(value, list) else [value]
-        rows.append(Example(row_id, values["input"], values["target"], meta))
+        rows.append(Example(row_id, input_text, target, meta))
     return rows, coerced.warnings(file)
 
 
+def request_key(e: Example) -> tuple:
+    """What a row asks: its input, with its own instruction, system text and earlier turns when it has them (two
+    Alpaca rows with the same input and different instructions are different requests)."""
+    history = tuple((t["role"], t["content"]) for t in e.meta.get("history") or ())
+    return e.meta.get("instruction"), e.meta.get("system"), history, e.input
+
+
 def drop_exact_duplicates(rows: list[Example]) -> tuple[list[Example], list[str]]:
-    """Drop rows whose input and target repeat an earlier row (so a split cannot leak); warn about what was dropped."""
-    seen: dict[tuple[str, str], str] = {}
+    """Drop rows whose request (``request_key``) and target repeat an earlier row (so a split cannot leak); warn about
+    what was dropped."""
+    seen: dict[tuple, str] = {}
     kept, dropped = [], []
     for e in rows:
-        key = (e.input, e.target)
+        key = (request_key(e), e.target)
         if key in seen:
             dropped.append(f"{e.id} = {seen[key]}")
         else:
@@ -208,10 +227,10 @@ def drop_exact_duplicates(rows: list[Example]) -> tuple[list[Example], list[str]
         warnings.append(f"dropped {len(dropped)} row(s) that repeat an earlier row exactly (same input and target), "
                         f"so that no row is in both train and test: {', '.join(dropped[:5])}"
                         + (" ..." if len(dropped) > 5 else ""))
-    by_input: dict[str, Example] = {}
+    by_input: dict[tuple, Example] = {}
     conflicts = []
     for e in kept:
-        other = by_input.setdefault(e.input, e)
+        other = by_input.setdefault(request_key(e), e)
         if other is not e and other.target != e.target:
             conflicts.append(f"{other.id} ({other.target!r}) vs {e.id} ({e.target!r})")
     if conflicts:
@@ -226,11 +245,11 @@ def cross_split_duplicates(splits: dict[str, list[Example]]) -> list[str]:
     warnings = []
     names = [n for n in ("train", "validation", "test") if splits.get(n)]
     for i, a in enumerate(names):
-        index = {}
+        index: dict[tuple, str] = {}
         for e in splits[a]:
-            index.setdefault(e.input, e.id)
+            index.setdefault(request_key(e), e.id)
         for b in names[i + 1:]:
-            pairs = [f"{index[e.input]} = {e.id}" for e in splits[b] if e.input in index]
+            pairs = [f"{index[request_key(e)]} = {e.id}" for e in splits[b] if request_key(e) in index]
             if pairs:
                 warnings.append(f"{len(pairs)} {b} row(s) have the same input as a {a} row: {', '.join(pairs[:5])}"
                                 + (" ..." if len(pairs) > 5 else "") + "; scores on them measure memory, not "

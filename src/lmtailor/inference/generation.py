@@ -1,4 +1,4 @@
-"""Greedy generation, free or constrained to a label set, in left-padded batches through HF ``generate``.
+"""Generation (greedy, constrained to a label set, or sampled) in padded batches through HF ``generate``.
 
 Prompts arrive as token ids (``lmtailor.data.formats`` made them), so padding is done here: on the left, with an
 attention mask, which ``generate`` turns into the right position ids. Rows are batched in order of prompt length
@@ -68,22 +68,44 @@ def _strip(new_ids: list[int], stop_ids: Sequence[int]) -> list[int]:
     return new_ids
 
 
+@dataclass(frozen=True)
+class SamplingParams:
+    """Sampled instead of greedy decoding (data augmentation, a teacher writing synthetic rows).
+
+    ``top_k`` is off: temperature and nucleus sampling only (self-instruct), not transformers' default top-50.
+    """
+
+    temperature: float
+    top_p: float
+    seed: int
+
+
+def _batch_seed(seed: int, start: int) -> int:
+    # Each batch gets its own seed from the call's seed and its position, so a batch's samples do not depend on
+    # how many random numbers earlier batches drew.
+    return (seed * 1_000_003 + start) % 2**63
+
+
 @torch.no_grad()
 def generate_ids(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_ids: Sequence[int],
                  pad_id: int, batch_size: int = 8, trie: LabelTrie | None = None,
-                 on_batch: Callable[[int], None] | None = None) -> Generated:
-    """Greedy-decode each prompt (only along ``trie`` when given) in batches of ``batch_size``.
+                 on_batch: Callable[[int], None] | None = None, sampling: SamplingParams | None = None) -> Generated:
+    """Decode each prompt in batches of ``batch_size``: greedily (only along ``trie`` when given), or sampled.
 
     Decoder-only prompts are left-padded, so every row's answer starts at the same position; encoder-decoder
     sources are right-padded (BART's learned absolute positions would shift under left padding), and their output
-    starts with the decoder's start token. Returned ids are the answer tokens, stop token kept.
+    starts with the decoder's start token. Returned ids are the answer tokens, stop token kept. Sampling runs
+    inside ``fork_rng``: the caller's global random state is left as it was.
     """
     from transformers import GenerationConfig
 
     seq2seq = getattr(model.config, "is_encoder_decoder", False)
     device = next(model.parameters()).device
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                              eos_token_id=list(stop_ids), pad_token_id=pad_id)
+    how = (dict(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+           if sampling is not None else dict(do_sample=False))
+    config = GenerationConfig(max_new_tokens=max_new_tokens, num_beams=1, eos_token_id=list(stop_ids),
+                              pad_token_id=pad_id, **how)
+    forked = [device.index or 0] if device.type == "cuda" else []
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths: little padding
     results: list[list[int]] = [[] for _ in prompts]
     tokens = 0
@@ -95,8 +117,11 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, s
         if trie is not None:
             # Finished or off-tree rows may only continue with a stop token; generate pads finished rows anyway.
             allowed_fn = lambda _, seq: trie.allowed(seq[answer_start:].tolist()) or list(stop_ids)  # noqa: E731
-        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
-                             prefix_allowed_tokens_fn=allowed_fn)
+        with torch.random.fork_rng(devices=forked, enabled=sampling is not None):
+            if sampling is not None:
+                torch.manual_seed(_batch_seed(sampling.seed, start))
+            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                                 prefix_allowed_tokens_fn=allowed_fn)
         for row, i in enumerate(batch):
             results[i] = _strip(out[row, answer_start:].tolist(), stop_ids)
             tokens += len(prompts[i]) + len(results[i])

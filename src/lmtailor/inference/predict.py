@@ -74,7 +74,8 @@ def predict(model, tokenizer, task: TaskSpec, rows: Sequence[Example], exemplars
                      "truncated_exemplar_inputs": cut_shots}
     if not rows:
         return [], details
-    prompts = [encode_prompt(tokenizer, build_messages(task, text, shots)) for text in texts]
+    # meta carries a row's own instruction, system text and earlier turns (data.format: alpaca / messages)
+    prompts = [encode_prompt(tokenizer, build_messages(task, text, shots, row.meta)) for row, text in zip(rows, texts)]
     details["prompt_tokens"] = {"mean": round(sum(map(len, prompts)) / len(prompts), 1), "max": max(map(len, prompts))}
     pad_id = pad_token_id(tokenizer)
 
@@ -82,7 +83,7 @@ def predict(model, tokenizer, task: TaskSpec, rows: Sequence[Example], exemplars
         if mode == "generate":
             return _generate(model, tokenizer, prompts, budget, pad_id, bar, details)
         # The answer follows the same generation prompt in every row, so its tokens are the same for all rows.
-        first = build_messages(task, texts[0], shots)
+        first = build_messages(task, texts[0], shots, rows[0].meta)
         label_ids = [encode_prompt_completion(tokenizer, first, label)[1] for label in task.labels]
         if mode == "likelihood":
             return _likelihood(model, task, prompts, label_ids, pad_id, bar, details, normalize)

@@ -53,6 +53,12 @@ class RunContext:
     runtime: Runtime
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("lmtailor"))
     base_dir: Path = Path(".")  # the experiment file's folder: relative paths in strategy configs start here
+    row_id: str = "row"  # the row's id in the run: names its files outside ``out_dir``
+    run_dir: Path | None = None  # the run directory (extra-data files go there); default: ``out_dir``
+
+    def __post_init__(self) -> None:
+        if self.run_dir is None:
+            self.run_dir = self.out_dir
 
 
 @dataclass

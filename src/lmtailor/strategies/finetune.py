@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
+from lmtailor.data.augment import AugmentConfig
+from lmtailor.data.synthetic import SyntheticConfig
 from lmtailor.errors import UserError
 from lmtailor.measure.meter import Meter
 from lmtailor.strategies.base import RunContext, Strategy, StrategyConfig, StrategyOutput
@@ -64,6 +66,12 @@ class FinetuneConfig(StrategyConfig):
     eval_steps: int | None = Field(
         None, ge=1, description="steps between validation losses (with eval_strategy: steps)")
     logging_steps: int = Field(5, ge=1, description="steps between training-loss log entries")
+    augment: AugmentConfig | None = Field(
+        None, description="add augmented copies of the training rows (EDA, paraphrase, back-translation); the row "
+                          "is labelled e.g. 'LoRA + 4× EDA'")
+    synthetic: SyntheticConfig | None = Field(
+        None, description="add rows a teacher model writes from the training rows (self-instruct, filtered); the "
+                          "row is labelled e.g. 'LoRA + 256 synthetic'")
     scoring: Literal["likelihood", "constrained", "generate"] | None = Field(
         None, description="how test answers are produced (default: likelihood for classification, generate otherwise)")
 
@@ -110,8 +118,11 @@ class FinetuneStrategy(Strategy):
     config: FinetuneConfig
 
     def default_label(self) -> str:
+        from lmtailor.strategies.extra_data import extra_data_label
+
         name = "LoRA" if self.config.method == "lora" else "full FT"
-        return name if self.config.with_instruction else f"{name} (input only)"
+        name = name if self.config.with_instruction else f"{name} (input only)"
+        return name + extra_data_label(self.config.augment, self.config.synthetic)
 
     def uses_training_data(self) -> bool:
         return True
@@ -141,7 +152,9 @@ class FinetuneStrategy(Strategy):
         """
         from lmtailor.inference.predict import predict
         from lmtailor.models import family_of
+        from lmtailor.strategies.extra_data import with_extra_rows
 
+        ctx, extra = with_extra_rows(ctx, self.config.augment, self.config.synthetic, model, tokenizer)
         task = self.tuned_task(ctx.task)
         with ctx.meter.phase("train"):
             if family_of(ctx.model_ref) == "encoder-decoder":
@@ -159,7 +172,8 @@ class FinetuneStrategy(Strategy):
                                              ctx.budget, ctx.meter, mode=self.config.scoring,
                                              progress_desc=self.label())
         return StrategyOutput(predictions=predictions, artifacts={trained.artifact_name: trained.artifact},
-                              details={**self._details(trained), "inference": inference}, tuned=(model, tokenizer))
+                              details={**self._details(trained), **extra, "inference": inference},
+                              tuned=(model, tokenizer))
 
     def _run_encoder(self, ctx: RunContext) -> StrategyOutput:
         """An encoder (BERT family) gets a classification head over the task's labels, trained with the body."""
@@ -170,9 +184,13 @@ class FinetuneStrategy(Strategy):
             raise UserError(f"{ctx.model_ref} is an encoder: it can be fine-tuned as a classifier only, but task "
                             f"{ctx.task.name!r} is {ctx.task.type}; use a decoder-only model for this task")
         check_config(self.config)
+        from lmtailor.strategies.extra_data import with_extra_rows
+
         with ctx.meter.phase("load"):
             loaded = load_model(ctx.model_ref, ctx.runtime, head="sequence-classification",
                                 num_labels=len(ctx.task.labels))
+        # A classifier cannot write text: paraphrases and synthetic rows need augment.model / synthetic.teacher.
+        ctx, extra = with_extra_rows(ctx, self.config.augment, self.config.synthetic)
         with ctx.meter.phase("train"):
             trained = train_classifier(loaded.model, loaded.tokenizer, self.config, ctx.task, ctx.data.train,
                                        ctx.data.validation, ctx.budget, ctx.runtime, ctx.seed, ctx.out_dir)
@@ -181,8 +199,8 @@ class FinetuneStrategy(Strategy):
         with ctx.meter.phase("inference"):
             predictions, inference = predict_classifier(model.eval(), loaded.tokenizer, ctx.task, ctx.data.test,
                                                         ctx.budget, ctx.meter, progress_desc=self.label())
-        details = {**self._details(trained), "head": "sequence-classification", "labels": list(trained.labels),
-                   "inference": inference}
+        details = {**self._details(trained), **extra, "head": "sequence-classification",
+                   "labels": list(trained.labels), "inference": inference}
         return StrategyOutput(predictions=predictions, artifacts={trained.artifact_name: trained.artifact},
                               details=details, tuned=(model, loaded.tokenizer))
 

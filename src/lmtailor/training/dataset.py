@@ -1,9 +1,10 @@
 """Turn task rows into the pre-tokenized prompt/completion dataset that TRL's ``SFTTrainer`` trains on.
 
-Rows are rendered with the same ``build_messages`` / ``encode_prompt_completion`` that inference uses, so the
-tuned model sees at test time exactly the tokens it was trained on. Each row becomes ``input_ids`` plus a
-``completion_mask`` (1 on the answer tokens); ``SFTTrainer`` folds the mask into ``labels`` (-100 on the prompt)
-when ``completion_only_loss`` is on.
+Rows are rendered with the same ``build_messages`` / ``encode_prompt_completion`` that inference uses, in the
+task's instruction format (``TaskSpec.prompt_format``: chat, alpaca or plain) and with the row's own instruction or
+earlier turns when it has them, so the tuned model sees at test time exactly the tokens it was trained on. Each row
+becomes ``input_ids`` plus a ``completion_mask`` (1 on the answer tokens); ``SFTTrainer`` folds the mask into
+``labels`` (-100 on the prompt) when ``completion_only_loss`` is on, and trains on every token when it is off.
 """
 
 from __future__ import annotations
@@ -49,20 +50,20 @@ class SFTRows:
                 "truncated_targets": self.truncated_targets}
 
 
-def _encode(tokenizer, task: TaskSpec, text: str, target: str) -> tuple[list[int], list[int]]:
-    return encode_prompt_completion(tokenizer, build_messages(task, text), target)
+def _encode(tokenizer, task: TaskSpec, row: Example, text: str) -> tuple[list[int], list[int]]:
+    return encode_prompt_completion(tokenizer, build_messages(task, text, meta=row.meta), row.target)
 
 
 def encode_row(tokenizer, task: TaskSpec, row: Example, budget: Budget) -> EncodedRow:
     """Encode one row within ``budget``: the input is cut first, so the whole answer is learnt whenever it fits."""
     text, input_cut = truncate_text(tokenizer, row.input, budget.max_input_tokens)
-    prompt, completion = _encode(tokenizer, task, text, row.target)
+    prompt, completion = _encode(tokenizer, task, row, text)
     over = len(prompt) + len(completion) - budget.max_seq_len
     if over > 0:  # the instruction and template overhead left too little room: shorten the input further
         n_input = len(tokenizer(text, add_special_tokens=False)["input_ids"])
         if n_input > over:
             text, _ = truncate_text(tokenizer, text, n_input - over)
-            prompt, completion = _encode(tokenizer, task, text, row.target)
+            prompt, completion = _encode(tokenizer, task, row, text)
             input_cut = True
     over = len(prompt) + len(completion) - budget.max_seq_len
     target_cut = over > 0
@@ -71,7 +72,8 @@ def encode_row(tokenizer, task: TaskSpec, row: Example, budget: Budget) -> Encod
     if not completion:
         raise UserError(
             f"row {row.id!r}: the prompt alone is {len(prompt)} tokens, which leaves no room for the answer within "
-            f"budget.max_seq_len={budget.max_seq_len}; raise budget.max_seq_len or shorten task.instruction")
+            f"budget.max_seq_len={budget.max_seq_len}; raise budget.max_seq_len or shorten the instruction (or the "
+            "row's earlier turns)")
     return EncodedRow(prompt, completion, input_cut, target_cut)
 
 
