@@ -40,3 +40,57 @@ def test_a_model_without_zero_shot_is_compared_with_the_named_first_model():
     assert abs(enc.delta - 0.5) < 1e-9 and enc.baseline_model == "m1"
     assert rows[("zero-shot", "m1")].baseline_model is None
     assert "+50.0 pts (vs m1)" in results_markdown(records, "t")
+
+
+def _probed(record, ppl_pct=None, acc_pts=None, **extra):
+    base = {"passages": 41, "items": 40, "text_set": {"sources": ["python-license", "zen-of-python"]}}
+    record["forgetting"] = {"base": base, "tuned": {}, "delta_perplexity_pct": ppl_pct,
+                            "delta_accuracy_pts": acc_pts, **extra}
+    return record
+
+
+def _line(md: str, label: str) -> list[str]:
+    return [c.strip() for c in next(ln for ln in md.splitlines() if ln.startswith(f"| {label} |")).split("|")[1:-1]]
+
+
+def test_forgetting_column_shows_the_change_from_the_base_model_averaged_over_seeds():
+    records = [_record("zero-shot", "m1", 0.2),
+               _probed(_record("LoRA", "m1", 0.6, "finetune", seed=0, train_s=10), 2.0, -5.0),
+               _probed(_record("LoRA", "m1", 0.8, "finetune", seed=1, train_s=10), 4.1, -2.5)]
+    md = results_markdown(records, "t")
+    header = _line(md, "approach")
+    assert header[3:5] == ["Δ vs zero-shot", "forgetting"]
+    lora = dict(zip(header, _line(md, "LoRA")))
+    assert lora["forgetting"] == "ppl +3.0% · acc -3.8 pts" and lora["Δ vs zero-shot"] == "+50.0 pts"
+    assert dict(zip(header, _line(md, "zero-shot")))["forgetting"] == "-"  # nothing trained, nothing probed
+    assert "Forgetting: the trained model against its base model" in md
+    assert "41 passages from python-license, zen-of-python; 40 questions, one question = 2.5 pts" in md
+
+
+def test_forgetting_column_says_why_a_row_has_no_numbers_and_is_absent_without_probes():
+    records = [_record("zero-shot", "m1", 0.2),
+               _probed(_record("full FT", "enc", 0.7, "finetune", train_s=5),
+                       tuned={"perplexity": None, "perplexity_note": "encoder classifier: ..."}),
+               _probed(_record("LoRA", "m1", 0.6, "finetune", train_s=5),
+                       error={"type": "RuntimeError", "message": "boom", "probe": "tuned"})]
+    rows = {r.label: r for r in build_rows(records)}
+    md = results_markdown(records, "t")
+    header = _line(md, "approach")
+    assert dict(zip(header, _line(md, "full FT")))["forgetting"] == "n/a (no LM head)"
+    assert dict(zip(header, _line(md, "LoRA")))["forgetting"] == "probe failed: RuntimeError"
+    assert rows["zero-shot"].forgetting is None
+    assert "forgetting" not in _line(results_markdown(records[:1], "t"), "approach")
+
+
+def test_forgetting_and_retrieval_columns_line_up():
+    rag = _record("RAG", "m1", 0.5, "rag")
+    rag["metrics"].append({"name": "recall@3", "value": 0.75, "higher_is_better": True})
+    lora = _probed(_record("LoRA", "m1", 0.6, "finetune", train_s=5), 1.0, 2.5)
+    records = [_record("zero-shot", "m1", 0.2), rag, lora]
+    md = results_markdown(records, "t")
+    header = _line(md, "approach")
+    assert header[2:6] == ["metric", "retrieval", "Δ vs zero-shot", "forgetting"]
+    assert dict(zip(header, _line(md, "RAG")))["retrieval"] == "recall@3 0.750"
+    lora = dict(zip(header, _line(md, "LoRA")))
+    assert lora["forgetting"] == "ppl +1.0% · acc +2.5 pts" and lora["retrieval"] == "-"
+    assert len(header) == len(_line(md, "LoRA")) == len(_line(md, "RAG"))

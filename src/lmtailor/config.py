@@ -69,6 +69,10 @@ class Experiment(_Strict):
     pricing: Pricing = Field(default_factory=Pricing)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     output_dir: str = Field("runs", description="where run directories are created (relative to the working directory)")
+    forgetting: bool = Field(
+        True, description="after each training row, probe the tuned model's general capability (perplexity on held-out "
+                          "general text, accuracy on general questions) against its base model's, outside the cost "
+                          "meter (measure/forgetting.py); false skips the probe")
 
     def strategy_configs(self) -> list[StrategyConfig]:
         return list(self.strategies)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import json
 import logging
 import re
 import time
@@ -117,7 +118,7 @@ def run_row(row: PlannedRow, exp: Experiment, task: TaskSpec, splits: DatasetSpl
     meter = Meter(pricing=exp.pricing, hardware=runtime.hardware)
     ctx = RunContext(task=task, data=data, model_ref=row.model_ref, budget=exp.budget.to_budget(), seed=row.seed,
                      meter=meter, out_dir=run_dir / "artifacts" / row.row_id, runtime=runtime, log=log,
-                     base_dir=base_dir)
+                     base_dir=base_dir, row_id=row.row_id, run_dir=run_dir)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     record: dict = {"schema_version": RESULT_SCHEMA_VERSION, "row_id": row.row_id, "row_index": row.index,
                     "label": row.label,
@@ -126,6 +127,7 @@ def run_row(row: PlannedRow, exp: Experiment, task: TaskSpec, splits: DatasetSpl
                     "train_size_requested": row.train_size, "task": {"name": task.name, "type": task.type},
                     "test_rows": len(splits.test), "test_ids_sha256": _ids_digest([e.id for e in splits.test])}
     predictions: list[str] | None = None
+    output = None
     set_seed(row.seed)
     try:
         with meter:
@@ -136,6 +138,8 @@ def run_row(row: PlannedRow, exp: Experiment, task: TaskSpec, splits: DatasetSpl
                       score_details=scored["details"], details=output.details,
                       artifacts={k: str(Path(v).relative_to(run_dir)) if Path(v).is_relative_to(run_dir) else str(v)
                                  for k, v in output.artifacts.items()})
+        if output.tuned is not None and exp.forgetting:  # after the meter: the probe is not the strategy's cost
+            record["forgetting"] = probe_forgetting(output, row.model_ref, exp, runtime, run_dir)
     except Exception as e:  # a failed row is kept and shown as failed, never dropped
         log.error("row %s failed: %s: %s", row.row_id, type(e).__name__, e)
         record.update(status="failed", metrics=[], details={},
@@ -146,8 +150,65 @@ def run_row(row: PlannedRow, exp: Experiment, task: TaskSpec, splits: DatasetSpl
     if predictions is not None:
         write_jsonl_atomic(run_dir / "predictions" / f"{row.row_id}.jsonl",
                            ({"id": e.id, "target": e.target, "prediction": p} for e, p in zip(splits.test, predictions)))
+    del output  # with it the tuned model, when the probe did not take it: free before the next row loads one
     gc.collect()
     return record
+
+
+def _error(e: Exception) -> dict:
+    return {"type": type(e).__name__, "message": str(e), "traceback": traceback.format_exc()}
+
+
+def base_probe(ref: str, runtime: Runtime, exp: Experiment, run_dir: Path) -> dict:
+    """The forgetting probe of the base model ``ref``: computed once per run, kept in ``probes/<model>.json``."""
+    from lmtailor.measure import forgetting
+
+    path = run_dir / "probes" / f"{_slug(ref)}.json"
+    if path.is_file():
+        cached = json.loads(path.read_text(encoding="utf-8"))
+        if cached.get("model") == ref:
+            return cached
+        path = path.with_name(f"{_slug(ref)}-{hashlib.sha256(ref.encode()).hexdigest()[:8]}.json")  # slug clash
+        if path.is_file():
+            return json.loads(path.read_text(encoding="utf-8"))
+    log.info("forgetting probe of the base model %s (once per run)", ref)
+    result = forgetting.probe_model_ref(ref, runtime, exp.budget.to_budget())
+    write_json_atomic(path, result)
+    return result
+
+
+def probe_forgetting(output, base_ref: str, exp: Experiment, runtime: Runtime, run_dir: Path) -> dict:
+    """Probe the tuned model of ``output`` and its base model; record both and the change. Takes the tuned model
+    out of ``output`` and frees it after its probe, before the base model is loaded, so only one is in memory.
+
+    A probe that fails leaves its error here and the row stands: the row's result does not depend on the probe.
+    """
+    from lmtailor.measure import forgetting
+    from lmtailor.models import detect_family
+
+    started = time.perf_counter()
+    result: dict = {"base_model": base_ref}
+    model, tokenizer = output.tuned
+    output.tuned = None
+    try:
+        result["tuned"] = forgetting.probe(model, tokenizer, detect_family(model.config), runtime,
+                                           exp.budget.to_budget())
+    except Exception as e:  # noqa: BLE001 - recorded; the row's own result is already complete
+        log.error("forgetting probe of the tuned model failed: %s: %s", type(e).__name__, e)
+        result["error"] = {"probe": "tuned", **_error(e)}
+    finally:
+        del model, tokenizer
+        gc.collect()
+    if "error" not in result:
+        try:
+            result["base"] = base_probe(base_ref, runtime, exp, run_dir)
+        except Exception as e:  # noqa: BLE001 - as above
+            log.error("forgetting probe of the base model %s failed: %s: %s", base_ref, type(e).__name__, e)
+            result["error"] = {"probe": "base", **_error(e)}
+    if "error" not in result:
+        result.update(forgetting.forgetting_change(result["base"], result["tuned"]))
+    result["seconds"] = round(time.perf_counter() - started, 3)
+    return result
 
 
 def new_run_dir(exp: Experiment, out_dir: Path | None) -> Path:

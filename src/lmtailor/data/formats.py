@@ -185,7 +185,8 @@ def _adds_bos(tokenizer) -> bool:
     return _ADDS_BOS[tokenizer]
 
 
-def _tokenize(tokenizer, text: str) -> list[int]:
+def tokenize_text(tokenizer, text: str) -> list[int]:
+    """Token ids of ``text`` with BOS first when the model expects it, and nothing else added."""
     # Special tokens are added by hand: chat templates write BOS themselves where the model wants it, and the
     # tokenizer's own defaults may also append EOS (which would break the prompt-is-a-prefix property).
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -221,7 +222,7 @@ def render(tokenizer, messages: list[dict], generation_prompt: bool) -> str:
 
 def encode_prompt(tokenizer, messages: list[dict]) -> list[int]:
     """Token ids of the prompt up to where the assistant's answer starts."""
-    return _tokenize(tokenizer, render(tokenizer, messages, generation_prompt=True))
+    return tokenize_text(tokenizer, render(tokenizer, messages, generation_prompt=True))
 def _is_special(tokenizer, token_id: int) -> bool:
     if token_id == tokenizer.eos_token_id or token_id in tokenizer.all_special_ids:
         return True
@@ -248,12 +249,12 @@ def encode_prompt_completion(tokenizer, messages: list[dict], completion: str) -
     the end-of-turn (chat template) or eos (alpaca and plain templates) token."""
     prompt_text = render(tokenizer, messages, generation_prompt=True)
     full_text = render(tokenizer, [*messages, {"role": "assistant", "content": completion}], generation_prompt=False)
-    prompt_ids = _tokenize(tokenizer, prompt_text)
+    prompt_ids = tokenize_text(tokenizer, prompt_text)
     if not full_text.startswith(prompt_text):
         raise UserError("the tokenizer's chat template renders the conversation differently once the answer is "
                         "added (the prompt is not a prefix of prompt + answer), so the answer's tokens cannot be "
                         "located; use a tokenizer whose template only appends the assistant turn")
-    full_ids = _tokenize(tokenizer, full_text)
+    full_ids = tokenize_text(tokenizer, full_text)
     if full_ids[: len(prompt_ids)] == prompt_ids:
         completion_ids = full_ids[len(prompt_ids):]
     else:

@@ -30,6 +30,7 @@ class TableRow:
     status: str
     baseline_model: str | None = None  # whose zero-shot row the delta is against, when not this model's own
     retrieval: dict[str, float] | None = None  # recall@k and MRR of a retrieval row, averaged over seeds
+    forgetting: dict | None = None  # change from the base model on the general probe, averaged over seeds
 
 
 def _primary(record: dict) -> tuple[str, float | None]:
@@ -53,6 +54,24 @@ def _retrieval(records: list[dict]) -> dict[str, float] | None:
     values = {n: _mean([next((m["value"] for m in r["metrics"] if m["name"] == n), None) for r in records])
               for n in names}
     return {n: v for n, v in values.items() if v is not None} or None
+
+
+def _forgetting(records: list[dict]) -> dict | None:
+    """Mean change from the base model on the general probe over the records that were probed; None when none was.
+
+    ``ppl_pct`` is the relative perplexity change, ``acc_pts`` the accuracy change in points; ``note`` says why a
+    probed row has neither (a failed probe, or a model the probe cannot measure).
+    """
+    probed = [r["forgetting"] for r in records if r.get("forgetting")]
+    if not probed:
+        return None
+    out = {"ppl_pct": _mean([f.get("delta_perplexity_pct") for f in probed]),
+           "acc_pts": _mean([f.get("delta_accuracy_pts") for f in probed]), "note": None}
+    if out["ppl_pct"] is None and out["acc_pts"] is None:
+        failed = next((f["error"] for f in probed if f.get("error")), None)
+        out["note"] = (f"probe failed: {failed['type']}" if failed else
+                       "n/a (no LM head)" if probed[0].get("tuned", {}).get("perplexity_note") else "n/a")
+    return out
 
 
 def _is_zero_shot(record: dict) -> bool:
@@ -92,6 +111,7 @@ def build_rows(records: list[dict]) -> list[TableRow]:
             usd_per_1k=_mean([m["usd"]["inference_per_1k"] for m in meters]),
             baseline_model=base_model if base_model != model else None,
             retrieval=_retrieval(ok) if ok else None,
+            forgetting=_forgetting(ok),
             status="ok" if len(ok) == len(recs) else f"failed {len(recs) - len(ok)}/{len(recs)}: "
             + next(r["error"]["type"] for r in recs if r.get("status") != "ok"),
         ))
@@ -124,13 +144,18 @@ def fmt_usd(v: float | None) -> str:
 HEADERS = ["approach", "model", "metric", "Δ vs zero-shot", "train / index time", "inference / 1k",
            "peak memory", "trainable params", "$ train", "$ / 1k inferences", "status"]
 RETRIEVAL_HEADER = "retrieval"  # shown after the metric when any row retrieved
+FORGETTING_HEADER = "forgetting"  # shown after the delta when any row was probed for forgetting
 
 
 def headers(rows: list[TableRow]) -> list[str]:
-    """The table's columns: ``HEADERS``, plus the retrieval column when some row has retrieval metrics."""
-    if not any(r.retrieval for r in rows):
-        return list(HEADERS)
-    return HEADERS[:3] + [RETRIEVAL_HEADER] + HEADERS[3:]
+    """The table's columns: ``HEADERS``, plus the retrieval column when some row has retrieval metrics and the
+    forgetting column when some row was probed for forgetting."""
+    columns = list(HEADERS)
+    if any(r.forgetting for r in rows):
+        columns.insert(columns.index("Δ vs zero-shot") + 1, FORGETTING_HEADER)
+    if any(r.retrieval for r in rows):
+        columns.insert(3, RETRIEVAL_HEADER)
+    return columns
 
 
 def _fmt_retrieval(metrics: dict[str, float] | None) -> str:
@@ -139,9 +164,22 @@ def _fmt_retrieval(metrics: dict[str, float] | None) -> str:
     return " · ".join(f"{'MRR' if name == 'mrr' else name} {value:.3f}" for name, value in metrics.items())
 
 
+def _fmt_forgetting(change: dict | None) -> str:
+    if not change:
+        return "-"
+    if change["note"]:
+        return change["note"]
+    parts = []
+    if change["ppl_pct"] is not None:
+        parts.append(f"ppl {change['ppl_pct']:+.1f}%")
+    if change["acc_pts"] is not None:
+        parts.append(f"acc {change['acc_pts']:+.1f} pts")
+    return " · ".join(parts)
+
+
 def format_rows(rows: list[TableRow]) -> list[list[str]]:
     """Turn table rows into display strings, one list per row in ``headers(rows)`` order."""
-    with_retrieval = RETRIEVAL_HEADER in headers(rows)
+    columns = headers(rows)
     out = []
     for r in rows:
         score = "-" if r.score is None else f"{r.metric} {r.score:.3f}" + (f" ± {r.score_std:.3f}" if r.score_std is not None else "")
@@ -157,7 +195,9 @@ def format_rows(rows: list[TableRow]) -> list[list[str]]:
         cells = [r.label, r.model, score, delta, _fmt_duration(r.train_s) if r.train_s else "-",
                  _fmt_duration(r.infer_s_per_1k), f"{r.peak_rss_mb:,.0f} MB", trainable,
                  fmt_usd(r.usd_train) if r.train_s else "-", fmt_usd(r.usd_per_1k), r.status]
-        if with_retrieval:
+        if FORGETTING_HEADER in columns:
+            cells.insert(4, _fmt_forgetting(r.forgetting))
+        if RETRIEVAL_HEADER in columns:
             cells.insert(3, _fmt_retrieval(r.retrieval))
         out.append(cells)
     return out
@@ -181,6 +221,8 @@ def results_markdown(records: list[dict], title: str = "results") -> str:
                   "Δ vs zero-shot: difference in the metric from the same model's zero-shot row, in percentage points "
                   "(a model without one, such as an encoder classifier, is compared with the model named in brackets).",
                   "Inference / 1k: measured wall time per test example × 1000 (batch as configured)."]
+        if FORGETTING_HEADER in columns:
+            lines.append(_forgetting_line(records))
         if RETRIEVAL_HEADER in columns:
             lines.append("Retrieval: recall@k and MRR of the documents retrieved for each test row against its gold "
                          "document, over the rows that name one; RAG rows' time includes building the index.")
@@ -189,6 +231,23 @@ def results_markdown(records: list[dict], title: str = "results") -> str:
             lines.append(f"- **{r['row_id']} failed**: {r['error']['type']}: {r['error']['message']}")
         lines += [""] + architecture_findings(records)
     return "\n".join(lines) + "\n"
+
+
+def _forgetting_line(records: list[dict]) -> str:
+    """What the forgetting column measures, with the probe's size (so a reader knows what one question is worth)."""
+    base = next((r["forgetting"]["base"] for r in records if r.get("forgetting", {}).get("base", {}).get("items")),
+                None)
+    size = ""
+    if base:
+        sources = ", ".join(base.get("text_set", {}).get("sources", [])) or "none found"
+        size = (f" ({base['passages']} passages from {sources}; {base['items']} questions, one question = "
+                f"{100 / base['items']:.1f} pts)")
+    return ("Forgetting: the trained model against its base model on a general probe set never used for training"
+            f"{size}: relative change in perplexity on held-out general English text (up = forgot more; "
+            "encoder-decoders: of each passage's second half given the first) and change in accuracy on general "
+            "multiple-choice questions (arithmetic, number comparison, days, months, opposites), in points. "
+            "Measured after training, outside the time and cost columns; encoder classifiers have no "
+            "language-model head to probe (n/a).")
 
 
 def results_rich_table(records: list[dict], title: str = "results"):

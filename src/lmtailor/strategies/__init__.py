@@ -7,5 +7,7 @@ STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
 STRATEGIES.register("prompt", "lmtailor.strategies.prompt:PromptStrategy")
 STRATEGIES.register("finetune", "lmtailor.strategies.finetune:FinetuneStrategy")
 STRATEGIES.register("rag", "lmtailor.strategies.rag:RagStrategy")
+STRATEGIES.register("continued-pretraining", "lmtailor.strategies.continued_pretraining:ContinuedPretrainingStrategy")
+STRATEGIES.register("scratch", "lmtailor.strategies.scratch:ScratchStrategy")
 
 __all__ = ["STRATEGIES", "Budget", "RunContext", "Strategy", "StrategyConfig", "StrategyOutput"]

@@ -253,11 +253,11 @@ class FinetuneStrategy(Strategy):
             "trainable_params": t.trainable, "total_params": t.total, **summarize_log(t.state.log_history),
         }
         if cfg.method == "lora":
-            details["lora"] = {**_lora_details(t.model), "inference": "adapter merged into the base weights"}
+            details["lora"] = {**lora_details(t.model), "inference": "adapter merged into the base weights"}
         return details
 
 
-def _lora_details(peft_model) -> dict:
+def lora_details(peft_model) -> dict:
     c = peft_model.peft_config["default"]
     targets = sorted(c.target_modules) if isinstance(c.target_modules, (set, list)) else c.target_modules
     return {"r": c.r, "alpha": c.lora_alpha, "dropout": c.lora_dropout, "target_modules": targets}

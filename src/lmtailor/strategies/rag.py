@@ -77,13 +77,31 @@ def task_documents(train: list[Example], test: list[Example]) -> list:
     return docs
 
 
-def input_limit(model) -> int | None:
-    """How many input positions the model has (None: no fixed limit, e.g. T5's relative positions)."""
-    config = model.config
+def input_limit(model_or_config) -> int | None:
+    """How many input positions a model (or its config) has (None: no fixed limit, e.g. T5's relative positions)."""
+    config = getattr(model_or_config, "config", model_or_config)
     config = getattr(config, "encoder", None) or config  # EncoderDecoderModel: the encoder reads the passages
     if getattr(config, "relative_attention_num_buckets", None):  # T5
         return None
     return getattr(config, "max_position_embeddings", None)
+
+
+def corpus_documents(ctx: RunContext, corpus: str, text_field: str, id_field: str | None, label: str) -> list:
+    """A strategy's corpus without what the test rows could leak: ``task:train`` holds training rows only (none
+    sharing a test input), and any other corpus leaves out the documents the test rows were made from."""
+    from lmtailor.retrieval import load_corpus
+
+    if corpus == TASK_CORPUS:
+        return task_documents(ctx.data.train, ctx.data.test)
+    if corpus.startswith("task:"):
+        raise UserError(f"corpus {corpus!r}: the only corpus made from the task's data is {TASK_CORPUS} "
+                        "(the training rows); the test rows are never in a corpus")
+    sources = {e.meta["source_doc"] for e in ctx.data.test if e.meta.get("source_doc")}
+    docs = load_corpus(corpus, ctx.base_dir, text_field, id_field, exclude_ids=sources)
+    if sources:
+        ctx.log.info("%s: left out the %d documents the test rows were made from", label,
+                     len(sources & {d.id for d in docs}) or len(sources))
+    return docs
 
 
 class RagStrategy(Strategy):
@@ -100,20 +118,8 @@ class RagStrategy(Strategy):
         return self.config.shots > 0
 
     def _documents(self, ctx: RunContext) -> list:
-        from lmtailor.retrieval import load_corpus
-
         cfg = self.config
-        if cfg.corpus == TASK_CORPUS:
-            return task_documents(ctx.data.train, ctx.data.test)
-        if cfg.corpus.startswith("task:"):
-            raise UserError(f"corpus {cfg.corpus!r}: the only corpus made from the task's data is {TASK_CORPUS} "
-                            "(the training rows); the test rows are never retrievable")
-        sources = {e.meta["source_doc"] for e in ctx.data.test if e.meta.get("source_doc")}
-        docs = load_corpus(cfg.corpus, ctx.base_dir, cfg.text_field, cfg.id_field, exclude_ids=sources)
-        if sources:
-            ctx.log.info("%s: left out the %d documents the test rows were made from", self.label(),
-                         len(sources & {d.id for d in docs}) or len(sources))
-        return docs
+        return corpus_documents(ctx, cfg.corpus, cfg.text_field, cfg.id_field, self.label())
 
     def _build(self, ctx: RunContext):
         """Load the corpus, chunk it, build the retriever; returns (retriever, embedder, details)."""
