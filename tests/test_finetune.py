@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,20 +19,12 @@ from lmtailor.strategies.base import Budget, RunContext, StrategyOutput
 from lmtailor.strategies.finetune import FinetuneConfig, FinetuneStrategy
 from lmtailor.tasks.base import TaskSpec
 
-LABELS = ("red", "green", "blue")
-TASK = TaskSpec("colours", "classification", "Which colour word does the text contain?", LABELS)
+from colours import CPU, LABELS, TASK, colour_splits
+
 BUDGET = Budget(max_input_tokens=32, max_new_tokens=8, max_seq_len=128, eval_batch_size=8)
-CPU = Runtime("cpu", "fp32", "tests run in fp32 on the CPU")
 
 
-def _rows(n: int, prefix: str, seed: int) -> list[Example]:
-    rng = random.Random(seed)
-    words = "the a of one two river stone cloud quiet bright small old".split()
-    return [Example(f"{prefix}{i}", " ".join(rng.choices(words, k=4)) + f" {LABELS[i % 3]} " +
-                    " ".join(rng.choices(words, k=2)), LABELS[i % 3]) for i in range(n)]
-
-
-SPLITS = DatasetSplits(train=_rows(24, "train", 0), validation=_rows(6, "val", 1), test=_rows(6, "test", 2))
+SPLITS = colour_splits(24, 6, 6)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

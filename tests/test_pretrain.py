@@ -4,7 +4,6 @@ models (decoder-only causal LM; T5 span corruption; BART text infilling), with e
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,32 +12,21 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from lmtailor.data.example import DatasetSplits, Example
 from lmtailor.data.packing import (noise_span_counts, pack_documents, random_spans_noise_mask, span_corruption,
                                    span_corruption_lengths, text_infilling)
 from lmtailor.errors import UserError
 from lmtailor.measure.meter import Meter
-from lmtailor.runtime import Runtime
 from lmtailor.strategies import STRATEGIES
 from lmtailor.strategies.base import Budget, RunContext, StrategyOutput
 from lmtailor.strategies.continued_pretraining import ContinuedPretrainingConfig, ContinuedPretrainingStrategy
-from lmtailor.tasks.base import TaskSpec
 from lmtailor.training.pretrain import ObjectiveCollator, plan_steps, resolve_objective
 
-CPU = Runtime("cpu", "fp32", "tests run in fp32 on the CPU")
-LABELS = ("red", "green", "blue")
-TASK = TaskSpec("colours", "classification", "Which colour word does the text contain?", LABELS)
+from colours import CPU, TASK, colour_splits
+
 BUDGET = Budget(max_input_tokens=32, max_new_tokens=6, max_seq_len=128, eval_batch_size=8)
 
 
-def _rows(n: int, prefix: str, seed: int) -> list[Example]:
-    rng = random.Random(seed)
-    words = "the a of one two river stone cloud quiet bright small old".split()
-    return [Example(f"{prefix}{i}", " ".join(rng.choices(words, k=4)) + f" {LABELS[i % 3]} " +
-                    " ".join(rng.choices(words, k=2)), LABELS[i % 3]) for i in range(n)]
-
-
-SPLITS = DatasetSplits(train=_rows(12, "train", 0), validation=_rows(4, "val", 1), test=_rows(4, "test", 2))
+SPLITS = colour_splits(12, 4, 4)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -4,39 +4,27 @@ strategy end to end on tiny models, with the tokens-per-parameter ratio in the r
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
 import torch
 from pydantic import ValidationError
 
-from lmtailor.data.example import DatasetSplits, Example
 from lmtailor.errors import UserError
 from lmtailor.measure.meter import Meter
 from lmtailor.models.sizing import count_params, human_count, parse_param_count, size_model
-from lmtailor.runtime import Runtime
 from lmtailor.strategies import STRATEGIES
 from lmtailor.strategies.base import Budget, RunContext
 from lmtailor.strategies.scratch import ScratchConfig, ScratchStrategy
-from lmtailor.tasks.base import TaskSpec
 
-CPU = Runtime("cpu", "fp32", "tests run in fp32 on the CPU")
-LABELS = ("red", "green", "blue")
-TASK = TaskSpec("colours", "classification", "Which colour word does the text contain?", LABELS)
+from colours import CPU, TASK, colour_splits
+
 BUDGET = Budget(max_input_tokens=32, max_new_tokens=6, max_seq_len=128, eval_batch_size=8)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _rows(n: int, prefix: str, seed: int) -> list[Example]:
-    rng = random.Random(seed)
-    words = "the a of one two river stone cloud quiet bright small old".split()
-    return [Example(f"{prefix}{i}", " ".join(rng.choices(words, k=4)) + f" {LABELS[i % 3]} " +
-                    " ".join(rng.choices(words, k=2)), LABELS[i % 3]) for i in range(n)]
-
-
-SPLITS = DatasetSplits(train=_rows(12, "train", 0), validation=_rows(4, "val", 1), test=_rows(4, "test", 2))
+SPLITS = colour_splits(12, 4, 4)
 
 
 # --- sizing --------------------------------------------------------------------------------------------------------

@@ -150,6 +150,7 @@ class ScriptedTeacher:
         return " ".join(text.split()[:max_tokens])
 
     def complete(self, prompts, sampling):
+        assert sampling.reply_start == "Input:"  # replies are started in the requested layout
         self.samplings.append(sampling)
         out = []
         for messages in prompts:
@@ -359,6 +360,11 @@ def test_tiny_llama_teacher_runs_end_to_end(tiny_teacher, tmp_path):
     assert [r.prompt_tokens for r in replies] == [len(encode_prompt(tiny_teacher.tokenizer, prompt))] * 2
     again = tiny_teacher.complete([prompt, prompt], Sampling(0.7, 0.5, 8, seed=3))
     assert [r.text for r in again] == [r.text for r in replies]  # the sampling seed fixes the replies
+
+    started = tiny_teacher.complete([prompt], Sampling(0.7, 0.5, 8, seed=3, reply_start="Input:"))[0]
+    start_ids = tiny_teacher.tokenizer("Input:", add_special_tokens=False)["input_ids"]
+    assert started.text.startswith("Input:")  # the reply continues the forced start, which the text includes
+    assert started.prompt_tokens == len(encode_prompt(tiny_teacher.tokenizer, prompt)) + len(start_ids)
 
 
 def test_weights_digest_follows_the_weights(tiny_teacher):

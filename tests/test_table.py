@@ -94,3 +94,14 @@ def test_forgetting_and_retrieval_columns_line_up():
     lora = dict(zip(header, _line(md, "LoRA")))
     assert lora["forgetting"] == "ppl +1.0% · acc +2.5 pts" and lora["retrieval"] == "-"
     assert len(header) == len(_line(md, "LoRA")) == len(_line(md, "RAG"))
+
+
+def test_status_says_how_much_extra_data_a_row_really_got():
+    syn = _record("LoRA + 48 synthetic", "m", 0.5, strategy="finetune")
+    syn["details"] = {"synthetic": {"kept": 3, "requested_rows": 48}}
+    eda = _record("continued PT (LoRA) + LoRA + 4× EDA", "m", 0.6, strategy="continued-pretraining")
+    eda["details"] = {"finetune": {"augmented": {"made": 354}}}
+    rows = {r.label: r for r in build_rows([_record("zero-shot", "m", 0.1), syn, eda])}
+    assert rows["LoRA + 48 synthetic"].status == "ok (3/48 synthetic rows kept)"
+    assert rows["continued PT (LoRA) + LoRA + 4× EDA"].status == "ok (+354 augmented rows)"
+    assert rows["zero-shot"].status == "ok"

@@ -35,8 +35,9 @@ from lmtailor.io import write_json_atomic, write_jsonl_atomic
 from lmtailor.measure.meter import Meter, estimate_flops
 from lmtailor.tasks.base import TaskSpec
 
-CACHE_FORMAT = "synthetic-v1"  # bump when prompts, parsing or filters change, so old caches are not reused
+CACHE_FORMAT = "synthetic-v2"  # bump when prompts, parsing or filters change, so old caches are not reused
 log = logging.getLogger("lmtailor")
+REPLY_START = "Input:"  # every reply starts the requested layout (see Sampling.reply_start)
 
 
 class SyntheticConfig(BaseModel):
@@ -229,7 +230,8 @@ class _Generation:
             while len(self.rows) < cfg.rows and attempt < limit:
                 plans = [self._plan() for _ in range(min(cfg.batch_size, limit - attempt))]
                 # One seed per batch, derived from the run seed: a batch samples the same whatever ran before it.
-                sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens, self.seed * 1_000_003 + batch_no)
+                sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens, self.seed * 1_000_003 + batch_no,
+                                    reply_start=REPLY_START)
                 replies = self.teacher.complete([self._messages(s, lb) for s, lb in plans], sampling)
                 batch_no += 1
                 kept_before = len(self.rows)

@@ -25,6 +25,9 @@ class Sampling:
     top_p: float
     max_new_tokens: int
     seed: int
+    # Text the reply is made to start with (the teacher continues it; the returned text includes it). Small
+    # models asked for a layout often write prose first; starting their reply with "Input:" keeps them in it.
+    reply_start: str = ""
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,12 @@ class HFTeacher:
         from lmtailor.inference.predict import pad_token_id
 
         ids = [self._encode(p) for p in prompts]
+        if sampling.reply_start and self.family != "encoder-decoder":  # a decoder's reply continues its prompt
+            start_ids = self.tokenizer(sampling.reply_start, add_special_tokens=False)["input_ids"]
+            ids = [p + start_ids for p in ids]
+            lead = sampling.reply_start
+        else:
+            lead = ""
         how = SamplingParams(sampling.temperature, sampling.top_p, sampling.seed) if sampling.temperature > 0 else None
         was_training = self.model.training
         self.model.eval()
@@ -139,5 +148,5 @@ class HFTeacher:
                                batch_size=max(1, len(ids)), sampling=how)
         finally:
             self.model.train(was_training)
-        return [Completion(self.tokenizer.decode(new, skip_special_tokens=True), len(prompt), len(new))
+        return [Completion(lead + self.tokenizer.decode(new, skip_special_tokens=True), len(prompt), len(new))
                 for prompt, new in zip(ids, out.ids)]

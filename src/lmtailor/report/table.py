@@ -74,6 +74,17 @@ def _forgetting(records: list[dict]) -> dict | None:
     return out
 
 
+def _extra_data_note(records: list[dict]) -> str:
+    """What extra training data a row really got (a teacher may write fewer usable rows than were asked for)."""
+    notes = []
+    for key, fmt in (("augmented", "+{made} augmented rows"), ("synthetic", "{kept}/{requested_rows} synthetic rows kept")):
+        found = [d.get(key) or (d.get("finetune") or {}).get(key) for d in (r.get("details") or {} for r in records)]
+        found = [f for f in found if f]
+        if found:
+            notes.append(" / ".join(fmt.format_map(f) for f in found))
+    return "; ".join(notes)
+
+
 def _is_zero_shot(record: dict) -> bool:
     return record.get("strategy") == "prompt" and record.get("config", {}).get("shots", 0) == 0
 
@@ -112,8 +123,9 @@ def build_rows(records: list[dict]) -> list[TableRow]:
             baseline_model=base_model if base_model != model else None,
             retrieval=_retrieval(ok) if ok else None,
             forgetting=_forgetting(ok),
-            status="ok" if len(ok) == len(recs) else f"failed {len(recs) - len(ok)}/{len(recs)}: "
-            + next(r["error"]["type"] for r in recs if r.get("status") != "ok"),
+            status=("ok" if len(ok) == len(recs) else f"failed {len(recs) - len(ok)}/{len(recs)}: "
+                    + next(r["error"]["type"] for r in recs if r.get("status") != "ok"))
+            + (f" ({note})" if (note := _extra_data_note(ok)) else ""),
         ))
     return rows
 
