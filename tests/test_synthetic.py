@@ -326,6 +326,9 @@ def test_bad_inputs_are_user_errors(tmp_path):
         unlabeled = TaskSpec("x", "classification", "Classify.", None)
         with pytest.raises(UserError, match="without labels"):
             generate_synthetic(unlabeled, TRAIN, [], _config(), ScriptedTeacher([]), meter, cache_dir=tmp_path)
+        alpaca = [Example("a1", "some input text", TRAIN[0].target, {"instruction": "Rate it."})]
+        with pytest.raises(UserError, match="row 'a1' carries its own instruction"):
+            generate_synthetic(SENTIMENT, alpaca, [], _config(), ScriptedTeacher([]), meter, cache_dir=tmp_path)
     with pytest.raises(ValueError, match="extra"):
         SyntheticConfig(teacher="t", rowz=3)
 

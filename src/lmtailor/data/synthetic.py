@@ -148,6 +148,13 @@ def _check(task: TaskSpec, train_rows: Sequence[Example]) -> None:
     if task.type == "classification" and not task.labels:
         raise UserError(f"task {task.name!r} is a classification task without labels, so synthetic rows cannot be "
                         "checked against the label set; set task.labels")
+    own = next((r for r in train_rows if "instruction" in r.meta or r.meta.get("history")), None)
+    if own is not None:
+        # The teacher is asked for Input/Output pairs under the task's instruction; rows that carry their own
+        # instruction or conversation (data.format: alpaca / messages) would come back without one.
+        raise UserError(f"training row {own.id!r} carries its own instruction or conversation (data.format: alpaca "
+                        "or messages); synthetic rows are made for tasks with one task.instruction only. Remove the "
+                        "synthetic: block, or use data.format: fields with a task.instruction")
 
 
 class _Generation:
