@@ -216,7 +216,7 @@ def test_cpu_training_is_fp32(make_trainer):
 
     trainer, _ = make_trainer(_config(method="full"))
     assert trainer.args.bf16 is False and trainer.args.fp16 is False and trainer.args.use_cpu is True
-    assert trainer.args.report_to == [] and trainer.args.save_strategy == "no"
+    assert trainer.args.report_to == [] and trainer.args.save_strategy == "steps" and trainer.args.save_steps == 500
     assert trainer.args.activation_checkpointing is False
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
     bf16 = sft_config(_config(method="full"), Runtime("cpu", "bf16", "native"), 0, Path("unused"), 64, False)
@@ -273,7 +273,7 @@ def test_every_config_field_is_described():
 
 @pytest.mark.parametrize("bad, message", [
     ({}, "method"),
-    ({"method": "qlora"}, "method"),
+    ({"method": "qlorra"}, "unknown fine-tuning method 'qlorra'"),
     ({"method": "full", "lora_r": 8}, r"LoRA settings \(lora_r\) do not apply"),
     ({"method": "lora", "eval_strategy": "steps"}, "needs eval_steps"),
     ({"method": "lora", "eval_steps": 3}, "only applies with eval_strategy: steps"),

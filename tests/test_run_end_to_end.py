@@ -74,3 +74,34 @@ def test_validate_command_lists_rows_without_loading_models(experiment, capsys):
     assert main(["validate", str(experiment)]) == 0
     out = capsys.readouterr().out
     assert "valid" in out and out.count("row ") == 5
+
+
+def test_resume_keeps_finished_rows_and_reruns_the_rest(experiment, tmp_path):
+    assert main(["run", str(experiment), "--out", str(tmp_path / "runs"), "--set", "forgetting=false"]) == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    results = run_dir / "results"
+    before = {p.stem: json.loads(p.read_text()) for p in results.glob("*.json")}
+    lora_id = next(k for k, r in before.items() if r["label"] == "LoRA")
+    full_id = next(k for k, r in before.items() if r["label"] == "full FT n=12")
+    (results / f"{lora_id}.json").unlink()  # as if the run was killed during this row
+    failed = dict(before[full_id], status="failed")
+    (results / f"{full_id}.json").write_text(json.dumps(failed))
+
+    assert main(["run", "--resume", str(run_dir)]) == 0
+    after = {p.stem: json.loads(p.read_text()) for p in results.glob("*.json")}
+    assert after.keys() == before.keys()
+    for row_id, record in after.items():
+        rerun = row_id in (lora_id, full_id)
+        assert (record["started_at"] != before[row_id]["started_at"]
+                or record["finished_at"] != before[row_id]["finished_at"]) if rerun else record == before[row_id]
+        assert record["status"] == "ok"
+    # same seed, same data, same code: the rerun rows score what they scored the first time
+    assert after[lora_id]["metrics"] == before[lora_id]["metrics"]
+    assert len(list((tmp_path / "runs").iterdir())) == 1  # continued in place, no new run directory
+
+
+def test_resume_refuses_an_experiment_file_or_a_directory_that_is_not_a_run(experiment, tmp_path, capsys):
+    assert main(["run", str(experiment), "--resume", str(tmp_path)]) == 2
+    assert "do not pass an experiment file" in " ".join(capsys.readouterr().out.split())
+    assert main(["run", "--resume", str(tmp_path)]) == 2
+    assert "not a resumable run directory" in " ".join(capsys.readouterr().out.split())

@@ -39,3 +39,10 @@ def test_explicit_precision_wins(monkeypatch):
     monkeypatch.setattr(runtime, "_cpu_has_native_bf16", lambda: False)
     chosen = detect_runtime("bf16", "cpu")
     assert chosen.precision == "bf16" and "experiment" in chosen.reason
+
+
+def test_trust_remote_code_is_off_unless_asked_and_then_named_in_the_output():
+    assert detect_runtime("fp32", "cpu").trust_remote_code is False
+    assert "trust_remote_code" not in detect_runtime("fp32", "cpu").describe()
+    on = detect_runtime("fp32", "cpu", trust_remote_code=True)
+    assert on.trust_remote_code and "trust_remote_code ON" in on.describe()

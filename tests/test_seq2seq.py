@@ -282,7 +282,7 @@ def test_training_args_follow_the_runtime(tmp_path, tiny_t5_dir):
                                     0, tmp_path)
     args = trainer.args
     assert args.bf16 is False and args.fp16 is False and args.use_cpu is True
-    assert args.report_to == [] and args.save_strategy == "no" and args.eval_strategy == "no"
+    assert args.report_to == [] and args.save_strategy == "steps" and args.eval_strategy == "no"
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
     batch = trainer.data_collator([rows.dataset[i] for i in range(4)])
     assert (batch["labels"] == -100).any()  # targets of different lengths are padded with -100, not pad ids

@@ -105,3 +105,21 @@ def test_status_says_how_much_extra_data_a_row_really_got():
     assert rows["LoRA + 48 synthetic"].status == "ok (3/48 synthetic rows kept)"
     assert rows["continued PT (LoRA) + LoRA + 4× EDA"].status == "ok (+354 augmented rows)"
     assert rows["zero-shot"].status == "ok"
+
+
+def test_training_footprint_column_lines_up_with_the_trained_rows_only():
+    lora = _probed(_record("LoRA", "m1", 0.6, "finetune", train_s=5), 1.0, 2.5)
+    lora["details"] = {"seconds_per_step": 0.25, "optimizer_state_bytes": 3 * 2**20}
+    lora["meter"]["artifact_bytes"] = {"adapter": 1536 * 2**10}
+    full = _record("full FT", "m1", 0.7, "finetune", train_s=9)
+    full["details"] = {"finetune": {"seconds_per_step": 1.5, "optimizer_state_bytes": 2 * 2**30}}
+    full["meter"]["artifact_bytes"] = {"model": 2**30, "index": 5}  # an index is not the trained artifact
+    md = results_markdown([_record("zero-shot", "m1", 0.2), lora, full], "t")
+    header = _line(md, "approach")
+    assert header[header.index("trainable params") + 1] == "step · optimizer · saved"
+    cells = {label: dict(zip(header, _line(md, label))) for label in ("LoRA", "full FT", "zero-shot")}
+    assert cells["LoRA"]["step · optimizer · saved"] == "0.25 s/step · 3 MB · 1.5 MB"
+    assert cells["full FT"]["step · optimizer · saved"] == "1.5 s/step · 2 GB · 1 GB"
+    assert cells["zero-shot"]["step · optimizer · saved"] == "-"
+    assert cells["LoRA"]["forgetting"] == "ppl +1.0% · acc +2.5 pts"
+    assert len({len(_line(md, label)) for label in ("LoRA", "full FT", "zero-shot", "approach")}) == 1

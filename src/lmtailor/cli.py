@@ -1,4 +1,4 @@
-"""The ``lmtailor`` command: run, demo, validate, report, models, data inspect. A thin layer over the Python API."""
+"""The ``lmtailor`` command: run, demo, validate, report, export, models, data inspect. A thin layer over the Python API."""
 
 from __future__ import annotations
 
@@ -60,11 +60,28 @@ def _print_results(run_dir: Path, title: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from lmtailor.runner import run_experiment
+    from lmtailor.errors import TrainingInterrupted
+    from lmtailor.runner import load_resumable, run_experiment
 
-    exp = _load(args.experiment, args.set)
-    run_dir = run_experiment(exp, base_dir=args.experiment.resolve().parent, out_dir=args.out)
-    _print_results(run_dir, exp.name)
+    resume = getattr(args, "resume", None)
+    if resume is not None:
+        if args.experiment is not None or args.set or args.out is not None:
+            raise UserError("--resume RUN_DIR continues a run with the experiment it started with (RUN_DIR/"
+                            "experiment.yaml); do not pass an experiment file, --set or --out with it")
+        exp, base_dir = load_resumable(resume)
+    elif args.experiment is None:
+        raise UserError("lmtailor run needs an experiment file (or --resume RUN_DIR to continue an earlier run)")
+    else:
+        exp, base_dir = _load(args.experiment, args.set), args.experiment.resolve().parent
+    try:
+        run_dir = run_experiment(exp, base_dir=base_dir, out_dir=args.out, resume_dir=resume)
+    except TrainingInterrupted as e:  # a checkpoint is saved: not an error, but the run did not finish
+        console.print(str(e), style="yellow", markup=False, highlight=False)
+        return 130
+    from lmtailor.distributed import is_main_process
+
+    if is_main_process():  # under accelerate launch / torchrun, one process prints the table
+        _print_results(run_dir, exp.name)
     return 0
 
 
@@ -156,7 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a key of the experiment file, e.g. strategies.0.shots=8 (repeatable)")
 
     p = sub.add_parser("run", help="run an experiment file and print the cost-benefit table")
-    with_experiment(p)
+    p.add_argument("experiment", type=Path, nargs="?", default=None, help="experiment YAML file")
+    with_experiment(p, positional=False)
+    p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                   help="continue an interrupted run in RUN_DIR: finished rows are kept, the others rerun, and "
+                        "training resumes from its last complete checkpoint")
     p.add_argument("--out", type=Path, default=None, help="parent directory of the run directory (default: output_dir)")
     p.set_defaults(func=cmd_run)
 
@@ -174,6 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="rebuild results.md from a run directory's saved results")
     p.add_argument("run_dir", type=Path, help="a run directory written by `lmtailor run`")
     p.set_defaults(func=cmd_report)
+
+    from lmtailor.export.cli import add_export_parser
+
+    add_export_parser(sub)
 
     p = sub.add_parser("models", help="list the models available locally (embedded and converted)")
     p.set_defaults(func=cmd_models)
@@ -199,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, UnknownNameError) as e:  # messages written for people: no traceback
         console.print(f"error: {e}", style="red", markup=False, highlight=False)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C during training, or one outside it: stop at once, quietly
+        console.print("interrupted; an interrupted run continues with `lmtailor run --resume RUN_DIR`",
+                      style="yellow", markup=False, highlight=False)
+        return 130
 
 
 if __name__ == "__main__":

@@ -53,6 +53,9 @@ class RuntimeConfig(_Strict):
 
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="compute dtype")
     device: str | None = Field(None, description="torch device (default: cuda if present, else cpu)")
+    trust_remote_code: bool = Field(
+        False, description="let Transformers run Python code shipped with a model (its own modelling files); off "
+                           "by default, and named in the run output when on. Only for models whose code you trust")
 
 
 class Experiment(_Strict):
@@ -193,4 +196,15 @@ def dump_experiment(exp: Experiment) -> str:
     """The resolved experiment as YAML (strategies with all their defaults filled in)."""
     data = exp.model_dump(mode="json", exclude={"strategies"})
     data["strategies"] = [s.model_dump(mode="json") for s in exp.strategy_configs()]
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def dump_experiment_as_written(exp: Experiment) -> str:
+    """The experiment with only the keys that were set (after overrides): loading it gives back the same experiment.
+
+    ``dump_experiment`` fills in every default, which validators that reject settings that do not apply (LoRA knobs
+    on a full fine-tune) would then refuse; resuming a run reads this file instead.
+    """
+    data = exp.model_dump(mode="json", exclude={"strategies"}, exclude_unset=True)
+    data["strategies"] = [s.model_dump(mode="json", exclude_unset=True) for s in exp.strategy_configs()]
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

@@ -1,6 +1,10 @@
 """Run an experiment: prepare data once, run every strategy × model × size × seed row in the meter, score, record.
 
 A failed row is recorded as failed (with its error) and the run goes on; nothing overwrites another run.
+
+Under several processes (``accelerate launch``, docs/DISTRIBUTED.md) every process runs every row the same way (the
+Trainer shares the training out between them; each answers the whole test set), the main process alone writes the
+run directory, and after each row the processes exchange their outcomes, so the record says what every one did.
 """
 
 from __future__ import annotations
@@ -16,11 +20,14 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from lmtailor.config import ConfigError, Experiment, dump_experiment
+from lmtailor import distributed
+from lmtailor.config import ConfigError, Experiment, dump_experiment, dump_experiment_as_written, load_experiment
 from lmtailor.data.example import DatasetSplits
 from lmtailor.data.prepare import prepare_data
 from lmtailor.data.splits import nested_subsets
+from lmtailor.distributed_rows import agree_on_row, stop_if_out_of_step
 from lmtailor.environment import describe_environment
+from lmtailor.errors import TrainingInterrupted, UserError
 from lmtailor.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
 from lmtailor.measure.meter import Meter
 from lmtailor.report.table import results_markdown
@@ -100,11 +107,11 @@ def _ids_digest(ids: list[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
 
 
-def _family(ref: str) -> str | None:
+def _family(ref: str, trust_remote_code: bool = False) -> str | None:
     from lmtailor.models import family_of
 
     try:
-        return family_of(ref)
+        return family_of(ref, trust_remote_code)
     except Exception:  # an unloadable model fails its row with the real error; the record just lacks a family
         return None
 
@@ -123,16 +130,20 @@ def run_row(row: PlannedRow, exp: Experiment, task: TaskSpec, splits: DatasetSpl
     record: dict = {"schema_version": RESULT_SCHEMA_VERSION, "row_id": row.row_id, "row_index": row.index,
                     "label": row.label,
                     "strategy": row.strategy.config.name, "config": row.strategy.config.model_dump(mode="json"),
-                    "model": row.model_ref, "family": _family(row.model_ref), "seed": row.seed, "train_size": len(data.train),
+                    "model": row.model_ref, "family": _family(row.model_ref, runtime.trust_remote_code), "seed": row.seed,
+                    "train_size": len(data.train),
                     "train_size_requested": row.train_size, "task": {"name": task.name, "type": task.type},
                     "test_rows": len(splits.test), "test_ids_sha256": _ids_digest([e.id for e in splits.test])}
     predictions: list[str] | None = None
     output = None
+    failed_at, checksum = None, None
     set_seed(row.seed)
     try:
         with meter:
             output = row.strategy.run(ctx)
         predictions = output.predictions
+        if output.tuned is not None and distributed.is_distributed():  # did training keep the copies identical?
+            checksum = distributed.weights_checksum(output.tuned[0])
         scored = evaluate(task, splits.test, predictions, output.retrieved_doc_ids, output.retrieval_k)
         record.update(status="ok", error=None, metrics=scored["metrics"], primary_metric=scored["primary_metric"],
                       score_details=scored["details"], details=output.details,
@@ -140,19 +151,28 @@ def run_row(row: PlannedRow, exp: Experiment, task: TaskSpec, splits: DatasetSpl
                                  for k, v in output.artifacts.items()})
         if output.tuned is not None and exp.forgetting:  # after the meter: the probe is not the strategy's cost
             record["forgetting"] = probe_forgetting(output, row.model_ref, exp, runtime, run_dir)
+    except TrainingInterrupted:  # not a failure: the checkpoint is saved and `run --resume` continues the row
+        raise
     except Exception as e:  # a failed row is kept and shown as failed, never dropped
+        failed_at = time.time()  # under several processes the first failure is the cause of the others
         log.error("row %s failed: %s: %s", row.row_id, type(e).__name__, e)
         record.update(status="failed", metrics=[], details={},
                       error={"type": type(e).__name__, "message": str(e), "traceback": traceback.format_exc()})
     record.update(meter=meter.record(), environment=env, started_at=started,
                   finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    write_json_atomic(run_dir / "results" / f"{row.row_id}.json", record)
-    if predictions is not None:
-        write_jsonl_atomic(run_dir / "predictions" / f"{row.row_id}.jsonl",
-                           ({"id": e.id, "target": e.target, "prediction": p} for e, p in zip(splits.test, predictions)))
     del output  # with it the tuned model, when the probe did not take it: free before the next row loads one
     gc.collect()
+    # Outside the try: every process gets here whatever happened in its row, so none waits for one that failed.
+    record = agree_on_row(record, predictions, checksum, failed_at)
+    distributed.on_main(lambda: _write_row(run_dir, record, splits, predictions))
     return record
+
+
+def _write_row(run_dir: Path, record: dict, splits: DatasetSplits, predictions: list[str] | None) -> None:
+    write_json_atomic(run_dir / "results" / f"{record['row_id']}.json", record)
+    if predictions is not None:
+        write_jsonl_atomic(run_dir / "predictions" / f"{record['row_id']}.jsonl",
+                           ({"id": e.id, "target": e.target, "prediction": p} for e, p in zip(splits.test, predictions)))
 
 
 def _error(e: Exception) -> dict:
@@ -173,7 +193,8 @@ def base_probe(ref: str, runtime: Runtime, exp: Experiment, run_dir: Path) -> di
             return json.loads(path.read_text(encoding="utf-8"))
     log.info("forgetting probe of the base model %s (once per run)", ref)
     result = forgetting.probe_model_ref(ref, runtime, exp.budget.to_budget())
-    write_json_atomic(path, result)
+    if distributed.is_main_process():  # every process probes (no one waits on another); one writes
+        write_json_atomic(path, result)
     return result
 
 
@@ -233,41 +254,135 @@ def _attach_log_file(run_dir: Path) -> logging.Handler:
     return handler
 
 
-def run_experiment(exp: Experiment, base_dir: Path, out_dir: Path | None = None) -> Path:
-    """Run every row of ``exp``; returns the run directory holding config, splits, results, predictions, log, table."""
-    runtime = detect_runtime(exp.runtime.precision, exp.runtime.device)
-    rows = plan_rows(exp)
+RESUME_FILE = "experiment.yaml"  # the experiment as written (set keys only): what `run --resume` reloads
+RUN_FILE = "run.json"
+
+
+def load_resumable(run_dir: Path) -> tuple[Experiment, Path]:
+    """The experiment and base directory of an earlier run, for ``run_experiment(..., resume_dir=run_dir)``."""
+    run_dir = Path(run_dir)
+    path, meta = run_dir / RESUME_FILE, run_dir / RUN_FILE
+    if not path.is_file() or not meta.is_file():
+        raise UserError(f"{run_dir} is not a resumable run directory: it has no {RESUME_FILE} and {RUN_FILE} "
+                        "(written at the start of every run by `lmtailor run`); pass the directory `lmtailor run` "
+                        "printed")
+    return load_experiment(path), Path(json.loads(meta.read_text(encoding="utf-8"))["base_dir"])
+
+
+def _finished_records(run_dir: Path, rows: list[PlannedRow]) -> dict[str, dict]:
+    """Records of rows that already finished ok in ``run_dir``: a resumed run keeps them and skips those rows.
+
+    A failed row is run again (its error may have been the interruption's doing, or fixed since).
+    """
+    done = {}
+    for row in rows:
+        path = run_dir / "results" / f"{row.row_id}.json"
+        if path.is_file():
+            record = json.loads(path.read_text(encoding="utf-8"))
+            if record.get("status") == "ok":
+                done[row.row_id] = record
+    return done
+
+
+def _open_run(exp: Experiment, rows: list[PlannedRow], base_dir: Path, out_dir: Path | None,
+              resume_dir: Path | None) -> tuple[Path, dict[str, dict]]:
+    """The run directory and the records of rows an earlier part of the run finished (main process only)."""
+    if resume_dir is not None:
+        return Path(resume_dir), _finished_records(Path(resume_dir), rows)
     run_dir = new_run_dir(exp, out_dir)
-    handler = _attach_log_file(run_dir)
-    try:
-        log.info("run directory: %s", run_dir)
-        log.info("runtime: %s", runtime.describe())
-        prepared = prepare_data(exp.data, exp.task.type or "", base_dir)  # before any model is loaded
-        for w in prepared.warnings:
-            log.warning(w)
-        splits = prepared.splits
-        task = resolve_task(exp, prepared.task_defaults, splits)
-        sizes = sorted({r.train_size for r in rows if r.train_size is not None})
-        subsets = dict(zip(sizes, nested_subsets(splits.train, sizes, exp.data.seed))) if sizes else {}
-        log.info("task %s (%s): %d train / %d validation / %d test rows%s", task.name, task.type, len(splits.train),
-                 len(splits.validation), len(splits.test), f", {len(task.labels)} labels" if task.labels else "")
-        write_text_atomic(run_dir / "config.yaml", dump_experiment(exp))
-        write_json_atomic(run_dir / "splits.json", {"source": splits.source, "seed": exp.data.seed, **splits.ids(),
-                                                    "learning_curve_subsets": {str(k): [e.id for e in v] for k, v in subsets.items()},
-                                                    "warnings": prepared.warnings})
-        write_json_atomic(run_dir / "task.json", {"name": task.name, "type": task.type,
-                                                  "instruction": task.instruction, "labels": task.labels})
-        env = describe_environment(runtime)
-        records = []
-        for i, row in enumerate(rows, 1):
-            log.info("[%d/%d] %s on %s (seed %d)", i, len(rows), row.label, row.model_ref, row.seed)
-            t0 = time.perf_counter()
-            records.append(run_row(row, exp, task, splits, subsets, runtime, run_dir, env, base_dir))
-            log.info("[%d/%d] %s: %s in %.1fs", i, len(rows), row.row_id, records[-1]["status"], time.perf_counter() - t0)
-            # Rewritten after every row, so an interrupted run still leaves the table of what finished.
-            write_text_atomic(run_dir / "results.md", results_markdown(records, title=exp.name))
-    finally:
-        for name in ("lmtailor", "transformers", "peft", "trl"):
-            logging.getLogger(name).removeHandler(handler)
-        handler.close()
+    write_text_atomic(run_dir / RESUME_FILE, dump_experiment_as_written(exp))
+    write_json_atomic(run_dir / RUN_FILE, {"base_dir": str(Path(base_dir).resolve())})
+    return run_dir, {}
+
+
+def _write_run_files(run_dir: Path, exp: Experiment, task: TaskSpec, split_record: dict, resuming: bool) -> None:
+    """The experiment as run, the splits and the task (main process only)."""
+    if resuming:
+        _check_same_splits(run_dir, split_record)
+    write_text_atomic(run_dir / "config.yaml", dump_experiment(exp))
+    write_json_atomic(run_dir / "splits.json", split_record)
+    write_json_atomic(run_dir / "task.json", {"name": task.name, "type": task.type,
+                                              "instruction": task.instruction, "labels": task.labels})
+
+
+def _prepare(exp: Experiment, rows: list[PlannedRow], base_dir: Path
+             ) -> tuple[DatasetSplits, TaskSpec, dict[int, list], dict]:
+    """The data and the task, once for every row: (splits, task, learning-curve subsets, the splits record)."""
+    prepared = prepare_data(exp.data, exp.task.type or "", base_dir)  # before any model is loaded
+    for w in prepared.warnings:
+        log.warning(w)
+    splits = prepared.splits
+    task = resolve_task(exp, prepared.task_defaults, splits)
+    sizes = sorted({r.train_size for r in rows if r.train_size is not None})
+    subsets = dict(zip(sizes, nested_subsets(splits.train, sizes, exp.data.seed))) if sizes else {}
+    log.info("task %s (%s): %d train / %d validation / %d test rows%s", task.name, task.type, len(splits.train),
+             len(splits.validation), len(splits.test), f", {len(task.labels)} labels" if task.labels else "")
+    split_record = {"source": splits.source, "seed": exp.data.seed, **splits.ids(),
+                    "learning_curve_subsets": {str(k): [e.id for e in v] for k, v in subsets.items()},
+                    "warnings": prepared.warnings}
+    return splits, task, subsets, split_record
+
+
+def run_experiment(exp: Experiment, base_dir: Path, out_dir: Path | None = None,
+                   resume_dir: Path | None = None) -> Path:
+    """Run every row of ``exp``; returns the run directory holding config, splits, results, predictions, log, table.
+
+    ``resume_dir``: continue that earlier run of the same experiment in place: rows with an ok result are kept,
+    the others run again, and a row whose training left a complete checkpoint resumes from it (training/common.py).
+    Under several processes the main one creates (or reopens) the run directory and tells the others.
+    """
+    runtime = detect_runtime(exp.runtime.precision, exp.runtime.device, exp.runtime.trust_remote_code)
+    precision_note = distributed.align_launcher_precision(runtime.precision)
+    distributed.setup(cpu=runtime.hardware == "cpu")  # before any model loads; a no-op in one process
+    rows = plan_rows(exp)
+    run_dir, done = distributed.on_main(lambda: _open_run(exp, rows, base_dir, out_dir, resume_dir))
+    with distributed.rank_logging():
+        handler = _attach_log_file(run_dir) if distributed.is_main_process() else None
+        try:
+            log.info("%s: %s", "resuming run" if resume_dir is not None else "run directory", run_dir)
+            if distributed.is_distributed():
+                log.info("%d processes (this is rank 0, the one that writes the run directory)",
+                         distributed.world_size())
+            if done:
+                log.info("%d of %d rows already finished; running the other %d", len(done), len(rows),
+                         len(rows) - len(done))
+            log.info("runtime: %s", runtime.describe())
+            if precision_note:
+                log.warning(precision_note)
+            splits, task, subsets, split_record = _prepare(exp, rows, base_dir)
+            distributed.check_same(_ids_digest([json.dumps(split_record, sort_keys=True)]), "the data splits")
+            distributed.on_main(lambda: _write_run_files(run_dir, exp, task, split_record, resume_dir is not None))
+            env = {**describe_environment(runtime), "world_size": distributed.world_size()}
+            records = []
+            for i, row in enumerate(rows, 1):
+                if row.row_id in done:
+                    log.info("[%d/%d] %s: finished in the earlier run, kept", i, len(rows), row.row_id)
+                    records.append(done[row.row_id])
+                    continue
+                log.info("[%d/%d] %s on %s (seed %d)", i, len(rows), row.label, row.model_ref, row.seed)
+                t0 = time.perf_counter()
+                records.append(run_row(row, exp, task, splits, subsets, runtime, run_dir, env, base_dir))
+                log.info("[%d/%d] %s: %s in %.1fs", i, len(rows), row.row_id, records[-1]["status"],
+                         time.perf_counter() - t0)
+                # Rewritten after every row, so an interrupted run still leaves the table of what finished.
+                distributed.on_main(lambda: write_text_atomic(run_dir / "results.md",
+                                                              results_markdown(records, title=exp.name)))
+                stop_if_out_of_step(records[-1], run_dir)
+        finally:
+            if handler is not None:
+                for name in ("lmtailor", "transformers", "peft", "trl"):
+                    logging.getLogger(name).removeHandler(handler)
+                handler.close()
     return run_dir
+
+
+def _check_same_splits(run_dir: Path, split_record: dict) -> None:
+    """A resumed run must see the data the first part saw; a changed data file would mix two experiments."""
+    path = run_dir / "splits.json"
+    if not path.is_file():
+        return
+    before = json.loads(path.read_text(encoding="utf-8"))
+    changed = [k for k in ("train", "validation", "test") if before.get(k) != split_record.get(k)]
+    if changed:
+        raise UserError(f"cannot resume {run_dir}: the {', '.join(changed)} split(s) differ from the earlier part of "
+                        "the run (the data file changed?); restore the data or start a new run")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -19,6 +19,8 @@ class Runtime:
     device: str
     precision: Literal["fp32", "bf16", "fp16"]
     reason: str
+    # Python code shipped inside a model directory runs only when the experiment says so (runtime.trust_remote_code)
+    trust_remote_code: bool = False
 
     @property
     def dtype(self) -> torch.dtype:
@@ -29,7 +31,10 @@ class Runtime:
         return "cuda" if self.device.startswith("cuda") else ("mps" if self.device == "mps" else "cpu")
 
     def describe(self) -> str:
-        return f"device={self.device} dtype={self.precision} ({self.reason})"
+        described = f"device={self.device} dtype={self.precision} ({self.reason})"
+        if self.trust_remote_code:
+            described += "; trust_remote_code ON: Python code inside model directories runs (set in the experiment)"
+        return described
 
 
 def _cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
@@ -42,8 +47,14 @@ def _cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
-def detect_runtime(precision: Precision = "auto", device: str | None = None) -> Runtime:
+def detect_runtime(precision: Precision = "auto", device: str | None = None,
+                   trust_remote_code: bool = False) -> Runtime:
     """Pick device and dtype: bf16 on GPUs and CPUs that do it natively, fp16 on older GPUs, else fp32."""
+    chosen = _detect(precision, device)
+    return replace(chosen, trust_remote_code=True) if trust_remote_code else chosen
+
+
+def _detect(precision: Precision, device: str | None) -> Runtime:
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if precision != "auto":

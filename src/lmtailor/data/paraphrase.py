@@ -74,10 +74,11 @@ def _generator(cfg: AugmentConfig, ctx: AugmentContext) -> Any:
         from lmtailor.models.loading import family_of, load_model
         from lmtailor.runtime import detect_runtime
 
-        if family_of(cfg.model) == "encoder":
+        runtime = ctx.runtime or detect_runtime()
+        if family_of(cfg.model, runtime.trust_remote_code) == "encoder":
             raise UserError(f"augment.model {cfg.model!r} is an encoder (BERT-like): it cannot generate text. Use a "
                             "decoder-only or encoder-decoder model for paraphrase and back-translation")
-        lm = load_model(cfg.model, ctx.runtime or detect_runtime())
+        lm = load_model(cfg.model, runtime)
     if not hasattr(lm, "model") or not hasattr(lm, "tokenizer"):
         raise TypeError("generator must be a LoadedModel (or have .model and .tokenizer)")
     if getattr(lm, "family", None) == "encoder":

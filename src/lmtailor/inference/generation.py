@@ -12,6 +12,9 @@ from typing import Callable, Sequence
 
 import torch
 
+from lmtailor.inference.virtual_tokens import (cache_keyword, computed_virtual_tokens, virtual_token_cache,
+                                              virtual_token_count)
+
 
 @dataclass
 class Generated:
@@ -95,7 +98,9 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, s
     Decoder-only prompts are left-padded, so every row's answer starts at the same position; encoder-decoder
     sources are right-padded (BART's learned absolute positions would shift under left padding), and their output
     starts with the decoder's start token. Returned ids are the answer tokens, stop token kept. Sampling runs
-    inside ``fork_rng``: the caller's global random state is left as it was.
+    inside ``fork_rng``: the caller's global random state is left as it was. A decoder-only prefix- or
+    prompt-tuned PeftModel generates through its base model from a cache holding the virtual tokens
+    (``inference/virtual_tokens.py``).
     """
     from transformers import GenerationConfig
 
@@ -109,9 +114,17 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, s
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths: little padding
     results: list[list[int]] = [[] for _ in prompts]
     tokens = 0
+    virtual = 0 if seq2seq else virtual_token_count(model)
     for start in range(0, len(order), batch_size):
         batch = order[start: start + batch_size]
         ids, mask = pad_batch([prompts[i] for i in batch], pad_id, device, side="right" if seq2seq else "left")
+        generator, extra = model, {}
+        if virtual:  # prefix / prompt tuning: the base model continues a cache that holds the virtual tokens
+            generator, cache = virtual_token_cache(model, len(batch))
+            extra = {cache_keyword(generator): cache}
+            # placeholder ids for the cached positions (never embedded), attended to like any real token
+            ids = torch.cat([torch.full((len(batch), virtual), pad_id, device=device), ids], dim=1)
+            mask = torch.cat([torch.ones(len(batch), virtual, dtype=mask.dtype, device=device), mask], dim=1)
         answer_start = 1 if seq2seq else ids.shape[1]
         allowed_fn = None
         if trie is not None:
@@ -120,11 +133,11 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, s
         with torch.random.fork_rng(devices=forked, enabled=sampling is not None):
             if sampling is not None:
                 torch.manual_seed(_batch_seed(sampling.seed, start))
-            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
-                                 prefix_allowed_tokens_fn=allowed_fn)
+            out = generator.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                                     prefix_allowed_tokens_fn=allowed_fn, **extra)
         for row, i in enumerate(batch):
             results[i] = _strip(out[row, answer_start:].tolist(), stop_ids)
-            tokens += len(prompts[i]) + len(results[i])
+            tokens += len(prompts[i]) + len(results[i]) + computed_virtual_tokens(model)
         if on_batch:
             on_batch(len(batch))
     return Generated(results, tokens)

@@ -17,12 +17,15 @@ Fast path (``prefix_cache=True``), which gives the same scores as one full forwa
 
 The first row is also scored without any cache; if the two disagree (an architecture whose cache does not
 survive copying or batch expansion) the run logs it and scores every row the slower, cache-free way.
+
+A prefix- or prompt-tuned PeftModel puts its virtual tokens before every prompt: they open the shared prefix, a
+cache the base model then continues (``inference/virtual_tokens.py``); the cache-free path and the self-check run
+the PeftModel itself.
 """
 
 from __future__ import annotations
 
 import copy
-import inspect
 import logging
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -30,6 +33,8 @@ from typing import Callable, Sequence
 import torch
 
 from lmtailor.inference.generation import pad_batch
+from lmtailor.inference.virtual_tokens import (cache_keyword, computed_virtual_tokens, virtual_token_cache,
+                                              virtual_token_count)
 
 log = logging.getLogger("lmtailor")
 
@@ -55,8 +60,7 @@ def _device(model) -> torch.device:
 
 def _cache_keyword(model) -> str:
     """The forward keyword for a KV cache: ``cache`` in recent transformers 5.x, ``past_key_values`` before."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT wrapper forwards kwargs
-    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+    return cache_keyword(model)
 
 
 def new_cache(model):
@@ -124,7 +128,8 @@ def _score_row_uncached(model, prompt: Sequence[int], labels, pad_id: int):
     out = model(input_ids=inputs, attention_mask=mask, logits_to_keep=width)
     lp = torch.log_softmax(out.logits.float(), dim=-1)  # positions len(prompt)-1 .. end
     logps = [[lp[i, j, lab[j]].item() for j in range(len(lab))] for i, lab in enumerate(labels)]
-    return logps, sum(len(s) for s in seqs)
+    # a prompt-tuned PeftModel runs its virtual tokens before every sequence
+    return logps, sum(len(s) for s in seqs) + computed_virtual_tokens(model) * len(seqs)
 
 
 def _check_cache(model, prompt, labels, pad_id: int, cached: list[list[float]], result: "LabelScores") -> bool:
@@ -159,16 +164,23 @@ def score_labels(model, prompts: Sequence[Sequence[int]], labels: Sequence[Seque
         raise ValueError("every label needs at least one completion token")
     # Keep at least one token of each prompt outside the prefix: its logits give every label's first token.
     prefix_len = min(common_prefix_len(prompts), min(len(p) for p in prompts) - 1) if prefix_cache else 0
-    result = LabelScores([], prefix_len=prefix_len, path="prefix-cache" if prefix_len > 0 else "no-cache")
-    cache = None
-    if prefix_len > 0:
-        cache = new_cache(model)
-        forward_with_cache(model, torch.tensor([list(prompts[0][:prefix_len])], device=_device(model)), cache,
-                           logits_to_keep=1)
-        result.tokens = prefix_len
+    # A prompt-learning adapter's virtual tokens precede every prompt: they are part of the shared prefix.
+    virtual = virtual_token_count(model) if prefix_cache else 0
+    result = LabelScores([], prefix_len=prefix_len, path="prefix-cache" if prefix_len or virtual else "no-cache")
+    cache, scorer = None, model
+    if prefix_len > 0 or virtual:
+        if virtual:  # the base model continues a cache that holds the virtual tokens (inference/virtual_tokens.py)
+            scorer, cache = virtual_token_cache(model, 1)
+            result.tokens = computed_virtual_tokens(model)
+        else:
+            cache = new_cache(model)
+        if prefix_len > 0:
+            forward_with_cache(scorer, torch.tensor([list(prompts[0][:prefix_len])], device=_device(model)), cache,
+                               logits_to_keep=1)
+            result.tokens += prefix_len
     for i, prompt in enumerate(prompts):
         if cache is not None:
-            logps, n = _score_row_cached(model, cache, prefix_len, prompt, labels, pad_id)
+            logps, n = _score_row_cached(scorer, cache, prefix_len, prompt, labels, pad_id)
             if i == 0 and not _check_cache(model, prompt, labels, pad_id, logps, result):
                 cache = None
                 logps, extra = _score_row_uncached(model, prompt, labels, pad_id)
@@ -192,7 +204,8 @@ def naive_label_scores(model, prompts: Sequence[Sequence[int]], labels: Sequence
         row = []
         for lab in labels:
             ids = torch.tensor([list(prompt) + list(lab)], device=device)
-            lp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+            # the last positions: a prompt-tuned PeftModel also returns logits for its virtual tokens, first
+            lp = torch.log_softmax(model(input_ids=ids).logits[0, -ids.shape[1]:].float(), dim=-1)
             start = len(prompt)
             row.append(_reduce([lp[start + j - 1, t].item() for j, t in enumerate(lab)], normalize))
         scores.append(row)

@@ -87,12 +87,17 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def _is_prompt_learning(model) -> bool:
+    config = getattr(model, "active_peft_config", None)
+    return config is not None and config.is_prompt_learning
+
+
 @torch.no_grad()
 def score_labels_seq2seq(model, sources: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], pad_id: int,
                          normalize: bool = False, on_row: Callable[[], None] | None = None) -> LabelScores:
     """Score each label's target ids given each source: the encoder runs once per row, then one decoder forward
-    over all labels (the encoder states expanded to the label batch). Sum of token log-probs incl. eos (mean if
-    ``normalize``)."""
+    over all labels (the encoder states expanded to the label batch; a prompt-tuned PeftModel runs whole). Sum of
+    token log-probs incl. eos (mean if ``normalize``)."""
     from transformers.modeling_outputs import BaseModelOutput
 
     if not labels or any(len(lab) == 0 for lab in labels):
@@ -101,18 +106,26 @@ def score_labels_seq2seq(model, sources: Sequence[Sequence[int]], labels: Sequen
     # -100 marks padding in labels; the model's own shift turns the labels into decoder inputs (start token first).
     label_batch, _ = pad_batch(labels, -100, device)
     decoder_inputs = model.prepare_decoder_input_ids_from_labels(labels=label_batch)
-    result = LabelScores([], path="encoder-once")
+    # A prompt-tuned PeftModel prepends its virtual tokens inside its own forward, which calling the encoder
+    # directly would skip: it runs whole, the encoder once per label.
+    whole = _is_prompt_learning(model)
+    result = LabelScores([], path="full-forward" if whole else "encoder-once")
     n = len(labels)
     for source in sources:
         ids = torch.tensor([list(source)], device=device)
         mask = torch.ones_like(ids)
-        hidden = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
-        out = model(encoder_outputs=BaseModelOutput(last_hidden_state=hidden.expand(n, -1, -1)),
-                    attention_mask=mask.expand(n, -1), decoder_input_ids=decoder_inputs, use_cache=False)
+        if whole:
+            out = model(input_ids=ids.expand(n, -1), attention_mask=mask.expand(n, -1),
+                        decoder_input_ids=decoder_inputs, use_cache=False)
+        else:
+            hidden = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+            out = model(encoder_outputs=BaseModelOutput(last_hidden_state=hidden.expand(n, -1, -1)),
+                        attention_mask=mask.expand(n, -1), decoder_input_ids=decoder_inputs, use_cache=False)
         lp = torch.log_softmax(out.logits.float(), dim=-1)
         logps = [[lp[i, j, t].item() for j, t in enumerate(lab)] for i, lab in enumerate(labels)]
         result.scores.append([sum(x) / len(x) if normalize else sum(x) for x in logps])
-        result.tokens += len(source) + sum(len(lab) for lab in labels)
+        encoded = n * (len(source) + model.active_peft_config.num_virtual_tokens) if whole else len(source)
+        result.tokens += encoded + sum(len(lab) for lab in labels)
         if on_row:
             on_row()
     return result

@@ -258,7 +258,7 @@ def probe_model_ref(ref: str, runtime, budget=None) -> dict:
     """Load the model ``ref`` names, probe it, free it. An encoder is not loaded: it has nothing to probe."""
     from lmtailor.models import family_of, load_model
 
-    family = family_of(ref)
+    family = family_of(ref, runtime.trust_remote_code)
     if family == "encoder":
         return {"model": ref, **probe(None, None, family, runtime, budget)}
     started = time.perf_counter()

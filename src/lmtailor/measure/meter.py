@@ -2,6 +2,9 @@
 
 Records wall and CPU time per phase, peak RSS (sampled by a thread, so it is the peak of *this* run, not of
 the process's lifetime), CUDA peak memory, tokens per phase, parameters, artifact size, latency and money.
+
+Under several processes (``accelerate launch``) each process meters itself and ``combine_process_records`` makes
+the row's one record (see its docstring for what is summed, what is the slowest process's and what is counted once).
 """
 
 from __future__ import annotations
@@ -65,6 +68,12 @@ def dir_size_bytes(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _main_process() -> bool:
+    from lmtailor.distributed import is_main_process
+
+    return is_main_process()
 
 
 @dataclass
@@ -139,8 +148,13 @@ class Meter:
         self.trainable_params, self.total_params = int(trainable), int(total)
 
     def add_artifact(self, name: str, path: Path) -> None:
-        """Record the on-disk size of a saved artifact (adapter, model, index)."""
-        self.artifacts[name] = dir_size_bytes(path)
+        """Record the on-disk size of a saved artifact (adapter, model, index).
+
+        Only the main process writes artifacts, so only it measures them: another process would see a directory
+        still being written (or, on another machine, none).
+        """
+        if _main_process():
+            self.artifacts[name] = dir_size_bytes(path)
 
     def add_flops(self, phase: str, flops: float) -> None:
         """Add an estimate of floating-point operations (see ``estimate_flops``)."""
@@ -157,6 +171,7 @@ class Meter:
         rate = self.pricing.usd_per_hour(self.hardware)
         return {
             "hardware": self.hardware,
+            "world_size": 1,  # this process alone; combine_process_records makes the record of several
             "wall_s": round(self.wall_s, 3),
             "cpu_s": round(self.cpu_s, 3),
             "phases": {k: {"wall_s": round(v.wall_s, 3), "cpu_s": round(v.cpu_s, 3), "tokens": v.tokens,
@@ -187,6 +202,8 @@ def estimate_flops(params: int, tokens: int, kind: str, trainable: int | None = 
     inference: 2·N per token. full training: 6·N per token (forward 2N, backward 4N).
     PEFT training: 4·N + 2·T per token — the backward still propagates activation gradients through all N
     frozen weights (2N) but computes weight gradients only for the T trainable ones (2T).
+    freeze (only the top layers train): 2·N + 4·T per token — the backward stops below the lowest trained layer, so
+    it runs (activation and weight gradients, 4T) through the T trained weights only.
     """
     if kind == "inference":
         return 2.0 * params * tokens
@@ -194,4 +211,58 @@ def estimate_flops(params: int, tokens: int, kind: str, trainable: int | None = 
         return 6.0 * params * tokens
     if kind == "peft":
         return (4.0 * params + 2.0 * (trainable or 0)) * tokens
+    if kind == "freeze":
+        return (2.0 * params + 4.0 * (trainable or 0)) * tokens
     raise ValueError(f"unknown FLOP estimate kind {kind!r}")
+
+
+def combine_process_records(records: list[dict], billed_units: int = 1) -> dict:
+    """One meter record for a row that ran on several processes, from each process's ``Meter.record()`` (rank order).
+
+    - time: wall time is the slowest process's (per phase too); CPU time is summed.
+    - memory: ``peak_rss_bytes`` / ``cuda_peak_bytes`` are the largest process's (what each device must hold), with
+      the ``_sum`` over processes and every process's own in ``processes``.
+    - tokens, examples, FLOPs, parameters, artifacts: the main process's, counted once. They are totals already:
+      the Trainer all-gathers the tokens every process trained on (``num_input_tokens_seen``), epochs × rows is the
+      global count, and every process answers the whole test set (the same work, not a share of it). Summing them
+      would count the work world-size times. Each process's counts stay in ``processes`` for checking.
+    - money: set-up and total time are billed for ``billed_units`` (one GPU per process, or one CPU machine per
+      machine); inference per 1k is one serving process's latency, as in a single-process row.
+    """
+    if len(records) == 1:
+        return records[0]
+    main = records[0]
+    phases = {name: {"wall_s": max(r["phases"][name]["wall_s"] for r in records),
+                     "cpu_s": round(sum(r["phases"][name]["cpu_s"] for r in records), 3),
+                     "tokens": clock["tokens"], "examples": clock["examples"]}
+              for name, clock in main["phases"].items()}
+    wall = max(r["wall_s"] for r in records)
+    infer, train = phases["inference"], phases["train"]
+    latency = infer["wall_s"] / infer["examples"] if infer["examples"] else None
+    cuda = [r["cuda_peak_bytes"] for r in records if r["cuda_peak_bytes"] is not None]
+    biggest = max(records, key=lambda r: r["peak_rss_bytes"])  # its start goes with its peak
+    rate = main["usd"]["rate_per_hour"]
+    setup = sum(phases[p]["wall_s"] for p in SETUP_PHASES)
+    return {
+        **main,
+        "world_size": len(records),
+        "wall_s": wall,
+        "cpu_s": round(sum(r["cpu_s"] for r in records), 3),
+        "phases": phases,
+        "peak_rss_bytes": max(r["peak_rss_bytes"] for r in records),
+        "peak_rss_bytes_sum": sum(r["peak_rss_bytes"] for r in records),
+        "rss_at_start_bytes": biggest["rss_at_start_bytes"],
+        "cuda_peak_bytes": max(cuda) if cuda else None,
+        "cuda_peak_bytes_sum": sum(cuda) if cuda else None,
+        "inference_latency_s_per_example": latency,
+        "tokens_per_s": {"train": train["tokens"] / train["wall_s"] if train["wall_s"] else None,
+                         "inference": infer["tokens"] / infer["wall_s"] if infer["wall_s"] else None},
+        "usd": {"rate_per_hour": rate, "billed_units": billed_units,
+                "train": rate * billed_units * setup / 3600.0,
+                "total": rate * billed_units * wall / 3600.0,
+                "inference_per_1k": rate * latency * 1000 / 3600.0 if latency else None},
+        "processes": [{"rank": i, "wall_s": r["wall_s"], "cpu_s": r["cpu_s"], "peak_rss_bytes": r["peak_rss_bytes"],
+                       "rss_at_start_bytes": r["rss_at_start_bytes"], "cuda_peak_bytes": r["cuda_peak_bytes"],
+                       "tokens": {k: v["tokens"] for k, v in r["phases"].items() if v["tokens"]}}
+                      for i, r in enumerate(records)],
+    }

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lmtailor.models.family import Family, Head, auto_class, check_head, detect_family, head_for
+from lmtailor.errors import UserError
 from lmtailor.models.sources import resolve_model
 from lmtailor.runtime import Runtime
 
@@ -22,11 +23,11 @@ class LoadedModel:
     source: Literal["embedded", "local", "hub", "tiny"]
 
 
-def load_tokenizer(path: str):
+def load_tokenizer(path: str, trust_remote_code: bool = False):
     """Load the tokenizer at ``path`` and give it a pad token (eos, else sep/unk) when it has none."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         fallback = tokenizer.eos_token or tokenizer.sep_token or tokenizer.unk_token
         if fallback is None:
@@ -35,23 +36,32 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
-def family_of(ref: str) -> Family:
-    """The family of the model ``ref`` names: an alias says it; otherwise its config does (no weights loaded)."""
+def family_of(ref: str, trust_remote_code: bool = False) -> Family:
+    """The family of the model ``ref`` names: an alias says it; otherwise its config does (no weights loaded).
+
+    ``trust_remote_code``: the experiment's ``runtime.trust_remote_code`` (a model with its own code needs it even to
+    read its config)."""
     from transformers import AutoConfig
 
     from lmtailor.models.sources import MODEL_ALIASES
 
     if ref in MODEL_ALIASES:  # also spares converting an embedded GGUF just to read its config
         return MODEL_ALIASES.get(ref).family  # type: ignore[return-value]
-    return detect_family(AutoConfig.from_pretrained(resolve_model(ref).path, trust_remote_code=False))
+    return detect_family(AutoConfig.from_pretrained(resolve_model(ref).path, trust_remote_code=trust_remote_code))
 
 
-def load_model(ref: str, runtime: Runtime, head: Head | None = None, num_labels: int | None = None) -> LoadedModel:
-    """Resolve ``ref`` and load it with the family's head (or ``head``) in ``runtime.dtype`` on ``runtime.device``."""
+def load_model(ref: str, runtime: Runtime, head: Head | None = None, num_labels: int | None = None,
+               quantization_config: Any = None) -> LoadedModel:
+    """Resolve ``ref`` and load it with the family's head (or ``head``) in ``runtime.dtype`` on ``runtime.device``.
+
+    ``quantization_config`` (e.g. QLoRA's 4-bit ``BitsAndBytesConfig``) quantizes the weights while loading; the
+    quantized model is placed on the device by ``device_map``, as bitsandbytes models cannot be moved after loading.
+    """
     from transformers import AutoConfig
 
     resolved = resolve_model(ref)
-    config = AutoConfig.from_pretrained(resolved.path, trust_remote_code=False)
+    trust = runtime.trust_remote_code  # off unless the experiment sets it; the run output says when it is on
+    config = AutoConfig.from_pretrained(resolved.path, trust_remote_code=trust)
     family = detect_family(config)
     head = head_for(family, head)
     check_head(config, head)
@@ -59,13 +69,24 @@ def load_model(ref: str, runtime: Runtime, head: Head | None = None, num_labels:
         config.num_labels = num_labels
     elif num_labels is not None:
         raise ValueError(f"num_labels={num_labels} only applies to head='sequence-classification', not {head!r}")
-    tokenizer = load_tokenizer(resolved.path)
+    tokenizer = load_tokenizer(resolved.path, trust_remote_code=trust)
     if getattr(config, "pad_token_id", None) is None:
         # classification heads of decoders find the last real token through pad_token_id
         config.pad_token_id = tokenizer.pad_token_id
     # An explicit dtype, never "auto": "auto" takes the checkpoint's bf16 even on CPUs that emulate it slowly.
-    model = auto_class(head).from_pretrained(resolved.path, config=config, dtype=runtime.dtype,
-                                             trust_remote_code=False)
-    model.to(runtime.device)
+    placement = {} if quantization_config is None else {"quantization_config": quantization_config,
+                                                         "device_map": {"": runtime.device}}
+    try:
+        # use_safetensors: weights are read from safetensors only; a pickled .bin can run code when it is loaded
+        model = auto_class(head).from_pretrained(resolved.path, config=config, dtype=runtime.dtype,
+                                                 trust_remote_code=trust, use_safetensors=True, **placement)
+    except OSError as e:
+        if "safetensors" not in str(e):
+            raise
+        raise UserError(f"model {ref!r} ({resolved.path}) has no safetensors weights, and lmtailor does not load "
+                        "pickled weight files (.bin, .pt), which can run code when loaded. Convert it once where you "
+                        "trust it: AutoModel.from_pretrained(path).save_pretrained(new_dir), then use new_dir") from e
+    if quantization_config is None:
+        model.to(runtime.device)
     model.eval()
     return LoadedModel(model, tokenizer, family, ref, resolved.path, resolved.source)

@@ -31,6 +31,7 @@ class TableRow:
     baseline_model: str | None = None  # whose zero-shot row the delta is against, when not this model's own
     retrieval: dict[str, float] | None = None  # recall@k and MRR of a retrieval row, averaged over seeds
     forgetting: dict | None = None  # change from the base model on the general probe, averaged over seeds
+    training: dict | None = None  # seconds per step, optimizer state and saved artifact bytes of a trained row
 
 
 def _primary(record: dict) -> tuple[str, float | None]:
@@ -85,6 +86,24 @@ def _extra_data_note(records: list[dict]) -> str:
     return "; ".join(notes)
 
 
+def _training_footprint(records: list[dict]) -> dict | None:
+    """What training a row cost beyond time and money, averaged over seeds: seconds per optimizer step, optimizer
+    state bytes (AdamW keeps two moments per trainable weight) and the saved adapter or model on disk.
+
+    None for rows that trained nothing. A strategy with a pre-training phase reports its fine-tuning phase's step.
+    """
+    if not records:
+        return None
+    details = [(r.get("details") or {}) for r in records]
+    details = [d.get("finetune") if isinstance(d.get("finetune"), dict) else d for d in details]
+    saved = [sum(b for name, b in (r.get("meter") or {}).get("artifact_bytes", {}).items()
+                 if name in ("adapter", "model")) or None for r in records]
+    out = {"s_per_step": _mean([d.get("seconds_per_step") for d in details]),
+           "optimizer_bytes": _mean([d.get("optimizer_state_bytes") for d in details]),
+           "artifact_bytes": _mean(saved)}
+    return out if any(v is not None for v in out.values()) else None
+
+
 def _is_zero_shot(record: dict) -> bool:
     return record.get("strategy") == "prompt" and record.get("config", {}).get("shots", 0) == 0
 
@@ -123,6 +142,7 @@ def build_rows(records: list[dict]) -> list[TableRow]:
             baseline_model=base_model if base_model != model else None,
             retrieval=_retrieval(ok) if ok else None,
             forgetting=_forgetting(ok),
+            training=_training_footprint(ok),
             status=("ok" if len(ok) == len(recs) else f"failed {len(recs) - len(ok)}/{len(recs)}: "
                     + next(r["error"]["type"] for r in recs if r.get("status") != "ok"))
             + (f" ({note})" if (note := _extra_data_note(ok)) else ""),
@@ -157,12 +177,15 @@ HEADERS = ["approach", "model", "metric", "Δ vs zero-shot", "train / index time
            "peak memory", "trainable params", "$ train", "$ / 1k inferences", "status"]
 RETRIEVAL_HEADER = "retrieval"  # shown after the metric when any row retrieved
 FORGETTING_HEADER = "forgetting"  # shown after the delta when any row was probed for forgetting
+TRAINING_HEADER = "step · optimizer · saved"  # shown after trainable params when any row trained
 
 
 def headers(rows: list[TableRow]) -> list[str]:
     """The table's columns: ``HEADERS``, plus the retrieval column when some row has retrieval metrics and the
     forgetting column when some row was probed for forgetting."""
     columns = list(HEADERS)
+    if any(r.training for r in rows):
+        columns.insert(columns.index("trainable params") + 1, TRAINING_HEADER)
     if any(r.forgetting for r in rows):
         columns.insert(columns.index("Δ vs zero-shot") + 1, FORGETTING_HEADER)
     if any(r.retrieval for r in rows):
@@ -174,6 +197,22 @@ def _fmt_retrieval(metrics: dict[str, float] | None) -> str:
     if not metrics:
         return "-"
     return " · ".join(f"{'MRR' if name == 'mrr' else name} {value:.3f}" for name, value in metrics.items())
+
+
+def _fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit, div in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if n >= div:
+            return f"{n / div:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
+def _fmt_training(t: dict | None) -> str:
+    if not t:
+        return "-"
+    step = "-" if t["s_per_step"] is None else f"{t['s_per_step']:.2g} s/step"
+    return f"{step} · {_fmt_bytes(t['optimizer_bytes'])} · {_fmt_bytes(t['artifact_bytes'])}"
 
 
 def _fmt_forgetting(change: dict | None) -> str:
@@ -207,6 +246,8 @@ def format_rows(rows: list[TableRow]) -> list[list[str]]:
         cells = [r.label, r.model, score, delta, _fmt_duration(r.train_s) if r.train_s else "-",
                  _fmt_duration(r.infer_s_per_1k), f"{r.peak_rss_mb:,.0f} MB", trainable,
                  fmt_usd(r.usd_train) if r.train_s else "-", fmt_usd(r.usd_per_1k), r.status]
+        if TRAINING_HEADER in columns:
+            cells.insert(8, _fmt_training(r.training))  # right after "trainable params"
         if FORGETTING_HEADER in columns:
             cells.insert(4, _fmt_forgetting(r.forgetting))
         if RETRIEVAL_HEADER in columns:
@@ -233,6 +274,10 @@ def results_markdown(records: list[dict], title: str = "results") -> str:
                   "Δ vs zero-shot: difference in the metric from the same model's zero-shot row, in percentage points "
                   "(a model without one, such as an encoder classifier, is compared with the model named in brackets).",
                   "Inference / 1k: measured wall time per test example × 1000 (batch as configured)."]
+        if TRAINING_HEADER in columns:
+            lines.append("Step · optimizer · saved: mean wall time per optimizer step, the optimizer's state in memory "
+                         "(AdamW: two moments per trainable weight, so it scales with the trainable parameters), "
+                         "and the trained artifact on disk (an adapter, or the whole model for full fine-tuning).")
         if FORGETTING_HEADER in columns:
             lines.append(_forgetting_line(records))
         if RETRIEVAL_HEADER in columns:

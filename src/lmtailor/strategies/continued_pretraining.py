@@ -59,6 +59,9 @@ class PretrainingConfig(StrategyConfig):
     logging_steps: int = Field(10, ge=1, description="steps between training-loss log entries")
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less "
                                          "memory, ~25% slower")
+    checkpoint_steps: int = Field(500, ge=1, description="write a resumable checkpoint every this many steps of "
+                                                         "the pre-training phase (and on SIGINT/SIGTERM)")
+    keep_checkpoints: int = Field(1, ge=1, description="complete checkpoints kept during the pre-training phase")
     finetune: FinetuneConfig = Field(
         default_factory=lambda: FinetuneConfig(name="finetune", method="lora"),
         description="the fine-tuning phase: the finetune strategy's knobs (method, epochs, learning_rate, ...; "
@@ -153,11 +156,14 @@ def fine_tune_after(strategy: Strategy, cfg: PretrainingConfig, ctx: RunContext,
     """The fine-tuning phase on the prepared model (the finetune strategy's own code), then one record of both."""
     if model.dtype != ctx.runtime.dtype:  # full pre-training kept fp32 master weights; fine-tune as a loaded model
         model = model.to(ctx.runtime.dtype)
+    from lmtailor.distributed import on_main
+    from lmtailor.training.peft_methods import artifact_kind
+
     artifacts: dict[str, Path] = {}
-    if cfg.finetune.method == "lora":  # the adapter is only usable on top of the model it was trained on
+    if artifact_kind(cfg.finetune.method) == "adapter":  # an adapter only works on top of the model it was trained on
         path = ctx.out_dir / "pretrained_model"
-        model.save_pretrained(path)
-        tokenizer.save_pretrained(path)
+        # under several processes only the main one writes; the others get its outcome (see distributed.on_main)
+        on_main(lambda: (model.save_pretrained(path), tokenizer.save_pretrained(path)))
         ctx.meter.add_artifact("pretrained_model", path)
         artifacts["pretrained_model"] = path
     finetuned = FinetuneStrategy(cfg.finetune).tune_and_answer(ctx, model, tokenizer)
@@ -180,7 +186,7 @@ def check_generative(ctx: RunContext, rung: str) -> None:
     if not ctx.data.train:
         raise UserError(f"{rung} fine-tunes after pre-training and needs training rows, but the training split is "
                         "empty; check data.max_train and the split sizes")
-    if family_of(ctx.model_ref) == "encoder":
+    if family_of(ctx.model_ref, ctx.runtime.trust_remote_code) == "encoder":
         raise UserError(f"{ctx.model_ref} is an encoder: {rung} needs a decoder-only (causal LM) or encoder-decoder "
                         "(T5 span corruption, BART text infilling) model; masked-LM pre-training is not implemented")
 
@@ -199,12 +205,17 @@ class ContinuedPretrainingStrategy(Strategy):
         return True
 
     def run(self, ctx: RunContext) -> StrategyOutput:
-        from lmtailor.models import load_model
+        from lmtailor.models import family_of, load_model
+        from lmtailor.training.peft_methods import finetune_method
         from lmtailor.training.pretrain import resolve_objective, run_pretraining
         from lmtailor.training.sft import DEFAULT_LEARNING_RATE
 
         cfg = self.config
         check_generative(ctx, "continued-pretraining")
+        # the fine-tuning phase's method settings are refused before pre-training spends anything (qlora on a CPU,
+        # prefix on T5, ...)
+        family = family_of(ctx.model_ref, ctx.runtime.trust_remote_code)
+        finetune_method(cfg.finetune.method).check(cfg.finetune, family, ctx.runtime)
         with ctx.meter.phase("load"):
             loaded = load_model(ctx.model_ref, ctx.runtime)
         objective = resolve_objective(cfg.objective, loaded.model.config)

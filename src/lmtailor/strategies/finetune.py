@@ -1,8 +1,10 @@
-"""Supervised fine-tuning, LoRA or full, of a decoder-only model on the task's training rows.
+"""Supervised fine-tuning of a model on the task's training rows, by any method of ``training/peft_methods.py``
+(full, lora, dora, qlora, ia3, prefix, prompt-tuning, adapter, freeze, or any other PEFT method by name).
 
 Rows are rendered with the same instruction format inference uses, the loss falls only on the answer (by default),
-training runs through TRL's ``SFTTrainer``, and the tuned model then answers the test rows zero-shot with that same
-format. The artifact is saved as safetensors: a PEFT adapter (``adapter/``) or a whole model (``model/``).
+training runs through TRL's ``SFTTrainer`` (decoder-only), ``Seq2SeqTrainer`` (encoder-decoder) or a classifier
+``Trainer`` (encoder), and the tuned model then answers the test rows zero-shot with that same format. The artifact
+is saved as safetensors: an adapter (``adapter/``) or a whole model (``model/``).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from lmtailor.data.augment import AugmentConfig
 from lmtailor.data.synthetic import SyntheticConfig
@@ -19,22 +21,49 @@ from lmtailor.errors import UserError
 from lmtailor.measure.meter import Meter
 from lmtailor.strategies.base import RunContext, Strategy, StrategyConfig, StrategyOutput
 from lmtailor.tasks.base import TaskSpec
+from lmtailor.training.peft_methods import check_method_settings, finetune_method, method_label
 
 if TYPE_CHECKING:
     from lmtailor.training.dataset import SFTRows
 
-_LORA_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "target_modules")
+_LORA_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "target_modules")  # continued pre-training's LoRA knobs
 
 
 class FinetuneConfig(StrategyConfig):
-    """Knobs of a fine-tuning run. LoRA knobs set together with ``method: full`` are an error, not silently ignored."""
+    """Knobs of a fine-tuning run. Settings of another method (e.g. LoRA knobs with ``method: full``) are an error,
+    not silently ignored."""
 
     name: Literal["finetune"] = Field(description="registered strategy name")
-    method: Literal["lora", "full"] = Field(description="lora: train low-rank adapters only; full: train every weight")
+    method: str = Field(
+        description="full (every weight), lora, dora, qlora (LoRA on a 4-bit base, CUDA only), ia3, prefix, "
+                    "prompt-tuning, adapter (bottleneck adapters), freeze (only the top trainable_layers layers and "
+                    "the head), or any other PEFT method by its PEFT name (loha, lokr, vera, oft, boft, adalora, ...) "
+                    "with its settings in peft_options; see training/peft_methods.py")
+    peft_options: dict[str, Any] = Field(
+        default_factory=dict, description="extra settings passed as they are to the method's PEFT config class, e.g. "
+                                          "{use_rslora: true} for lora or {r: 8, alpha: 16} for loha")
+    num_virtual_tokens: int = Field(
+        20, ge=1, description="prefix / prompt-tuning: number of trained virtual tokens")
+    trainable_layers: int = Field(
+        2, ge=1, description="freeze: how many of the top transformer layers train (with the head and final norm)")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="stop when the validation loss has not improved for this many evaluations "
+                                "(needs eval_strategy epoch or steps); the best checkpoint's weights are kept")
+    group_by_length: bool = Field(
+        False, description="batch rows of similar length together (less padding, a little less randomness)")
+    padding_free: bool = Field(
+        False, description="decoder-only: concatenate each batch's rows into one sequence without padding; "
+                           "position ids restart per row so no row attends to another")
+    checkpoint_steps: int = Field(
+        500, ge=1, description="write a resumable checkpoint every this many optimizer steps (and on SIGINT/SIGTERM); "
+                               "`lmtailor run --resume RUN_DIR` continues from the last complete one")
+    keep_checkpoints: int = Field(
+        1, ge=1, description="how many complete checkpoints to keep (older ones are deleted once a newer one is whole)")
     epochs: float = Field(1.0, gt=0, description="passes over the training rows (fractions allowed)")
     max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps (overrides epochs)")
     learning_rate: float | None = Field(
-        None, gt=0, description="peak AdamW learning rate (default: lora 2e-4, full 5e-5; see training/sft.py)")
+        None, gt=0, description="peak AdamW learning rate (default per method and family, e.g. lora 2e-4, full "
+                                "5e-5, ia3 3e-3, prompt-tuning 3e-2; sources in training/peft_methods.py)")
     batch_size: int = Field(8, ge=1, description="rows per forward/backward pass")
     gradient_accumulation_steps: int = Field(
         1, ge=1, description="passes per optimizer step (effective batch = batch_size x this)")
@@ -75,17 +104,29 @@ class FinetuneConfig(StrategyConfig):
     scoring: Literal["likelihood", "constrained", "generate"] | None = Field(
         None, description="how test answers are produced (default: likelihood for classification, generate otherwise)")
 
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, name: str) -> str:
+        """An unknown method is reported on the ``method`` key itself (with the valid names)."""
+        try:
+            finetune_method(name)
+        except UserError as e:
+            raise ValueError(str(e)) from None
+        return name
+
     @model_validator(mode="after")
     def _check_consistency(self) -> "FinetuneConfig":
-        if self.method == "full":
-            stray = [f for f in _LORA_FIELDS if f in self.model_fields_set]
-            if stray:
-                raise ValueError(f"LoRA settings ({', '.join(stray)}) do not apply to method: full; remove them or "
-                                 "set method: lora")
+        try:  # an unknown method, or settings of another method (lora_r with ia3, trainable_layers with lora)
+            check_method_settings(self)
+        except UserError as e:
+            raise ValueError(str(e)) from None
         if self.eval_strategy == "steps" and self.eval_steps is None:
             raise ValueError("eval_strategy: steps needs eval_steps (e.g. eval_steps: 20)")
         if self.eval_steps is not None and self.eval_strategy != "steps":
             raise ValueError("eval_steps only applies with eval_strategy: steps")
+        if self.early_stopping_patience is not None and self.eval_strategy == "no":
+            raise ValueError("early_stopping_patience stops on the validation loss: set eval_strategy to epoch or "
+                             "steps")
         if isinstance(self.target_modules, list) and not self.target_modules:
             raise ValueError("target_modules is an empty list; name modules, use 'all-linear', or leave it unset")
         if self.train_sizes is not None and (not self.train_sizes or min(self.train_sizes) < 1):
@@ -108,7 +149,7 @@ class _Trained:
 
 
 class FinetuneStrategy(Strategy):
-    """Fine-tune the model on the training rows (LoRA or full), then answer the test rows zero-shot.
+    """Fine-tune the model on the training rows (by the configured method), then answer the test rows zero-shot.
 
     Decoder-only models train through TRL's SFT, encoder-decoder models through Seq2SeqTrainer, encoders as
     classifiers with a head over the task's labels: the family is read from the config.
@@ -120,7 +161,7 @@ class FinetuneStrategy(Strategy):
     def default_label(self) -> str:
         from lmtailor.strategies.extra_data import extra_data_label
 
-        name = "LoRA" if self.config.method == "lora" else "full FT"
+        name = method_label(self.config)
         name = name if self.config.with_instruction else f"{name} (input only)"
         return name + extra_data_label(self.config.augment, self.config.synthetic)
 
@@ -133,10 +174,14 @@ class FinetuneStrategy(Strategy):
         if not ctx.data.train:
             raise UserError("finetune needs training rows, but the training split is empty; check data.max_train "
                             "and the split sizes")
-        if family_of(ctx.model_ref) == "encoder":
+        family = family_of(ctx.model_ref, ctx.runtime.trust_remote_code)
+        method = finetune_method(self.config.method)
+        method.check(self.config, family, ctx.runtime)  # before any loading: family, device, library
+        if family == "encoder":
             return self._run_encoder(ctx)
         with ctx.meter.phase("load"):
-            loaded = load_model(ctx.model_ref, ctx.runtime)
+            loaded = load_model(ctx.model_ref, ctx.runtime,
+                                quantization_config=method.quantization_config(ctx.runtime))
         return self.tune_and_answer(ctx, loaded.model, loaded.tokenizer)
 
     def tuned_task(self, task: TaskSpec) -> TaskSpec:
@@ -153,53 +198,60 @@ class FinetuneStrategy(Strategy):
         from lmtailor.inference.predict import predict
         from lmtailor.models import family_of
         from lmtailor.strategies.extra_data import with_extra_rows
+        from lmtailor.training.peft_methods import serve
 
+        family = family_of(ctx.model_ref, ctx.runtime.trust_remote_code)
+        finetune_method(self.config.method).check(self.config, family, ctx.runtime)
         ctx, extra = with_extra_rows(ctx, self.config.augment, self.config.synthetic, model, tokenizer)
         task = self.tuned_task(ctx.task)
         with ctx.meter.phase("train"):
-            if family_of(ctx.model_ref) == "encoder-decoder":
+            if family == "encoder-decoder":
                 trained = self._train_seq2seq(ctx, task, model, tokenizer)
             else:
                 trained = self._train(ctx, task, model, tokenizer)
         self._measure(ctx.meter, trained)
-        model = trained.model
-        if self.config.method == "lora":
-            # Serve as deployed: the adapter (saved above) folded into the base weights, so inference costs what the
-            # base model's does instead of paying for the extra low-rank matmuls on every layer.
-            model = model.merge_and_unload()
+        details = self._details(trained)
+        # Serve as deployed: an adapter that folds into the weights (LoRA, DoRA, IA3, LoHa, ...) is merged, so
+        # inference costs what the base model's does; virtual tokens (prefix, prompt tuning) stay a PeftModel.
+        model, serving = serve(trained.model)
+        self._note_serving(details, serving)
         with ctx.meter.phase("inference"):  # the prompt format the model was tuned on
             predictions, inference = predict(model.eval(), tokenizer, task, ctx.data.test, (),
                                              ctx.budget, ctx.meter, mode=self.config.scoring,
                                              progress_desc=self.label())
         return StrategyOutput(predictions=predictions, artifacts={trained.artifact_name: trained.artifact},
-                              details={**self._details(trained), **extra, "inference": inference},
+                              details={**details, **extra, "inference": inference},
                               tuned=(model, tokenizer))
 
     def _run_encoder(self, ctx: RunContext) -> StrategyOutput:
         """An encoder (BERT family) gets a classification head over the task's labels, trained with the body."""
         from lmtailor.models import load_model
+        from lmtailor.strategies.extra_data import with_extra_rows
         from lmtailor.training.classifier import check_config, predict_classifier, train_classifier
+        from lmtailor.training.peft_methods import serve
 
         if ctx.task.type != "classification" or not ctx.task.labels:
             raise UserError(f"{ctx.model_ref} is an encoder: it can be fine-tuned as a classifier only, but task "
                             f"{ctx.task.name!r} is {ctx.task.type}; use a decoder-only model for this task")
         check_config(self.config)
-        from lmtailor.strategies.extra_data import with_extra_rows
-
+        method = finetune_method(self.config.method)
         with ctx.meter.phase("load"):
             loaded = load_model(ctx.model_ref, ctx.runtime, head="sequence-classification",
-                                num_labels=len(ctx.task.labels))
+                                num_labels=len(ctx.task.labels),
+                                quantization_config=method.quantization_config(ctx.runtime))
         # A classifier cannot write text: paraphrases and synthetic rows need augment.model / synthetic.teacher.
         ctx, extra = with_extra_rows(ctx, self.config.augment, self.config.synthetic)
         with ctx.meter.phase("train"):
             trained = train_classifier(loaded.model, loaded.tokenizer, self.config, ctx.task, ctx.data.train,
                                        ctx.data.validation, ctx.budget, ctx.runtime, ctx.seed, ctx.out_dir)
         self._measure(ctx.meter, trained)
-        model = trained.model.merge_and_unload() if self.config.method == "lora" else trained.model
+        details = self._details(trained)
+        model, serving = serve(trained.model)
+        self._note_serving(details, serving)
         with ctx.meter.phase("inference"):
             predictions, inference = predict_classifier(model.eval(), loaded.tokenizer, ctx.task, ctx.data.test,
                                                         ctx.budget, ctx.meter, progress_desc=self.label())
-        details = {**self._details(trained), **extra, "head": "sequence-classification",
+        details = {**details, **extra, "head": "sequence-classification",
                    "labels": list(trained.labels), "inference": inference}
         return StrategyOutput(predictions=predictions, artifacts={trained.artifact_name: trained.artifact},
                               details=details, tuned=(model, loaded.tokenizer))
@@ -213,8 +265,9 @@ class FinetuneStrategy(Strategy):
 
     def _train(self, ctx: RunContext, task: TaskSpec, model, tokenizer) -> _Trained:
         """Tokenize the rows, train through TRL, finish with a validation loss, save the artifact."""
-        from lmtailor.training.dataset import build_sft_rows
         from lmtailor.training.common import count_params, train_and_save
+        from lmtailor.training.dataset import build_sft_rows
+        from lmtailor.training.peft_methods import save_override
         from lmtailor.training.sft import build_trainer, learning_rate
 
         cfg = self.config
@@ -225,7 +278,7 @@ class FinetuneStrategy(Strategy):
         trainable, total = count_params(trainer.model)
         ctx.log.info("%s: %d training rows, %s of %s parameters trainable, lr %g", self.label(), train.rows,
                      f"{trainable:,}", f"{total:,}", learning_rate(cfg))
-        state, name, path = train_and_save(trainer, cfg, tokenizer, ctx.out_dir)
+        state, name, path = train_and_save(trainer, cfg, tokenizer, ctx.out_dir, **save_override(cfg))
         return _Trained(trainer.model, state, train, val, trainable, total, name, path)
 
     def _measure(self, meter: Meter, t: _Trained) -> None:
@@ -235,7 +288,9 @@ class FinetuneStrategy(Strategy):
         meter.add_tokens("train", tokens)
         meter.add_examples("train", round(t.state.epoch * t.train.rows))
         meter.set_params(t.trainable, t.total)
-        kind = "peft" if self.config.method == "lora" else "full"
+        # 6N per token when every weight trains; otherwise the backward still carries activation gradients through
+        # the frozen weights (4N + 2T). Freeze tuning stops lower, so "peft" over-counts it: an upper bound.
+        kind = {"full": "full", "freeze": "freeze"}.get(self.config.method, "peft")
         meter.add_flops("train", estimate_flops(t.total, tokens, kind, t.trainable))
         meter.add_artifact(t.artifact_name, t.artifact)
 
@@ -244,17 +299,35 @@ class FinetuneStrategy(Strategy):
         from lmtailor.training.sft import learning_rate
 
         cfg = self.config
+        method = finetune_method(cfg.method)
         details = {
             "method": cfg.method, "with_instruction": cfg.with_instruction,
             "learning_rate": getattr(t, "learning_rate", None) or learning_rate(cfg), "steps": t.state.global_step,
             "epochs": t.state.epoch, "effective_batch_size": cfg.batch_size * cfg.gradient_accumulation_steps,
             "train_rows": t.train.rows, "train_tokens": int(t.state.num_input_tokens_seen),
             "train_data": t.train.summary(), "validation_data": t.validation.summary(),
-            "trainable_params": t.trainable, "total_params": t.total, **summarize_log(t.state.log_history),
+            "trainable_params": t.trainable, "total_params": t.total,
+            "trainable_percent": round(100 * t.trainable / t.total, 4) if t.total else None,
+            # measured in training/common.py before the optimizer is dropped: what full vs PEFT costs in memory/time
+            "optimizer_state_bytes": getattr(t.state, "optimizer_state_bytes", None),
+            "seconds_per_step": getattr(t.state, "seconds_per_step", None),
+            **method.details(t.model, cfg), **summarize_log(t.state.log_history),
         }
+        if cfg.learning_rate is None:
+            details["learning_rate_source"] = method.learning_rate_source
+        if cfg.padding_free:
+            details["padding_free"] = True
         if cfg.method == "lora":
-            details["lora"] = {**lora_details(t.model), "inference": "adapter merged into the base weights"}
+            details["lora"] = lora_details(t.model)
         return details
+
+    @staticmethod
+    def _note_serving(details: dict[str, Any], serving: str) -> None:
+        """Say how the tuned model answered the test rows (merged adapter, PeftModel, plain weights)."""
+        details["serving"] = serving
+        for key in ("lora", "peft"):
+            if isinstance(details.get(key), dict):
+                details[key]["inference"] = serving
 
 
 def lora_details(peft_model) -> dict:

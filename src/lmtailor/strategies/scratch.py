@@ -77,15 +77,20 @@ class ScratchStrategy(Strategy):
     def run(self, ctx: RunContext) -> StrategyOutput:
         from transformers import AutoConfig
 
-        from lmtailor.models import load_tokenizer, resolve_model
+        from lmtailor.models import family_of, load_tokenizer, resolve_model
+        from lmtailor.training.peft_methods import finetune_method
         from lmtailor.training.pretrain import ensure_sentinels, resolve_objective, run_pretraining
 
         cfg = self.config
         check_generative(ctx, "scratch")
+        # the fine-tuning phase's method settings are refused before pre-training spends anything (qlora on a CPU,
+        # prefix on T5, ...)
+        family = family_of(ctx.model_ref, ctx.runtime.trust_remote_code)
+        finetune_method(cfg.finetune.method).check(cfg.finetune, family, ctx.runtime)
         with ctx.meter.phase("load"):  # the base model's tokenizer and config; its weights are not needed
             path = resolve_model(ctx.model_ref).path
-            base_config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-            tokenizer = load_tokenizer(path)
+            base_config = AutoConfig.from_pretrained(path, trust_remote_code=ctx.runtime.trust_remote_code)
+            tokenizer = load_tokenizer(path, trust_remote_code=ctx.runtime.trust_remote_code)
         objective = resolve_objective(cfg.objective, base_config)
         check_objective_knobs(cfg, objective)
         with ctx.meter.phase("pretrain"):

@@ -1,4 +1,7 @@
-"""Fine-tune an encoder (BERT, MiniLM, RoBERTa, DeBERTa, ...) as a sequence classifier, full or LoRA, and predict.
+"""Fine-tune an encoder (BERT, MiniLM, RoBERTa, DeBERTa, ...) as a sequence classifier, and predict.
+
+Any fine-tuning method the encoder family supports (``training/peft_methods.py``: full, lora, dora, ia3,
+prompt-tuning, freeze, other PEFT methods); the fresh head always trains in full and is saved with the adapter.
 
 The model sees the bare row input (no instruction, no label list: a classification head needs neither) and a head
 over ``task.labels`` (label id i = ``task.labels[i]``) learns to pick one. Training runs through transformers'
@@ -24,10 +27,12 @@ from lmtailor.errors import UserError
 from lmtailor.io import write_json_atomic
 from lmtailor.measure.meter import Meter
 from lmtailor.runtime import Runtime
-from lmtailor.training.common import (common_training_args, count_params, fp32_for_full, train_and_save,
-                                       use_loss_bar)
 from lmtailor.strategies.base import Budget
 from lmtailor.tasks.base import TaskSpec
+from lmtailor.training.common import common_training_args, count_params, train_and_save, use_loss_bar
+from lmtailor.training.engine import engine_trainer_class
+from lmtailor.training.peft_methods import finetune_method, save_adapters, wrap_for_training
+from lmtailor.training.peft_methods import learning_rate as method_learning_rate
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -36,12 +41,12 @@ if TYPE_CHECKING:
 
     from lmtailor.strategies.finetune import FinetuneConfig
 
-# Where the encoder learning rates come from:
+# The encoder learning rates per method (sources cited in training/peft_methods.py):
 # - full 5e-5: the top of BERT's fine-tuning grid (Devlin et al. 2019, appendix A.3: 5e-5, 3e-5, 2e-5) and the
 #   Transformers default; small encoders such as MiniLM and short runs on small data favour the top of the range.
 # - LoRA 5e-4: the LoRA paper's RoBERTa-base GLUE runs (Hu et al. 2021, table 9: 4e-4 to 5e-4); adapters start at
 #   zero and the head from scratch, so they want ~10x the full rate.
-DEFAULT_LEARNING_RATE = {"lora": 5e-4, "full": 5e-5}
+DEFAULT_LEARNING_RATE = {"lora": 5e-4, "full": 5e-5}  # kept for readers; the registry holds every method's rate
 
 LABELS_FILE = "labels.json"  # next to the artifact: adapters carry no model config, so the label order lives here
 _NOT_FOR_CLASSIFIERS = ("scoring", "completion_only_loss")
@@ -64,7 +69,7 @@ class EncodedSplit:
 class ClassifierTrained:
     """What classifier training leaves behind for measurement, inference and the run record."""
 
-    model: Any  # the tuned model: a PeftModelForSequenceClassification for LoRA, else the model itself
+    model: Any  # the tuned model: a PeftModelForSequenceClassification for PEFT methods, else the model itself
     state: Any  # transformers TrainerState: global_step, epoch, num_input_tokens_seen, log_history
     train: EncodedSplit
     validation: EncodedSplit
@@ -78,7 +83,7 @@ class ClassifierTrained:
 
 def learning_rate(cfg: "FinetuneConfig") -> float:
     """The configured learning rate, or the encoder default for the method."""
-    return cfg.learning_rate if cfg.learning_rate is not None else DEFAULT_LEARNING_RATE[cfg.method]
+    return method_learning_rate(cfg, "encoder")
 
 
 def check_config(cfg: "FinetuneConfig") -> None:
@@ -127,21 +132,12 @@ def encode_split(tokenizer, task: TaskSpec, rows: Sequence[Example], budget: Bud
 
 
 def lora_config(cfg: "FinetuneConfig", model) -> "LoraConfig":
-    """PEFT's ``LoraConfig`` for sequence classification; every module of the head is trained and saved."""
-    from peft import LoraConfig
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
+    """PEFT's ``LoraConfig`` for sequence classification; every module of the head is trained and saved.
 
-    model_type = getattr(model.config, "model_type", "")
-    if cfg.target_modules is None and model_type not in PEFT_DEFAULTS:
-        raise UserError(f"PEFT has no default LoRA target modules for model type {model_type!r}; set "
-                        "target_modules in the finetune strategy (e.g. target_modules: all-linear)")
-    # PEFT's SEQ_CLS task adds modules named "classifier"/"score" to modules_to_save. Some heads have more fresh
-    # parts (DeBERTa's "pooler", DistilBERT's "pre_classifier"), so save every top-level module outside the encoder.
-    encoder = getattr(model, model.base_model_prefix, None)
-    head = [name for name, module in model.named_children()
-            if module is not encoder and any(True for _ in module.parameters())]
-    return LoraConfig(task_type="SEQ_CLS", r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=cfg.target_modules, modules_to_save=head, bias="none")
+    PEFT's SEQ_CLS task adds modules named "classifier"/"score" to modules_to_save. Some heads have more fresh parts
+    (DeBERTa's "pooler", DistilBERT's "pre_classifier"), so every top-level module outside the encoder is saved
+    (``peft_methods.head_modules``), whatever the method."""
+    return finetune_method("lora").peft_config(cfg, model, "encoder")
 
 
 def classifier_args(cfg: "FinetuneConfig", runtime: Runtime, seed: int, output_dir: Path,
@@ -172,9 +168,7 @@ def train_classifier(model, tokenizer, cfg: "FinetuneConfig", task: TaskSpec, tr
                      val_rows: Sequence[Example], budget: Budget, runtime: Runtime, seed: int,
                      out_dir: Path) -> ClassifierTrained:
     """Train ``model`` (loaded with a sequence-classification head over ``task.labels``) and save the artifact."""
-    from peft import get_peft_model
     from transformers import DataCollatorWithPadding, Trainer
-
 
     check_config(cfg)
     labels = tuple(task.labels or ())
@@ -185,14 +179,13 @@ def train_classifier(model, tokenizer, cfg: "FinetuneConfig", task: TaskSpec, tr
         raise UserError(f"the model's head has {model.config.num_labels} outputs but task {task.name!r} has "
                         f"{len(labels)} labels; load it with num_labels={len(labels)}")
     _set_labels(model, labels)
-    model = fp32_for_full(model, cfg)
-    if cfg.method == "lora":
-        model = get_peft_model(model, lora_config(cfg, model))
+    model = wrap_for_training(model, cfg, "encoder")
     out_dir = Path(out_dir)
     args = classifier_args(cfg, runtime, seed, out_dir / "checkpoints", has_eval=val.dataset is not None)
-    trainer = Trainer(model=model, args=args, train_dataset=train.dataset, eval_dataset=val.dataset,
-                      processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
-                      compute_metrics=_accuracy)
+    trainer = engine_trainer_class(Trainer)(model=model, args=args, train_dataset=train.dataset,
+                                            eval_dataset=val.dataset, processing_class=tokenizer,
+                                            data_collator=DataCollatorWithPadding(tokenizer),
+                                            compute_metrics=_accuracy)
     use_loss_bar(trainer)
     trainable, total = count_params(trainer.model)
     state, name, path = train_and_save(trainer, cfg, tokenizer, out_dir,
@@ -202,9 +195,12 @@ def train_classifier(model, tokenizer, cfg: "FinetuneConfig", task: TaskSpec, tr
 
 
 def save_classifier(model, tokenizer, labels: Sequence[str], path: Path) -> Path:
-    """Save the model (or LoRA adapter with its head) as safetensors, the tokenizer, and the label order."""
-    model.save_pretrained(path)  # safetensors is the default of both PEFT and Transformers
-    tokenizer.save_pretrained(path)
+    """Save the model (or adapter with its head) as safetensors, the tokenizer, and the label order."""
+    if hasattr(model, "save_adapter") and not hasattr(model, "peft_config"):  # AdapterHub bottleneck adapters
+        save_adapters(model, tokenizer, path)
+    else:
+        model.save_pretrained(path)  # safetensors is the default of both PEFT and Transformers
+        tokenizer.save_pretrained(path)
     write_json_atomic(path / LABELS_FILE, {"labels": list(labels),
                                            "id2label": {str(i): label for i, label in enumerate(labels)}})
     return path

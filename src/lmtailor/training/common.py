@@ -2,13 +2,13 @@
 the progress bar, and the end of a run (final validation, save, optimizer state dropped).
 
 One place decides what the library defaults get wrong for honest measurement: precision always follows the
-runtime (TRL and ``dtype="auto"`` would switch on bf16, ~12x slower on CPUs that emulate it), no checkpoints yet,
-no trackers, real (non-padding) tokens counted for the meter, progress bars on.
+runtime (TRL and ``dtype="auto"`` would switch on bf16, ~12x slower on CPUs that emulate it), no trackers, real
+(non-padding) tokens counted for the meter, progress bars on; and the engine's settings (``training/engine.py``):
+resumable checkpoints every ``checkpoint_steps``, early stopping on the validation loss, length-grouped batches.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -16,12 +16,38 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from transformers.trainer_callback import ProgressCallback
 
+from lmtailor.errors import UserError
 from lmtailor.runtime import Runtime
 
 if TYPE_CHECKING:
     from lmtailor.strategies.finetune import FinetuneConfig
 
 log = logging.getLogger("lmtailor")
+
+
+def _checkpoint_args(cfg: "FinetuneConfig", eval_strategy: str) -> dict[str, Any]:
+    """When checkpoints are written and which are kept; with early stopping, one at every evaluation.
+
+    Early stopping keeps the best weights through transformers' ``load_best_model_at_end``, which can only load a
+    checkpoint that exists, so it needs the save and evaluation cadences to match (``TrainingArguments`` refuses
+    anything else): a checkpoint is then written at each evaluation and ``checkpoint_steps`` is not used. The best
+    checkpoint is kept beside the ``keep_checkpoints`` newest.
+    """
+    patience = cfg.early_stopping_patience
+    if patience is None:
+        return dict(save_strategy="steps", save_steps=cfg.checkpoint_steps, save_total_limit=cfg.keep_checkpoints)
+    if eval_strategy == "no":
+        raise UserError("early_stopping_patience stops on the validation loss, but there is none: it needs "
+                        "validation rows and eval_strategy epoch or steps (it is 'no' or the validation split is "
+                        "empty); set eval_strategy or remove early_stopping_patience")
+    log.info("early stopping after %d evaluations without a lower validation loss; a checkpoint is written at every "
+             "evaluation (%s) so the best weights can be restored, instead of every checkpoint_steps", patience,
+             f"every {cfg.eval_steps} steps" if eval_strategy == "steps" else "every epoch")
+    cadence = dict(save_strategy="steps", save_steps=cfg.eval_steps) if eval_strategy == "steps" else dict(
+        save_strategy="epoch")
+    return dict(**cadence, save_total_limit=cfg.keep_checkpoints, load_best_model_at_end=True,
+                metric_for_best_model="eval_loss", greater_is_better=False,
+                restore_callback_states_from_checkpoint=True)  # the patience counter survives a resume
 
 
 def common_training_args(cfg: "FinetuneConfig", runtime: Runtime, seed: int, output_dir: Path, has_eval: bool,
@@ -54,7 +80,9 @@ def common_training_args(cfg: "FinetuneConfig", runtime: Runtime, seed: int, out
         logging_steps=cfg.logging_steps,
         logging_first_step=True,  # the loss before learning anything: the baseline the log is read against
         include_num_input_tokens_seen="non_padding",  # real tokens trained on, for the meter and the FLOP estimate
-        save_strategy="no",  # one final save by the strategy; checkpoint/resume is not supported yet
+        **_checkpoint_args(cfg, eval_strategy),  # resumable checkpoints; the artifact itself is saved by the strategy
+        # Rows of similar length batched together (less padding); the engine draws the order from (seed, epoch).
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         report_to=[],
         disable_tqdm=False,
         dataloader_num_workers=0,  # rows are tokenized in memory: worker processes would only compete for the cores
@@ -104,23 +132,47 @@ def _save_pretrained(model, tokenizer, path: Path) -> Path:
 
 def train_and_save(trainer, cfg: "FinetuneConfig", tokenizer, out_dir: Path,
                    save: Callable[[Any, Any, Path], Path] = _save_pretrained) -> tuple[Any, str, Path]:
-    """Train; end with a validation score; save the adapter or model; drop the optimizer state.
+    """Train (resuming from the last complete checkpoint, if any); end with a validation score; save the adapter or
+    model; drop the optimizer state and the checkpoints.
 
-    Returns (trainer state, artifact name, artifact path). ``max_steps`` can end training mid-epoch, so a final
-    evaluation runs unless the last step already had one.
+    Returns (trainer state, artifact name, artifact path). The state also carries ``optimizer_state_bytes`` (the
+    optimizer's tensors, measured before they are dropped) and ``seconds_per_step`` (mean per optimizer step, this
+    process). ``max_steps`` can end training mid-epoch, so a final evaluation runs unless the last step already had
+    one on the weights being saved (early stopping restores the best weights: they are evaluated again).
+    Raises ``TrainingInterrupted`` after SIGINT/SIGTERM, with a checkpoint saved (``training/recovery.py``).
     """
-    trainer.train()
-    state = trainer.state
+    from transformers import EarlyStoppingCallback
+
+    from lmtailor.distributed import on_main
+    from lmtailor.training.checkpoint import optimizer_state_bytes
+    from lmtailor.training.engine import as_engine_trainer
+    from lmtailor.training.recovery import finish_checkpoints, run_training
+
+    trainer = as_engine_trainer(trainer)
+    has_early_stopping = any(isinstance(cb, EarlyStoppingCallback) for cb in trainer.callback_handler.callbacks)
+    if cfg.early_stopping_patience is not None and not has_early_stopping:
+        trainer.add_callback(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    state = run_training(trainer)
+    best = state.best_model_checkpoint if trainer.args.load_best_model_at_end else None
+    restored_best = best is not None and state.best_global_step != state.global_step
+    if restored_best:
+        log.info("early stopping: kept the weights of step %d (validation loss %.4g)", state.best_global_step,
+                 state.best_metric)
     evaluated = any("eval_loss" in e and e.get("step") == state.global_step for e in state.log_history)
-    if trainer.eval_dataset is not None and cfg.eval_strategy != "no" and not evaluated:
+    if trainer.eval_dataset is not None and cfg.eval_strategy != "no" and (restored_best or not evaluated):
         trainer.evaluate()
-    name = "adapter" if cfg.method == "lora" else "model"
-    path = save(trainer.model, tokenizer, Path(out_dir) / name)
+    from lmtailor.training.peft_methods import artifact_kind
+
+    name = artifact_kind(cfg.method)
+    # Only the main process writes the artifact; the others get its path or its error (on_main), so none waits at a
+    # later collective for a main process that failed to save.
+    path = on_main(lambda: save(trainer.model, tokenizer, Path(out_dir) / name))
+    state.optimizer_state_bytes = optimizer_state_bytes(trainer.optimizer)
+    state.seconds_per_step = trainer.engine.seconds_per_step
     # The optimizer state (2x the trainable weights) is not needed for inference; the model and the log are.
     trainer.optimizer = trainer.lr_scheduler = None
     trainer.accelerator.free_memory()
-    with contextlib.suppress(OSError):
-        (Path(out_dir) / "checkpoints").rmdir()  # nothing is checkpointed yet; keep the run directory clean
+    finish_checkpoints(trainer)  # the artifact is saved: the checkpoints have done their job
     return state, name, path
 
 

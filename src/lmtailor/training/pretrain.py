@@ -9,14 +9,16 @@ The corpus is tokenized, packed into full blocks (``data/packing.py``) and train
 
 A token budget sets the length: ``max_tokens`` corpus tokens, repeating the corpus when it is smaller (``max_epochs``
 caps the passes). A few blocks are held out, and their loss is measured before and after training: the direct
-measure of how much of the domain the model learnt. Training goes through the plain ``Trainer`` with the
-arguments every lmtailor trainer uses (``training/common.py``: precision from the runtime, loss on the progress
-bar, no checkpoints), a cosine learning-rate schedule after a linear warm-up, as in LLM pre-training recipes.
+measure of how much of the domain the model learnt. Training goes through the engine's ``Trainer``
+(``training/engine.py``) with the arguments every lmtailor trainer uses (``training/common.py``: precision from the
+runtime, loss on the progress bar, resumable checkpoints in ``<out_dir>/checkpoints``), a cosine learning-rate
+schedule after a linear warm-up, as in LLM pre-training recipes.
 With LoRA the adapters are trained on the corpus and merged into the weights at the end.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass, field, replace
@@ -33,6 +35,7 @@ from lmtailor.models.family import detect_family
 from lmtailor.runtime import Runtime
 from lmtailor.training.common import (common_training_args, count_params, fp32_for_full, summarize_log,
                                       use_loss_bar)
+from lmtailor.training.recovery import finish_checkpoints, run_training
 
 if TYPE_CHECKING:
     from lmtailor.strategies.continued_pretraining import PretrainingConfig
@@ -108,8 +111,10 @@ def special_wrapping(tokenizer) -> tuple[list[int], list[int]]:
 class ObjectiveCollator:
     """Turns raw blocks into a batch for the objective; features that already carry labels are only stacked.
 
-    Denoising draws new noise for every batch from its own generator (seeded: the run is reproducible), so each pass
-    over a repeated corpus hides different spans, as ``run_t5_mlm_flax.py`` does.
+    Denoising draws new noise for every pass, so each pass over a repeated corpus hides different spans, as
+    ``run_t5_mlm_flax.py`` does. Training blocks carry a ``noise_key`` (epoch, block index) and their noise is drawn
+    from a generator seeded by (seed, epoch, index): the same in every run with that seed, whatever the batch size
+    and wherever a resumed run starts. Blocks without a key draw from the collator's own seeded generator.
     """
 
     objective: Objective
@@ -128,25 +133,30 @@ class ObjectiveCollator:
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.seed)
 
-    def example(self, block: Sequence[int]) -> dict[str, list[int]]:
-        """One training example from one raw block."""
+    def example(self, block: Sequence[int], rng: np.random.Generator | None = None) -> dict[str, list[int]]:
+        """One training example from one raw block (noise from ``rng``, default the collator's generator)."""
+        rng = rng if rng is not None else self.rng
         if self.objective == "causal-lm":
             ids = list(block)
             return {"input_ids": ids, "labels": ids}
         if self.objective == "span-corruption":
             inputs, labels = span_corruption(block, self.sentinel_ids, self.eos_id, self.noise_density,
-                                             self.mean_noise_span_length, self.rng)
+                                             self.mean_noise_span_length, rng)
             return {"input_ids": inputs, "labels": labels}
         assert self.mask_id is not None
         inputs, labels = text_infilling(block, self.mask_id, self.noise_density, self.mean_noise_span_length,
-                                        self.rng)
+                                        rng)
         labels = [*self.prefix, *labels, *self.suffix]
         if self.decoder_start_id is not None and labels[:1] == [self.decoder_start_id]:
             labels = labels[1:]  # the decoder is fed it first anyway (see data/seq2seq_format.encode_target)
         return {"input_ids": [*self.prefix, *inputs, *self.suffix], "labels": labels}
 
+    def _keyed_rng(self, feature: dict) -> np.random.Generator | None:
+        key = feature.get("noise_key")
+        return np.random.default_rng([self.seed, *key]) if key is not None and self.objective != "causal-lm" else None
+
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        examples = [f if "labels" in f else self.example(f["input_ids"]) for f in features]
+        examples = [f if "labels" in f else self.example(f["input_ids"], self._keyed_rng(f)) for f in features]
         width = max(len(e["input_ids"]) for e in examples)
         label_width = max(len(e["labels"]) for e in examples)
         batch = {
@@ -158,17 +168,25 @@ class ObjectiveCollator:
 
 
 class _Blocks(torch.utils.data.Dataset):
-    """Rows of a block array as ``{"input_ids": [...]}`` (or ready examples), without copying the array."""
+    """Rows of a block array as ``{"input_ids": [...]}`` (or ready examples), without copying the array.
+
+    Raw blocks carry a ``noise_key`` (epoch, index) for ``ObjectiveCollator``; the data loader tells the dataset the
+    epoch (accelerate calls ``set_epoch`` on it at the start of each pass).
+    """
 
     def __init__(self, blocks: np.ndarray | list[dict]) -> None:
         self.blocks = blocks
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.blocks)
 
     def __getitem__(self, i: int) -> dict:
         row = self.blocks[i]
-        return row if isinstance(row, dict) else {"input_ids": row.tolist()}
+        return row if isinstance(row, dict) else {"input_ids": row.tolist(), "noise_key": [self.epoch, int(i)]}
 
 
 def tokenize_documents(tokenizer, texts: Sequence[str], batch: int = 256, desc: str = "tokenize corpus"):
@@ -196,13 +214,20 @@ class _PhaseKnobs:
     max_grad_norm: float
     logging_steps: int
     gradient_checkpointing: bool
+    checkpoint_steps: int = 500
+    keep_checkpoints: int = 1
     epochs: float = 1.0  # unused: max_steps decides
     eval_strategy: str = "no"  # the held-out loss is measured before and after training, not in between
     eval_steps: int | None = None
+    early_stopping_patience: int | None = None  # a fixed token budget: no early stopping
+    group_by_length: bool = False  # every block has the same length
 
 
-def _trainer_class(counts_labels: bool, corpus_tokens_per_block: int):
+@functools.lru_cache(maxsize=None)
+def _trainer_class():
     from transformers import Trainer
+
+    from lmtailor.training.engine import engine_trainer_class
 
     class _PretrainTrainer(Trainer):
         """Counts what was trained on, per micro-batch actually run: corpus tokens (the budget's unit; a batch at the
@@ -210,14 +235,16 @@ def _trainer_class(counts_labels: bool, corpus_tokens_per_block: int):
         meter's tokens and FLOPs cover every real token (as the finetune path does)."""
 
         corpus_tokens_seen = 0
+        corpus_tokens_per_block = 0
+        counts_labels = False
 
         def training_step(self, model, inputs, num_items_in_batch=None):
-            self.corpus_tokens_seen += int(inputs["input_ids"].shape[0]) * corpus_tokens_per_block
-            if counts_labels and "labels" in inputs:
+            self.corpus_tokens_seen += int(inputs["input_ids"].shape[0]) * self.corpus_tokens_per_block
+            if self.counts_labels and "labels" in inputs:
                 self.state.num_input_tokens_seen += int((inputs["labels"] != -100).sum())
             return super().training_step(model, inputs, num_items_in_batch)
 
-    return _PretrainTrainer
+    return engine_trainer_class(_PretrainTrainer)
 
 
 @dataclass
@@ -315,7 +342,9 @@ def _build_trainer(model, tokenizer, cfg: "PretrainingConfig", method: str, step
     from transformers import TrainingArguments
 
     knobs = _PhaseKnobs(method, steps, cfg.batch_size, cfg.gradient_accumulation_steps, cfg.warmup_ratio,
-                        cfg.weight_decay, cfg.max_grad_norm, cfg.logging_steps, cfg.gradient_checkpointing)
+                        cfg.weight_decay, cfg.max_grad_norm, cfg.logging_steps, cfg.gradient_checkpointing,
+                        checkpoint_steps=cfg.checkpoint_steps,
+                        keep_checkpoints=cfg.keep_checkpoints)
     model = fp32_for_full(model, knobs)
     if method == "lora":
         model = _wrap_lora(model, cfg)
@@ -325,9 +354,9 @@ def _build_trainer(model, tokenizer, cfg: "PretrainingConfig", method: str, step
     # held-out examples are corrupted once, with a fixed generator, so "before" and "after" see the same noise
     fixed = replace(collator, seed=seed + 1)
     validation = _Blocks([fixed.example(b.tolist()) for b in held_out]) if len(held_out) else None
-    trainer = _trainer_class(model.config.is_encoder_decoder, raw_block)(
-        model=model, args=args, data_collator=collator, train_dataset=_Blocks(train_blocks),
-        eval_dataset=validation, processing_class=tokenizer)
+    trainer = _trainer_class()(model=model, args=args, data_collator=collator, train_dataset=_Blocks(train_blocks),
+                               eval_dataset=validation, processing_class=tokenizer)
+    trainer.counts_labels, trainer.corpus_tokens_per_block = model.config.is_encoder_decoder, raw_block
     return use_loss_bar(trainer)
 
 
@@ -369,8 +398,9 @@ def run_pretraining(model, tokenizer, texts: Sequence[str], cfg: "PretrainingCon
                              learning_rate, runtime, seed, out_dir)
     trainable, total = count_params(trainer.model)
     before = trainer.evaluate()["eval_loss"] if len(held_out) else None
-    trainer.train()
+    run_training(trainer)  # resumes from a checkpoint of an interrupted run of this phase
     after = trainer.evaluate()["eval_loss"] if len(held_out) else None
+    finish_checkpoints(trainer)
     state, corpus_tokens = trainer.state, trainer.corpus_tokens_seen
     model, lora = _release(trainer, method)
     details = {

@@ -1,5 +1,5 @@
-"""Fine-tuning, LoRA or full, of an encoder-decoder model (T5, Flan-T5, BART) through transformers'
-``Seq2SeqTrainer``.
+"""Fine-tuning of an encoder-decoder model (T5, Flan-T5, BART, BERT2BERT) through transformers' ``Seq2SeqTrainer``,
+with any fine-tuning method the family supports (``training/peft_methods.py``).
 
 The knobs are the finetune strategy's (``FinetuneConfig``), read the same way as the decoder-only path in
 ``training/sft.py``: same learning-rate defaults, precision from the runtime, no checkpoints, no trackers, the loss
@@ -19,10 +19,11 @@ from lmtailor.data.example import Example
 from lmtailor.data.seq2seq_format import encode_training_row
 from lmtailor.errors import UserError
 from lmtailor.runtime import Runtime
-from lmtailor.training.common import (common_training_args, count_params, fp32_for_full, train_and_save,
-                                       use_loss_bar)
 from lmtailor.strategies.base import Budget
 from lmtailor.tasks.base import TaskSpec
+from lmtailor.training.common import common_training_args, count_params, train_and_save, use_loss_bar
+from lmtailor.training.engine import engine_trainer_class
+from lmtailor.training.peft_methods import save_override, wrap_for_training
 from lmtailor.training.sft import learning_rate
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ class Seq2SeqRows:
 class Seq2SeqTrained:
     """What training leaves behind: the fields of the finetune strategy's ``_Trained``."""
 
-    model: Any  # the tuned model (a PeftModel for LoRA)
+    model: Any  # the tuned model (a PeftModel for PEFT methods)
     state: Any  # transformers TrainerState; num_input_tokens_seen counts source and target tokens
     train: Seq2SeqRows
     validation: Seq2SeqRows
@@ -87,22 +88,26 @@ def _composite_default_targets(model) -> list[str] | None:
     union of its encoder's and decoder's defaults (BERT: query, value). None for models PEFT knows (T5, BART)."""
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as defaults
 
+    from lmtailor.training.peft_methods import default_target_modules
+
     config = getattr(model, "config", None)
     if config is None or config.model_type in defaults or not hasattr(config, "decoder"):
         return None
-    parts = [getattr(config, side, None) for side in ("encoder", "decoder")]
-    targets = [m for part in parts if part is not None for m in defaults.get(part.model_type, [])]
-    return sorted(set(targets)) or None
+    return default_target_modules(model, defaults, "LoRA")
 
 
-def seq2seq_lora_config(cfg: "FinetuneConfig", model=None) -> "LoraConfig":
-    """PEFT's ``LoraConfig`` for a seq2seq LM (no target_modules = PEFT's default: T5 q, v; BART q_proj, v_proj;
-    BERT2BERT query, value). Modules a warm start left random (the config's ``warm_start_new_modules``, e.g.
-    BERT2BERT's cross-attention) are trained in full: a low-rank update of frozen random weights learns little."""
+def seq2seq_lora_config(cfg, model=None) -> "LoraConfig":
+    """PEFT's ``LoraConfig`` for a seq2seq LM from LoRA knobs, for continued pre-training's LoRA phase (fine-tuning
+    builds its config through ``training/peft_methods.py``, with the same defaults): no target_modules = PEFT's
+    default (T5 q, v; BART q_proj, v_proj; BERT2BERT query, value). Modules a warm start left random (the config's
+    ``warm_start_new_modules``, e.g. BERT2BERT's cross-attention) are trained in full: a low-rank update of frozen
+    random weights learns little."""
     from peft import LoraConfig
 
+    from lmtailor.training.peft_methods import fresh_modules
+
     targets = cfg.target_modules if cfg.target_modules is not None else _composite_default_targets(model)
-    new_modules = list(getattr(getattr(model, "config", None), "warm_start_new_modules", None) or []) or None
+    new_modules = fresh_modules(model, "encoder-decoder") if model is not None else None
     return LoraConfig(task_type="SEQ_2_SEQ_LM", r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                       lora_dropout=cfg.lora_dropout, target_modules=targets, bias="none",
                       modules_to_save=new_modules)
@@ -124,7 +129,7 @@ def seq2seq_training_args(cfg: "FinetuneConfig", runtime: Runtime, seed: int, ou
 def _trainer_class():
     from transformers import Seq2SeqTrainer
 
-    class _CountingSeq2SeqTrainer(Seq2SeqTrainer):
+    class _CountingSeq2SeqTrainer(engine_trainer_class(Seq2SeqTrainer)):
         """Counts the target tokens too: the Trainer's own count covers the encoder input (attention mask) only,
         and the meter's token count must be every real token processed, as on the decoder-only path."""
 
@@ -138,18 +143,15 @@ def _trainer_class():
 
 def build_seq2seq_trainer(model, tokenizer, cfg: "FinetuneConfig", train: "Dataset", validation: "Dataset | None",
                           runtime: Runtime, seed: int, output_dir: Path) -> "Seq2SeqTrainer":
-    """A ``Seq2SeqTrainer`` over encoded rows; LoRA wraps ``model`` with PEFT, full fine-tuning trains it all."""
+    """A ``Seq2SeqTrainer`` over encoded rows, the model prepared (and PEFT-wrapped) by the fine-tuning method."""
     from transformers import DataCollatorForSeq2Seq
 
     if "completion_only_loss" in cfg.model_fields_set and not cfg.completion_only_loss:
         raise UserError("completion_only_loss: false does not apply to encoder-decoder models: their loss is always "
                         "on the target, the source is only read by the encoder; remove the setting")
-    model = fp32_for_full(model, cfg)
+    # the collator asks the unwrapped model for decoder inputs (prepare_decoder_input_ids_from_labels)
     collator = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
-    if cfg.method == "lora":
-        from peft import get_peft_model
-
-        model = get_peft_model(model, seq2seq_lora_config(cfg, model))
+    model = wrap_for_training(model, cfg, "encoder-decoder")
     args = seq2seq_training_args(cfg, runtime, seed, output_dir, has_eval=validation is not None)
     trainer = _trainer_class()(model=model, args=args, data_collator=collator, train_dataset=train,
                                eval_dataset=validation, processing_class=tokenizer)
@@ -160,8 +162,6 @@ def train_seq2seq(model, tokenizer, cfg: "FinetuneConfig", task: TaskSpec, train
                   val_rows: Sequence[Example], budget: Budget, runtime: Runtime, seed: int,
                   out_dir: Path) -> Seq2SeqTrained:
     """Encode the rows, train, finish with a validation loss, save the adapter or model (safetensors) in ``out_dir``."""
-    if cfg.method not in ("lora", "full"):
-        raise UserError(f"method {cfg.method!r} is not implemented for encoder-decoder models; use lora or full")
     if not train_rows:
         raise UserError("fine-tuning needs training rows, but there are none; check data.max_train and the splits")
     out_dir = Path(out_dir)
@@ -171,5 +171,5 @@ def train_seq2seq(model, tokenizer, cfg: "FinetuneConfig", task: TaskSpec, train
     trainer = build_seq2seq_trainer(model, tokenizer, cfg, train.dataset, val.dataset, runtime, seed,
                                     out_dir / "checkpoints")
     trainable, total = count_params(trainer.model)
-    state, name, path = train_and_save(trainer, cfg, tokenizer, out_dir)
+    state, name, path = train_and_save(trainer, cfg, tokenizer, out_dir, **save_override(cfg))
     return Seq2SeqTrained(trainer.model, state, train, val, trainable, total, name, path)

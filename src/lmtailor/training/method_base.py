@@ -1,0 +1,150 @@
+"""What every fine-tuning method shares: the ``FinetuneMethod`` base class and the helpers its kinds build on
+(PEFT configs extended by ``peft_options``, default target modules, modules trained in full, the record summary).
+
+Target modules default to PEFT's own per-architecture tables (``peft.utils.constants``); a transformers
+``EncoderDecoderModel`` (BERT2BERT), which those tables lack, gets the union of its encoder's and decoder's defaults.
+Modules a warm start left random (``config.warm_start_new_modules``) and an encoder classifier's fresh head are
+trained in full (``modules_to_save``), whatever the method: a low-rank update of frozen random weights learns little.
+
+Importing this module is cheap (no torch, PEFT or transformers): the config validator reaches it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from lmtailor.errors import UserError
+
+if TYPE_CHECKING:
+    from peft import PeftConfig
+
+    from lmtailor.runtime import Runtime
+    from lmtailor.strategies.finetune import FinetuneConfig
+
+FAMILIES = ("decoder-only", "encoder-decoder", "encoder")
+TASK_TYPE = {"decoder-only": "CAUSAL_LM", "encoder-decoder": "SEQ_2_SEQ_LM", "encoder": "SEQ_CLS"}
+
+
+@dataclass(frozen=True)
+class FinetuneMethod:
+    """A fine-tuning method: what it trains, the settings it reads, its default learning rates and families."""
+
+    name: str
+    label: str
+    settings: tuple[str, ...] = ()  # the method-specific FinetuneConfig fields it reads
+    learning_rate: float = 2e-4  # decoder-only and encoder-decoder models
+    encoder_learning_rate: float = 5e-4  # encoder classifiers (a fresh head trains with the method)
+    unsupported: dict[str, str] = field(default_factory=dict)  # family -> why not
+    peft: bool = True  # trains an adapter (artifact "adapter"), else the model's own weights (artifact "model")
+    learning_rate_source: str = "the method's default"
+
+    def default_learning_rate(self, family: str) -> float:
+        """The default peak learning rate for a model of ``family``."""
+        return self.encoder_learning_rate if family == "encoder" else self.learning_rate
+
+    def row_label(self, cfg: "FinetuneConfig") -> str:
+        """The result row's label ("LoRA", "freeze top 2", ...)."""
+        return self.label
+
+    def check(self, cfg: "FinetuneConfig", family: str, runtime: "Runtime | None" = None) -> None:
+        """Refuse, before any model is loaded, a family, device or setting this method cannot run with."""
+        if family in self.unsupported:
+            raise UserError(f"method: {cfg.method} does not support {family} models: {self.unsupported[family]}")
+        if cfg.padding_free and family != "decoder-only":
+            raise UserError(f"padding_free applies to decoder-only models only; this model is {family} "
+                            "(encoder inputs and seq2seq targets are padded per batch). Remove padding_free.")
+
+    def quantization_config(self, runtime: "Runtime") -> Any:
+        """The ``quantization_config`` to load the base model with (None: load it as usual)."""
+        return None
+
+    def prepare(self, model, cfg: "FinetuneConfig", family: str):
+        """The base model made ready before a PEFT wrapper goes on (or before training, for non-PEFT methods)."""
+        return model
+
+    def peft_config(self, cfg: "FinetuneConfig", model, family: str) -> "PeftConfig | None":
+        """PEFT's config for this method (None: the method trains the model's own weights)."""
+        return None
+
+    def details(self, model, cfg: "FinetuneConfig") -> dict[str, Any]:
+        """What the run record says about the method beyond the common fields."""
+        return {"peft": peft_summary(model)} if self.peft else {}
+
+
+def build_peft_config(config_class, defaults: dict[str, Any], cfg: "FinetuneConfig"):
+    """A PEFT config of ``config_class`` from ``defaults``, extended (and overridden) by ``cfg.peft_options``;
+    unknown options and values PEFT refuses are UserErrors naming the option."""
+    options = dict(cfg.peft_options)
+    known = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise UserError(f"finetune.peft_options: {', '.join(unknown)} is not a setting of PEFT's "
+                        f"{config_class.__name__} (method: {cfg.method}); its settings are: "
+                        f"{', '.join(sorted(known - {'peft_type', 'task_type', 'auto_mapping'}))}")
+    if "modules_to_save" in options and defaults.get("modules_to_save"):  # the head / fresh modules must still train
+        options["modules_to_save"] = sorted(set(defaults["modules_to_save"]) | set(options["modules_to_save"] or []))
+    kwargs = {k: v for k, v in {**defaults, **options}.items() if k in known}
+    try:
+        return config_class(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"method: {cfg.method}: PEFT refused the config ({config_class.__name__}): {e}; check "
+                        "finetune.peft_options and target_modules") from e
+
+
+def default_target_modules(model, mapping: dict[str, Any], method: str) -> list[str] | None:
+    """PEFT's default targets for the model: None when PEFT's own table knows the model type (PEFT fills them in);
+    for an ``EncoderDecoderModel`` (BERT2BERT), the union of its encoder's and decoder's defaults."""
+    config = model.config
+    if config.model_type in mapping:
+        return None
+    parts = [getattr(config, side, None) for side in ("encoder", "decoder")]
+    targets = sorted({m for part in parts if part is not None for m in mapping.get(part.model_type, [])})
+    if targets:
+        return targets
+    raise UserError(f"PEFT has no default {method} target modules for model type {config.model_type!r}; set "
+                    "target_modules in the finetune strategy (names of the model's linear layers, e.g. [q_proj, "
+                    "v_proj], or all-linear)")
+
+
+def head_modules(model) -> list[str]:
+    """An encoder classifier's fresh head: every top-level module outside the encoder (DeBERTa's pooler and
+    DistilBERT's pre_classifier too, beside ``classifier``), trained and saved in full."""
+    encoder = getattr(model, model.base_model_prefix, None)
+    return [name for name, module in model.named_children()
+            if module is not encoder and any(True for _ in module.parameters())]
+
+
+def fresh_modules(model, family: str) -> list[str] | None:
+    """Modules trained in full beside any method: an encoder's head, a warm start's random modules."""
+    if family == "encoder":
+        return head_modules(model)
+    return list(getattr(model.config, "warm_start_new_modules", None) or []) or None
+
+
+def base_defaults(model, family: str) -> dict[str, Any]:
+    """The config fields every PEFT method of a family shares: the task type and the modules trained in full."""
+    return {"task_type": TASK_TYPE[family], "modules_to_save": fresh_modules(model, family)}
+
+
+def fp32_master_weights(model):
+    """The model in fp32 (a no-op when it already is): AdamW updates on half-precision weights mostly round away."""
+    import torch
+
+    return model.float() if model.dtype != torch.float32 else model
+
+
+def peft_summary(model) -> dict[str, Any] | None:
+    """The PEFT config of a PeftModel as JSON-ready values, without PEFT's bookkeeping and empty fields."""
+    import json
+
+    configs = getattr(model, "peft_config", None)
+    if not configs:
+        return None
+    config = configs.get("default") or next(iter(configs.values()))
+    skip = {"base_model_name_or_path", "revision", "peft_version", "auto_mapping", "inference_mode",
+            "tokenizer_kwargs", "megatron_core"}
+    raw = {k: (sorted(v) if isinstance(v, (set, frozenset)) else v) for k, v in config.to_dict().items()
+           if k not in skip and v not in (None, False, "", [], {}) and not (isinstance(v, set) and not v)}
+    return json.loads(json.dumps(raw, default=str))
