@@ -96,6 +96,31 @@ def test_causal_perplexity_equals_a_hand_computation(tiny_llama):
     assert cut.truncated == 1 and cut.tokens == 4
 
 
+@pytest.mark.parametrize("kind", ["prompt-tuning", "prefix"])
+def test_perplexity_of_a_virtual_token_model_scores_the_passage_tokens_after_its_virtual_tokens(tiny_llama, kind):
+    """A prompt-tuned PeftModel returns logits for its virtual tokens too; a prefix-tuned one puts them in the
+    cache. Either way the probe scores exactly the passage's tokens, given the virtual tokens before them."""
+    import copy
+
+    from peft import PrefixTuningConfig, PromptTuningConfig, get_peft_model
+
+    base, tok = tiny_llama
+    config_class = PromptTuningConfig if kind == "prompt-tuning" else PrefixTuningConfig
+    torch.manual_seed(0)
+    model = get_peft_model(copy.deepcopy(base), config_class(task_type="CAUSAL_LM", num_virtual_tokens=4)).eval()
+    text, other = "The river runs past the old stone bridge.", "A longer passage, so the batch needs padding here."
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0, -len(ids):]
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    nll = -sum(logp[t - 1, ids[t]].item() for t in range(1, len(ids)))
+    got = forgetting.text_perplexity(model, tok, "decoder-only", [text, other], batch_size=1)
+    alone = forgetting.text_perplexity(model, tok, "decoder-only", [text])
+    assert alone.tokens == len(ids) - 1
+    assert alone.value == pytest.approx(math.exp(nll / (len(ids) - 1)), rel=1e-4)
+    assert got.tokens > alone.tokens
+
+
 def test_encoder_decoder_perplexity_scores_the_second_half_given_the_first(tiny_t5_dir):
     from lmtailor.models import load_model
 

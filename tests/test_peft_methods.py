@@ -562,3 +562,25 @@ def test_prompt_tuning_starts_from_sampled_vocabulary_text_or_random_vectors(tin
     expected = wrapped.get_input_embeddings()(torch.tensor((ids * 3)[:3]))
     # the virtual tokens start as the embeddings of the text's tokens (repeated to fill them), as PEFT's TEXT does
     torch.testing.assert_close(wrapped.prompt_encoder["default"].embedding.weight, expected)
+
+
+def test_serving_casts_fp32_master_weights_and_merged_adapters_to_the_run_dtype(tiny_llama_dir):
+    """Full fine-tuning trains fp32 master weights; served in the run's dtype, a tuned row pays the inference its
+    base model pays, and is probed in the same precision."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from lmtailor.training.peft_methods import serve
+
+    full = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    served, how = serve(full, torch.bfloat16)
+    assert {p.dtype for p in served.parameters()} == {torch.bfloat16}
+    assert how == "the trained weights, as saved, in the run's compute dtype (bfloat16)"
+    same, how = serve(AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32), torch.float32)
+    assert how == "the trained weights, as saved"
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.bfloat16)
+    lora = get_peft_model(base, LoraConfig(task_type="CAUSAL_LM", r=2, target_modules=["q_proj"]))  # fp32 adapter
+    merged, how = serve(lora, torch.bfloat16)
+    assert {p.dtype for p in merged.parameters()} == {torch.bfloat16}
+    assert how.startswith("adapter merged into the base weights")

@@ -94,7 +94,8 @@ def _causal_perplexity(model, tokenizer, passages, max_tokens, batch_size, on_ro
     total, tokens = 0.0, 0
     for batch in _batches(rows, len, _vocab_size(model), batch_size):
         inputs, mask = pad_batch(batch, pad_token_id(tokenizer), _device(model))
-        logits = model(input_ids=inputs, attention_mask=mask).logits[:, :-1]
+        # a prompt-tuned PeftModel returns logits for its virtual tokens first: keep those of the passage's tokens
+        logits = model(input_ids=inputs, attention_mask=mask).logits[:, -inputs.shape[1]:-1]
         targets = inputs[:, 1:].masked_fill(mask[:, 1:] == 0, -100)  # padding is never a target
         nll, n = _nll_sum(logits, targets)
         total, tokens = total + nll, tokens + n

@@ -28,6 +28,28 @@ PHASES = ("load", "data", "index", "pretrain", "train", "inference")
 SETUP_PHASES = ("data", "index", "pretrain", "train")
 
 
+def release_freed_memory() -> None:
+    """Hand memory that Python and PyTorch have freed back to the operating system, so RSS measures what is in use.
+
+    glibc keeps freed heap memory for reuse, and after a large block is freed it raises its mmap threshold, so even
+    tens-of-megabyte tensors then come from (and stay in) the heap: after a full fine-tune, the process's RSS stays
+    gigabytes above what the next row uses, and that row's "peak memory" would be the earlier row's. ``malloc_trim``
+    returns it (measured: 2.1 GB of freed 4 MB tensors stayed resident until trimmed, then RSS fell to 0.2 GB).
+    A no-op where there is no glibc (macOS, Windows, musl).
+    """
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
+
+
 @dataclass
 class _PhaseClock:
     wall_s: float = 0.0
@@ -97,6 +119,7 @@ class Meter:
     cuda_peak: int | None = None
 
     def __enter__(self) -> "Meter":
+        release_freed_memory()  # else a row's peak RSS starts from what earlier rows freed but the allocator kept
         self._sampler = _RssSampler()
         self.rss_start = self._sampler.peak
         self._sampler.start()

@@ -213,7 +213,7 @@ class FinetuneStrategy(Strategy):
         details = self._details(trained)
         # Serve as deployed: an adapter that folds into the weights (LoRA, DoRA, IA3, LoHa, ...) is merged, so
         # inference costs what the base model's does; virtual tokens (prefix, prompt tuning) stay a PeftModel.
-        model, serving = serve(trained.model)
+        model, serving = serve(trained.model, ctx.runtime.dtype)
         self._note_serving(details, serving)
         with ctx.meter.phase("inference"):  # the prompt format the model was tuned on
             predictions, inference = predict(model.eval(), tokenizer, task, ctx.data.test, (),
@@ -246,7 +246,7 @@ class FinetuneStrategy(Strategy):
                                        ctx.data.validation, ctx.budget, ctx.runtime, ctx.seed, ctx.out_dir)
         self._measure(ctx.meter, trained)
         details = self._details(trained)
-        model, serving = serve(trained.model)
+        model, serving = serve(trained.model, ctx.runtime.dtype)
         self._note_serving(details, serving)
         with ctx.meter.phase("inference"):
             predictions, inference = predict_classifier(model.eval(), loaded.tokenizer, ctx.task, ctx.data.test,
