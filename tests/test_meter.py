@@ -103,3 +103,29 @@ def test_freed_memory_goes_back_to_the_system_before_a_row_is_metered():
     kept, after = map(float, out.stdout.split())
     assert kept > 300  # MB the allocator kept after the tensors were freed
     assert after < 50
+
+
+def test_each_phase_has_its_own_peak_memory(monkeypatch):
+    """Training needs 300 MB more, inference 100 MB more: the row's peak is training's, each phase keeps its own,
+    and an enclosing phase's window includes what a phase inside it reached."""
+    monkeypatch.setattr(meter_module.psutil, "Process", _FakeProcess)
+    _FakeProcess.rss = 1_000 * 2**20
+    meter = Meter(pricing=Pricing(), hardware="cpu")
+    with meter:
+        with meter.phase("train"):
+            _FakeProcess.rss += 300 * 2**20
+            time.sleep(0.15)
+            _FakeProcess.rss -= 300 * 2**20
+        with meter.phase("inference"):
+            _FakeProcess.rss += 100 * 2**20
+            time.sleep(0.15)
+            _FakeProcess.rss -= 100 * 2**20
+        with meter.phase("pretrain"):
+            with meter.phase("data"):
+                _FakeProcess.rss += 50 * 2**20
+                time.sleep(0.15)
+                _FakeProcess.rss -= 50 * 2**20
+    by_phase = meter.record()["peak_rss_bytes_by_phase"]
+    assert by_phase == {"train": 1_300 * 2**20, "inference": 1_100 * 2**20, "data": 1_050 * 2**20,
+                        "pretrain": 1_050 * 2**20}
+    assert meter.record()["peak_rss_bytes"] == 1_300 * 2**20

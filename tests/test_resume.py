@@ -32,6 +32,20 @@ class Crash(Exception):
     """Stands in for a kill: training stops dead, no handler runs."""
 
 
+
+def _crash_in_step(mp: pytest.MonkeyPatch, step: int | None) -> None:
+    """Make training raise ``Crash`` at the start of optimizer step ``step`` (None: never), as a kill would."""
+    if step is None:
+        return
+    original = engine.EngineMixin.training_step
+
+    def crashing(self, model, inputs, num_items_in_batch=None):
+        if self.state.global_step + 1 == step:
+            raise Crash(f"killed in step {step}")
+        return original(self, model, inputs, num_items_in_batch)
+
+    mp.setattr(engine.EngineMixin, "training_step", crashing)
+
 def _finetune(out_dir: Path, crash_at_step: int | None = None, model_ref: str = "tiny-llama", **overrides):
     """The finetune strategy on the colour rows (seed 0, as the runner seeds a row); optionally crashing when the
     given optimizer step starts."""
@@ -42,15 +56,7 @@ def _finetune(out_dir: Path, crash_at_step: int | None = None, model_ref: str = 
                      out_dir=out_dir, runtime=CPU)
     set_seed(0)
     with pytest.MonkeyPatch.context() as mp:
-        if crash_at_step is not None:
-            original = engine.EngineMixin.training_step
-
-            def crashing(self, model, inputs, num_items_in_batch=None):
-                if self.state.global_step + 1 == crash_at_step:
-                    raise Crash(f"killed in step {crash_at_step}")
-                return original(self, model, inputs, num_items_in_batch)
-
-            mp.setattr(engine.EngineMixin, "training_step", crashing)
+        _crash_in_step(mp, crash_at_step)
         with ctx.meter:
             return FinetuneStrategy(cfg).run(ctx)
 
@@ -102,15 +108,7 @@ def _pretrain(out_dir: Path, crash_at_step: int | None = None):
     set_seed(0)
     loaded = load_model("tiny-t5", CPU)
     with pytest.MonkeyPatch.context() as mp:
-        if crash_at_step is not None:
-            original = engine.EngineMixin.training_step
-
-            def crashing(self, model, inputs, num_items_in_batch=None):
-                if self.state.global_step + 1 == crash_at_step:
-                    raise Crash(f"killed in step {crash_at_step}")
-                return original(self, model, inputs, num_items_in_batch)
-
-            mp.setattr(engine.EngineMixin, "training_step", crashing)
+        _crash_in_step(mp, crash_at_step)
         return run_pretraining(loaded.model, loaded.tokenizer, texts, cfg, method="full",
                                objective="span-corruption", block_size=32, learning_rate=3e-3, runtime=CPU, seed=0,
                                out_dir=out_dir)

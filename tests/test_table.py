@@ -111,15 +111,19 @@ def test_training_footprint_column_lines_up_with_the_trained_rows_only():
     lora = _probed(_record("LoRA", "m1", 0.6, "finetune", train_s=5), 1.0, 2.5)
     lora["details"] = {"seconds_per_step": 0.25, "optimizer_state_bytes": 3 * 2**20}
     lora["meter"]["artifact_bytes"] = {"adapter": 1536 * 2**10}
+    lora["meter"]["peak_rss_bytes_by_phase"] = {"train": 3 * 2**30, "inference": 4 * 2**30}
     full = _record("full FT", "m1", 0.7, "finetune", train_s=9)
     full["details"] = {"finetune": {"seconds_per_step": 1.5, "optimizer_state_bytes": 2 * 2**30}}
     full["meter"]["artifact_bytes"] = {"model": 2**30, "index": 5}  # an index is not the trained artifact
+    full["meter"]["peak_rss_bytes_by_phase"] = {"train": 5 * 2**30}
+    full["meter"]["cuda_peak_bytes_by_phase"] = {"train": 2 * 2**30, "pretrain": 3 * 2**30}  # GPU memory wins
     md = results_markdown([_record("zero-shot", "m1", 0.2), lora, full], "t")
     header = _line(md, "approach")
-    assert header[header.index("trainable params") + 1] == "step · optimizer · saved"
+    assert header[header.index("trainable params") + 1] == "step · optimizer · train peak · saved"
     cells = {label: dict(zip(header, _line(md, label))) for label in ("LoRA", "full FT", "zero-shot")}
-    assert cells["LoRA"]["step · optimizer · saved"] == "0.25 s/step · 3 MB · 1.5 MB"
-    assert cells["full FT"]["step · optimizer · saved"] == "1.5 s/step · 2 GB · 1 GB"
-    assert cells["zero-shot"]["step · optimizer · saved"] == "-"
+    column = "step · optimizer · train peak · saved"
+    assert cells["LoRA"][column] == "0.25 s/step · 3 MB · 3 GB · 1.5 MB"  # the training phase's peak, not inference's
+    assert cells["full FT"][column] == "1.5 s/step · 2 GB · 3 GB · 1 GB"
+    assert cells["zero-shot"][column] == "-"
     assert cells["LoRA"]["forgetting"] == "ppl +1.0% · acc +2.5 pts"
     assert len({len(_line(md, label)) for label in ("LoRA", "full FT", "zero-shot", "approach")}) == 1

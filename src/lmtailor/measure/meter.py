@@ -66,16 +66,22 @@ class _RssSampler(threading.Thread):
         self.interval_s = interval_s
         self.proc = psutil.Process(os.getpid())
         self.peak = self.proc.memory_info().rss
+        self.window_peak = self.peak  # the peak since the current phase began (see Meter.phase)
         self._stop_event = threading.Event()
+
+    def sample(self) -> int:
+        rss = self.proc.memory_info().rss
+        self.peak, self.window_peak = max(self.peak, rss), max(self.window_peak, rss)
+        return rss
 
     def run(self) -> None:
         while not self._stop_event.wait(self.interval_s):
-            self.peak = max(self.peak, self.proc.memory_info().rss)
+            self.sample()
 
     def stop(self) -> int:
         self._stop_event.set()
         self.join()
-        self.peak = max(self.peak, self.proc.memory_info().rss)
+        self.sample()
         return self.peak
 
 
@@ -117,6 +123,11 @@ class Meter:
     rss_start: int = 0
     rss_peak: int = 0
     cuda_peak: int | None = None
+    # per phase: a row's peak alone mixes training with inference (label scoring can hold more logits than a
+    # training step), and "PEFT needs less memory" is a statement about the training phase
+    phase_rss_peak: dict[str, int] = field(default_factory=dict)
+    phase_cuda_peak: dict[str, int] = field(default_factory=dict)
+    _cuda_seen: int = 0
 
     def __enter__(self) -> "Meter":
         release_freed_memory()  # else a row's peak RSS starts from what earlier rows freed but the allocator kept
@@ -138,7 +149,7 @@ class Meter:
         if self.hardware == "cuda":
             import torch
 
-            self.cuda_peak = int(torch.cuda.max_memory_allocated())
+            self.cuda_peak = max(self._cuda_seen, int(torch.cuda.max_memory_allocated()))
 
     @contextmanager
     def phase(self, name: str) -> Iterator[_PhaseClock]:
@@ -146,12 +157,31 @@ class Meter:
         if name not in self.phases:
             raise ValueError(f"unknown meter phase {name!r}; use one of {', '.join(self.phases)}")
         clock = self.phases[name]
+        sampler = self._sampler if self._sampler is not None and self._sampler.is_alive() else None
+        outer = None
+        if sampler is not None:  # open a window: this phase's peak, from its own start
+            outer, sampler.window_peak = sampler.window_peak, sampler.sample()
+        cuda = self.hardware == "cuda"
+        if cuda:
+            import torch
+
+            self._cuda_seen = max(self._cuda_seen, int(torch.cuda.max_memory_allocated()))
+            torch.cuda.reset_peak_memory_stats()
         w, c = time.perf_counter(), _cpu_seconds()
         try:
             yield clock
         finally:
             clock.wall_s += time.perf_counter() - w
             clock.cpu_s += _cpu_seconds() - c
+            if sampler is not None:
+                sampler.sample()
+                inner = sampler.window_peak
+                self.phase_rss_peak[name] = max(self.phase_rss_peak.get(name, 0), inner)
+                sampler.window_peak = max(outer, inner)  # an enclosing phase's window includes this one
+            if cuda:
+                peak = int(torch.cuda.max_memory_allocated())
+                self.phase_cuda_peak[name] = max(self.phase_cuda_peak.get(name, 0), peak)
+                self._cuda_seen = max(self._cuda_seen, peak)
 
     def add_tokens(self, phase: str, n: int) -> None:
         """Count ``n`` real (non-padding) tokens processed in ``phase``."""
@@ -200,8 +230,10 @@ class Meter:
             "phases": {k: {"wall_s": round(v.wall_s, 3), "cpu_s": round(v.cpu_s, 3), "tokens": v.tokens,
                            "examples": v.examples} for k, v in self.phases.items()},
             "peak_rss_bytes": self.rss_peak,
+            "peak_rss_bytes_by_phase": dict(self.phase_rss_peak),
             "rss_at_start_bytes": self.rss_start,
             "cuda_peak_bytes": self.cuda_peak,
+            "cuda_peak_bytes_by_phase": dict(self.phase_cuda_peak) if self.hardware == "cuda" else None,
             "trainable_params": self.trainable_params,
             "total_params": self.total_params,
             "artifact_bytes": self.artifacts,
@@ -239,6 +271,15 @@ def estimate_flops(params: int, tokens: int, kind: str, trainable: int | None = 
     raise ValueError(f"unknown FLOP estimate kind {kind!r}")
 
 
+def _max_by_phase(per_process: list[dict | None]) -> dict[str, int]:
+    """Each phase's largest peak over the processes (what each device must hold in that phase)."""
+    out: dict[str, int] = {}
+    for peaks in per_process:
+        for name, value in (peaks or {}).items():
+            out[name] = max(out.get(name, 0), value)
+    return out
+
+
 def combine_process_records(records: list[dict], billed_units: int = 1) -> dict:
     """One meter record for a row that ran on several processes, from each process's ``Meter.record()`` (rank order).
 
@@ -274,6 +315,8 @@ def combine_process_records(records: list[dict], billed_units: int = 1) -> dict:
         "phases": phases,
         "peak_rss_bytes": max(r["peak_rss_bytes"] for r in records),
         "peak_rss_bytes_sum": sum(r["peak_rss_bytes"] for r in records),
+        "peak_rss_bytes_by_phase": _max_by_phase([r.get("peak_rss_bytes_by_phase") for r in records]),
+        "cuda_peak_bytes_by_phase": _max_by_phase([r.get("cuda_peak_bytes_by_phase") for r in records]) or None,
         "rss_at_start_bytes": biggest["rss_at_start_bytes"],
         "cuda_peak_bytes": max(cuda) if cuda else None,
         "cuda_peak_bytes_sum": sum(cuda) if cuda else None,

@@ -100,8 +100,16 @@ def _training_footprint(records: list[dict]) -> dict | None:
                  if name in ("adapter", "model")) or None for r in records]
     out = {"s_per_step": _mean([d.get("seconds_per_step") for d in details]),
            "optimizer_bytes": _mean([d.get("optimizer_state_bytes") for d in details]),
+           "peak_bytes": _mean([_training_peak(r.get("meter") or {}) for r in records]),
            "artifact_bytes": _mean(saved)}
     return out if any(v is not None for v in out.values()) else None
+
+
+def _training_peak(meter: dict) -> int | None:
+    """Peak memory while training (pre-training included): GPU memory on CUDA, else the process's RSS."""
+    by_phase = meter.get("cuda_peak_bytes_by_phase") or meter.get("peak_rss_bytes_by_phase") or {}
+    peaks = [by_phase[p] for p in ("pretrain", "train") if by_phase.get(p)]
+    return max(peaks) if peaks else None
 
 
 def _is_zero_shot(record: dict) -> bool:
@@ -177,7 +185,7 @@ HEADERS = ["approach", "model", "metric", "Δ vs zero-shot", "train / index time
            "peak memory", "trainable params", "$ train", "$ / 1k inferences", "status"]
 RETRIEVAL_HEADER = "retrieval"  # shown after the metric when any row retrieved
 FORGETTING_HEADER = "forgetting"  # shown after the delta when any row was probed for forgetting
-TRAINING_HEADER = "step · optimizer · saved"  # shown after trainable params when any row trained
+TRAINING_HEADER = "step · optimizer · train peak · saved"  # shown after trainable params when any row trained
 
 
 def headers(rows: list[TableRow]) -> list[str]:
@@ -212,7 +220,8 @@ def _fmt_training(t: dict | None) -> str:
     if not t:
         return "-"
     step = "-" if t["s_per_step"] is None else f"{t['s_per_step']:.2g} s/step"
-    return f"{step} · {_fmt_bytes(t['optimizer_bytes'])} · {_fmt_bytes(t['artifact_bytes'])}"
+    return (f"{step} · {_fmt_bytes(t['optimizer_bytes'])} · {_fmt_bytes(t['peak_bytes'])} · "
+            f"{_fmt_bytes(t['artifact_bytes'])}")
 
 
 def _fmt_forgetting(change: dict | None) -> str:
@@ -275,9 +284,12 @@ def results_markdown(records: list[dict], title: str = "results") -> str:
                   "(a model without one, such as an encoder classifier, is compared with the model named in brackets).",
                   "Inference / 1k: measured wall time per test example × 1000 (batch as configured)."]
         if TRAINING_HEADER in columns:
-            lines.append("Step · optimizer · saved: mean wall time per optimizer step, the optimizer's state in memory "
-                         "(AdamW: two moments per trainable weight, so it scales with the trainable parameters), "
-                         "and the trained artifact on disk (an adapter, or the whole model for full fine-tuning).")
+            lines.append("Step · optimizer · train peak · saved: mean wall time per optimizer step, the optimizer's "
+                         "state in memory (AdamW: two moments per trainable weight, so it scales with the trainable "
+                         "parameters), the peak memory while training (GPU memory on CUDA, else the process's RSS, "
+                         "which includes the ~1 GB the libraries take before any model loads; the peak memory "
+                         "column is the whole row's, inference included), and the trained artifact on disk (an "
+                         "adapter, or the whole model for full fine-tuning).")
         if FORGETTING_HEADER in columns:
             lines.append(_forgetting_line(records))
         if RETRIEVAL_HEADER in columns:
