@@ -68,6 +68,15 @@ def test_run_writes_a_complete_run_directory(experiment, tmp_path, capsys):
     assert not set(splits["test"]) & set(splits["train"])
     table = capsys.readouterr().out
     assert "zero-shot" in table and "2-shot" in table
+    # results.json: every row, the learning curve of the full rows; `lmtailor report` rebuilds it byte for byte
+    written = (run_dir / "results.json").read_bytes()
+    summary = json.loads(written)
+    assert [r["row_id"] for r in summary["rows"]] == [r["row_id"] for r in sorted(records, key=lambda r: r["row_index"])]
+    (curve,) = [c for c in summary["learning_curves"] if c["label"].startswith("full")]
+    assert [p["train_size"] for p in curve["points"]] == [12, 24]
+    (run_dir / "results.json").unlink()
+    assert main(["report", str(run_dir)]) == 0
+    assert (run_dir / "results.json").read_bytes() == written
 
 
 def test_validate_command_lists_rows_without_loading_models(experiment, capsys):

@@ -119,6 +119,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from lmtailor.io import write_text_atomic
+    from lmtailor.report.results_json import write_results
     from lmtailor.report.table import results_markdown
 
     run_dir: Path = args.run_dir
@@ -128,7 +129,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 2
     records = sorted((json.loads(p.read_text()) for p in paths), key=lambda r: r.get("started_at", ""))
     write_text_atomic(run_dir / "results.md", results_markdown(records, title=run_dir.name))
+    write_results(run_dir)  # the same bytes the run wrote, from the same records
     _print_results(run_dir, run_dir.name)
+    console.print(f"summary: {run_dir / 'results.json'}")
     return 0
 
 
@@ -192,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     with_experiment(p)
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("report", help="rebuild results.md from a run directory's saved results")
+    p = sub.add_parser("report", help="rebuild results.md and results.json from a run directory's saved results")
     p.add_argument("run_dir", type=Path, help="a run directory written by `lmtailor run`")
     p.set_defaults(func=cmd_report)
 

@@ -30,6 +30,7 @@ from lmtailor.environment import describe_environment
 from lmtailor.errors import TrainingInterrupted, UserError
 from lmtailor.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
 from lmtailor.measure.meter import Meter
+from lmtailor.report.results_json import write_results
 from lmtailor.report.table import results_markdown
 from lmtailor.runtime import Runtime, detect_runtime
 from lmtailor.strategies import STRATEGIES, RunContext, Strategy
@@ -364,9 +365,11 @@ def run_experiment(exp: Experiment, base_dir: Path, out_dir: Path | None = None,
                 records.append(run_row(row, exp, task, splits, subsets, runtime, run_dir, env, base_dir))
                 log.info("[%d/%d] %s: %s in %.1fs", i, len(rows), row.row_id, records[-1]["status"],
                          time.perf_counter() - t0)
-                # Rewritten after every row, so an interrupted run still leaves the table of what finished.
-                distributed.on_main(lambda: write_text_atomic(run_dir / "results.md",
-                                                              results_markdown(records, title=exp.name)))
+                # Rewritten after every row, so an interrupted run still leaves the table of what finished, and
+                # the machine-readable summary (`lmtailor report` rebuilds it byte for byte from results/).
+                distributed.on_main(lambda: (write_text_atomic(run_dir / "results.md",
+                                                               results_markdown(records, title=exp.name)),
+                                             write_results(run_dir)))
                 stop_if_out_of_step(records[-1], run_dir)
         finally:
             if handler is not None:

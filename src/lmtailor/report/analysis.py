@@ -1,0 +1,126 @@
+"""The numbers behind the cost-benefit report: data required, the Pareto frontier, break-even and uncertainty.
+
+Pure functions of plain numbers, no I/O: the report calls them on values taken from result records.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import numpy as np
+
+# Float noise (0.95 * 0.8 != 0.76 exactly) must not decide whether a size "reaches" a threshold.
+_TOLERANCE = 1e-12
+
+
+def data_required(curve: dict[int, float], fraction: float = 0.95, higher_is_better: bool = True) -> int | None:
+    """The smallest training-set size whose score reaches ``fraction`` of the best score on ``curve``.
+
+    "Reaching a fraction of the best" means being within ``(1 - fraction) * |best|`` of the best score, on the
+    right side: for a higher-is-better metric ``score >= best - (1 - fraction) * |best|`` (that is
+    ``score >= 0.95 * best`` when the best is positive); for a lower-is-better metric (a loss, a perplexity)
+    ``score <= best + (1 - fraction) * |best|`` (within 5 % above the lowest). The size holding the best score
+    always qualifies, so a non-empty curve always has an answer. Returns None for an empty curve.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    if not curve:
+        return None
+    best = max(curve.values()) if higher_is_better else min(curve.values())
+    slack = (1 - fraction) * abs(best) + _TOLERANCE
+    reached = [size for size, score in curve.items()
+               if (score >= best - slack if higher_is_better else score <= best + slack)]
+    return min(reached)
+
+
+def pareto_frontier(points: list[tuple[str, float, float]]) -> list[str]:
+    """The ids of the ``(id, cost, quality)`` points no other point dominates, cheapest first.
+
+    A point is dominated when another costs no more and scores no less, and is strictly better on one of the
+    two. Exact ties (same cost and quality) dominate neither one, so both stay on the frontier. Quality is
+    higher-is-better: negate a lower-is-better metric before calling. Ties in cost are ordered by id.
+    """
+    ids = [p[0] for p in points]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"point ids must be unique, got {sorted(i for i in set(ids) if ids.count(i) > 1)}")
+    for pid, cost, quality in points:
+        if not (math.isfinite(cost) and math.isfinite(quality)):
+            raise ValueError(f"point {pid!r} has a non-finite cost or quality ({cost}, {quality})")
+    frontier = [p for p in points
+                if not any(c <= p[1] and q >= p[2] and (c < p[1] or q > p[2]) for _, c, q in points)]
+    return [pid for pid, _, _ in sorted(frontier, key=lambda p: (p[1], p[0]))]
+
+
+def cumulative_cost(fixed: float, per_request: float, requests: float) -> float:
+    """The total cost after ``requests`` requests: a one-time cost plus a cost per request."""
+    if requests < 0:
+        raise ValueError(f"requests must be >= 0, got {requests}")
+    return fixed + per_request * requests
+
+
+def break_even(fixed_a: float, per_request_a: float, fixed_b: float, per_request_b: float) -> float | None:
+    """The number of requests at which the cumulative costs of options a and b are equal.
+
+    Each option costs ``fixed + per_request * n`` after n requests (fixed: training, index building; per
+    request: inference). Returns None when the lines never cross at n >= 0: parallel lines (identical lines
+    included: there is no single crossing), or lines that crossed before the first request. Returns 0.0 when
+    they start equal and then part.
+    """
+    slope = per_request_a - per_request_b
+    if slope == 0:
+        return None
+    n = (fixed_b - fixed_a) / slope
+    return n if n >= 0 else None
+
+
+def payback_days(fixed_a: float, per_request_a: float, fixed_b: float, per_request_b: float,
+                 requests_per_month: float, days_per_month: float = 30.0) -> float | None:
+    """Days until the two options' cumulative costs cross at ``requests_per_month`` requests a month.
+
+    That is how long the option with the higher one-time cost (a fine-tuned small model) takes to pay it back
+    through cheaper requests. None when they never cross (see ``break_even``).
+    """
+    if requests_per_month <= 0:
+        raise ValueError(f"requests_per_month must be > 0, got {requests_per_month}")
+    n = break_even(fixed_a, per_request_a, fixed_b, per_request_b)
+    return None if n is None else n / requests_per_month * days_per_month
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """The mean and the sample standard deviation (n - 1) of ``values``; the std is None for a single value."""
+    if not values:
+        raise ValueError("mean_std needs at least one value")
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def bootstrap_ci(per_row_scores: list[float], confidence: float = 0.95, resamples: int = 2000,
+                 seed: int = 0) -> tuple[float, float]:
+    """A percentile-bootstrap confidence interval of the mean score over test rows, seeded and reproducible.
+
+    Resamples the rows with replacement ``resamples`` times and takes the (1 - confidence) / 2 and
+    (1 + confidence) / 2 quantiles of the resampled means. The ends are clipped to the range of the scores
+    (a mean cannot leave it), so a constant list gives exactly ``(c, c)`` despite float rounding.
+    """
+    if not per_row_scores:
+        raise ValueError("bootstrap_ci needs at least one score")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if resamples < 1:
+        raise ValueError(f"resamples must be >= 1, got {resamples}")
+    scores = np.asarray(per_row_scores, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    n = len(scores)
+    chunk = max(1, 1_000_000 // n)  # bounds memory at ~8 MB of indices for large test sets
+    means = np.concatenate([scores[rng.integers(0, n, size=(min(chunk, resamples - start), n))].mean(axis=1)
+                            for start in range(0, resamples, chunk)])
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    lo_bound, hi_bound = float(scores.min()), float(scores.max())
+    return min(max(float(low), lo_bound), hi_bound), min(max(float(high), lo_bound), hi_bound)
+
+
+def differs(ci_a: tuple[float, float], ci_b: tuple[float, float]) -> bool:
+    """Whether two intervals are disjoint; overlapping (or touching) intervals are not called different."""
+    (lo_a, hi_a), (lo_b, hi_b) = sorted(ci_a), sorted(ci_b)
+    return hi_a < lo_b or hi_b < lo_a
