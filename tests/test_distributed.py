@@ -196,6 +196,7 @@ def test_combined_meter_takes_the_slowest_wall_sums_cpu_and_memory_and_counts_to
 
 _HELPER_SCRIPT = """
 import json
+import pathlib
 from lmtailor import distributed
 from lmtailor.errors import UserError
 
@@ -222,7 +223,8 @@ try:
     distributed.check_same(r, "the rank")
 except UserError as e:
     out["check_same_error"] = str(e)
-print("RESULT " + json.dumps(out), flush=True)
+# one file per rank: two processes printing to one pipe can interleave their lines
+pathlib.Path(__file__).with_name(f"result-{r}.json").write_text(json.dumps(out))
 """
 
 
@@ -233,8 +235,7 @@ def test_helpers_across_two_processes(tmp_path):
            str(_free_port()), str(script)]
     done = subprocess.run(cmd, env=_launch_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
-    results = sorted((json.loads(line.split("RESULT ", 1)[1]) for line in done.stdout.splitlines()
-                      if "RESULT " in line), key=lambda o: o["rank"])
+    results = sorted((json.loads(p.read_text()) for p in tmp_path.glob("result-*.json")), key=lambda o: o["rank"])
     assert [o["rank"] for o in results] == [0, 1]
     for o in results:
         assert o["world"] == 2 and o["main"] == (o["rank"] == 0)

@@ -57,6 +57,8 @@ def _print_results(run_dir: Path, title: str) -> None:
         console.print(results_markdown(records, title=title), markup=False, highlight=False, soft_wrap=True)
     console.print(f"run directory: {run_dir}")
     console.print(f"table: {run_dir / 'results.md'}")
+    if (run_dir / "report.html").is_file():
+        console.print(f"report: {run_dir / 'report.html'}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -119,7 +121,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from lmtailor.io import write_text_atomic
-    from lmtailor.report.results_json import write_results
+    from lmtailor.report.build import run_target, write_run_reports
     from lmtailor.report.table import results_markdown
 
     run_dir: Path = args.run_dir
@@ -129,7 +131,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 2
     records = sorted((json.loads(p.read_text()) for p in paths), key=lambda r: r.get("started_at", ""))
     write_text_atomic(run_dir / "results.md", results_markdown(records, title=run_dir.name))
-    write_results(run_dir)  # the same bytes the run wrote, from the same records
+    target = run_target(run_dir)
+    overrides = {k: getattr(args, k) for k in ("quality_floor", "monthly_budget_usd", "requests_per_month", "baseline")
+                 if getattr(args, k, None) is not None}
+    # results.json: the same bytes the run wrote, from the same records; the report with the target as given now
+    write_run_reports(run_dir, run_dir.name, target.model_copy(update=overrides))
     _print_results(run_dir, run_dir.name)
     console.print(f"summary: {run_dir / 'results.json'}")
     return 0
@@ -197,6 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="rebuild results.md and results.json from a run directory's saved results")
     p.add_argument("run_dir", type=Path, help="a run directory written by `lmtailor run`")
+    p.add_argument("--quality-floor", dest="quality_floor", type=float, default=None,
+                   help="smallest acceptable primary metric for the recommendation (default: the experiment's)")
+    p.add_argument("--monthly-budget", dest="monthly_budget_usd", type=float, default=None,
+                   help="most to spend per month on inference, in $ (default: the experiment's)")
+    p.add_argument("--requests-per-month", dest="requests_per_month", type=int, default=None,
+                   help="expected requests per month, for monthly cost and break-even (default: the experiment's)")
+    p.add_argument("--baseline", default=None,
+                   help="row label of the large general model to compare with (default: the best prompted row)")
     p.set_defaults(func=cmd_report)
 
     from lmtailor.export.cli import add_export_parser

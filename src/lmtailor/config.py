@@ -58,6 +58,20 @@ class RuntimeConfig(_Strict):
                            "by default, and named in the run output when on. Only for models whose code you trust")
 
 
+class ReportConfig(_Strict):
+    """The user's target: what the recommendation in the report must meet (CLI flags of `lmtailor report` override)."""
+
+    quality_floor: float | None = Field(
+        None, description="smallest acceptable value of the task's primary metric (e.g. 0.8 accuracy); unset: the "
+                          "best row's lower confidence bound decides")
+    monthly_budget_usd: float | None = Field(
+        None, ge=0, description="most the user will spend per month on inference (at requests_per_month)")
+    requests_per_month: int = Field(
+        100_000, ge=0, description="expected requests per month: sets the break-even and the monthly cost")
+    baseline: str | None = Field(
+        None, description="row label of the 'large general model' to compare with (default: the best prompted row)")
+
+
 class Experiment(_Strict):
     """One experiment: a task and its data, the models, the strategies to run on each, budget and prices."""
 
@@ -72,6 +86,7 @@ class Experiment(_Strict):
     pricing: Pricing = Field(default_factory=Pricing)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     output_dir: str = Field("runs", description="where run directories are created (relative to the working directory)")
+    report: ReportConfig = Field(default_factory=ReportConfig, description="targets for the report's recommendation")
     forgetting: bool = Field(
         True, description="after each training row, probe the tuned model's general capability (perplexity on held-out "
                           "general text, accuracy on general questions) against its base model's, outside the cost "

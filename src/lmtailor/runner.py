@@ -371,12 +371,27 @@ def run_experiment(exp: Experiment, base_dir: Path, out_dir: Path | None = None,
                                                                results_markdown(records, title=exp.name)),
                                              write_results(run_dir)))
                 stop_if_out_of_step(records[-1], run_dir)
+            # The cost-benefit report (report.html, report.md), once at the end: its charts take a second or two.
+            distributed.on_main(lambda: _write_reports(run_dir, exp))
         finally:
             if handler is not None:
                 for name in ("lmtailor", "transformers", "peft", "trl"):
                     logging.getLogger(name).removeHandler(handler)
                 handler.close()
     return run_dir
+
+
+def _write_reports(run_dir: Path, exp: Experiment) -> None:
+    """report.html and report.md; a report that cannot be drawn is logged, and the run's results stand."""
+    from lmtailor.report.build import write_run_reports
+
+    try:
+        path = write_run_reports(run_dir, exp.name, exp.report)
+    except Exception as e:  # noqa: BLE001 - results/ and results.md are written; `lmtailor report` can retry
+        log.error("the report could not be written: %s: %s (rebuild it with `lmtailor report %s`)",
+                  type(e).__name__, e, run_dir)
+        return
+    log.info("report: %s", path)
 
 
 def _check_same_splits(run_dir: Path, split_record: dict) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from lmtailor.errors import UserError
 from lmtailor.io import write_text_atomic
-from lmtailor.report.analysis import data_required, mean_std, pareto_frontier
+from lmtailor.report.analysis import bootstrap_ci, data_required, differs, mean_std, pareto_frontier
 
 RESULTS_SUMMARY_VERSION = 1
 DIGITS = 6  # derived numbers (means, std): enough for any metric, and free of float-summation noise in the text
@@ -78,20 +78,49 @@ def _row(record: dict) -> dict:
     }
 
 
+def _per_row(record: dict) -> list[float] | None:
+    """The record's per-test-row scores on its primary metric (written by the evaluator), None in older records."""
+    scores = (record.get("score_details") or {}).get("per_row")
+    return [float(x) for x in scores] if scores else None
+
+
 def _mean_of(values: list[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return _num(mean_std(present)[0]) if present else None
 
 
-def _group(key: str, rows: list[dict]) -> dict:
-    """One (label, model) line: mean and std over the seeds that finished, and how many did."""
+def _confidence(ok: list[dict], per_row: dict[str, list[float] | None]) -> tuple[list[float] | None, str]:
+    """A 95 % percentile-bootstrap CI of the mean over test rows, and a sentence saying what it rests on.
+
+    With several seeds each test row's score is first averaged over the seeds, so the interval reflects the
+    test rows' spread, not seed noise counted as extra rows. No interval (and the reason) when any finished
+    seed lacks per-row scores (records written before they were kept) or the seeds scored different test sets.
+    """
+    if not ok:
+        return None, "no finished row to compute an interval from"
+    lists = [per_row.get(r["row_id"]) for r in ok]
+    if any(x is None for x in lists):
+        return None, "missing: the record has no per-test-row scores (written before they were kept, or the " \
+                     "metric is not a mean over rows)"
+    if len({len(x) for x in lists}) != 1:
+        return None, "missing: the seeds scored different numbers of test rows"
+    averaged = [sum(col) / len(col) for col in zip(*lists)]
+    low, high = bootstrap_ci(averaged)
+    seeds = f"averaged over {len(ok)} seeds per row" if len(ok) > 1 else "1 seed"
+    return [_num(low), _num(high)], f"bootstrap 95% CI over {len(averaged)} test rows ({seeds})"
+
+
+def _group(key: str, rows: list[dict], per_row: dict[str, list[float] | None]) -> dict:
+    """One (label, model) line: mean and std over the seeds that finished, how many did, and a CI over test rows."""
     ok = [r for r in rows if r["status"] == "ok" and r["score"] is not None]
     mean, std = mean_std([r["score"] for r in ok]) if ok else (None, None)
+    ci, ci_note = _confidence(ok, per_row)
     return {
         "id": key, "label": rows[0]["label"], "model": rows[0]["model"], "strategy": rows[0]["strategy"],
         "metric": ok[0]["primary_metric"] if ok else None,
         "higher_is_better": ok[0]["higher_is_better"] if ok else None,
-        "seeds": len(ok), "rows": [r["row_id"] for r in rows],
+        "seeds": len(ok), "seeds_planned": len(rows), "rows": [r["row_id"] for r in rows],
+        "ci95": ci, "ci_note": ci_note,
         "failed": [r["row_id"] for r in rows if r["status"] != "ok"],
         "score_mean": _num(mean), "score_std": _num(std),
         "usd_train_mean": _mean_of([r["usd_train"] for r in rows]),
@@ -101,11 +130,19 @@ def _group(key: str, rows: list[dict]) -> dict:
     }
 
 
-def _groups(rows: list[dict]) -> list[dict]:
+def _groups(rows: list[dict], per_row: dict[str, list[float] | None]) -> list[dict]:
     by_key: dict[str, list[dict]] = {}
     for r in rows:  # rows are in plan order, so groups are too
         by_key.setdefault(f"{r['label']} | {r['model']}", []).append(r)
-    return [_group(k, v) for k, v in by_key.items()]
+    return [_group(k, v, per_row) for k, v in by_key.items()]
+
+
+def same_or_different(group_a: dict, group_b: dict) -> str:
+    """"different" when the two groups' CIs are disjoint, "same" when they overlap (so they are not called
+    different), "unknown" when either has no interval. Groups scored on different metrics are "unknown" too."""
+    if group_a.get("ci95") is None or group_b.get("ci95") is None or group_a.get("metric") != group_b.get("metric"):
+        return "unknown"
+    return "different" if differs(tuple(group_a["ci95"]), tuple(group_b["ci95"])) else "same"
 
 
 def _curve_label(row: dict) -> str:
@@ -156,8 +193,9 @@ def build_results(run_dir: Path) -> dict:
     hint = "it is written by `lmtailor run` at the start of a run"
     task = _read_json(run_dir / "task.json", hint)
     splits = _read_json(run_dir / "splits.json", hint)
-    rows = [_row(r) for r in load_records(run_dir)]
-    groups = _groups(rows)
+    records = load_records(run_dir)
+    rows = [_row(r) for r in records]
+    groups = _groups(rows, {r["row_id"]: _per_row(r) for r in records})
     pareto = _pareto(groups)
     for g in groups:
         g["on_frontier"] = g["id"] in pareto["frontier"]

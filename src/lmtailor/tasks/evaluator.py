@@ -1,5 +1,8 @@
 """The one evaluator: every strategy's predictions are scored here, on the same test rows, by the task's scorer.
 
+Besides the corpus-level metrics, each test row's own score on the primary metric is kept (``details["per_row"]``,
+in test-row order) so that the report can put a bootstrap confidence interval over test rows around the mean.
+
 Retrieval strategies also hand over the documents they retrieved per row; where the rows name their gold document
 (``meta["gold_doc"]``, a document id or a list of them) retrieval is scored too: recall@k and MRR, beside the task
 metric.
@@ -22,11 +25,46 @@ def evaluate(task: TaskSpec, test: list[Example], predictions: list[str],
     references = scorer.references(test) if hasattr(scorer, "references") else [e.target for e in test]
     result = scorer.score(references, predictions, task.labels)
     result["primary_metric"] = scorer.primary_metric
+    per_row = per_row_scores(task.type, scorer.primary_metric, references, predictions)
+    if per_row is not None:
+        result["details"]["per_row"] = per_row
     if retrieved is not None:
         metrics, details = score_retrieval(test, retrieved, k or max(map(len, retrieved), default=1))
         result["metrics"] += metrics
         result["details"]["retrieval"] = details
     return result
+
+
+def _accuracy_rows(references: list, predictions: list[str]) -> list[float]:
+    return [float(r == p) for r, p in zip(references, predictions)]
+
+
+def _qa_f1_rows(references: list, predictions: list[str]) -> list[float]:
+    from lmtailor.tasks.qa import _alternatives, token_f1
+
+    return [max(token_f1(g, p) for g in _alternatives(r)) for r, p in zip(references, predictions)]
+
+
+def _rouge_l_rows(references: list, predictions: list[str]) -> list[float]:
+    from rouge_score import rouge_scorer
+
+    from lmtailor.tasks.generation import _tokenizer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_tokenizer())  # the tokenizer Generation.score uses
+    return [scorer.score(r, p)["rougeL"].fmeasure for r, p in zip(references, predictions)]
+
+
+# Only metrics that are a mean over rows have per-row scores: their mean is the metric itself. Corpus-level ones
+# (macro-F1, BLEU, chrF) do not decompose, so a metric missing here gets no per-row list rather than a made-up one.
+_PER_ROW = {("classification", "accuracy"): _accuracy_rows, ("qa", "f1"): _qa_f1_rows,
+            ("generation", "rougeL"): _rouge_l_rows}
+
+
+def per_row_scores(task_type: str, metric: str, references: list, predictions: list[str]) -> list[float] | None:
+    """Each row's own score on ``metric`` of ``task_type`` (their mean is the metric), or None when the metric is
+    not a mean over rows (or this task type's per-row scorer is not known)."""
+    rows = _PER_ROW.get((task_type, metric))
+    return None if rows is None else rows(references, predictions)
 
 
 def score_retrieval(test: list[Example], retrieved: list[list[str]], k: int) -> tuple[list[dict], dict]:

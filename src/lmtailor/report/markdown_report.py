@@ -1,0 +1,150 @@
+"""``report.md``: the cost-benefit report as text, and the section data report.html shares with it.
+
+Pure functions of the run summary (``results_json.build_results``), the row records and the optional
+recommendation and honesty checks: the same numbers as report.html, the charts given by caption and numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmtailor.io import write_text_atomic
+from lmtailor.report.charts import ABSENT, RUNGS, Chart, all_charts, best_group
+from lmtailor.report.table import TableRow, build_rows, fmt_usd, format_rows, headers
+
+RUNG_HEADERS = ["rung", "best configuration", "$ train", "$ / 1k inferences", "train time", "inference / 1k",
+                "data required", "metric (spread)", "Δ vs zero-shot"]
+
+
+@dataclass
+class RungRow:
+    """The best configuration of one rung of the spectrum (one strategy kind), as display strings."""
+
+    rung: str
+    group_id: str
+    cells: list[str]
+
+
+def _duration(s: float | None) -> str:
+    if not s:
+        return "-"
+    return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.1f} min" if s >= 60 else f"{s:.1f} s"
+
+
+def _spread(group: dict) -> str:
+    """Mean ± std with the seed count; a single seed is stated, since it has no spread."""
+    text = f"{group['metric']} {group['score_mean']:.3f}"
+    if group["seeds"] > 1 and group["score_std"] is not None:
+        return text + f" ± {group['score_std']:.3f} ({group['seeds']} seeds)"
+    return text + f" ({group['seeds']} seed{'s' if group['seeds'] != 1 else ''})"
+
+
+def _data_required(group: dict, summary: dict, records: list[dict]) -> str:
+    """Smallest training-set size reaching 95 % of the rung's best (from its learning curve), else what it used."""
+    for curve in summary.get("learning_curves") or []:
+        if curve["model"] == group["model"] and (group["label"] == curve["label"]
+                                                 or group["label"].startswith(curve["label"] + " n=")):
+            return f"{curve['data_required']} examples (95 % of best)"
+    recs = [r for r in records if r["row_id"] in group["rows"]]
+    if group["strategy"] == "prompt":
+        shots = (recs[0].get("config") or {}).get("shots", 0) if recs else 0
+        return f"{shots} exemplars" if shots else "none (zero-shot)"
+    if group["strategy"] == "rag":
+        return "none trained (retrieval corpus)"
+    sizes = sorted({r.get("train_size") for r in recs if r.get("train_size") is not None})
+    return f"{sizes[-1]} examples (one size run)" if sizes else "-"
+
+
+def cost_benefit_rows(summary: dict, records: list[dict]) -> list[RungRow]:
+    """One row per rung that finished: its best-scoring group on the run's main metric, with costs and data."""
+    metric = (summary.get("pareto") or {}).get("metric")
+    groups = [g for g in summary.get("groups", []) if g["score_mean"] is not None and g["metric"] == metric]
+    table = {(r.label, r.model): r for r in build_rows(records)}
+    rows = []
+    for rung in RUNGS:
+        best = best_group(groups, (rung,))
+        if best is None:
+            continue
+        t: TableRow | None = table.get((best["label"], best["model"]))
+        delta = "-" if t is None or t.delta is None else f"{t.delta * 100:+.1f} pts"
+        train = "-" if rung == "prompt" and not (t and t.train_s) else _duration(t.train_s if t else None)
+        rows.append(RungRow(rung, best["id"], [
+            rung, best["id"],
+            fmt_usd(best["usd_train_mean"]) if best["usd_train_mean"] else "$0",
+            fmt_usd(best["usd_inference_per_1k_mean"]), train, _duration(t.infer_s_per_1k if t else None),
+            _data_required(best, summary, records), _spread(best), delta]))
+    return rows
+
+
+def detail_table(records: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Every strategy × model × data-size group (failed ones included, as failed): the columns and the cells."""
+    rows = build_rows(records)
+    return headers(rows), format_rows(rows)
+
+
+def failed_rows(summary: dict) -> list[dict]:
+    """The rows that failed, each with its error type and message (a failed row is reported, never dropped)."""
+    return [r for r in summary.get("rows", []) if r["status"] != "ok"]
+
+
+def _md_table(columns: list[str], rows: list[list[str]]) -> list[str]:
+    cell = lambda c: str(c).replace("|", "\\|").replace("\n", " ")  # noqa: E731 - a cell must stay on its line
+    return (["| " + " | ".join(map(cell, columns)) + " |", "|" + "---|" * len(columns)]
+            + ["| " + " | ".join(map(cell, r)) + " |" for r in rows])
+
+
+def _chart_lines(key: str, chart: Chart | None) -> list[str]:
+    if chart is None:
+        return [f"### {key.replace('_', ' ')}", "", f"Not drawn: {ABSENT[key]}.", ""]
+    return [f"### {chart.title}", "", chart.caption, ""] + [f"- {n}" for n in chart.numbers] + [""]
+
+
+def render_markdown_report(summary: dict, records: list[dict], title: str, recommendation: dict | None = None,
+                           honesty: list[dict] | None = None, report_cfg=None,
+                           charts: list[tuple[str, Chart | None]] | None = None) -> str:
+    """The report as Markdown: recommendation, cost-benefit table, detail table, failed rows, each chart's caption
+    and numbers, honesty checks. ``report_cfg`` (a ``ReportConfig``) sets the break-even's baseline and volume;
+    pass ``charts`` from ``all_charts`` to reuse charts already rendered for report.html."""
+    if charts is None:
+        charts = all_charts(summary, records, **chart_options(report_cfg))
+    lines = [f"# {title}", ""]
+    if recommendation:
+        lines += ["## Recommendation", "", recommendation.get("paragraph", "")]
+        if recommendation.get("evidence"):
+            lines += ["", "Evidence: " + ", ".join(f"`{e}`" for e in recommendation["evidence"])]
+        lines.append("")
+    lines += ["## Cost-benefit by rung", "", "The best configuration of each rung of the spectrum that finished.", ""]
+    rungs = cost_benefit_rows(summary, records)
+    lines += _md_table(RUNG_HEADERS, [r.cells for r in rungs]) if rungs else ["No rung finished with a score."]
+    columns, cells = detail_table(records)
+    lines += ["", "## Every configuration", ""] + _md_table(columns, cells) + [""]
+    for r in failed_rows(summary):
+        error = r["error"] or {}
+        lines.append(f"- **{r['row_id']} failed**: {error.get('type')}: {error.get('message')}")
+    lines += ["", "## Charts", ""]
+    for key, chart in charts:
+        lines += _chart_lines(key, chart)
+    if honesty is not None:
+        lines += ["## Honesty checks", ""]
+        lines += [f"- {'✓' if c.get('ok') else '✗'} **{c.get('check')}**: {c.get('detail', '')}" for c in honesty]
+        lines.append("")
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def chart_options(report_cfg) -> dict:
+    """The chart settings taken from the experiment's ``report:`` section (defaults when None)."""
+    if report_cfg is None:
+        return {}
+    return {"requests_per_month": report_cfg.requests_per_month, "baseline_label": report_cfg.baseline}
+
+
+def write_markdown_report(run_dir: Path, summary: dict, records: list[dict], title: str, **kwargs) -> Path:
+    """Write ``run_dir/report.md`` atomically; keyword arguments as for ``render_markdown_report``."""
+    path = Path(run_dir) / "report.md"
+    write_text_atomic(path, render_markdown_report(summary, records, title, **kwargs))
+    return path
+
+
+__all__ = ["RungRow", "chart_options", "cost_benefit_rows", "detail_table", "failed_rows",
+           "render_markdown_report", "write_markdown_report"]

@@ -1,0 +1,262 @@
+"""The recommendation at the top of the report: which configuration to use for the user's target, and why.
+
+The target (``report:`` in the experiment, ``config.ReportConfig``) is a quality floor, a monthly budget and the
+expected requests per month. The rules, in order:
+
+1. Only groups (a label on a model, over its seeds) scored on the report's headline metric whose every row
+   finished are candidates: a group with a failed row is never recommended.
+2. Quality. With a floor, a group meets it when its *conservative* quality does: the lower end of its bootstrap CI
+   (the upper end for a lower-is-better metric), or its mean when it has no CI. Without a floor, a group qualifies
+   when it is not significantly worse than the best group (their CIs overlap; without CIs only the best qualifies).
+3. Money. Monthly cost = inference $ per 1k requests / 1000 × requests per month. Training (and index building) is
+   paid once: it is reported apart, with the days it takes to pay back against the baseline
+   (``analysis.payback_days``). Groups whose monthly cost exceeds the budget are out.
+4. The choice is the cheapest qualifying group per month (ties: better quality, then id).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lmtailor.report.analysis import payback_days
+from lmtailor.report.results_json import same_or_different
+
+
+def _target(target: Any, name: str, default: Any = None) -> Any:
+    """A target field from a ReportConfig, a dict, or None."""
+    if target is None:
+        return default
+    if isinstance(target, dict):
+        return target.get(name, default)
+    return getattr(target, name, default)
+
+
+def _usd(x: float | None) -> str:
+    if x is None:
+        return "an unknown amount"
+    if abs(x) >= 100:
+        return f"${x:,.0f}"
+    if abs(x) >= 1:
+        return f"${x:,.2f}"
+    return f"${x:.3g}"
+
+
+def _q(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def _days(d: float) -> str:
+    if d >= 10:
+        return f"{d:,.0f} days"
+    return f"{d:.1f} days" if d >= 1 else f"{d * 24:.1f} hours"
+
+
+def _conservative(g: dict) -> float:
+    """The end of the group's CI on the bad side, or its mean when it has no CI."""
+    if g.get("ci95") is None:
+        return g["score_mean"]
+    return g["ci95"][0] if g["higher_is_better"] else g["ci95"][1]
+
+
+def _better(a: float, b: float, higher: bool) -> bool:
+    """Whether ``a`` is at least as good as ``b``."""
+    return a >= b if higher else a <= b
+
+
+def _monthly(g: dict, requests: float) -> float | None:
+    per_1k = g.get("usd_inference_per_1k_mean")
+    return None if per_1k is None else per_1k / 1000 * requests
+
+
+def _per_request(g: dict) -> float:
+    return (g.get("usd_inference_per_1k_mean") or 0.0) / 1000
+
+
+def _eligible(summary: dict) -> tuple[str | None, list[dict]]:
+    """The headline metric and the groups on it whose every row finished with a score."""
+    metric = (summary.get("pareto") or {}).get("metric")
+    groups = [g for g in summary.get("groups", []) if g.get("metric") == metric and g.get("score_mean") is not None
+              and not g.get("failed")]
+    return metric, groups
+
+
+def _meets_quality(groups: list[dict], floor: float | None) -> list[dict]:
+    if not groups:
+        return []
+    higher = groups[0]["higher_is_better"]
+    if floor is not None:
+        return [g for g in groups if _better(_conservative(g), floor, higher)]
+    best = max(groups, key=lambda g: g["score_mean"] if higher else -g["score_mean"])
+    return [g for g in groups if g is best or same_or_different(g, best) == "same"
+            or g["score_mean"] == best["score_mean"]]
+
+
+def _pick(groups: list[dict], floor: float | None, budget: float | None, requests: float) -> tuple[dict | None, dict]:
+    """The chosen group (None if nothing qualifies) and why the others were left out (group id -> reason)."""
+    why: dict[str, str] = {}
+    quality_ok = _meets_quality(groups, floor)
+    for g in groups:
+        if g not in quality_ok:
+            why[g["id"]] = ("below the quality floor" if floor is not None
+                            else "significantly worse than the best (CIs do not overlap, or no CI)")
+    affordable = []
+    for g in quality_ok:
+        monthly = _monthly(g, requests)
+        if monthly is None:
+            why[g["id"]] = "its inference cost was not measured"
+        elif budget is not None and monthly > budget:
+            why[g["id"]] = f"over the budget ({_usd(monthly)}/month)"
+        else:
+            affordable.append(g)
+    if not affordable:
+        return None, why
+    higher = affordable[0]["higher_is_better"]
+    choice = min(affordable, key=lambda g: (_monthly(g, requests), -g["score_mean"] if higher else g["score_mean"],
+                                            g["id"]))
+    for g in affordable:
+        if g is not choice:
+            why[g["id"]] = f"costs more per month ({_usd(_monthly(g, requests))})"
+    return choice, why
+
+
+def _baseline(groups: list[dict], all_groups: list[dict], label: str | None) -> tuple[dict | None, str]:
+    """The group to compare with: the named label's best group, else the best prompted group."""
+    if label:
+        named = [g for g in all_groups if g["label"] == label and g.get("score_mean") is not None]
+        if named:
+            higher = named[0]["higher_is_better"]
+            return max(named, key=lambda g: g["score_mean"] if higher else -g["score_mean"]), "the stated baseline"
+        note = f"the stated baseline {label!r} has no finished row; "
+    else:
+        note = ""
+    prompted = [g for g in groups if g.get("strategy") == "prompt"]
+    if not prompted:
+        return None, note + "no prompted row to compare with"
+    higher = prompted[0]["higher_is_better"]
+    return (max(prompted, key=lambda g: g["score_mean"] if higher else -g["score_mean"]),
+            note + "the best prompted row")
+
+
+def _describe(g: dict, requests: float) -> str:
+    ci = f" (95% CI {_q(g['ci95'][0])}-{_q(g['ci95'][1])})" if g.get("ci95") else " (no CI: per-row scores missing)"
+    seeds = "" if g.get("seeds", 0) >= 3 else f", {g.get('seeds')} seed{'s' if g.get('seeds') != 1 else ''}"
+    return (f"{g['metric']} {_q(g['score_mean'])}{ci}{seeds}, {_usd(_monthly(g, requests))}/month "
+            f"at {requests:,.0f} requests, {_usd(g.get('usd_train_mean') or 0.0)} one-time")
+
+
+def _payback(choice: dict, baseline: dict | None, requests: float) -> tuple[float | None, str]:
+    """Days for ``choice`` to pay back its one-time cost against ``baseline``, and the sentence saying it."""
+    if baseline is None or baseline is choice:
+        return None, ""
+    fixed_c, per_c = choice.get("usd_train_mean") or 0.0, _per_request(choice)
+    fixed_b, per_b = baseline.get("usd_train_mean") or 0.0, _per_request(baseline)
+    if fixed_c <= fixed_b and per_c <= per_b:
+        return 0.0, f"It costs no more than the baseline {baseline['id']} up front or per request."
+    if requests <= 0:
+        return None, ""
+    days = payback_days(fixed_b, per_b, fixed_c, per_c, requests)
+    if days is None:
+        return None, (f"Against the baseline {baseline['id']} its {_usd(fixed_c)} one-time cost never pays back "
+                      f"({_usd(per_c * 1000)} vs {_usd(per_b * 1000)} per 1k requests).")
+    return days, (f"Against the baseline {baseline['id']} ({_usd(per_b * 1000)} per 1k requests) its "
+                  f"{_usd(fixed_c)} one-time cost pays for itself in {_days(days)} at {requests:,.0f} "
+                  "requests a month.")
+
+
+def recommendation(summary: dict, records: list[dict], target: Any) -> dict:
+    """The recommendation for ``target`` (a ``ReportConfig``, a dict with its fields, or None) from
+    ``summary`` (``results_json.build_results``) and the run's ``records``.
+
+    Returns ``{"paragraph", "choice" (group id or None), "evidence" (row ids), "alternatives", "what_would_change",
+    "baseline", "monthly_usd", "payback_days"}``.
+    """
+    floor = _target(target, "quality_floor")
+    budget = _target(target, "monthly_budget_usd")
+    requests = float(_target(target, "requests_per_month", 100_000) or 0)
+    metric, groups = _eligible(summary)
+    all_groups = summary.get("groups", [])
+    failed = [g["id"] for g in all_groups if g.get("failed")]
+    failed_note = (f" Not considered because a row failed: {', '.join(failed)}." if failed else "")
+    result: dict = {"choice": None, "evidence": [], "alternatives": [], "what_would_change": [], "baseline": None,
+                    "monthly_usd": None, "payback_days": None, "metric": metric}
+    if not groups:
+        result["paragraph"] = "No configuration finished with a score, so there is nothing to recommend." + failed_note
+        return result
+    higher = groups[0]["higher_is_better"]
+    target_words = (f"{metric} {'at least' if higher else 'at most'} {_q(floor)}" if floor is not None
+                    else f"{metric} not significantly worse than the best")
+    target_words += f", {requests:,.0f} requests a month" + (f", at most {_usd(budget)} a month" if budget is not None
+                                                           else "")
+    choice, why = _pick(groups, floor, budget, requests)
+    baseline, baseline_how = _baseline(groups, all_groups, _target(target, "baseline"))
+    result["baseline"] = baseline["id"] if baseline else None
+    finished_ids = {r["row_id"] for r in records if r.get("status") == "ok"}
+
+    if choice is None:
+        quality_ok = _meets_quality(groups, floor)
+        if not quality_ok:
+            closest = max(groups, key=lambda g: _conservative(g) if higher else -_conservative(g))
+            reason = (f"no configuration reaches {metric} {_q(floor)} (judged by the CI's "
+                      f"{'lower' if higher else 'upper'} end where there is one)")
+        else:
+            costed = [g for g in quality_ok if _monthly(g, requests) is not None]
+            closest = min(costed, key=lambda g: (_monthly(g, requests), g["id"])) if costed else quality_ok[0]
+            reason = "every configuration good enough costs more than the budget" if costed else \
+                "the inference cost of the configurations good enough was not measured"
+        result["evidence"] = [r for r in closest["rows"] if r in finished_ids]
+        result["paragraph"] = (f"Nothing meets the target ({target_words}): {reason}. The closest is "
+                               f"{closest['id']}: {_describe(closest, requests)}.{failed_note}")
+        result["alternatives"] = [{"group": g["id"], "why_not": why.get(g["id"], "")} for g in groups]
+        return result
+
+    monthly = _monthly(choice, requests)
+    days, payback_text = _payback(choice, baseline, requests)
+    result.update(choice=choice["id"], monthly_usd=monthly, payback_days=days)
+    evidence = [r for r in choice["rows"] if r in finished_ids]
+    if baseline is not None and baseline is not choice:
+        evidence += [r for r in baseline["rows"] if r in finished_ids]
+    result["evidence"] = evidence
+    result["alternatives"] = [{"group": g["id"], "score_mean": g["score_mean"], "ci95": g.get("ci95"),
+                               "monthly_usd": _monthly(g, requests), "usd_train": g.get("usd_train_mean"),
+                               "why_not": why.get(g["id"], "")} for g in groups if g is not choice]
+    baseline_text = (f" Baseline ({baseline_how}): {baseline['id']}, {_describe(baseline, requests)}."
+                     if baseline is not None and baseline is not choice else
+                     f" It is also the baseline ({baseline_how})." if baseline is choice else f" ({baseline_how}.)")
+    result["paragraph"] = (f"For the target ({target_words}), use {choice['label']} on {choice['model']}: "
+                           f"{_describe(choice, requests)}.{baseline_text} {payback_text} "
+                           f"Evidence: rows {', '.join(evidence)}.{failed_note}").replace("  ", " ").strip()
+    result["what_would_change"] = _what_would_change(groups, choice, baseline, floor, budget, requests, why)
+    return result
+
+
+def _what_would_change(groups: list[dict], choice: dict, baseline: dict | None, floor: float | None,
+                       budget: float | None, requests: float, why: dict[str, str]) -> list[str]:
+    """Plain sentences: the answer at 10x the requests, with a higher floor, with a larger budget."""
+    out = []
+    higher = choice["higher_is_better"]
+    more = requests * 10
+    if more > 0:
+        other, _ = _pick(groups, floor, budget, more)
+        if other is None:
+            out.append(f"At {more:,.0f} requests a month nothing would fit the budget.")
+        else:
+            days, text = _payback(other, baseline, more)
+            same = "still" if other is choice else "instead"
+            out.append(f"At {more:,.0f} requests a month (10x) the choice would {same} be {other['id']} "
+                       f"({_usd(_monthly(other, more))}/month)." + (f" {text}" if text else ""))
+    level = _conservative(choice)
+    better = sorted({_conservative(g) for g in groups if _conservative(g) != level and _better(_conservative(g), level,
+                                                                                               higher)},
+                    reverse=higher)
+    if better:
+        nxt = better[-1]
+        other, _ = _pick(groups, nxt, budget, requests)
+        out.append(f"If the quality floor were raised to {_q(nxt)} (the next configuration's level), the choice "
+                   "would be " + (f"{other['id']} ({_usd(_monthly(other, requests))}/month)." if other is not None
+                                  else "none: nothing that good fits the budget."))
+    over = [g for g in groups if why.get(g["id"], "").startswith("over the budget")]
+    if over:
+        best = max(over, key=lambda g: g["score_mean"] if higher else -g["score_mean"])
+        out.append(f"A budget of {_usd(_monthly(best, requests))} a month would also allow {best['id']} "
+                   f"({best['metric']} {_q(best['score_mean'])}).")
+    return out
