@@ -162,12 +162,16 @@ def test_the_budget_excludes_an_option():
     assert cheap["choice"] is None  # even the $50/month small model is over $40
 
 
-def test_without_a_floor_only_groups_not_significantly_worse_than_the_best_qualify():
+def test_without_a_floor_the_best_score_is_chosen_and_a_cheaper_overlapping_one_named():
     rec = recommendation(_summary(BIG, SMALL, RAG), _records(BIG, SMALL, RAG), None)
-    assert rec["choice"] == "rag | big"  # small's CI [0.78, 0.86] is below rag's [0.88, 0.92]
+    assert rec["choice"] == "rag | big"  # the best mean (0.90); small's CI [0.78, 0.86] is below rag's [0.88, 0.92]
     close = _group("lora | mid", "finetune", 0.87, [0.85, 0.89], per_1k=1.0, train=5.0)
     rec = recommendation(_summary(BIG, SMALL, RAG, close), _records(BIG, SMALL, RAG, close), None)
-    assert rec["choice"] == "lora | mid"  # overlaps rag's CI and costs $100/month instead of $300
+    assert rec["choice"] == "rag | big"  # a wide interval is no reason to recommend the lower score
+    (mid,) = [a for a in rec["alternatives"] if a["group"] == "lora | mid"]
+    assert "not significantly" in mid["why_not"] and "costs less ($100/month)" in mid["why_not"]
+    (small,) = [a for a in rec["alternatives"] if a["group"] == "lora | small"]
+    assert small["why_not"] == "significantly worse than the best (CIs do not overlap, or no CI)"
 
 
 # --- honesty checks ------------------------------------------------------------------------------------------------

@@ -111,8 +111,20 @@ def _pick(groups: list[dict], floor: float | None, budget: float | None, request
     if not affordable:
         return None, why
     higher = affordable[0]["higher_is_better"]
-    choice = min(affordable, key=lambda g: (_monthly(g, requests), -g["score_mean"] if higher else g["score_mean"],
-                                            g["id"]))
+    quality = (lambda g: -g["score_mean"]) if higher else (lambda g: g["score_mean"])
+    if floor is None:
+        # No floor stated: the best score within the budget. A cheaper row whose interval overlaps it is not called
+        # worse, and is named as the alternative, but a wide interval over a few dozen test rows must not turn
+        # "not shown to be worse" into the recommendation.
+        choice = min(affordable, key=lambda g: (quality(g), _monthly(g, requests), g["id"]))
+        for g in affordable:
+            if g is not choice:
+                cheaper = _monthly(g, requests) < _monthly(choice, requests)
+                why[g["id"]] = (f"scores lower ({_q(g['score_mean'])}), not significantly, and costs less "
+                                f"({_usd(_monthly(g, requests))}/month): the choice if cost matters more than the "
+                                "point estimate" if cheaper else f"scores lower ({_q(g['score_mean'])})")
+        return choice, why
+    choice = min(affordable, key=lambda g: (_monthly(g, requests), quality(g), g["id"]))
     for g in affordable:
         if g is not choice:
             why[g["id"]] = f"costs more per month ({_usd(_monthly(g, requests))})"
@@ -184,7 +196,7 @@ def recommendation(summary: dict, records: list[dict], target: Any) -> dict:
         return result
     higher = groups[0]["higher_is_better"]
     target_words = (f"{metric} {'at least' if higher else 'at most'} {_q(floor)}" if floor is not None
-                    else f"{metric} not significantly worse than the best")
+                    else f"the best {metric}" + (" within the budget" if budget is not None else ""))
     target_words += f", {requests:,.0f} requests a month" + (f", at most {_usd(budget)} a month" if budget is not None
                                                            else "")
     choice, why = _pick(groups, floor, budget, requests)
