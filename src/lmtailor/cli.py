@@ -1,4 +1,4 @@
-"""The ``lmtailor`` command: run, demo, validate, report, export, models, data inspect. A thin layer over the Python API."""
+"""The ``lmtailor`` command: run, demo, validate, report, compare, export, models, data inspect. A thin layer over the Python API."""
 
 from __future__ import annotations
 
@@ -141,6 +141,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from lmtailor.io import write_text_atomic
+    from lmtailor.report.compare import compare_markdown
+
+    for run_dir in args.run_dirs:
+        if not (run_dir / "results").is_dir():
+            raise UserError(f"{run_dir}: no results/ folder: is this a run directory made by `lmtailor run`?")
+    text = compare_markdown(args.run_dirs)
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+    if args.out is not None:
+        write_text_atomic(args.out, text)
+        console.print(f"written: {args.out}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from rich.table import Table
 
@@ -212,6 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", default=None,
                    help="row label of the large general model to compare with (default: the best prompted row)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compare", help="put several runs' configurations side by side (scores with intervals, costs)")
+    p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="run directories written by `lmtailor run`")
+    p.add_argument("--out", type=Path, default=None, help="also write the table to this Markdown file")
+    p.set_defaults(func=cmd_compare)
 
     from lmtailor.export.cli import add_export_parser
 

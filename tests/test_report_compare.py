@@ -1,0 +1,42 @@
+"""`lmtailor compare`: several runs side by side, and a warning when they were not scored on the same test rows."""
+
+from lmtailor.cli import main
+from lmtailor.io import write_json_atomic
+
+
+def _run(root, name, score, digest):
+    run = root / name
+    write_json_atomic(run / "task.json", {"name": "t", "type": "classification", "instruction": "x", "labels": ["a"]})
+    write_json_atomic(run / "splits.json", {"source": "d.jsonl", "seed": 0, "train": ["1"], "validation": [],
+                                            "test": ["2"], "learning_curve_subsets": {}})
+    ok = score is not None
+    write_json_atomic(run / "results" / "lora__m__s0.json", {
+        "row_id": "lora__m__s0", "row_index": 0, "label": "LoRA", "strategy": "finetune", "model": "m", "seed": 0,
+        "train_size": 1, "status": "ok" if ok else "failed", "test_ids_sha256": digest,
+        "error": None if ok else {"type": "RuntimeError", "message": "boom"},
+        "metrics": [{"name": "accuracy", "value": score, "higher_is_better": True}] if ok else [],
+        "primary_metric": "accuracy" if ok else None, "details": {},
+        "meter": {"wall_s": 1.0, "peak_rss_bytes": 1, "phases": {},
+                  "usd": {"train": 0.5, "total": 0.6, "inference_per_1k": 0.002}}})
+    return run
+
+
+def test_compare_lines_up_the_runs_and_shows_a_failed_row_as_failed(tmp_path, capsys):
+    a, b = _run(tmp_path, "run-a", 0.75, "abc"), _run(tmp_path, "run-b", None, "abc")
+    assert main(["compare", str(a), str(b), "--out", str(tmp_path / "compare.md")]) == 0
+    text = (tmp_path / "compare.md").read_text()
+    assert "| run-a | LoRA | m | accuracy 0.750 (1 seed) | $0.5000 | $0.0020 |" in text
+    assert "| run-b | LoRA | m | failed |" in text
+    assert "same test rows" in text and "Different test rows" not in text
+
+
+def test_compare_says_when_runs_were_scored_on_different_test_rows(tmp_path, capsys):
+    a, b = _run(tmp_path, "run-a", 0.75, "abc"), _run(tmp_path, "run-b", 0.5, "xyz")
+    assert main(["compare", str(a), str(b)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "Different test rows" in out and "run-a `abc`" in out and "run-b `xyz`" in out
+
+
+def test_compare_refuses_a_directory_that_is_not_a_run(tmp_path, capsys):
+    assert main(["compare", str(tmp_path)]) == 2
+    assert "no results/ folder" in " ".join(capsys.readouterr().out.split())
