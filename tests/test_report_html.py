@@ -192,7 +192,7 @@ def test_cost_benefit_table_has_one_best_row_per_rung(full_run):
     rows = {r.rung: r.cells for r in cost_benefit_rows(build_results(full_run), load_records(full_run))}
     assert list(rows) == ["prompt", "rag", "finetune"]
     assert rows["prompt"][1] == "few-shot | m1" and rows["prompt"][6] == "4 exemplars"
-    assert rows["prompt"][7] == "accuracy 0.700 (1 seed)" and rows["prompt"][8] == "+20.0 pts"
+    assert rows["prompt"][7] == "accuracy 0.700 (1 seed)" and rows["prompt"][8] == "+20.0 pts (no interval)"
     # the n=20 curve reaches 0.8; 95 % of it is 0.76, which n=10 (0.65) misses: data required 20
     assert rows["finetune"][1] == "finetune n=20 | m1" and rows["finetune"][6] == "20 examples (95 % of best)"
     assert rows["finetune"][2] == "$10.00" and rows["finetune"][3] == "$0.5000" and rows["finetune"][4] == "1.0 min"
@@ -234,3 +234,16 @@ def test_write_report_writes_html_and_markdown_with_the_same_numbers(full_run):
     assert "cross at 5,000 requests" in md
     assert "**lora__m1__s0 failed**: RuntimeError: loss <nan> at step 3" in md
     assert "Recommendation" not in md and "Honesty" not in md  # omitted when not given
+
+
+def test_a_gain_whose_interval_overlaps_zero_shot_is_not_called_a_difference(full_run):
+    """Δ vs zero-shot says whether the 95% intervals over test rows overlap (not a difference) or not."""
+    summary, records = build_results(full_run), load_records(full_run)
+    by_id = {g["id"]: g for g in summary["groups"]}
+    zero_shot = next(g for g in summary["groups"] if g["strategy"] == "prompt" and g["label"] != "few-shot")
+    zero_shot["ci95"] = [0.4, 0.6]
+    by_id["few-shot | m1"]["ci95"] = [0.55, 0.8]  # overlaps 0.4-0.6
+    by_id["finetune n=20 | m1"]["ci95"] = [0.7, 0.9]  # disjoint from it
+    rows = {r.rung: r.cells for r in cost_benefit_rows(summary, records)}
+    assert rows["prompt"][8] == "+20.0 pts (within noise: the 95% intervals overlap)"
+    assert rows["finetune"][8].endswith("(intervals disjoint)")

@@ -12,6 +12,7 @@ from pathlib import Path
 from lmtailor.io import write_text_atomic
 from lmtailor.report.charts import ABSENT, RUNGS, Chart, all_charts, best_group
 from lmtailor.report.table import TableRow, build_rows, fmt_usd, format_rows, headers
+from lmtailor.report.results_json import same_or_different
 
 RUNG_HEADERS = ["rung", "best configuration", "$ train", "$ / 1k inferences", "train time", "inference / 1k",
                 "data required", "metric (spread)", "Δ vs zero-shot"]
@@ -56,6 +57,13 @@ def _data_required(group: dict, summary: dict, records: list[dict]) -> str:
     return f"{sizes[-1]} examples (one size run)" if sizes else "-"
 
 
+def _zero_shot_group(groups: list[dict], records: list[dict], model: str) -> dict | None:
+    """The zero-shot prompt group of ``model`` (the Δ column's reference), if it finished."""
+    zero_shot_rows = {r["row_id"] for r in records
+                      if r.get("strategy") == "prompt" and (r.get("config") or {}).get("shots", 0) == 0}
+    return next((g for g in groups if g["model"] == model and set(g["rows"]) & zero_shot_rows), None)
+
+
 def cost_benefit_rows(summary: dict, records: list[dict]) -> list[RungRow]:
     """One row per rung that finished: its best-scoring group on the run's main metric, with costs and data."""
     metric = (summary.get("pareto") or {}).get("metric")
@@ -68,6 +76,11 @@ def cost_benefit_rows(summary: dict, records: list[dict]) -> list[RungRow]:
             continue
         t: TableRow | None = table.get((best["label"], best["model"]))
         delta = "-" if t is None or t.delta is None else f"{t.delta * 100:+.1f} pts"
+        zero_shot = _zero_shot_group(groups, records, (t.baseline_model if t else None) or best["model"])
+        if delta != "-" and zero_shot is not None and zero_shot is not best:
+            # point 4 of the report's contract: rows whose intervals overlap are not called different
+            delta += {"same": " (within noise: the 95% intervals overlap)", "different": " (intervals disjoint)",
+                      "unknown": " (no interval)"}[same_or_different(best, zero_shot)]
         train = "-" if rung == "prompt" and not (t and t.train_s) else _duration(t.train_s if t else None)
         rows.append(RungRow(rung, best["id"], [
             rung, best["id"],
