@@ -200,7 +200,8 @@ def test_cost_benefit_table_has_one_best_row_per_rung(full_run):
 
 def test_page_is_self_contained_and_deterministic(full_run):
     summary, records = build_results(full_run), load_records(full_run)
-    rec = {"paragraph": "Use <finetune> on m1.", "evidence": ["finetune-n-20__m1__s0"]}
+    rec = {"paragraph": "Use <finetune> on m1.", "evidence": ["finetune-n-20__m1__s0"],
+           "what_would_change": ["At 10× the requests, finetune pays back in 2 days."]}
     honesty = [{"check": "test rows unseen", "ok": True, "detail": "0 overlaps"},
                {"check": "stand-in models", "ok": False, "detail": "m1 is a stand-in"}]
     first = render_html(summary, records, "r", recommendation=rec, honesty=honesty)
@@ -210,6 +211,7 @@ def test_page_is_self_contained_and_deterministic(full_run):
     assert all(url.startswith("#") for url in re.findall(r"url\(\s*['\"]?([^)'\"]*)", first))  # clip paths only
     assert "<script" not in first and "@import" not in first and "<link" not in first
     assert "Use &lt;finetune&gt; on m1." in first
+    assert "<li>At 10× the requests, finetune pays back in 2 days.</li>" in first
     assert first.index('id="recommendation"') < first.index('id="cost-benefit"') < first.index('id="honesty"')
     assert "stand-in models" in "".join(page.text)
 

@@ -46,8 +46,11 @@ def _recommendation(rec: dict | None) -> str:
         return ""
     evidence = rec.get("evidence") or []
     ev = f"<p>Evidence: {', '.join(f'<code>{e(str(x))}</code>' for x in evidence)}</p>" if evidence else ""
+    changes = rec.get("what_would_change") or []
+    change = (f"<p>What would change the answer:</p><ul>{''.join(f'<li>{e(str(c))}</li>' for c in changes)}</ul>"
+              if changes else "")
     return (f'<section id="recommendation" class="recommendation"><h2>Recommendation</h2>'
-            f"<p>{e(rec.get('paragraph', ''))}</p>{ev}</section>")
+            f"<p>{e(rec.get('paragraph', ''))}</p>{ev}{change}</section>")
 
 
 def _cost_benefit(summary: dict, records: list[dict]) -> str:

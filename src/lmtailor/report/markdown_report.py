@@ -126,6 +126,8 @@ def render_markdown_report(summary: dict, records: list[dict], title: str, recom
         lines += ["## Recommendation", "", recommendation.get("paragraph", "")]
         if recommendation.get("evidence"):
             lines += ["", "Evidence: " + ", ".join(f"`{e}`" for e in recommendation["evidence"])]
+        if recommendation.get("what_would_change"):
+            lines += ["", "What would change the answer:", ""] + [f"- {w}" for w in recommendation["what_would_change"]]
         lines.append("")
     lines += ["## Cost-benefit by rung", "", "The best configuration of each rung of the spectrum that finished.", ""]
     rungs = cost_benefit_rows(summary, records)
