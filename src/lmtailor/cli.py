@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -46,10 +45,10 @@ def _load(path: Path, overrides: list[str]):
 
 def _print_results(run_dir: Path, title: str) -> None:
     from lmtailor.report.findings import architecture_findings
+    from lmtailor.report.results_json import load_records
     from lmtailor.report.table import results_markdown, results_rich_table
 
-    records = [json.loads(p.read_text()) for p in sorted((run_dir / "results").glob("*.json"))]
-    records.sort(key=lambda r: (r.get("row_index", 0), r.get("started_at", "")))
+    records = load_records(run_dir)  # plan order
     if console.is_terminal:
         console.print(results_rich_table(records, title=title))
         console.print("\n".join(architecture_findings(records)), markup=False, highlight=False, soft_wrap=True)
@@ -122,14 +121,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from lmtailor.io import write_text_atomic
     from lmtailor.report.build import run_target, write_run_reports
+    from lmtailor.report.results_json import load_records
     from lmtailor.report.table import results_markdown
 
     run_dir: Path = args.run_dir
-    paths = sorted((run_dir / "results").glob("*.json"))
-    if not paths:
+    if not any((run_dir / "results").glob("*.json")):
         console.print(f"[red]{run_dir}: no results/*.json: is this a run directory made by `lmtailor run`?[/]")
         return 2
-    records = sorted((json.loads(p.read_text()) for p in paths), key=lambda r: r.get("started_at", ""))
+    records = load_records(run_dir)  # plan order, as the run wrote results.md; a broken file is named
     write_text_atomic(run_dir / "results.md", results_markdown(records, title=run_dir.name))
     target = run_target(run_dir)
     overrides = {k: getattr(args, k) for k in ("quality_floor", "monthly_budget_usd", "requests_per_month", "baseline")

@@ -22,8 +22,8 @@ def write_run_reports(run_dir: Path, title: str, target: ReportConfig | None = N
     from lmtailor.report.results_json import build_results, load_records, write_results
 
     target = target or ReportConfig()
-    write_results(run_dir)
     summary, records = build_results(run_dir), load_records(run_dir)
+    write_results(run_dir, summary)
     return write_report(run_dir, title=title, report_cfg=target, summary=summary, records=records,
                         recommendation=recommendation(summary, records, target),
                         honesty=honesty_checks(run_dir, records))

@@ -218,8 +218,10 @@ def render_results(summary: dict) -> str:
     return json.dumps(summary, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
 
-def write_results(run_dir: Path) -> Path:
-    """Write ``run_dir/results.json`` atomically; the same run directory always gives the same bytes."""
+def write_results(run_dir: Path, summary: dict | None = None) -> Path:
+    """Write ``run_dir/results.json`` atomically; the same run directory always gives the same bytes.
+
+    ``summary``: ``build_results(run_dir)`` when the caller has it already (it reads every record)."""
     path = Path(run_dir) / "results.json"
-    write_text_atomic(path, render_results(build_results(run_dir)))
+    write_text_atomic(path, render_results(summary if summary is not None else build_results(run_dir)))
     return path
