@@ -1,4 +1,4 @@
-"""The ``lmtailor`` command: run, demo, validate, report, compare, export, models, data inspect. A thin layer over the Python API."""
+"""The ``lmtailor`` command: run, demo, validate, report, compare, export, serve, models, data inspect. A thin layer over the Python API."""
 
 from __future__ import annotations
 
@@ -233,8 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     from lmtailor.export.cli import add_export_parser
+    from lmtailor.serve.cli import add_serve_parser
 
     add_export_parser(sub)
+    add_serve_parser(sub)
 
     p = sub.add_parser("models", help="list the models available locally (embedded and converted)")
     p.set_defaults(func=cmd_models)

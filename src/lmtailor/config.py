@@ -15,6 +15,7 @@ from lmtailor.data.config import DataConfig
 from lmtailor.errors import UserError
 from lmtailor.measure.pricing import Pricing
 from lmtailor.registry import UnknownNameError
+from lmtailor.remote.settings import ApiSettings
 from lmtailor.strategies import STRATEGIES, Budget, StrategyConfig
 from lmtailor.tasks import TASK_TYPES
 
@@ -79,7 +80,8 @@ class Experiment(_Strict):
     description: str = Field("", description="free text")
     task: TaskConfig = Field(default_factory=TaskConfig)
     data: DataConfig
-    models: list[str] = Field(min_length=1, description="model references: embedded alias, local directory or hub id")
+    models: list[str] = Field(min_length=1, description="model references: embedded alias, local directory, hub id, "
+                              "or openai:MODEL@BASE_URL (an OpenAI-compatible endpoint: prompt and rag only)")
     strategies: list[Any] = Field(min_length=1, description="strategy runs; each is validated by its strategy's config")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="training/sampling seeds; one row per seed")
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
@@ -87,6 +89,8 @@ class Experiment(_Strict):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     output_dir: str = Field("runs", description="where run directories are created (relative to the working directory)")
     report: ReportConfig = Field(default_factory=ReportConfig, description="targets for the report's recommendation")
+    api: ApiSettings = Field(default_factory=ApiSettings, description="OpenAI-compatible endpoints (models named "
+                             "openai:MODEL@BASE_URL): the key's environment variable, concurrency, retries, cache")
     forgetting: bool = Field(
         True, description="after each training row, probe the tuned model's general capability (perplexity on held-out "
                           "general text, accuracy on general questions) against its base model's, outside the cost "
@@ -194,11 +198,33 @@ def validate_experiment(raw: dict, source: str = "<experiment>") -> Experiment:
         exp = None
     if exp is not None and exp.task.type is not None and exp.task.type not in TASK_TYPES:
         problems.append(f"{source}: task.type: {TASK_TYPES.unknown_message(exp.task.type)}")
+    if exp is not None:
+        problems += _api_model_problems(source, exp, strategies)
     if problems:
         raise ConfigError("invalid experiment:\n  " + "\n  ".join(problems))
     assert exp is not None
     exp.strategies = strategies
     return exp
+
+
+def _api_model_problems(source: str, exp: Experiment, strategies: list[StrategyConfig]) -> list[str]:
+    """``openai:MODEL@URL`` references that do not parse, or that a strategy needing weights would run on."""
+    from lmtailor.remote.reference import is_remote, parse_endpoint
+
+    problems = []
+    for i, ref in enumerate(exp.models):
+        if is_remote(ref):
+            try:
+                parse_endpoint(ref)
+            except UserError as e:
+                problems.append(f"{source}: models.{i}: {e}")
+    for i, cfg in enumerate(strategies):
+        remote = [m for m in (cfg.models or exp.models) if is_remote(m)]
+        if remote and not STRATEGIES.get(cfg.name)(cfg).accepts_api_models():
+            problems.append(f"{source}: strategies.{i} ({cfg.name}) would run on {', '.join(remote)}, an API "
+                            "endpoint, which has no weights to train here (only prompt and rag can use one); set "
+                            f"strategies.{i}.models to the local models it should run on")
+    return problems
 
 
 def load_experiment(path: Path, overrides: list[str] | None = None) -> Experiment:

@@ -110,7 +110,11 @@ def _ids_digest(ids: list[str]) -> str:
 
 def _family(ref: str, trust_remote_code: bool = False) -> str | None:
     from lmtailor.models import family_of
+    from lmtailor.remote.reference import is_remote
+    from lmtailor.remote.settings import API_FAMILY
 
+    if is_remote(ref):  # an OpenAI-compatible endpoint: its weights and architecture are not ours to read
+        return API_FAMILY
     try:
         return family_of(ref, trust_remote_code)
     except Exception:  # an unloadable model fails its row with the real error; the record just lacks a family
@@ -126,7 +130,7 @@ def run_row(row: PlannedRow, exp: Experiment, task: TaskSpec, splits: DatasetSpl
     meter = Meter(pricing=exp.pricing, hardware=runtime.hardware)
     ctx = RunContext(task=task, data=data, model_ref=row.model_ref, budget=exp.budget.to_budget(), seed=row.seed,
                      meter=meter, out_dir=run_dir / "artifacts" / row.row_id, runtime=runtime, log=log,
-                     base_dir=base_dir, row_id=row.row_id, run_dir=run_dir)
+                     base_dir=base_dir, row_id=row.row_id, run_dir=run_dir, api=exp.api)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     record: dict = {"schema_version": RESULT_SCHEMA_VERSION, "row_id": row.row_id, "row_index": row.index,
                     "label": row.label,

@@ -45,7 +45,8 @@ class SyntheticConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    teacher: str | None = Field(None, description="model that writes the rows: alias, local directory or hub id "
+    teacher: str | None = Field(None, description="model that writes the rows: alias, local directory, hub id "
+                                "or openai:MODEL@BASE_URL "
                                 "(default: the model being trained)")
     rows: int = Field(256, gt=0, description="synthetic rows to keep")
     seeds_per_prompt: int = Field(3, gt=0, description="real training rows shown to the teacher per prompt")

@@ -92,7 +92,8 @@ def _batch_seed(seed: int, start: int) -> int:
 @torch.no_grad()
 def generate_ids(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_ids: Sequence[int],
                  pad_id: int, batch_size: int = 8, trie: LabelTrie | None = None,
-                 on_batch: Callable[[int], None] | None = None, sampling: SamplingParams | None = None) -> Generated:
+                 on_batch: Callable[[int], None] | None = None, sampling: SamplingParams | None = None,
+                 batch_kwargs: Callable[[list[int]], dict] | None = None) -> Generated:
     """Decode each prompt in batches of ``batch_size``: greedily (only along ``trie`` when given), or sampled.
 
     Decoder-only prompts are left-padded, so every row's answer starts at the same position; encoder-decoder
@@ -101,6 +102,10 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, s
     inside ``fork_rng``: the caller's global random state is left as it was. A decoder-only prefix- or
     prompt-tuned PeftModel generates through its base model from a cache holding the virtual tokens
     (``inference/virtual_tokens.py``).
+
+    ``batch_kwargs(rows)``, given the indices of a batch's prompts in the order of its rows (shortest first), returns
+    extra keyword arguments for that batch's ``generate`` call, e.g. a streamer and stopping criteria that route each
+    row's tokens to its own request (``lmtailor.serve``).
     """
     from transformers import GenerationConfig
 
@@ -133,8 +138,9 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, s
         with torch.random.fork_rng(devices=forked, enabled=sampling is not None):
             if sampling is not None:
                 torch.manual_seed(_batch_seed(sampling.seed, start))
+            more = batch_kwargs(list(batch)) if batch_kwargs is not None else {}
             out = generator.generate(input_ids=ids, attention_mask=mask, generation_config=config,
-                                     prefix_allowed_tokens_fn=allowed_fn, **extra)
+                                     prefix_allowed_tokens_fn=allowed_fn, **extra, **more)
         for row, i in enumerate(batch):
             results[i] = _strip(out[row, answer_start:].tolist(), stop_ids)
             tokens += len(prompts[i]) + len(results[i]) + computed_virtual_tokens(model)

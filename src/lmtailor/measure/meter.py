@@ -105,6 +105,27 @@ def _main_process() -> bool:
 
 
 @dataclass
+class _ApiUsage:
+    """Calls to an API-backed model (``openai:MODEL@URL``) in one phase, priced from the responses' token usage."""
+
+    requests: int = 0
+    sent: int = 0  # requests that went over the network (the rest were answered from the on-disk response cache)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    usd: float = 0.0  # the price of all these answers, cached or not: what the configuration costs
+    usd_spent: float = 0.0  # what this run paid (sent requests only)
+    latency_s: list[float] = field(default_factory=list)  # per request, as measured when it was sent
+
+    def record(self) -> dict:
+        lat = sorted(self.latency_s)
+        return {"requests": self.requests, "sent": self.sent, "cache_hits": self.requests - self.sent,
+                "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
+                "usd": self.usd, "usd_spent_this_run": self.usd_spent,
+                "latency_s_p50": lat[len(lat) // 2] if lat else None,
+                "latency_s_max": lat[-1] if lat else None}
+
+
+@dataclass
 class Meter:
     """Measures one strategy run. Use as a context manager; strategies mark phases and count tokens."""
 
@@ -128,6 +149,7 @@ class Meter:
     phase_rss_peak: dict[str, int] = field(default_factory=dict)
     phase_cuda_peak: dict[str, int] = field(default_factory=dict)
     _cuda_seen: int = 0
+    api: dict[str, _ApiUsage] = field(default_factory=dict)  # by phase: API calls (inference, or a teacher's data)
 
     def __enter__(self) -> "Meter":
         release_freed_memory()  # else a row's peak RSS starts from what earlier rows freed but the allocator kept
@@ -197,6 +219,26 @@ class Meter:
         self.add_examples("inference", examples)
         self.add_flops("inference", estimate_flops(sum(p.numel() for p in model.parameters()), tokens, "inference"))
 
+    def add_api_call(self, phase: str, input_tokens: int, output_tokens: int, usd: float, sent: bool,
+                     latency_s: float | None = None) -> None:
+        """Count one request to an API-backed model in ``phase``: its token usage, its price, and whether it was
+        sent (``sent=False``: answered from the response cache, so this run paid nothing for it).
+
+        An API row's inference money is the provider's bill for its tokens, not this machine's time (which only
+        waits for the answers); a teacher's API bill is part of the set-up cost.
+        """
+        if phase not in self.phases:
+            raise ValueError(f"unknown meter phase {phase!r}; use one of {', '.join(self.phases)}")
+        usage = self.api.setdefault(phase, _ApiUsage())
+        usage.requests += 1
+        usage.sent += int(sent)
+        usage.input_tokens += int(input_tokens)
+        usage.output_tokens += int(output_tokens)
+        usage.usd += float(usd)
+        usage.usd_spent += float(usd) if sent else 0.0
+        if latency_s is not None:
+            usage.latency_s.append(float(latency_s))
+
     def set_params(self, trainable: int, total: int) -> None:
         self.trainable_params, self.total_params = int(trainable), int(total)
 
@@ -222,6 +264,12 @@ class Meter:
         train, infer = self.phases["train"], self.phases["inference"]
         per_example = infer.wall_s / infer.examples if infer.examples else None
         rate = self.pricing.usd_per_hour(self.hardware)
+        api_setup = sum(u.usd for p, u in self.api.items() if p in SETUP_PHASES)
+        api_infer = self.api.get("inference")
+        if api_infer is not None and infer.examples:
+            per_1k = api_infer.usd / infer.examples * 1000  # the provider's bill; this machine only waits
+        else:
+            per_1k = self.pricing.usd(self.hardware, per_example * 1000) if per_example else None
         return {
             "hardware": self.hardware,
             "world_size": 1,  # this process alone; combine_process_records makes the record of several
@@ -243,11 +291,12 @@ class Meter:
                              "inference": infer.tokens / infer.wall_s if infer.wall_s else None},
             "usd": {
                 "rate_per_hour": rate,
-                # one-time set-up: extra data, index building, pre-training and training
-                "train": self.pricing.usd(self.hardware, self.setup_wall_s()),
-                "total": self.pricing.usd(self.hardware, self.wall_s),
-                "inference_per_1k": self.pricing.usd(self.hardware, per_example * 1000) if per_example else None,
+                # one-time set-up: extra data (a teacher's API bill too), index building, pre-training and training
+                "train": self.pricing.usd(self.hardware, self.setup_wall_s()) + api_setup,
+                "total": self.pricing.usd(self.hardware, self.wall_s) + sum(u.usd for u in self.api.values()),
+                "inference_per_1k": per_1k,
             },
+            "api": {phase: usage.record() for phase, usage in self.api.items()} or None,
         }
 
 

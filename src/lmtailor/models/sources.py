@@ -83,6 +83,11 @@ def resolve_model(ref: str) -> ResolvedModel:
     if ref in MODEL_ALIASES:
         alias = MODEL_ALIASES.get(ref)
         return ResolvedModel(ref, str(alias.locate()), alias.source)
+    from lmtailor.remote.reference import is_remote
+
+    if is_remote(ref):
+        raise UserError(f"{ref} is an OpenAI-compatible endpoint: it answers requests (the model of prompt and rag, "
+                        "or a synthetic-data teacher) but has no weights to load, train or export here")
     local = Path(ref).expanduser()
     if local.is_file() and local.suffix == ".gguf":  # a user's own GGUF: converted once and cached like ours
         from lmtailor.models.embedded import file_sha256

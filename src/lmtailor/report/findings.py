@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from lmtailor.remote.settings import API_FAMILY
 from lmtailor.report.table import TableRow, fmt_usd, build_rows
 
 
@@ -121,6 +122,10 @@ def _families(family_of: dict, rows: list[TableRow], hib: bool) -> tuple[dict[st
             continue
         if family is None:
             unknown.append(_name(row))
+            continue
+        if family == API_FAMILY:  # an endpoint's architecture is not known: it cannot test an architecture rule
+            notes.append(f"{_name(row)} is an API endpoint of unknown architecture: compared by score and cost in "
+                         "the table, not by family.")
             continue
         cand = _Best(family, row, row.score if hib else -row.score)
         cur = best.get(family)

@@ -153,7 +153,8 @@ def build_rows(records: list[dict]) -> list[TableRow]:
             training=_training_footprint(ok),
             status=("ok" if len(ok) == len(recs) else f"failed {len(recs) - len(ok)}/{len(recs)}: "
                     + next(r["error"]["type"] for r in recs if r.get("status") != "ok"))
-            + (f" ({note})" if (note := _extra_data_note(ok)) else ""),
+            + (f" ({note})" if (note := _extra_data_note(ok)) else "")
+            + (f" ({note})" if (note := _api_cache_note(ok)) else ""),
         ))
     return rows
 
@@ -237,6 +238,19 @@ def _fmt_forgetting(change: dict | None) -> str:
     return " · ".join(parts)
 
 
+def _api_usage(record: dict) -> dict | None:
+    """The inference-phase API usage of a row whose model is an openai:MODEL@URL endpoint (None for local rows)."""
+    return ((record.get("meter") or {}).get("api") or {}).get("inference")
+
+
+def _api_cache_note(records: list[dict]) -> str:
+    """Say so when an API row's answers came from the response cache: its time is then the cache's, not the
+    endpoint's (its $ is still the price of the answers)."""
+    usages = [u for u in map(_api_usage, records) if u]
+    hits, requests = sum(u["cache_hits"] for u in usages), sum(u["requests"] for u in usages)
+    return f"{hits}/{requests} answers from the response cache" if hits else ""
+
+
 def format_rows(rows: list[TableRow]) -> list[list[str]]:
     """Turn table rows into display strings, one list per row in ``headers(rows)`` order."""
     columns = headers(rows)
@@ -283,6 +297,11 @@ def results_markdown(records: list[dict], title: str = "results") -> str:
                   "Δ vs zero-shot: difference in the metric from the same model's zero-shot row, in percentage points "
                   "(a model without one, such as an encoder classifier, is compared with the model named in brackets).",
                   "Inference / 1k: measured wall time per test example × 1000 (batch as configured)."]
+        if any(_api_usage(r) for r in records):
+            lines.append("API rows (openai:MODEL@URL): $ / 1k inferences is the provider's bill for the tokens the "
+                         "responses reported (usage × pricing.api_models), not this machine's time; inference / 1k is "
+                         "the wall time of the requests (sent concurrently, api.max_concurrency); peak memory is "
+                         "this client's, the model's is the provider's.")
         if TRAINING_HEADER in columns:
             lines.append("Step · optimizer · train peak · saved: mean wall time per optimizer step, the optimizer's "
                          "state in memory (AdamW: two moments per trainable weight, so it scales with the trainable "

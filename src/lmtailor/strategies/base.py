@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lmtailor.data.example import DatasetSplits
 from lmtailor.measure.meter import Meter
+from lmtailor.remote.settings import ApiSettings
 from lmtailor.runtime import Runtime
 from lmtailor.tasks.base import TaskSpec
 
@@ -55,6 +56,7 @@ class RunContext:
     base_dir: Path = Path(".")  # the experiment file's folder: relative paths in strategy configs start here
     row_id: str = "row"  # the row's id in the run: names its files outside ``out_dir``
     run_dir: Path | None = None  # the run directory (extra-data files go there); default: ``out_dir``
+    api: ApiSettings = field(default_factory=ApiSettings)  # how to reach openai:MODEL@URL models (experiment api:)
 
     def __post_init__(self) -> None:
         if self.run_dir is None:
@@ -95,6 +97,10 @@ class Strategy(ABC):
     def uses_seed(self) -> bool:
         """Whether results depend on the seed; deterministic runs (zero-shot scoring) are run once, not per seed."""
         return True
+
+    def accepts_api_models(self) -> bool:
+        """Whether the strategy can run on an ``openai:MODEL@URL`` endpoint (it only asks the model for answers)."""
+        return False
 
     def uses_training_data(self) -> bool:
         """Whether the strategy learns from the training split (learning-curve sizes apply only then)."""

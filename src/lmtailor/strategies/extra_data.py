@@ -77,6 +77,7 @@ def _synthetic(ctx: RunContext, cfg: SyntheticConfig, real: list["Example"], mod
     from lmtailor.data.synthetic import generate_synthetic, write_synthetic
     from lmtailor.data.synthetic_teacher import HFTeacher
     from lmtailor.models import load_model
+    from lmtailor.remote.reference import is_remote
 
     ref = cfg.teacher or ctx.model_ref
     if cfg.teacher is None:
@@ -86,6 +87,12 @@ def _synthetic(ctx: RunContext, cfg: SyntheticConfig, real: list["Example"], mod
             raise UserError("synthetic.teacher is not set, and the model being trained cannot write text; set "
                             "synthetic.teacher to a generation model (e.g. smollm2-135m-instruct)")
         teacher = HFTeacher(model, tokenizer, ctx.model_ref)
+    elif is_remote(cfg.teacher):  # an OpenAI-compatible endpoint: its bill goes into the "data" phase
+        from lmtailor.remote.client import OpenAIEndpoint
+        from lmtailor.remote.reference import parse_endpoint
+        from lmtailor.remote.teacher import RemoteTeacher
+
+        teacher = RemoteTeacher(OpenAIEndpoint(parse_endpoint(cfg.teacher), ctx.api), meter=ctx.meter)
     else:
         with ctx.meter.phase("load"):
             loaded = load_model(cfg.teacher, ctx.runtime)

@@ -27,7 +27,8 @@ class PromptConfig(StrategyConfig):
     scoring: Literal["likelihood", "constrained", "generate"] | None = Field(
         None, description="how answers are produced: likelihood (score every label), constrained (greedy decoding "
                           "limited to the labels) or generate (free greedy text); default: likelihood for "
-                          "classification, generate otherwise")
+                          "classification (constrained for an openai: API model, which gives no label "
+                          "likelihoods: a JSON answer limited to the labels), generate otherwise")
 
 
 def draw_exemplars(train: Sequence[Example], shots: int, seed: int, distinct_targets: bool,
@@ -62,30 +63,57 @@ class PromptStrategy(Strategy):
     def uses_seed(self) -> bool:
         return self.config.shots > 0  # zero-shot scoring is deterministic: one run says it all
 
+    def accepts_api_models(self) -> bool:
+        return True
+
     def run(self, ctx: RunContext) -> StrategyOutput:
         from lmtailor.inference.predict import predict
         from lmtailor.models import load_model
+        from lmtailor.remote.reference import is_remote
 
         cfg = self.config
+        if is_remote(ctx.model_ref):
+            return self._run_remote(ctx)
         with ctx.meter.phase("load"):
             loaded = load_model(ctx.model_ref, ctx.runtime)
         if loaded.family == "encoder":
             raise UserError(f"{ctx.model_ref} is an encoder: it has no language-model head to prompt; fine-tune it as "
                             "a classifier (finetune) or prompt a decoder-only or encoder-decoder model")
         ctx.meter.set_params(0, sum(p.numel() for p in loaded.model.parameters()))
+        exemplars = self._exemplars(ctx)
+        with ctx.meter.phase("inference"):
+            predictions, inference = predict(loaded.model, loaded.tokenizer, ctx.task, ctx.data.test, exemplars,
+                                             ctx.budget, ctx.meter, mode=cfg.scoring,
+                                             progress_desc=f"{self.label()} {ctx.model_ref}")
+        return StrategyOutput(predictions=predictions, details=self._details(exemplars, inference))
+
+    def _exemplars(self, ctx: RunContext) -> list[Example]:
         test_inputs = frozenset(e.input for e in ctx.data.test)  # a duplicate of a test row is no exemplar either
-        exemplars = draw_exemplars(ctx.data.train, cfg.shots, ctx.seed, ctx.task.type == "classification",
+        exemplars = draw_exemplars(ctx.data.train, self.config.shots, ctx.seed, ctx.task.type == "classification",
                                    test_inputs)
         leaked = {e.id for e in exemplars} & {e.id for e in ctx.data.test}
         if leaked:
             raise RuntimeError(f"exemplars {sorted(leaked)} are test rows; the splits share ids, which they must not")
         if exemplars:
             ctx.log.info("%s: exemplars %s", self.label(), ", ".join(e.id for e in exemplars))
+        return exemplars
+
+    def _details(self, exemplars: list[Example], inference: dict) -> dict:
+        return {"shots": self.config.shots, "exemplars": self.config.exemplars,
+                "exemplar_ids": [e.id for e in exemplars], "scoring": inference["mode"],
+                "truncated_inputs": inference["truncated_inputs"], "inference": inference}
+
+    def _run_remote(self, ctx: RunContext) -> StrategyOutput:
+        """Ask an OpenAI-compatible endpoint (``openai:MODEL@URL``); its bill comes from the responses' usage."""
+        from lmtailor.remote.client import OpenAIEndpoint
+        from lmtailor.remote.predict import predict_remote
+        from lmtailor.remote.reference import parse_endpoint
+
+        with ctx.meter.phase("load"):
+            endpoint = OpenAIEndpoint(parse_endpoint(ctx.model_ref), ctx.api)
+        exemplars = self._exemplars(ctx)
         with ctx.meter.phase("inference"):
-            predictions, inference = predict(loaded.model, loaded.tokenizer, ctx.task, ctx.data.test, exemplars,
-                                             ctx.budget, ctx.meter, mode=cfg.scoring,
-                                             progress_desc=f"{self.label()} {ctx.model_ref}")
-        details = {"shots": cfg.shots, "exemplars": cfg.exemplars, "exemplar_ids": [e.id for e in exemplars],
-                   "scoring": inference["mode"], "truncated_inputs": inference["truncated_inputs"],
-                   "inference": inference}
-        return StrategyOutput(predictions=predictions, details=details)
+            predictions, inference = predict_remote(endpoint, ctx.task, ctx.data.test, exemplars, ctx.budget,
+                                                    ctx.meter, mode=self.config.scoring,
+                                                    progress_desc=f"{self.label()} {ctx.model_ref}")
+        return StrategyOutput(predictions=predictions, details=self._details(exemplars, inference))

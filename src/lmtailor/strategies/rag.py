@@ -51,7 +51,8 @@ class RagConfig(StrategyConfig):
                                     "tokens; passages past it are cut or dropped (and counted)")
     shots: int = Field(0, ge=0, description="solved training rows shown before the test row (without passages)")
     scoring: Literal["likelihood", "constrained", "generate"] | None = Field(
-        None, description="as for prompt: default likelihood for classification, generate otherwise")
+        None, description="as for prompt: default likelihood for classification (constrained for an "
+                          "openai: API model), generate otherwise")
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> "RagConfig":
@@ -145,52 +146,51 @@ class RagStrategy(Strategy):
                      cfg.chunk_tokens, _describe_build(retriever.build_stats))
         return retriever, embedder, details
 
+    def accepts_api_models(self) -> bool:
+        return True
+
     def run(self, ctx: RunContext) -> StrategyOutput:
-        from lmtailor.inference.predict import predict
-        from lmtailor.models import load_model
         from lmtailor.retrieval.context import assemble_context, with_passages
 
         cfg = self.config
         with ctx.meter.phase("index"):
             retriever, embedder, index_details = self._build(ctx)
-        with ctx.meter.phase("load"):
-            loaded = load_model(ctx.model_ref, ctx.runtime)
-        if loaded.family == "encoder":
-            raise UserError(f"{ctx.model_ref} is an encoder: it cannot read passages and answer; use a decoder-only "
-                            "or encoder-decoder model for rag")
-        n_params = sum(p.numel() for p in loaded.model.parameters())
-        if cfg.retriever != "bm25":  # the embedder serves every query too
+        loaded, endpoint = self._generator(ctx)
+        n_params = None if loaded is None else sum(p.numel() for p in loaded.model.parameters())
+        if n_params is not None and cfg.retriever != "bm25":  # the embedder serves every query too
             n_params += sum(p.numel() for p in embedder.model.parameters())
-        ctx.meter.set_params(0, n_params)
+        if n_params is not None:
+            ctx.meter.set_params(0, n_params)
         exemplars = draw_exemplars(ctx.data.train, cfg.shots, ctx.seed, ctx.task.type == "classification",
                                    frozenset(e.input for e in ctx.data.test))
-        budget = ctx.budget
-        context_budget = cfg.max_context_tokens
-        limit = input_limit(loaded.model)
-        if limit is not None:
-            # What the model can read: its positions minus the row, the instruction and (decoder-only) the answer.
-            room = limit - budget.max_input_tokens - 64 - (0 if loaded.model.config.is_encoder_decoder
-                                                            else budget.max_new_tokens)
-            if room < context_budget:
-                if room < 16:
-                    raise UserError(f"{ctx.model_ref} reads {limit} tokens, which leaves no room for passages beside "
-                                    f"budget.max_input_tokens={budget.max_input_tokens}; lower it")
-                ctx.log.warning("%s: %s reads %d tokens: passages budget lowered from %d to %d", self.label(),
-                                ctx.model_ref, limit, context_budget, room)
-                context_budget = room
+        # An endpoint's tokenizer is not known here: its passages are measured in the embedder's tokens instead.
+        tokenizer = embedder.tokenizer if loaded is None else loaded.tokenizer
+        context_budget = self._context_budget(ctx, None if loaded is None else loaded.model)
+        task = replace(ctx.task, instruction=ctx.task.instruction.rstrip() + " Use the numbered passages if they help.")
         with ctx.meter.phase("inference"):
             t0 = time.perf_counter()
             hits = retriever.retrieve([e.input for e in ctx.data.test], cfg.k)
             retrieval_s = time.perf_counter() - t0
-            rows, contexts, cut_inputs = self._augment(ctx, loaded.tokenizer, hits, context_budget,
+            rows, contexts, cut_inputs = self._augment(ctx, tokenizer, hits, context_budget,
                                                        assemble_context, with_passages)
-            longest = max((len(loaded.tokenizer(r.input, add_special_tokens=False)["input_ids"]) for r in rows),
-                          default=0)
-            # predict() cuts inputs to max_input_tokens: widen it so the passages, already fitted, are not cut again.
-            wide = replace(budget, max_input_tokens=max(budget.max_input_tokens, longest + 1))
-            predictions, inference = predict(loaded.model, loaded.tokenizer, replace(
-                ctx.task, instruction=ctx.task.instruction.rstrip() + " Use the numbered passages if they help."),
-                rows, exemplars, wide, ctx.meter, mode=cfg.scoring, progress_desc=f"{self.label()} {ctx.model_ref}")
+            desc = f"{self.label()} {ctx.model_ref}"
+            if loaded is None:
+                from lmtailor.remote.predict import predict_remote
+
+                # a row is at most one token per character: no rule of thumb cuts the passages fitted above
+                wide = replace(ctx.budget, max_input_tokens=max([ctx.budget.max_input_tokens]
+                                                                + [len(r.input) + 1 for r in rows]))
+                predictions, inference = predict_remote(endpoint, task, rows, exemplars, wide, ctx.meter,
+                                                        mode=cfg.scoring, progress_desc=desc)
+            else:
+                from lmtailor.inference.predict import predict
+
+                longest = max((len(tokenizer(r.input, add_special_tokens=False)["input_ids"]) for r in rows),
+                              default=0)
+                # predict() cuts inputs to max_input_tokens: widen it so the passages, already fitted, are not cut
+                wide = replace(ctx.budget, max_input_tokens=max(ctx.budget.max_input_tokens, longest + 1))
+                predictions, inference = predict(loaded.model, tokenizer, task, rows, exemplars, wide, ctx.meter,
+                                                 mode=cfg.scoring, progress_desc=desc)
         retrieved = [[h.chunk.doc_id for h in row_hits] for row_hits in hits]
         details = {
             "retriever": cfg.retriever, "k": cfg.k, "embedder": cfg.embedder if cfg.retriever != "bm25" else None,
@@ -199,7 +199,8 @@ class RagStrategy(Strategy):
             "context": {"budget_tokens": context_budget, "mean_tokens": _mean([c.tokens for c in contexts]),
                         "passages_cut": sum(c.cut for c in contexts),
                         "passages_dropped": sum(c.dropped for c in contexts),
-                        "rows_with_cut_or_dropped": sum(bool(c.cut or c.dropped) for c in contexts)},
+                        "rows_with_cut_or_dropped": sum(bool(c.cut or c.dropped) for c in contexts),
+                        "tokens_of": "embedder" if loaded is None else "generator"},
             "retrieved_doc_ids": dict(zip((e.id for e in ctx.data.test), retrieved)),
             "shots": cfg.shots, "exemplar_ids": [e.id for e in exemplars], "scoring": inference["mode"],
             "truncated_inputs": cut_inputs, "inference": inference,
@@ -210,6 +211,42 @@ class RagStrategy(Strategy):
                          details["context"]["passages_cut"], details["context"]["passages_dropped"])
         return StrategyOutput(predictions=predictions, details=details, retrieved_doc_ids=retrieved,
                               retrieval_k=cfg.k)
+
+    def _generator(self, ctx: RunContext):
+        """The model that reads the passages: (loaded model, None), or (None, endpoint) for openai:MODEL@URL."""
+        from lmtailor.remote.reference import is_remote
+
+        if is_remote(ctx.model_ref):
+            from lmtailor.remote.client import OpenAIEndpoint
+            from lmtailor.remote.reference import parse_endpoint
+
+            with ctx.meter.phase("load"):
+                return None, OpenAIEndpoint(parse_endpoint(ctx.model_ref), ctx.api)
+        from lmtailor.models import load_model
+
+        with ctx.meter.phase("load"):
+            loaded = load_model(ctx.model_ref, ctx.runtime)
+        if loaded.family == "encoder":
+            raise UserError(f"{ctx.model_ref} is an encoder: it cannot read passages and answer; use a decoder-only "
+                            "or encoder-decoder model for rag")
+        return loaded, None
+
+    def _context_budget(self, ctx: RunContext, model) -> int:
+        """``max_context_tokens``, lowered when a local model cannot read that much beside the row and its answer."""
+        cfg, budget = self.config, ctx.budget
+        limit = None if model is None else input_limit(model)
+        if limit is None:
+            return cfg.max_context_tokens
+        # What the model can read: its positions minus the row, the instruction and (decoder-only) the answer.
+        room = limit - budget.max_input_tokens - 64 - (0 if model.config.is_encoder_decoder else budget.max_new_tokens)
+        if room >= cfg.max_context_tokens:
+            return cfg.max_context_tokens
+        if room < 16:
+            raise UserError(f"{ctx.model_ref} reads {limit} tokens, which leaves no room for passages beside "
+                            f"budget.max_input_tokens={budget.max_input_tokens}; lower it")
+        ctx.log.warning("%s: %s reads %d tokens: passages budget lowered from %d to %d", self.label(),
+                        ctx.model_ref, limit, cfg.max_context_tokens, room)
+        return room
 
     def _augment(self, ctx: RunContext, tokenizer, hits, context_budget: int, assemble, with_passages):
         from lmtailor.data.formats import truncate_text
