@@ -69,6 +69,13 @@ def client(port: int, model: str, deadline: float, max_tokens: int, stream: bool
     conn.close()
 
 
+def server_stats(port: int) -> dict:
+    """The engine's counters from /health (batches, requests, the largest batch)."""
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=10)
+    conn.request("GET", "/health")
+    return json.loads(conn.getresponse().read())
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
@@ -105,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         errors = [e for s in stats for e in s.errors]
         tokens = sum(s.tokens for s in stats)
         alive = server.alive() and server.healthy()
+        engine = server_stats(server.port) if alive else {}
     rows = [("model", args.model), ("clients", args.clients), ("duration", f"{elapsed:.1f} s"),
             ("mode", "stream" if args.stream else "non-stream"), ("max_tokens", args.max_tokens),
             ("requests ok", len(latencies)), ("errors", len(errors)),
@@ -112,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     if latencies:
         rows += [(f"latency p{q}", f"{1000 * percentile(latencies, q):.0f} ms") for q in (50, 95, 99)]
         rows += [("latency mean", f"{1000 * statistics.mean(latencies):.0f} ms")]
+    if engine.get("batches"):
+        rows += [("batches decoded", engine["batches"]),
+                 ("mean / largest batch", f"{engine['requests'] / engine['batches']:.1f} / {engine['max_batch_seen']}")]
     rows += [("server up after", "yes (answers /health)" if alive else "NO"),
              ("machine", f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"),
              ("server log", str(server.log_path))]

@@ -94,3 +94,22 @@ def test_api_rows_are_billed_from_usage_and_a_rerun_sends_nothing(experiment, se
         assert second["sent"] == 0 and second["cache_hits"] == 9 and second["usd_spent_this_run"] == 0
         assert second["usd"] == pytest.approx(first["usd"])  # the configuration costs the same; this run paid $0
         assert again[label]["metrics"] == records[label]["metrics"]
+
+
+def test_an_endpoint_writes_synthetic_rows_and_its_bill_is_a_set_up_cost(experiment, served, tmp_path):
+    api = f"openai:big@{served.base_url}"
+    overrides = ["strategies=[{name: finetune, method: lora, max_steps: 1, batch_size: 4, models: [tiny-llama], "
+                 f"synthetic: {{teacher: '{api}', rows: 4, max_attempts: 6, max_new_tokens: 24}}}}]"]
+    args = ["run", str(experiment), "--out", str(tmp_path / "runs")]
+    for item in overrides:
+        args += ["--set", item]
+    assert main(args) == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    (record,) = _records(run_dir).values()
+    assert record["status"] == "ok", record.get("error")
+    synthetic = record["details"]["synthetic"]
+    assert synthetic["teacher"] == api
+    data = record["meter"]["api"]["data"]  # the teacher's requests: paid once, before training
+    assert 1 <= data["requests"] == data["sent"] <= 6 and data["input_tokens"] > 0
+    assert record["meter"]["api"].get("inference") is None
+    assert record["meter"]["usd"]["train"] >= data["usd"] > 0
