@@ -66,3 +66,19 @@ def tiny_st_dir(tiny_bert_dir, tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("tiny-st")
     model.save(str(path))
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def llama_cpp():
+    """llama-cpp-python with its server (the llamacpp extra, which `make test` installs); the test is skipped
+    without it, except under CI=true, where that is a failure."""
+    import os
+
+    try:
+        import llama_cpp
+        import llama_cpp.server  # noqa: F401
+    except ImportError as e:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but llama-cpp-python[server] does not import ({e}): make test installs it")
+        pytest.skip("llama-cpp-python[server] is not installed (make test installs it: the llamacpp extra)")
+    return llama_cpp

@@ -10,7 +10,6 @@ and the parser here, with its count of unparseable answers.
 from __future__ import annotations
 
 import http.client
-import os
 import subprocess
 import sys
 import time
@@ -39,18 +38,8 @@ ROWS = [Example(f"r{i}", f"The {colour} {thing} is on the table.", colour)
 PRICING = Pricing(api_models={"smollm2": ApiPrice(input_usd_per_1m=0.15, output_usd_per_1m=0.60)})
 
 
-def _llama_cpp_or_skip() -> None:
-    try:
-        import llama_cpp.server  # noqa: F401
-    except ImportError as e:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but llama-cpp-python[server] does not import ({e}): make test installs it")
-        pytest.skip("llama-cpp-python[server] is not installed (make test installs it: the llamacpp extra)")
-
-
 @pytest.fixture(scope="module")
-def llama_server(tmp_path_factory):
-    _llama_cpp_or_skip()
+def llama_server(llama_cpp, tmp_path_factory):
     from lmtailor.models.embedded import embedded_model
 
     entry = embedded_model("smollm2-135m-instruct")

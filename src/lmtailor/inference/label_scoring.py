@@ -7,16 +7,19 @@ length-normalised mean is offered for label sets whose token lengths vary a lot.
 
 Fast path (``prefix_cache=True``), which gives the same scores as one full forward per (row, label):
 
-1. The few-shot exemplars are the same in every prompt, so the longest common token prefix of all prompts is run
-   once and its KV cache (a transformers ``DynamicCache``) kept.
-2. Per row, a copy of that cache takes the row's own suffix in one forward; only the last position's logits are
-   computed (``logits_to_keep=1``: Gemma 3's vocabulary has 262k entries), giving every label's first token.
-3. The cache is then repeated once per label (``batch_repeat_interleave``) and all labels' remaining tokens run
-   as one batch. Labels are right-padded and need no attention mask: attention is causal, so a real token never
-   sees the padding after it, and padded positions are never read.
+1. The instruction and few-shot exemplars are the same in every prompt, so the longest common token prefix of all
+   prompts is run once and its KV cache (a transformers ``DynamicCache``) kept (none when nothing is shared).
+2. Rows go ``batch_size`` at a time, shortest first: copies of that cache take the rows' own suffixes, left-padded,
+   in one forward (the padding between prefix and suffix is masked, and explicit position ids keep each real
+   token at its unpadded position); only the last position's logits are computed (``logits_to_keep=1``: Gemma 3's
+   vocabulary has 262k entries), giving every label's first token.
+3. The cache is then repeated once per label (``batch_repeat_interleave``) and every row's labels' remaining tokens
+   run as one batch, right-padded: attention is causal, so a real token never sees the padding after it, and
+   padded positions are never read. Log-probs are taken as logit minus log-sum-exp at the label tokens only.
 
-The first row is also scored without any cache; if the two disagree (an architecture whose cache does not
-survive copying or batch expansion) the run logs it and scores every row the slower, cache-free way.
+The first batch's shortest (most padded) row is also scored without any cache; if the two disagree (an
+architecture whose cache does not survive copying or batch expansion, or that ignores position ids) the run logs
+it and scores every row the slower, cache-free way.
 
 A prefix- or prompt-tuned PeftModel puts its virtual tokens before every prompt: they open the shared prefix, a
 cache the base model then continues (``inference/virtual_tokens.py``); the cache-free path and the self-check run
@@ -46,7 +49,9 @@ class LabelScores:
     scores: list[list[float]]  # [row][label], higher is more likely
     tokens: int = 0  # real tokens fed to the model (the shared prefix counted once)
     prefix_len: int = 0  # tokens of the shared prompt prefix computed once (0: no prefix cache)
-    path: str = "prefix-cache"  # "prefix-cache" or "no-cache"
+    # "prefix-cache" (rows batched after the shared prefix's cache), "batched" (rows batched, no shared prefix) or
+    # "no-cache" (one cache-free forward per row)
+    path: str = "prefix-cache"
     notes: list[str] = field(default_factory=list)
 
     def best(self) -> list[int]:
@@ -91,31 +96,61 @@ def common_prefix_len(prompts: Sequence[Sequence[int]]) -> int:
     return n
 
 
-@torch.no_grad()
-def _label_logps_after(model, cache, first_logits: torch.Tensor, labels: Sequence[Sequence[int]],
-                       pad_id: int) -> tuple[list[list[float]], int]:
-    """Per-token log-probs of each label given a cache that holds the whole prompt (batch 1)."""
-    first = torch.log_softmax(first_logits.float(), dim=-1)
-    logps = [[first[lab[0]].item()] for lab in labels]
-    rest = [lab[:-1] for lab in labels]  # the inputs that predict tokens 1..n-1
-    if max(len(r) for r in labels) < 2:
-        return logps, 0
-    cache.batch_repeat_interleave(len(labels))
-    inputs, _ = pad_batch([r if r else [pad_id] for r in rest], pad_id, first_logits.device)
-    out = forward_with_cache(model, inputs, cache)
-    lp = torch.log_softmax(out.logits.float(), dim=-1)
-    for i, lab in enumerate(labels):
-        logps[i] += [lp[i, j - 1, lab[j]].item() for j in range(1, len(lab))]
-    return logps, sum(len(r) for r in rest)
+def _token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) at each position, from the logits, without a full-vocabulary log-softmax tensor.
+
+    ``logits[..., V]`` and ``targets[...]`` line up; the log-sum-exp is taken in fp32 (as a log-softmax would be).
+    """
+    logits = logits.float()
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
 @torch.no_grad()
-def _score_row_cached(model, prefix_cache, prefix_len: int, prompt: Sequence[int], labels, pad_id: int):
-    cache = copy.deepcopy(prefix_cache)
-    suffix = torch.tensor([list(prompt[prefix_len:])], device=_device(model))
-    out = forward_with_cache(model, suffix, cache, logits_to_keep=1)
-    logps, n = _label_logps_after(model, cache, out.logits[0, -1], labels, pad_id)
-    return logps, suffix.shape[1] + n
+def _score_batch_cached(model, prefix_cache, prefix_len: int, prompts: Sequence[Sequence[int]],
+                        labels: Sequence[Sequence[int]], pad_id: int) -> tuple[list[list[list[float]]], int]:
+    """Per-token label log-probs of a batch of rows that continue ``prefix_cache`` (batch 1; None: no prefix).
+
+    Two forwards for the whole batch. (1) The rows' suffixes, left-padded, after copies of the prefix cache: the
+    padding sits between prefix and suffix, so the attention mask hides it and explicit position ids keep every
+    real token where it would be unpadded; only the last position's logits are computed. (2) The cache repeated
+    once per label and every label's tokens (but its last) for every row as one right-padded batch: a real token
+    never sees the padding after it (causal attention), and padded positions are never read. Logits come out
+    only for label positions: batch × labels × (longest label - 1) × vocabulary.
+    """
+    device = _device(model)
+    rows = len(prompts)
+    if prefix_cache is not None:
+        cache = copy.deepcopy(prefix_cache)
+        cache.batch_repeat_interleave(rows)
+        past = cache.get_seq_length()  # virtual tokens + shared prefix
+    else:
+        cache, past = new_cache(model), 0
+    suffixes = [list(p[prefix_len:]) for p in prompts]
+    ids, suffix_mask = pad_batch(suffixes, pad_id, device, side="left")
+    mask = torch.cat([torch.ones(rows, past, dtype=suffix_mask.dtype, device=device), suffix_mask], dim=1)
+    positions = past + (suffix_mask.cumsum(-1) - 1).clamp(min=0)
+    out = forward_with_cache(model, ids, cache, attention_mask=mask, position_ids=positions, logits_to_keep=1)
+    first_ids = torch.tensor([lab[0] for lab in labels], device=device)
+    first = _token_logps(out.logits[:, -1:, :].expand(-1, len(labels), -1), first_ids.expand(rows, -1))  # rows × L
+    tokens = sum(map(len, suffixes))
+    width = max(len(lab) for lab in labels) - 1
+    if width == 0:
+        return [[[x] for x in row] for row in first.tolist()], tokens
+    n = len(labels)
+    rest = [list(lab[:-1]) or [pad_id] for lab in labels]  # the inputs that predict tokens 1..len-1
+    inputs, _ = pad_batch(rest, pad_id, device)  # n × width
+    targets, valid = pad_batch([list(lab[1:]) or [pad_id] for lab in labels], pad_id, device)
+    valid[[len(lab) == 1 for lab in labels]] = 0  # a one-token label has nothing after its first token
+    cache.batch_repeat_interleave(n)  # row r's labels are rows r*n .. r*n+n-1
+    mask = torch.cat([mask.repeat_interleave(n, dim=0), torch.ones(rows * n, width, dtype=mask.dtype, device=device)],
+                     dim=1)
+    start = (past + suffix_mask.sum(-1)).repeat_interleave(n)
+    positions = start[:, None] + torch.arange(width, device=device)
+    out = forward_with_cache(model, inputs.repeat(rows, 1), cache, attention_mask=mask, position_ids=positions)
+    later = _token_logps(out.logits, targets.repeat(rows, 1)).view(rows, n, width)
+    first, later, valid = first.tolist(), later.tolist(), valid.tolist()
+    logps = [[[first[r][j]] + later[r][j][: sum(valid[j])] for j in range(n)] for r in range(rows)]
+    return logps, tokens + rows * sum(len(lab) - 1 for lab in labels)
 
 
 @torch.no_grad()
@@ -156,17 +191,25 @@ def _check_cache(model, prompt, labels, pad_id: int, cached: list[list[float]], 
 @torch.no_grad()
 def score_labels(model, prompts: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], pad_id: int,
                  prefix_cache: bool = True, normalize: bool = False,
-                 on_row: Callable[[], None] | None = None) -> LabelScores:
-    """Score each label's completion ids after each prompt (sum of token log-probs; mean if ``normalize``)."""
+                 on_row: Callable[[], None] | None = None, batch_size: int = 8) -> LabelScores:
+    """Score each label's completion ids after each prompt (sum of token log-probs; mean if ``normalize``).
+
+    With ``prefix_cache`` (the default) rows are scored ``batch_size`` at a time after the shared prefix's cache
+    (an empty one when the prompts share nothing); without it, one cache-free forward per row over all labels,
+    the reference path.
+    """
     if not prompts:
         return LabelScores([])
     if not labels or any(len(lab) == 0 for lab in labels):
         raise ValueError("every label needs at least one completion token")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     # Keep at least one token of each prompt outside the prefix: its logits give every label's first token.
     prefix_len = min(common_prefix_len(prompts), min(len(p) for p in prompts) - 1) if prefix_cache else 0
     # A prompt-learning adapter's virtual tokens precede every prompt: they are part of the shared prefix.
     virtual = virtual_token_count(model) if prefix_cache else 0
-    result = LabelScores([], prefix_len=prefix_len, path="prefix-cache" if prefix_len or virtual else "no-cache")
+    path = ("prefix-cache" if prefix_len or virtual else "batched") if prefix_cache else "no-cache"
+    result = LabelScores([], prefix_len=prefix_len, path=path)
     cache, scorer = None, model
     if prefix_len > 0 or virtual:
         if virtual:  # the base model continues a cache that holds the virtual tokens (inference/virtual_tokens.py)
@@ -178,19 +221,29 @@ def score_labels(model, prompts: Sequence[Sequence[int]], labels: Sequence[Seque
             forward_with_cache(scorer, torch.tensor([list(prompts[0][:prefix_len])], device=_device(model)), cache,
                                logits_to_keep=1)
             result.tokens += prefix_len
-    for i, prompt in enumerate(prompts):
-        if cache is not None:
-            logps, n = _score_row_cached(scorer, cache, prefix_len, prompt, labels, pad_id)
-            if i == 0 and not _check_cache(model, prompt, labels, pad_id, logps, result):
-                cache = None
-                logps, extra = _score_row_uncached(model, prompt, labels, pad_id)
-                n += extra
-        else:
-            logps, n = _score_row_uncached(model, prompt, labels, pad_id)
-        result.tokens += n
-        result.scores.append([_reduce(lp, normalize) for lp in logps])
-        if on_row:
-            on_row()
+    logps: list = [None] * len(prompts)
+    batched = prefix_cache
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths: little padding
+    for start in range(0, len(order), batch_size):
+        batch = order[start: start + batch_size]
+        if batched:
+            rows, n = _score_batch_cached(scorer, cache, prefix_len, [prompts[i] for i in batch], labels, pad_id)
+            result.tokens += n
+            # The batch's shortest row carries the most padding: check it against a cache-free forward.
+            if start == 0 and not _check_cache(model, prompts[batch[0]], labels, pad_id, rows[0], result):
+                batched = False
+            else:
+                for i, row in zip(batch, rows):
+                    logps[i] = row
+                    if on_row:
+                        on_row()
+                continue
+        for i in batch:
+            logps[i], n = _score_row_uncached(model, prompts[i], labels, pad_id)
+            result.tokens += n
+            if on_row:
+                on_row()
+    result.scores = [[_reduce(lp, normalize) for lp in row] for row in logps]
     return result
 
 

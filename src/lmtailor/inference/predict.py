@@ -39,7 +39,7 @@ def check_mode(task: TaskSpec, mode: str) -> None:
                         f"({task.type}) has none; use scoring: generate")
 
 
-def _prepare(tokenizer, task: TaskSpec, rows: Sequence[Example], exemplars: Sequence[Example],
+def prepare_inputs(tokenizer, task: TaskSpec, rows: Sequence[Example], exemplars: Sequence[Example],
              max_input_tokens: int) -> tuple[list[str], list[Example], int, int]:
     """Cut row and exemplar inputs to the budget; return (row texts, exemplars, rows cut, exemplars cut)."""
     texts, cut_rows = [], 0
@@ -69,7 +69,7 @@ def predict(model, tokenizer, task: TaskSpec, rows: Sequence[Example], exemplars
                                progress_desc=progress_desc, normalize=normalize)
     mode = mode or default_mode(task)
     check_mode(task, mode)
-    texts, shots, cut_rows, cut_shots = _prepare(tokenizer, task, rows, exemplars, budget.max_input_tokens)
+    texts, shots, cut_rows, cut_shots = prepare_inputs(tokenizer, task, rows, exemplars, budget.max_input_tokens)
     details: dict = {"mode": mode, "rows": len(rows), "shots": len(shots), "truncated_inputs": cut_rows,
                      "truncated_exemplar_inputs": cut_shots}
     if not rows:
@@ -86,7 +86,8 @@ def predict(model, tokenizer, task: TaskSpec, rows: Sequence[Example], exemplars
         first = build_messages(task, texts[0], shots, rows[0].meta)
         label_ids = [encode_prompt_completion(tokenizer, first, label)[1] for label in task.labels]
         if mode == "likelihood":
-            return _likelihood(model, task, prompts, label_ids, pad_id, bar, details, normalize)
+            return _likelihood(model, task, prompts, label_ids, pad_id, bar, details, normalize,
+                               budget.eval_batch_size)
         return constrained_labels(model, task, prompts, label_ids, budget, pad_id, bar, details)
 
     return run_rows(model, rows, meter, details, progress_desc or mode, body)
@@ -115,8 +116,9 @@ def run_rows(model, rows: Sequence[Example], meter: Meter, details: dict, desc: 
     return predictions, details
 
 
-def _likelihood(model, task, prompts, label_ids, pad_id, bar, details, normalize):
-    result = score_labels(model, prompts, label_ids, pad_id, normalize=normalize, on_row=lambda: bar.update(1))
+def _likelihood(model, task, prompts, label_ids, pad_id, bar, details, normalize, batch_size: int = 8):
+    result = score_labels(model, prompts, label_ids, pad_id, normalize=normalize, on_row=lambda: bar.update(1),
+                          batch_size=batch_size)
     details.update({"labels": list(task.labels), "score": "mean token log-prob" if normalize else "sum of token "
                     "log-probs", "prefix_cache_tokens": result.prefix_len, "scoring_path": result.path,
                     "notes": result.notes, "label_scores": [[round(x, 4) for x in row] for row in result.scores]})

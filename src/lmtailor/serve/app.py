@@ -230,7 +230,12 @@ def create_app(served: ServedModel, settings: ServeSettings) -> FastAPI:
     """
     from lmtailor.inference.predict import pad_token_id
 
-    engine = Engine(served.model, served.tokenizer, pad_token_id(served.tokenizer), settings.max_batch)
+    engine_class = Engine
+    if served.backend == "llamacpp":
+        from lmtailor.serve.llamacpp_engine import LlamaCppEngine
+
+        engine_class = LlamaCppEngine
+    engine = engine_class(served.model, served.tokenizer, pad_token_id(served.tokenizer), settings.max_batch)
     generation = _Generation(served, settings, engine)
     auth = BearerAuth(settings.api_key)
     created = int(time.time())

@@ -55,6 +55,10 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
                    help=f"largest request body accepted, in bytes (default {DEFAULT_MAX_BODY_BYTES})")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="compute dtype (default auto: bf16 where the hardware does it natively, else fp32)")
+    p.add_argument("--backend", choices=("transformers", "llamacpp"), default="transformers",
+                   help="engine: transformers, or llamacpp (serves the model's GGUF through llama.cpp: an embedded "
+                        "model with a GGUF, a .gguf path, or a run row after lmtailor export --merge --gguf; "
+                        "decoder-only; needs the llamacpp extra; one request at a time, --precision ignored)")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="run Python code shipped inside the model directory (off by default)")
     p.set_defaults(func=cmd_serve)
@@ -92,7 +96,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         runtime = detect_runtime(args.precision, trust_remote_code=args.trust_remote_code)
         if args.precision != "auto":
             runtime = replace(runtime, reason="set by --precision")
-        served = load_target(args.target, runtime, row=args.row, name=args.model_name)
+        served = load_target(args.target, runtime, row=args.row, name=args.model_name, backend=args.backend)
         settings = ServeSettings(served.name, api_key, args.max_batch, args.max_tokens_limit, args.max_body_bytes)
         app = create_app(served, settings)
         host, port = sock.getsockname()[:2]

@@ -36,6 +36,7 @@ class ServedModel:
     context_length: int | None  # positions the model takes (decoder: prompt + answer; encoder-decoder: each side)
     virtual_tokens: int = 0  # positions a prefix/prompt-tuning adapter puts before every prompt
     encode_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    backend: str = "transformers"  # "llamacpp": model is an inference.llamacpp.LlamaCppModel
 
     @property
     def seq2seq(self) -> bool:
@@ -155,11 +156,41 @@ def default_name(target: str) -> str:
     return path.resolve().name if path.exists() else target
 
 
-def load_target(target: str, runtime: Runtime, row: str | None = None, name: str | None = None) -> ServedModel:
-    """Load what ``target`` names (run directory, adapter directory, model directory, alias or hub id) to serve it."""
+def _from_gguf(target: str, name: str) -> ServedModel:
+    """Serve ``target``'s GGUF through llama.cpp (decoder-only; the HF tokenizer writes prompts)."""
+    from lmtailor.inference.llamacpp import load_llamacpp
+
+    loaded = load_llamacpp(target)
+    gguf = loaded.model.describe()["gguf"]
+    return ServedModel(loaded.model, loaded.tokenizer, "decoder-only", name,
+                       f"{target} through llama.cpp ({gguf['file']}, {gguf['type']})", loaded.model.n_ctx,
+                       backend="llamacpp")
+
+
+def _gguf_target(path: Path, target: str, row: str | None, name: str | None) -> ServedModel:
+    """``--backend llamacpp``: a GGUF (embedded alias, .gguf path, folder with one), or a run row's exported one."""
+    if path.is_dir() and (path / "results").is_dir():
+        from lmtailor.export.exporter import default_out_dir
+        from lmtailor.export.run_rows import select_row
+
+        chosen = select_row(path, row)
+        out = default_out_dir(path, chosen.row_id)
+        if not list(out.glob("*.gguf")):
+            raise UserError(f"--backend llamacpp serves a GGUF file; row {chosen.row_id} has none yet: run "
+                            f"lmtailor export {target} --row {chosen.row_id} --merge --gguf")
+        return _from_gguf(str(out), name or chosen.row_id)
+    return _from_gguf(target, name or default_name(target))
+
+
+def load_target(target: str, runtime: Runtime, row: str | None = None, name: str | None = None,
+                backend: str = "transformers") -> ServedModel:
+    """Load what ``target`` names (run directory, adapter directory, model directory, alias or hub id) to serve it;
+    ``backend="llamacpp"`` serves its GGUF through llama.cpp instead."""
     from lmtailor.export.run_rows import ADAPTER_CONFIG
 
     path = Path(target).expanduser()
+    if backend == "llamacpp":
+        return _gguf_target(path, target, row, name)
     if path.is_dir() and (path / "results").is_dir():
         return _from_run(path, row, runtime, name)
     if row is not None:

@@ -29,6 +29,11 @@ class PromptConfig(StrategyConfig):
                           "limited to the labels) or generate (free greedy text); default: likelihood for "
                           "classification (constrained for an openai: API model, which gives no label "
                           "likelihoods: a JSON answer limited to the labels), generate otherwise")
+    backend: Literal["transformers", "llamacpp"] = Field(
+        "transformers", description="inference engine: transformers (the model's weights in PyTorch) or llamacpp "
+                                    "(the model's GGUF file in llama.cpp: an embedded model that ships one, a .gguf "
+                                    "path, or a trained row after `lmtailor export --merge --gguf`); llamacpp runs "
+                                    "decoder-only models and needs the llamacpp extra")
 
 
 def draw_exemplars(train: Sequence[Example], shots: int, seed: int, distinct_targets: bool,
@@ -72,8 +77,10 @@ class PromptStrategy(Strategy):
         from lmtailor.remote.reference import is_remote
 
         cfg = self.config
-        if is_remote(ctx.model_ref):
+        if is_remote(ctx.model_ref) and cfg.backend == "transformers":
             return self._run_remote(ctx)
+        if cfg.backend == "llamacpp":
+            return self._run_llamacpp(ctx)
         with ctx.meter.phase("load"):
             loaded = load_model(ctx.model_ref, ctx.runtime)
         if loaded.family == "encoder":
@@ -87,6 +94,26 @@ class PromptStrategy(Strategy):
                                              progress_desc=f"{self.label()} {ctx.model_ref}")
         return StrategyOutput(predictions=predictions, details=self._details(exemplars, inference))
 
+    def _run_llamacpp(self, ctx: RunContext) -> StrategyOutput:
+        """Score or generate through llama.cpp on the model's GGUF (prompts from its Hugging Face tokenizer)."""
+        from lmtailor.inference.llamacpp import load_llamacpp
+        from lmtailor.inference.llamacpp_predict import predict_llamacpp
+
+        with ctx.meter.phase("load"):
+            loaded = load_llamacpp(ctx.model_ref)
+        try:
+            ctx.meter.set_params(0, loaded.model.n_params)
+            exemplars = self._exemplars(ctx)
+            with ctx.meter.phase("inference"):
+                predictions, inference = predict_llamacpp(loaded.model, loaded.tokenizer, ctx.task, ctx.data.test,
+                                                          exemplars, ctx.budget, ctx.meter, mode=self.config.scoring,
+                                                          progress_desc=f"{self.label()} {ctx.model_ref} (llama.cpp)")
+        finally:
+            loaded.model.close()
+        details = self._details(exemplars, inference)
+        details["gguf"] = inference["gguf"]  # which file and weight type answered: Q4_1 is not the fp32 model
+        return StrategyOutput(predictions=predictions, details=details)
+
     def _exemplars(self, ctx: RunContext) -> list[Example]:
         test_inputs = frozenset(e.input for e in ctx.data.test)  # a duplicate of a test row is no exemplar either
         exemplars = draw_exemplars(ctx.data.train, self.config.shots, ctx.seed, ctx.task.type == "classification",
@@ -99,7 +126,7 @@ class PromptStrategy(Strategy):
         return exemplars
 
     def _details(self, exemplars: list[Example], inference: dict) -> dict:
-        return {"shots": self.config.shots, "exemplars": self.config.exemplars,
+        return {"shots": self.config.shots, "exemplars": self.config.exemplars, "backend": self.config.backend,
                 "exemplar_ids": [e.id for e in exemplars], "scoring": inference["mode"],
                 "truncated_inputs": inference["truncated_inputs"], "inference": inference}
 

@@ -53,6 +53,9 @@ class RagConfig(StrategyConfig):
     scoring: Literal["likelihood", "constrained", "generate"] | None = Field(
         None, description="as for prompt: default likelihood for classification (constrained for an "
                           "openai: API model), generate otherwise")
+    backend: Literal["transformers", "llamacpp"] = Field(
+        "transformers", description="as for prompt: transformers, or llamacpp (the generator's GGUF file in "
+                                    "llama.cpp; decoder-only models; needs the llamacpp extra)")
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> "RagConfig":
@@ -150,13 +153,25 @@ class RagStrategy(Strategy):
         return True
 
     def run(self, ctx: RunContext) -> StrategyOutput:
-        from lmtailor.retrieval.context import assemble_context, with_passages
-
         cfg = self.config
         with ctx.meter.phase("index"):
             retriever, embedder, index_details = self._build(ctx)
         loaded, endpoint = self._generator(ctx)
-        n_params = None if loaded is None else sum(p.numel() for p in loaded.model.parameters())
+        try:
+            return self._run_with(ctx, retriever, embedder, index_details, loaded, endpoint)
+        finally:
+            if cfg.backend == "llamacpp" and loaded is not None:
+                loaded.model.close()  # free llama.cpp's weights and context now, not at garbage collection
+
+    def _run_with(self, ctx: RunContext, retriever, embedder, index_details: dict, loaded, endpoint) -> StrategyOutput:
+        from lmtailor.retrieval.context import assemble_context, with_passages
+
+        cfg = self.config
+        llamacpp = cfg.backend == "llamacpp"
+        if loaded is None:
+            n_params = None
+        else:
+            n_params = loaded.model.n_params if llamacpp else sum(p.numel() for p in loaded.model.parameters())
         if n_params is not None and cfg.retriever != "bm25":  # the embedder serves every query too
             n_params += sum(p.numel() for p in embedder.model.parameters())
         if n_params is not None:
@@ -183,12 +198,14 @@ class RagStrategy(Strategy):
                 predictions, inference = predict_remote(endpoint, task, rows, exemplars, wide, ctx.meter,
                                                         mode=cfg.scoring, progress_desc=desc)
             else:
-                from lmtailor.inference.predict import predict
-
                 longest = max((len(tokenizer(r.input, add_special_tokens=False)["input_ids"]) for r in rows),
                               default=0)
                 # predict() cuts inputs to max_input_tokens: widen it so the passages, already fitted, are not cut
                 wide = replace(ctx.budget, max_input_tokens=max(ctx.budget.max_input_tokens, longest + 1))
+                if llamacpp:
+                    from lmtailor.inference.llamacpp_predict import predict_llamacpp as predict
+                else:
+                    from lmtailor.inference.predict import predict
                 predictions, inference = predict(loaded.model, tokenizer, task, rows, exemplars, wide, ctx.meter,
                                                  mode=cfg.scoring, progress_desc=desc)
         retrieved = [[h.chunk.doc_id for h in row_hits] for row_hits in hits]
@@ -203,8 +220,10 @@ class RagStrategy(Strategy):
                         "tokens_of": "embedder" if loaded is None else "generator"},
             "retrieved_doc_ids": dict(zip((e.id for e in ctx.data.test), retrieved)),
             "shots": cfg.shots, "exemplar_ids": [e.id for e in exemplars], "scoring": inference["mode"],
-            "truncated_inputs": cut_inputs, "inference": inference,
+            "truncated_inputs": cut_inputs, "inference": inference, "backend": cfg.backend,
         }
+        if llamacpp:
+            details["gguf"] = inference["gguf"]  # which file and weight type answered
         if details["context"]["rows_with_cut_or_dropped"]:
             ctx.log.info("%s: passages cut to fit %d tokens in %d of %d rows (%d cut, %d dropped)", self.label(),
                          context_budget, details["context"]["rows_with_cut_or_dropped"], len(rows),
@@ -216,12 +235,17 @@ class RagStrategy(Strategy):
         """The model that reads the passages: (loaded model, None), or (None, endpoint) for openai:MODEL@URL."""
         from lmtailor.remote.reference import is_remote
 
-        if is_remote(ctx.model_ref):
+        if is_remote(ctx.model_ref) and self.config.backend == "transformers":  # llamacpp refuses an endpoint
             from lmtailor.remote.client import OpenAIEndpoint
             from lmtailor.remote.reference import parse_endpoint
 
             with ctx.meter.phase("load"):
                 return None, OpenAIEndpoint(parse_endpoint(ctx.model_ref), ctx.api)
+        if self.config.backend == "llamacpp":
+            from lmtailor.inference.llamacpp import load_llamacpp
+
+            with ctx.meter.phase("load"):
+                return load_llamacpp(ctx.model_ref), None
         from lmtailor.models import load_model
 
         with ctx.meter.phase("load"):
@@ -234,11 +258,17 @@ class RagStrategy(Strategy):
     def _context_budget(self, ctx: RunContext, model) -> int:
         """``max_context_tokens``, lowered when a local model cannot read that much beside the row and its answer."""
         cfg, budget = self.config, ctx.budget
-        limit = None if model is None else input_limit(model)
+        if model is None:
+            limit = None
+        elif cfg.backend == "llamacpp":  # the llama.cpp context holds passages, row, instruction and answer
+            limit = model.n_ctx
+        else:
+            limit = input_limit(model)
         if limit is None:
             return cfg.max_context_tokens
         # What the model can read: its positions minus the row, the instruction and (decoder-only) the answer.
-        room = limit - budget.max_input_tokens - 64 - (0 if model.config.is_encoder_decoder else budget.max_new_tokens)
+        seq2seq = cfg.backend == "transformers" and model.config.is_encoder_decoder
+        room = limit - budget.max_input_tokens - 64 - (0 if seq2seq else budget.max_new_tokens)
         if room >= cfg.max_context_tokens:
             return cfg.max_context_tokens
         if room < 16:

@@ -68,7 +68,7 @@ def build_trainer(model, tokenizer, cfg: "FinetuneConfig", train: "Dataset", val
                   runtime: Runtime, seed: int, output_dir: Path, max_seq_len: int) -> "SFTTrainer":
     """An ``SFTTrainer`` over pre-tokenized rows, the model prepared by the fine-tuning method (PEFT methods wrap
     it through TRL's ``peft_config``; full and freeze train it in fp32 master weights)."""
-    from trl import SFTTrainer
+    from lmtailor.training.compact_loss import CompactLossSFTTrainer
 
     model, peft_config = prepare_for_training(model, cfg, "decoder-only")
     if cfg.padding_free:
@@ -76,6 +76,9 @@ def build_trainer(model, tokenizer, cfg: "FinetuneConfig", train: "Dataset", val
 
         check_padding_free(model, tokenizer.pad_token_id)
     args = sft_config(cfg, runtime, seed, output_dir, max_seq_len, has_eval=validation is not None)
-    trainer = engine_trainer_class(SFTTrainer)(model=model, args=args, train_dataset=train, eval_dataset=validation,
-                                               processing_class=tokenizer, peft_config=peft_config)
+    # TRL's SFTTrainer, with the loss projected onto the vocabulary at the answer positions only where TRL's own
+    # fused head would project every position (CPU, MPS): training/compact_loss.py
+    trainer_class = engine_trainer_class(CompactLossSFTTrainer)
+    trainer = trainer_class(model=model, args=args, train_dataset=train, eval_dataset=validation,
+                            processing_class=tokenizer, peft_config=peft_config)
     return use_loss_bar(trainer)
