@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from lmtailor.data.formats import build_messages, encode_prompt, stop_token_ids
     from lmtailor.inference.generation import generate_ids
-    from lmtailor.inference.predict import _prepare, pad_token_id, predict
+    from lmtailor.inference.predict import pad_token_id, predict, prepare_inputs
     from lmtailor.measure.meter import Meter
     from lmtailor.models import load_model
     from lmtailor.runtime import detect_runtime
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     loaded = load_model(args.model, runtime)
     model, tok = loaded.model, loaded.tokenizer
     model.eval()
-    texts, _, _, _ = _prepare(tok, task, rows, [], max_input)
+    texts, _, _, _ = prepare_inputs(tok, task, rows, [], max_input)
     prompts = [encode_prompt(tok, build_messages(task, text, [], row.meta)) for row, text in zip(rows, texts)]
     stops, pad = stop_token_ids(tok), pad_token_id(tok)
     budget = Budget(max_input_tokens=max_input, max_new_tokens=args.max_new_tokens, eval_batch_size=args.batch_size)

@@ -317,6 +317,15 @@ def _mb(n: float) -> str:
     return f"{n / 2**20:,.0f} MB"
 
 
+def _loss(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"  # no training loss is logged in runs shorter than a log step
+
+
+def _median(values: list) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
 def report(results: list[dict], peak: float, info: dict, args) -> str:
     """The markdown table: every run, then the medians per engine and each one's ratio to plain."""
     first = results[0]
@@ -334,9 +343,9 @@ def report(results: list[dict], peak: float, info: dict, args) -> str:
     for i, r in enumerate(results, 1):
         mfu = r["flops_per_token"] * r["tokens_per_s"] / peak
         lines.append(f"| {i} | {r['engine']} | {r['steps']} | {r['tokens']:,} | {r['tokens_per_s']:,.0f} | "
-                     f"{r['s_per_step']:.2f} | {_mb(r['rss_train_peak'])} | {r['last_train_loss']:.4f} | "
+                     f"{r['s_per_step']:.2f} | {_mb(r['rss_train_peak'])} | {_loss(r['last_train_loss'])} | "
                      f"{r['val_answer_loss']:.4f} | {100 * mfu:.2f}% |")
-    med = {e: {k: statistics.median(r[k] for r in results if r["engine"] == e)
+    med = {e: {k: _median([r[k] for r in results if r["engine"] == e])
                for k in ("tokens_per_s", "s_per_step", "rss_train_peak", "val_answer_loss", "last_train_loss")}
            for e in ENGINES}
     lines += ["", "| median | tokens/s | s/step | peak RSS | val answer loss | MFU |",
