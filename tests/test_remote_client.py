@@ -302,11 +302,13 @@ def test_sampling_without_a_seed_is_not_cached(server, tmp_path):
     assert len(server.requests) == 3
 
 
-def test_missing_usage_is_unknown_not_invented(server, tmp_path):
+def test_missing_usage_is_unknown_not_invented(server, tmp_path, caplog):
     server.respond = lambda b, n: (200, {}, _completion('{"label": "pos"}', b, usage=False))
     meter = Meter(pricing=PRICING)
-    _, details = predict_remote(endpoint(server, tmp_path), TASK, rows("good"), [], BUDGET, meter)
+    with caplog.at_level("WARNING", logger="lmtailor"):
+        _, details = predict_remote(endpoint(server, tmp_path), TASK, rows("good"), [], BUDGET, meter)
     assert details["api"]["requests_without_usage"] == 1
+    assert "reported no token usage" in caplog.text and "understated" in caplog.text
     assert (details["api"]["input_tokens"], details["api"]["output_tokens"], details["api"]["usd"]) == (0, 0, 0)
 
 

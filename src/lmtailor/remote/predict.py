@@ -19,6 +19,7 @@ and price (what the configuration costs) but is marked as not sent (this run pai
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from typing import TYPE_CHECKING, Sequence
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
 CHARS_PER_TOKEN = 4
 REMOTE_MODES = ("constrained", "generate")
+log = logging.getLogger("lmtailor")
 _ANSWER_SHOWN = 200  # characters of an unparseable answer kept in the details, to see what the model said
 
 
@@ -203,6 +205,10 @@ def _send(endpoint: OpenAIEndpoint, bodies: list[dict], meter: Meter, details: d
         # the server reported no usage for these: their tokens (and so their price) are unknown, counted as 0
         "requests_without_usage": sum(not r.usage_known for r in results),
     }
+    if details["api"]["requests_without_usage"]:  # their cost is unknown, not zero: say so where it is seen
+        log.warning("%s: %d of %d answers from %s reported no token usage: their tokens and $ are counted as 0, so "
+                    "this row's cost is understated", desc, details["api"]["requests_without_usage"], len(results),
+                    endpoint.base_url)
     return results
 
 
