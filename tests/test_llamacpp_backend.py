@@ -331,3 +331,24 @@ def test_serve_with_the_llamacpp_backend_answers_like_transformers_on_the_same_w
                                                                      "response_format": schema}).json()
             assert json.loads(constrained["choices"][0]["message"]["content"])["label"] in {"red", "blue"}
     assert answers["llamacpp"] == answers["transformers"]
+
+
+def test_a_bare_gguf_file_loads_without_converting_its_weights(tiny_gguf_dir, tmp_path, monkeypatch):
+    """A .gguf path: family and tokenizer come from its metadata, and the prompts equal the folder tokenizer's."""
+    from lmtailor.inference import llamacpp as backend
+    from lmtailor.models import gguf_cache
+    from lmtailor.models.loading import load_tokenizer
+
+    alone = tmp_path / "tiny.f32.gguf"
+    shutil.copy(tiny_gguf_dir / "tiny.f32.gguf", alone)
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("the GGUF's weights were converted just to read its tokenizer or family")
+
+    monkeypatch.setattr(gguf_cache, "ensure_converted", no_conversion)
+    loaded = backend.load_llamacpp(str(alone))
+    try:
+        messages = build_messages(TASK, "a red apple", [])
+        assert encode_prompt(loaded.tokenizer, messages) == encode_prompt(load_tokenizer(str(tiny_gguf_dir)), messages)
+    finally:
+        loaded.model.close()

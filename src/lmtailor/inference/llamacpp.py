@@ -83,7 +83,15 @@ def check_decoder_only(model_ref: str) -> None:
     """Refuse encoders and encoder-decoders: llama.cpp here runs decoder-only GGUF models."""
     from lmtailor.models.loading import family_of
 
-    family = family_of(model_ref)
+    path = Path(model_ref).expanduser()
+    if path.is_file() and path.suffix == ".gguf":  # its metadata says: no need to convert the weights to ask
+        from transformers import AutoConfig
+
+        from lmtailor.models.family import detect_family
+
+        family = detect_family(AutoConfig.from_pretrained(path.parent, gguf_file=path.name))
+    else:
+        family = family_of(model_ref)
     if family != "decoder-only":
         raise UserError(f"backend: llamacpp runs decoder-only models; {model_ref} is {family}. Use "
                         "backend: transformers for it")
@@ -227,7 +235,6 @@ class LoadedLlamaCpp:
 def load_llamacpp(model_ref: str, n_ctx: int | None = None) -> LoadedLlamaCpp:
     """Load ``model_ref``'s GGUF into llama.cpp and its Hugging Face tokenizer (for prompts, labels, stop ids)."""
     from lmtailor.models.loading import load_tokenizer
-    from lmtailor.models.sources import resolve_model
     from lmtailor.remote.reference import is_remote
 
     if is_remote(model_ref):
@@ -236,5 +243,9 @@ def load_llamacpp(model_ref: str, n_ctx: int | None = None) -> LoadedLlamaCpp:
     import_llama_cpp()
     gguf = gguf_for(model_ref)
     check_decoder_only(model_ref)
-    tokenizer = load_tokenizer(resolve_model(model_ref).path)
+    folder = Path(model_ref).expanduser()
+    if folder.is_dir() and (folder / "tokenizer_config.json").is_file():  # an export: its own tokenizer files
+        tokenizer = load_tokenizer(str(folder))
+    else:  # an embedded alias or a .gguf: the tokenizer is in the GGUF (converting the weights would be wasted)
+        tokenizer = load_tokenizer(str(gguf.parent), gguf_file=gguf.name)
     return LoadedLlamaCpp(LlamaCppModel(gguf, n_ctx=n_ctx), tokenizer, model_ref)

@@ -23,11 +23,13 @@ class LoadedModel:
     source: Literal["embedded", "local", "hub", "tiny"]
 
 
-def load_tokenizer(path: str, trust_remote_code: bool = False):
-    """Load the tokenizer at ``path`` and give it a pad token (eos, else sep/unk) when it has none."""
+def load_tokenizer(path: str, trust_remote_code: bool = False, gguf_file: str | None = None):
+    """Load the tokenizer at ``path`` (from the GGUF file ``gguf_file`` in that folder, when given) and give it a pad
+    token (eos, else sep/unk) when it has none."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    extra = {} if gguf_file is None else {"gguf_file": gguf_file}
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **extra)
     if tokenizer.pad_token is None:
         fallback = tokenizer.eos_token or tokenizer.sep_token or tokenizer.unk_token
         if fallback is None:
