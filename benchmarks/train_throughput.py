@@ -7,11 +7,13 @@ variable length, loss on the answer tokens only) with the same hyper-parameters,
             ``TrainingArguments``, each batch padded to its longest row (``DataCollatorForSeq2Seq``, labels -100 on
             the prompt and the padding);
   lmtailor  the code path ``lmtailor run`` takes for a ``finetune`` row: ``build_sft_rows`` -> ``sft.build_trainer``
-            (TRL's SFTTrainer in lmtailor's engine) -> ``train_and_save``, with FinetuneConfig's defaults;
-  lmtailor-padding-free  the same with ``padding_free: true`` (each batch flattened into one row, no padding).
+            (TRL's SFTTrainer in lmtailor's engine) -> ``train_and_save``, with FinetuneConfig's defaults (for a
+            decoder-only model with batches of several rows: padding-free, each batch flattened into one row);
+  lmtailor-padded  the same with ``padding_free: false`` (each batch padded to its longest row), to show what the
+            padding-free default gives on its own.
 
 Each training runs in its own subprocess (so one run's allocations do not inflate the other's peak RSS), in the
-order plain, lmtailor, lmtailor-padding-free, plain, ... Every number is measured around the training loop only
+order plain, lmtailor, lmtailor-padded, plain, ... Every number is measured around the training loop only
 (callback at train begin/end), not model loading or saving:
 
   tokens/s     real tokens trained on (the rows' token counts, no padding) / training-loop seconds
@@ -46,8 +48,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "src" / "lmtailor" / "examples" / "demo.yaml"
-# lmtailor-padding-free: the same, with the finetune option padding_free: true (not yet the default)
-ENGINES = ("plain", "lmtailor", "lmtailor-padding-free")
+# lmtailor-padded: lmtailor with the finetune option padding_free: false (padding-free is its default)
+ENGINES = ("plain", "lmtailor", "lmtailor-padded")
 MAX_REPEATS, MAX_STEPS = 5, 200  # bounded: the whole script is meant to finish within 10 minutes on 2 cores
 
 
@@ -191,6 +193,7 @@ def train_lmtailor(model_ref: str, cfg, train_rows, runtime, seed: int, out: Pat
                             max_seq_len)
     trainer.add_callback(_timing_callback(box))
     _count_tokens(trainer, box)
+    box["padding_free"] = bool(trainer.args.padding_free)
     state, _, _ = train_and_save(trainer, cfg, loaded.tokenizer, out)
     return trainer.model, state
 
@@ -227,7 +230,9 @@ def worker(args) -> dict:
     tokenizer = load_tokenizer(model_path)
     train, validation, budget = demo_rows(tokenizer, cfg, exp)
     steps = args.steps or -(-train.rows // cfg.batch_size)  # default: one epoch, as the demo trains
-    cfg = cfg.model_copy(update={"max_steps": steps, "padding_free": args.worker == "lmtailor-padding-free"})
+    cfg = cfg.model_copy(update={"max_steps": steps})
+    if args.worker == "lmtailor-padded":
+        cfg = cfg.model_copy(update={"padding_free": False})
     box: dict = {}
     with tempfile.TemporaryDirectory(prefix=f"tt-{args.worker}-") as tmp:
         if args.worker == "plain":
@@ -235,10 +240,11 @@ def worker(args) -> dict:
         else:
             model, state = train_lmtailor(args.model, cfg, train.dataset, runtime, args.seed, Path(tmp), box,
                                           budget.max_seq_len)
+            print(f"{args.worker}: {'padding-free' if box['padding_free'] else 'padded'} batches", file=sys.stderr)
     trainable, total = count_params(model)
     losses = [e["loss"] for e in state.log_history if "loss" in e]
     return {
-        "engine": args.worker, "steps": state.global_step, "tokens": box["tokens"], "seconds": box["seconds"],
+        "engine": args.worker, "padding_free": box.get("padding_free", False), "steps": state.global_step, "tokens": box["tokens"], "seconds": box["seconds"],
         "tokens_per_s": box["tokens"] / box["seconds"], "s_per_step": box["seconds"] / max(1, state.global_step),
         "rss_train_peak": box["rss_train_peak"],
         "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -342,7 +348,8 @@ def report(results: list[dict], peak: float, info: dict, args) -> str:
              "| val answer loss | MFU |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for i, r in enumerate(results, 1):
         mfu = r["flops_per_token"] * r["tokens_per_s"] / peak
-        lines.append(f"| {i} | {r['engine']} | {r['steps']} | {r['tokens']:,} | {r['tokens_per_s']:,.0f} | "
+        engine = r["engine"] + (" (padding-free)" if r["padding_free"] else "")
+        lines.append(f"| {i} | {engine} | {r['steps']} | {r['tokens']:,} | {r['tokens_per_s']:,.0f} | "
                      f"{r['s_per_step']:.2f} | {_mb(r['rss_train_peak'])} | {_loss(r['last_train_loss'])} | "
                      f"{r['val_answer_loss']:.4f} | {100 * mfu:.2f}% |")
     med = {e: {k: _median([r[k] for r in results if r["engine"] == e])

@@ -93,7 +93,10 @@ def _out_of_memory_once(monkeypatch, at_step: int, times: int = 1) -> dict:
     original, raised = engine.EngineMixin.training_step, {"n": 0, "batch": []}
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        raised["batch"].append((self.state.global_step, int(inputs["input_ids"].shape[0])))
+        ids = inputs["input_ids"]  # a padding-free batch is one flattened row whose positions restart per row
+        rows = int((inputs["position_ids"] == 0).sum()) if ids.shape[0] == 1 and "position_ids" in inputs else \
+            int(ids.shape[0])
+        raised["batch"].append((self.state.global_step, rows))
         if self.state.global_step == at_step and raised["n"] < times:
             raised["n"] += 1
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")

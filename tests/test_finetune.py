@@ -191,7 +191,8 @@ def make_trainer(tiny_llama_dir, tmp_path):
 def test_collated_labels_mask_the_prompt(make_trainer, completion_only):
     from lmtailor.training.dataset import encode_row
 
-    trainer, tokenizer = make_trainer(_config(method="lora", completion_only_loss=completion_only))
+    trainer, tokenizer = make_trainer(_config(method="lora", completion_only_loss=completion_only,
+                                              padding_free=False))  # padded: the layout checked below
     rows = SPLITS.train[:4]
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(rows))])
     lengths = set()
@@ -219,7 +220,8 @@ def test_cpu_training_is_fp32(make_trainer):
     assert trainer.args.report_to == [] and trainer.args.save_strategy == "steps" and trainer.args.save_steps == 500
     assert trainer.args.activation_checkpointing is False
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
-    bf16 = sft_config(_config(method="full"), Runtime("cpu", "bf16", "native"), 0, Path("unused"), 64, False)
+    bf16 = sft_config(_config(method="full"), Runtime("cpu", "bf16", "native"), 0, Path("unused"), 64, False,
+                      padding_free=False)
     assert bf16.bf16 is True and bf16.fp16 is False
 
 

@@ -424,6 +424,36 @@ def test_padding_free_training_counts_every_token_and_learns(tiny_llama_dir, tmp
     assert d["last_train_loss"] < d["first_train_loss"]
 
 
+def test_padding_free_is_the_default_where_it_applies_and_falls_back_with_a_warning(tiny_llama_dir, monkeypatch,
+                                                                                     caplog):
+    import transformers.masking_utils as masking
+
+    from lmtailor.models import load_model
+    from lmtailor.training.padding_free import use_padding_free
+
+    loaded = load_model("tiny-llama", CPU)
+    model, pad = loaded.model, loaded.tokenizer.pad_token_id
+    assert _config(method="lora").padding_free is None  # unset: decided on the loaded model
+    assert use_padding_free(model, pad, _config(method="lora", batch_size=4)) is True
+    assert use_padding_free(model, pad, _config(method="full", batch_size=4, padding_free=False)) is False
+    assert use_padding_free(model, pad, _config(method="lora", batch_size=1)) is False  # nothing to flatten
+    for method in ("prompt-tuning", "prefix"):  # virtual tokens would go before the whole flattened batch
+        assert use_padding_free(model, pad, _config(method=method, batch_size=4)) is False
+    monkeypatch.setattr(masking, "find_packed_sequence_indices", lambda position_ids: None)
+    with caplog.at_level("WARNING", logger="lmtailor.training.padding_free"):
+        assert use_padding_free(model, pad, _config(method="lora", batch_size=4)) is False
+    assert "attend to the rows before them" in caplog.text and "padded batches instead" in caplog.text
+    with pytest.raises(UserError, match="attend to the rows before them"):  # asked for explicitly: refused
+        use_padding_free(model, pad, _config(method="lora", batch_size=4, padding_free=True))
+
+
+def test_default_run_records_its_batches(tiny_llama_dir, tiny_t5_dir, tmp_path):
+    decoder = _run("llama", "lora", tmp_path / "llama", batch_size=4, eval_strategy="no").output.details
+    assert decoder["padding_free"] is True and decoder["train_tokens"] == decoder["train_data"]["tokens"]
+    padded = _run("llama", "prompt-tuning", tmp_path / "pt", batch_size=4, eval_strategy="no").output.details
+    assert padded["padding_free"] is False
+
+
 def test_padding_free_only_for_decoder_only_models_and_not_with_virtual_tokens(tiny_t5_dir, tmp_path):
     with pytest.raises(UserError, match="decoder-only models only"):
         _run("t5", "lora", tmp_path, padding_free=True)

@@ -51,9 +51,12 @@ class FinetuneConfig(StrategyConfig):
                                 "(needs eval_strategy epoch or steps); the best checkpoint's weights are kept")
     group_by_length: bool = Field(
         False, description="batch rows of similar length together (less padding, a little less randomness)")
-    padding_free: bool = Field(
-        False, description="decoder-only: concatenate each batch's rows into one sequence without padding; "
-                           "position ids restart per row so no row attends to another")
+    padding_free: bool | None = Field(
+        None, description="decoder-only: concatenate each batch's rows into one sequence without padding; "
+                          "position ids restart per row so no row attends to another. Unset: on for decoder-only "
+                          "models with batch_size > 1 and a method without virtual tokens, once the loaded model "
+                          "is checked to keep rows apart (else padded, with a warning); true: on (an error if the "
+                          "check fails); false: each batch padded to its longest row")
     checkpoint_steps: int = Field(
         500, ge=1, description="write a resumable checkpoint every this many optimizer steps (and on SIGINT/SIGTERM); "
                                "`lmtailor run --resume RUN_DIR` continues from the last complete one")
@@ -146,6 +149,7 @@ class _Trained:
     total: int
     artifact_name: str
     artifact: Path
+    padding_free: bool = False  # batches were flattened without padding (training/padding_free.py)
 
 
 class FinetuneStrategy(Strategy):
@@ -276,10 +280,12 @@ class FinetuneStrategy(Strategy):
         trainer = build_trainer(model, tokenizer, cfg, train.dataset, val.dataset, ctx.runtime, ctx.seed,
                                 ctx.out_dir / "checkpoints", ctx.budget.max_seq_len)
         trainable, total = count_params(trainer.model)
-        ctx.log.info("%s: %d training rows, %s of %s parameters trainable, lr %g", self.label(), train.rows,
-                     f"{trainable:,}", f"{total:,}", learning_rate(cfg))
+        ctx.log.info("%s: %d training rows, %s of %s parameters trainable, lr %g, %s batches", self.label(),
+                     train.rows, f"{trainable:,}", f"{total:,}", learning_rate(cfg),
+                     "padding-free" if trainer.args.padding_free else "padded")
         state, name, path = train_and_save(trainer, cfg, tokenizer, ctx.out_dir, **save_override(cfg))
-        return _Trained(trainer.model, state, train, val, trainable, total, name, path)
+        return _Trained(trainer.model, state, train, val, trainable, total, name, path,
+                        padding_free=bool(trainer.args.padding_free))
 
     def _measure(self, meter: Meter, t: _Trained) -> None:
         from lmtailor.measure.meter import estimate_flops
@@ -315,8 +321,7 @@ class FinetuneStrategy(Strategy):
         }
         if cfg.learning_rate is None:
             details["learning_rate_source"] = method.learning_rate_source
-        if cfg.padding_free:
-            details["padding_free"] = True
+        details["padding_free"] = getattr(t, "padding_free", False)  # seq2seq and classifier batches are padded
         if cfg.method == "lora":
             details["lora"] = lora_details(t.model)
         return details

@@ -38,6 +38,9 @@ class FinetuneMethod:
     encoder_learning_rate: float = 5e-4  # encoder classifiers (a fresh head trains with the method)
     unsupported: dict[str, str] = field(default_factory=dict)  # family -> why not
     peft: bool = True  # trains an adapter (artifact "adapter"), else the model's own weights (artifact "model")
+    # a batch's rows can be flattened into one sequence (padding_free); not when virtual tokens are put before the
+    # input, since they would go before the whole flattened batch instead of before each row
+    padding_free_ok: bool = True
     learning_rate_source: str = "the method's default"
 
     def default_learning_rate(self, family: str) -> float:

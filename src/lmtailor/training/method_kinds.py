@@ -109,6 +109,8 @@ class IA3Method(FinetuneMethod):
 class PrefixMethod(FinetuneMethod):
     """Prefix tuning (Li & Liang 2021): trained key/value vectors prepended in every attention layer."""
 
+    padding_free_ok: bool = False
+
     def peft_config(self, cfg, model, family):
         from peft import PrefixTuningConfig
 
@@ -125,6 +127,8 @@ class PromptTuningMethod(FinetuneMethod):
     initialisation: ``peft_options: {prompt_tuning_init_text: "Classify the colour"}``; random vectors:
     ``{prompt_tuning_init: RANDOM}``.
     """
+
+    padding_free_ok: bool = False
 
     def peft_config(self, cfg, model, family):
         from peft import PromptTuningConfig

@@ -6,13 +6,26 @@ build its mask that way would let every row attend to the rows before it, and tr
 
 So before training, ``check_padding_free`` runs the model once on two flattened batches that differ only in their
 first row: the second row's logits must not move, and must equal those of the second row run alone.
+
+Padding-free is the default for decoder-only fine-tuning (``use_padding_free``): on the demo's LoRA row it trains
+1.3x faster than padded batches at the same loss (``benchmarks/README.md``), since no FLOPs go to padding. It stays
+off where it cannot help or cannot work: one row per batch, prefix / prompt tuning (their virtual tokens would go
+before the whole flattened batch), and a model that fails the check (a warning says so, and batches are padded).
 """
 
 from __future__ import annotations
 
+import logging
+from typing import TYPE_CHECKING
+
 import torch
 
 from lmtailor.errors import UserError
+
+if TYPE_CHECKING:
+    from lmtailor.strategies.finetune import FinetuneConfig
+
+log = logging.getLogger(__name__)
 
 
 def _flat_batch(rows: list[list[int]], pad_token_id: int) -> dict:
@@ -56,3 +69,23 @@ def check_padding_free(model, pad_token_id: int) -> None:
                         f"{problem} in {type(model).__name__}, so training would mix examples. Set padding_free: "
                         "false (or use a model whose attention builds its mask through transformers' masking "
                         "utilities: sdpa, eager, flex or flash attention)")
+
+
+def use_padding_free(model, pad_token_id: int, cfg: "FinetuneConfig") -> bool:
+    """Whether a decoder-only run flattens its batches: ``padding_free`` as set (true is checked on ``model`` and
+    refused if rows would mix), or, when unset, wherever it applies and the check passes."""
+    from lmtailor.training.peft_methods import finetune_method
+
+    if cfg.padding_free is False:
+        return False
+    if cfg.padding_free is None:
+        if cfg.batch_size == 1 or not finetune_method(cfg.method).padding_free_ok:
+            return False
+        try:
+            check_padding_free(model, pad_token_id)
+        except UserError as e:
+            log.warning("%s. Training on padded batches instead.", e)
+            return False
+        return True
+    check_padding_free(model, pad_token_id)
+    return True

@@ -125,7 +125,7 @@ def check_method_settings(cfg: "FinetuneConfig") -> None:
         what = " and ".join(f"{group} settings ({', '.join(fields)})" for group, fields in groups.items())
         takes = ", ".join(method.settings) or "none of them"
         raise UserError(f"{what} do not apply to method: {cfg.method}; remove them (it takes: {takes})")
-    if cfg.padding_free and isinstance(method, (PrefixMethod, PromptTuningMethod)):
+    if cfg.padding_free and not method.padding_free_ok:
         raise UserError(f"padding_free cannot be used with method: {cfg.method}: its virtual tokens are put before "
                         "the whole flattened batch, not before each row; remove padding_free")
 

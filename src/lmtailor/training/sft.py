@@ -45,22 +45,23 @@ def lora_config(cfg) -> "LoraConfig":
 
 
 def sft_config(cfg: "FinetuneConfig", runtime: Runtime, seed: int, output_dir: Path, max_seq_len: int,
-               has_eval: bool) -> "SFTConfig":
-    """TRL's ``SFTConfig`` for one run: precision from ``runtime``, no checkpoints, no trackers, progress shown."""
+               has_eval: bool, padding_free: bool) -> "SFTConfig":
+    """TRL's ``SFTConfig`` for one run: precision from ``runtime``, no checkpoints, no trackers, progress shown;
+    ``padding_free`` as resolved for the loaded model (``training/padding_free.use_padding_free``)."""
     from trl import SFTConfig
 
     args = common_training_args(cfg, runtime, seed, output_dir, has_eval, learning_rate(cfg))
-    if cfg.padding_free:
+    if padding_free:
         # A flattened batch has no padding at all (and no attention mask): every token is real. Counting "non
         # padding" would instead drop every token equal to the pad id, which is eos for many tokenizers.
         args["include_num_input_tokens_seen"] = "all"
     return SFTConfig(
         **args,
         # rows are already cut to this; TRL's own truncation is then a no-op (and padding-free refuses it)
-        max_length=None if cfg.padding_free else max_seq_len,
+        max_length=None if padding_free else max_seq_len,
         completion_only_loss=cfg.completion_only_loss,
         packing=False,  # one row per sequence: padding-free flattens a batch, it never splits or merges rows
-        padding_free=cfg.padding_free,
+        padding_free=padding_free,
     )
 
 
@@ -70,12 +71,11 @@ def build_trainer(model, tokenizer, cfg: "FinetuneConfig", train: "Dataset", val
     it through TRL's ``peft_config``; full and freeze train it in fp32 master weights)."""
     from lmtailor.training.compact_loss import CompactLossSFTTrainer
 
-    model, peft_config = prepare_for_training(model, cfg, "decoder-only")
-    if cfg.padding_free:
-        from lmtailor.training.padding_free import check_padding_free
+    from lmtailor.training.padding_free import use_padding_free
 
-        check_padding_free(model, tokenizer.pad_token_id)
-    args = sft_config(cfg, runtime, seed, output_dir, max_seq_len, has_eval=validation is not None)
+    model, peft_config = prepare_for_training(model, cfg, "decoder-only")
+    args = sft_config(cfg, runtime, seed, output_dir, max_seq_len, has_eval=validation is not None,
+                      padding_free=use_padding_free(model, tokenizer.pad_token_id, cfg))
     # TRL's SFTTrainer, with the loss projected onto the vocabulary at the answer positions only where TRL's own
     # fused head would project every position (CPU, MPS): training/compact_loss.py
     trainer_class = engine_trainer_class(CompactLossSFTTrainer)
