@@ -26,7 +26,7 @@ order plain, lmtailor, lmtailor-padded, plain, ... Every number is measured arou
                ``lmtailor.measure.meter.estimate_flops(kind="peft")`` counts; the peak is a large square matmul in the
                same dtype, measured in this run.
 
-    .venv/bin/python benchmarks/train_throughput.py                         # smollm2-135m-instruct, 3 repetitions
+    .venv/bin/python benchmarks/train_throughput.py                         # smollm2-135m-instruct, 2 repetitions
     .venv/bin/python benchmarks/train_throughput.py --model tiny-llama      # a quick check of the script
 """
 
