@@ -43,9 +43,23 @@ def experiment(tmp_path):
     return exp
 
 
-def test_run_writes_a_complete_run_directory(experiment, tmp_path, capsys):
-    assert main(["run", str(experiment), "--out", str(tmp_path / "runs")]) == 0
+@pytest.fixture()
+def two_threads_then_restored():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_run_writes_a_complete_run_directory(experiment, tmp_path, capsys, two_threads_then_restored):
+    import torch
+
+    assert main(["run", str(experiment), "--out", str(tmp_path / "runs"), "--set", "runtime.threads=1"]) == 0
+    assert torch.get_num_threads() == 1  # runtime.threads applied (the fixture had set 2)
     (run_dir,) = (tmp_path / "runs").iterdir()
+    assert "threads=1 dtype=" in (run_dir / "run.log").read_text()  # the run output says how many threads
     for name in ("config.yaml", "splits.json", "task.json", "run.log", "results.md"):
         assert (run_dir / name).is_file(), name
     records = [json.loads(p.read_text()) for p in sorted((run_dir / "results").glob("*.json"))]
@@ -62,6 +76,7 @@ def test_run_writes_a_complete_run_directory(experiment, tmp_path, capsys):
         assert r["meter"]["inference_latency_s_per_example"] > 0
         # The dtype the hardware supports (fp32 on CPUs that only emulate bf16), never a library default.
         assert r["environment"]["precision"] == detect_runtime().precision
+        assert r["environment"]["torch_threads"] == 1  # runtime.threads, set below
     sizes = sorted(r["train_size"] for r in records if r["label"].startswith("full"))
     assert sizes == [12, 24]
     assert set(splits["learning_curve_subsets"]["12"]) <= set(splits["learning_curve_subsets"]["24"])

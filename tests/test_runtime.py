@@ -46,3 +46,21 @@ def test_trust_remote_code_is_off_unless_asked_and_then_named_in_the_output():
     assert "trust_remote_code" not in detect_runtime("fp32", "cpu").describe()
     on = detect_runtime("fp32", "cpu", trust_remote_code=True)
     assert on.trust_remote_code and "trust_remote_code ON" in on.describe()
+
+
+def test_threads_are_torch_default_unless_set_and_shown_in_the_output():
+    import torch
+    from pydantic import ValidationError
+
+    from lmtailor.config import RuntimeConfig
+
+    before = torch.get_num_threads()
+    try:
+        assert runtime.set_threads(None) == before  # unset: torch's own choice is left alone
+        assert runtime.set_threads(1) == 1 and torch.get_num_threads() == 1
+        assert "threads=1" in detect_runtime("fp32", "cpu").describe()
+    finally:
+        torch.set_num_threads(before)
+    assert RuntimeConfig(threads=2).threads == 2 and RuntimeConfig().threads is None
+    with pytest.raises(ValidationError, match="threads"):
+        RuntimeConfig(threads=0)

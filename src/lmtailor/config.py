@@ -54,6 +54,9 @@ class RuntimeConfig(_Strict):
 
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="compute dtype")
     device: str | None = Field(None, description="torch device (default: cuda if present, else cpu)")
+    threads: int | None = Field(
+        None, ge=1, description="CPU threads for torch's operators (default: torch's own, one per physical core); "
+                                "lower it when other jobs share the cores. Shown in the run output")
     trust_remote_code: bool = Field(
         False, description="let Transformers run Python code shipped with a model (its own modelling files); off "
                            "by default, and named in the run output when on. Only for models whose code you trust")

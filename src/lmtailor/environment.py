@@ -45,8 +45,10 @@ def describe_environment(runtime: Runtime) -> dict:
         "precision": runtime.precision,
         "precision_reason": runtime.reason,
     }
-    if runtime.hardware == "cuda":
-        import torch
+    import torch
 
+    if runtime.hardware == "cpu":
+        env["torch_threads"] = torch.get_num_threads()  # timings depend on it (runtime.threads)
+    if runtime.hardware == "cuda":
         env["gpu"] = torch.cuda.get_device_name(0)
     return env

@@ -32,7 +32,7 @@ from lmtailor.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
 from lmtailor.measure.meter import Meter
 from lmtailor.report.results_json import write_results
 from lmtailor.report.table import results_markdown
-from lmtailor.runtime import Runtime, detect_runtime
+from lmtailor.runtime import Runtime, detect_runtime, set_threads
 from lmtailor.strategies import STRATEGIES, RunContext, Strategy
 from lmtailor.tasks import TASK_TYPES, TaskSpec
 from lmtailor.tasks.evaluator import evaluate
@@ -337,6 +337,7 @@ def run_experiment(exp: Experiment, base_dir: Path, out_dir: Path | None = None,
     Under several processes the main one creates (or reopens) the run directory and tells the others.
     """
     runtime = detect_runtime(exp.runtime.precision, exp.runtime.device, exp.runtime.trust_remote_code)
+    set_threads(exp.runtime.threads)
     precision_note = distributed.align_launcher_precision(runtime.precision)
     distributed.setup(cpu=runtime.hardware == "cpu")  # before any model loads; a no-op in one process
     rows = plan_rows(exp)

@@ -31,10 +31,23 @@ class Runtime:
         return "cuda" if self.device.startswith("cuda") else ("mps" if self.device == "mps" else "cpu")
 
     def describe(self) -> str:
-        described = f"device={self.device} dtype={self.precision} ({self.reason})"
+        threads = f" threads={torch.get_num_threads()}" if self.hardware == "cpu" else ""
+        described = f"device={self.device}{threads} dtype={self.precision} ({self.reason})"
         if self.trust_remote_code:
             described += "; trust_remote_code ON: Python code inside model directories runs (set in the experiment)"
         return described
+
+
+def set_threads(threads: int | None) -> int:
+    """Run torch's CPU operators on ``threads`` threads (None: leave torch's default, one per physical core);
+    returns the number in use.
+
+    A setting because the default assumes the cores are free: on a 2-core machine shared with other jobs, a LoRA
+    step ran about 10x faster on 1 thread than on 2 (benchmarks/README.md), the threads waiting on each other.
+    """
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
 
 
 def _cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:

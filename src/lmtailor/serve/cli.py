@@ -59,6 +59,8 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
                    help="engine: transformers, or llamacpp (serves the model's GGUF through llama.cpp: an embedded "
                         "model with a GGUF, a .gguf path, or a run row after lmtailor export --merge --gguf; "
                         "decoder-only; needs the llamacpp extra; one request at a time, --precision ignored)")
+    p.add_argument("--threads", type=_positive, default=None,
+                   help="CPU threads for torch (and llama.cpp) (default: torch's own, one per physical core)")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="run Python code shipped inside the model directory (off by default)")
     p.set_defaults(func=cmd_serve)
@@ -81,7 +83,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from lmtailor.runtime import detect_runtime
+    from lmtailor.runtime import detect_runtime, set_threads
     from lmtailor.serve.app import create_app
     from lmtailor.serve.auth import check_bind, resolve_api_key
     from lmtailor.serve.protocol import ServeSettings
@@ -94,6 +96,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sock = bind_socket(args.host, args.port)  # a taken port fails now, not after the model has loaded
     try:
         runtime = detect_runtime(args.precision, trust_remote_code=args.trust_remote_code)
+        set_threads(args.threads)
         if args.precision != "auto":
             runtime = replace(runtime, reason="set by --precision")
         served = load_target(args.target, runtime, row=args.row, name=args.model_name, backend=args.backend)

@@ -8,7 +8,7 @@ So before training, ``check_padding_free`` runs the model once on two flattened 
 first row: the second row's logits must not move, and must equal those of the second row run alone.
 
 Padding-free is the default for decoder-only fine-tuning (``use_padding_free``): on the demo's LoRA row it trains
-1.3x faster than padded batches at the same loss (``benchmarks/README.md``), since no FLOPs go to padding. It stays
+1.3x faster than padded batches at no worse loss (``benchmarks/README.md``): no FLOPs go to padding. It stays
 off where it cannot help or cannot work: one row per batch, prefix / prompt tuning (their virtual tokens would go
 before the whole flattened batch), and a model that fails the check (a warning says so, and batches are padded).
 """
