@@ -89,3 +89,21 @@ def test_generation_without_stop_tokens_runs_to_the_token_limit(tiny, one_torch_
     assert [len(ids) for ids in out.ids] == [5] * len(prompts)
     single = [generate_ids(tiny.model, [p], 5, [], PAD, batch_size=1).ids[0] for p in prompts]
     assert out.ids == single
+
+
+def test_the_lm_head_gets_a_contiguous_input_even_when_the_weights_are_frozen(tiny_llama_dir, one_torch_thread):
+    """A strided (batch, 1, hidden) input with frozen weights sends torch.matmul to a batched matmul over a copy
+    of the vocabulary matrix per row (models/loading.contiguous_head_input); the head must see it contiguous."""
+    loaded = load_model(str(tiny_llama_dir), CPU)
+    model = loaded.model.requires_grad_(False)  # as a merged LoRA model's base is
+    seen = []
+    model.get_output_embeddings().register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
+    ids = torch.tensor([[5, 6, 7, 8, 9], [10, 11, 12, 13, 14]])
+    with torch.no_grad():
+        last = model(input_ids=ids, logits_to_keep=1).logits
+        full = model(input_ids=ids).logits
+    assert seen == [True, True]
+    torch.testing.assert_close(last[:, -1], full[:, -1])
+    seen.clear()
+    generate_ids(model, [[5, 6, 7], [8, 9, 10, 11]], max_new_tokens=3, stop_ids=[], pad_id=PAD)
+    assert seen and all(seen)  # the prefill's last position and every decoding step

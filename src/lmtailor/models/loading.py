@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import torch
+
 from lmtailor.models.family import Family, Head, auto_class, check_head, detect_family, head_for
 from lmtailor.errors import UserError
 from lmtailor.models.sources import resolve_model
@@ -91,4 +93,27 @@ def load_model(ref: str, runtime: Runtime, head: Head | None = None, num_labels:
     if quantization_config is None:
         model.to(runtime.device)
     model.eval()
+    contiguous_head_input(model)
     return LoadedModel(model, tokenizer, family, ref, resolved.path, resolved.source)
+
+
+def contiguous_head_input(model) -> None:
+    """Hand the LM head a contiguous input, so that projecting the last position onto the vocabulary is one matmul.
+
+    Why: generation and label scoring ask for the last position's logits only (``logits_to_keep=1``), which gives
+    the head a strided ``(batch, 1, hidden)`` view. PyTorch folds a 3-D input into a single matmul only when that
+    needs no copy or when the weight requires grad; with frozen weights (a merged LoRA model, whose base PEFT froze)
+    it runs a batched matmul over a per-row copy of the whole vocabulary matrix instead. Measured on SmolLM2-135M
+    (bf16, 8 rows): a forward took 0.88 s instead of 0.35 s, greedy generation 1.6x as long, and the tuned LoRA
+    row's label scoring 3x as long as the full fine-tune's. Copying the ``(batch, 1, hidden)`` slice costs nothing
+    next to that. Models without an LM head (classifiers) are left as they are.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if isinstance(head, torch.nn.Module):
+        head.register_forward_pre_hook(_contiguous_first_input)
+
+
+def _contiguous_first_input(module, args: tuple) -> tuple | None:
+    if args and isinstance(args[0], torch.Tensor) and not args[0].is_contiguous():
+        return (args[0].contiguous(), *args[1:])
+    return None
