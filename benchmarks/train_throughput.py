@@ -104,11 +104,21 @@ def _timing_callback(box: dict):
         """Wall time of the training loop alone (not loading, not saving), and the RSS during it."""
 
         def on_train_begin(self, args, state, control, **kwargs):
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
             box["sampler"] = _RssSampler()
             box["sampler"].start()
             box["start"] = time.perf_counter()
 
         def on_train_end(self, args, state, control, **kwargs):
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()  # the loop's last kernels belong to its time
+                box["cuda_train_peak"] = torch.cuda.max_memory_allocated()
             box["seconds"] = time.perf_counter() - box["start"]
             box["sampler"].stop.set()
             box["rss_train_peak"] = box["sampler"].peak
@@ -246,7 +256,7 @@ def worker(args) -> dict:
     return {
         "engine": args.worker, "padding_free": box.get("padding_free", False), "steps": state.global_step, "tokens": box["tokens"], "seconds": box["seconds"],
         "tokens_per_s": box["tokens"] / box["seconds"], "s_per_step": box["seconds"] / max(1, state.global_step),
-        "rss_train_peak": box["rss_train_peak"],
+        "rss_train_peak": box["rss_train_peak"], "cuda_train_peak": box.get("cuda_train_peak"),
         "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "last_train_loss": losses[-1] if losses else None,
         "val_answer_loss": answer_loss(model, validation.dataset.to_list()),
@@ -260,20 +270,23 @@ def worker(args) -> dict:
 # The driver: peak FLOP/s, alternating subprocesses, the table
 # ---------------------------------------------------------------------------------------------------------------
 
-def peak_flops(precision: str, size: int = 2048, seconds: float = 3.0) -> float:
-    """FLOP/s of a large square matmul in the runtime's dtype: the best of repeated timings (this process)."""
+def peak_flops(precision: str, device: str = "cpu", size: int = 2048, seconds: float = 3.0) -> float:
+    """FLOP/s of a large square matmul in the runtime's dtype on its device: the best of repeated timings."""
     import torch
 
     from lmtailor.runtime import _DTYPES
 
     dtype = _DTYPES[precision]
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     for _ in range(2):
-        a @ b  # warm-up (oneDNN picks its kernel on the first call)
+        a @ b  # warm-up (oneDNN / cuBLAS pick their kernel on the first call)
+    sync()
     best, end = float("inf"), time.perf_counter() + seconds
     while time.perf_counter() < end:
         t = time.perf_counter()
         a @ b
+        sync()
         best = min(best, time.perf_counter() - t)
     return 2 * size ** 3 / best
 
@@ -323,6 +336,12 @@ def _mb(n: float) -> str:
     return f"{n / 2**20:,.0f} MB"
 
 
+def _memory(r: dict) -> str:
+    """Peak RSS of the training loop, and the CUDA allocator's peak where a GPU trained."""
+    cuda = r.get("cuda_train_peak")
+    return _mb(r["rss_train_peak"]) + (f"; CUDA {_mb(cuda)}" if cuda is not None else "")
+
+
 def _loss(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"  # no training loss is logged in runs shorter than a log step
 
@@ -342,15 +361,16 @@ def report(results: list[dict], peak: float, info: dict, args) -> str:
              f"r={args.cfg.lora_r} alpha={args.cfg.lora_alpha} on {args.cfg.target_modules}; lr {first['lr']:g}, "
              f"batch {first['batch_size']}, {first['steps']} steps over {first['train_rows']} rows; loss on answer "
              "tokens only (both)",
-             f"peak: {peak / 1e9:,.0f} GFLOP/s ({first['precision']} 2048x2048 matmul); FLOPs per token 4N+2T = "
+             f"peak: {peak / 1e9:,.0f} GFLOP/s ({first['precision']} {args.peak_size}x{args.peak_size} matmul); "
+             "FLOPs per token 4N+2T = "
              f"{first['flops_per_token'] / 1e6:,.0f} M (N={first['total']:,}, T={first['trainable']:,})", "",
-             "| run | engine | steps | real tokens | tokens/s | s/step | peak RSS (training) | final train loss "
+             "| run | engine | steps | real tokens | tokens/s | s/step | peak RSS (training; CUDA) | final train loss "
              "| val answer loss | MFU |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for i, r in enumerate(results, 1):
         mfu = r["flops_per_token"] * r["tokens_per_s"] / peak
         engine = r["engine"] + (" (padding-free)" if r["padding_free"] else "")
         lines.append(f"| {i} | {engine} | {r['steps']} | {r['tokens']:,} | {r['tokens_per_s']:,.0f} | "
-                     f"{r['s_per_step']:.2f} | {_mb(r['rss_train_peak'])} | {_loss(r['last_train_loss'])} | "
+                     f"{r['s_per_step']:.2f} | {_memory(r)} | {_loss(r['last_train_loss'])} | "
                      f"{r['val_answer_loss']:.4f} | {100 * mfu:.2f}% |")
     med = {e: {k: _median([r[k] for r in results if r["engine"] == e])
                for k in ("tokens_per_s", "s_per_step", "rss_train_peak", "val_answer_loss", "last_train_loss")}
@@ -399,7 +419,9 @@ def main(argv: list[str] | None = None) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    peak = peak_flops(detect_runtime().precision)
+    runtime = detect_runtime()
+    args.peak_size = 8192 if runtime.device.startswith("cuda") else 2048  # 2048 cubed is too little for a GPU
+    peak = peak_flops(runtime.precision, runtime.device, args.peak_size)
     print(f"peak matmul: {peak / 1e9:,.0f} GFLOP/s", flush=True)
     results, started = [], time.perf_counter()
     for rep in range(args.repeats):

@@ -30,3 +30,13 @@ def test_train_throughput_prints_plain_against_lmtailor(tiny_llama_dir):
         assert row in out, row
     assert "lmtailor (padding-free) |" in out  # the default for a decoder-only model
     assert "4N+2T" in out and "GFLOP/s" in out
+
+
+def test_train_table_shows_the_cuda_peak_only_where_a_gpu_trained():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_throughput", BENCHMARKS / "train_throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module._memory({"rss_train_peak": 2 * 2**30, "cuda_train_peak": None}) == "2,048 MB"
+    assert module._memory({"rss_train_peak": 2**30, "cuda_train_peak": 3 * 2**29}) == "1,024 MB; CUDA 1,536 MB"
