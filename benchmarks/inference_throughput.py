@@ -23,7 +23,6 @@ import argparse
 import datetime as dt
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,27 +35,10 @@ DEMO = ROOT / "src" / "lmtailor" / "examples" / "demo.yaml"
 
 
 def machine() -> str:
-    """CPU model, cores and the flags that decide the dtype."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        info = ""
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
-                 platform.processor() or platform.machine())
-    flags = set(info.split())
-    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
-    return f"{model}, {os.cpu_count()} cores, flags: {' '.join(shown) or 'none of avx2/avx512/amx'}"
+    from bench_env import cpu
 
-
-def commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + (" (with uncommitted changes)" if dirty else "")
+    name, flags = cpu()
+    return f"{name}, {os.cpu_count()} cores, flags: {flags}"
 
 
 def build_rows(n_rows: int, max_input_tokens: int):
@@ -105,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rows must be in 1..400 and --max-new-tokens in 1..256")
 
     import transformers
+    from bench_env import commit
     from tqdm.auto import tqdm
 
     from lmtailor.data.formats import build_messages, encode_prompt, stop_token_ids
@@ -188,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     baseline = {"classify": naive_classify["rate"], "generate": naive_gen["rate"]}
     print()
     print(f"## inference_throughput.py: {args.model}, {n} pydoc-module test rows, {new} new tokens\n")
-    print(f"- date: {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}; commit {commit()}")
+    print(f"- date: {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}; commit {commit(ROOT)}")
     print(f"- machine: {machine()}; Python {platform.python_version()}, torch {torch.__version__}, "
           f"transformers {transformers.__version__}, {torch.get_num_threads()} torch threads")
     print(f"- transformers dtype: {runtime.precision} ({runtime.reason}); prompt tokens mean "

@@ -40,3 +40,15 @@ def test_train_table_shows_the_cuda_peak_only_where_a_gpu_trained():
     spec.loader.exec_module(module)
     assert module._memory({"rss_train_peak": 2 * 2**30, "cuda_train_peak": None}) == "2,048 MB"
     assert module._memory({"rss_train_peak": 2**30, "cuda_train_peak": 3 * 2**29}) == "1,024 MB; CUDA 1,536 MB"
+
+
+def test_table_headers_name_the_cpu_flags_and_the_commit(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import bench_env
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("model name\t: Some Xeon\nflags\t\t: fpu avx2 amx_bf16 avx512_bf16x\n")
+    assert bench_env.cpu(info) == ("Some Xeon", "avx2 amx_bf16")  # whole flags only
+    assert bench_env.cpu(tmp_path / "absent")[1] == "?"
+    assert bench_env.commit(tmp_path) == "?"  # not a git checkout
+    assert bench_env.commit(BENCHMARKS.parent).split()[0].isalnum()
