@@ -227,6 +227,39 @@ def _api_model_problems(source: str, exp: Experiment, strategies: list[StrategyC
             problems.append(f"{source}: strategies.{i} ({cfg.name}) would run on {', '.join(remote)}, an API "
                             "endpoint, which has no weights to train here (only prompt and rag can use one); set "
                             f"strategies.{i}.models to the local models it should run on")
+    return problems + _unpriced_api_problems(source, exp, strategies)
+
+
+def _remote_refs(value: Any, where: str) -> list[tuple[str, str]]:
+    """(key path, reference) of every openai:MODEL@URL string in a config value (a teacher, a generator...)."""
+    from lmtailor.remote.reference import is_remote
+
+    if isinstance(value, str):
+        return [(where, value)] if is_remote(value) else []
+    if isinstance(value, dict):
+        return [hit for k, v in value.items() for hit in _remote_refs(v, f"{where}.{k}")]
+    if isinstance(value, (list, tuple)):
+        return [hit for i, v in enumerate(value) for hit in _remote_refs(v, f"{where}.{i}")]
+    return []
+
+
+def _unpriced_api_problems(source: str, exp: Experiment, strategies: list[StrategyConfig]) -> list[str]:
+    """API models with no price: they would be billed $0 without a word (measure/pricing.py)."""
+    from lmtailor.measure.pricing import unpriced_api_problem
+    from lmtailor.remote.reference import parse_endpoint
+
+    refs = _remote_refs(list(exp.models), "models")
+    for i, cfg in enumerate(strategies):
+        refs += _remote_refs(cfg.model_dump(mode="json"), f"strategies.{i}")
+    problems, named = [], set()
+    for where, ref in refs:
+        try:
+            model = parse_endpoint(ref).model
+        except UserError:
+            continue  # reported where the reference is checked
+        if model not in named and not exp.pricing.is_priced(model):
+            named.add(model)
+            problems.append(f"{source}: {where}: {unpriced_api_problem(model)}")
     return problems
 
 
