@@ -16,6 +16,7 @@ from lmtailor.errors import UserError
 from lmtailor.measure.pricing import Pricing
 from lmtailor.registry import UnknownNameError
 from lmtailor.remote.settings import ApiSettings
+from lmtailor.report.deployment import DeploymentConfig
 from lmtailor.strategies import STRATEGIES, Budget, StrategyConfig
 from lmtailor.tasks import TASK_TYPES
 
@@ -74,6 +75,11 @@ class ReportConfig(_Strict):
         100_000, ge=0, description="expected requests per month: sets the break-even and the monthly cost")
     baseline: str | None = Field(
         None, description="row label of the 'large general model' to compare with (default: the best prompted row)")
+    deployment: DeploymentConfig = Field(
+        default_factory=DeploymentConfig,
+        description="how a self-hosted configuration is served, for its $/month: mode (always_on with "
+                    "min_instances, or scale_to_zero), usd_per_hour, peak_to_average, hours_per_month "
+                    "(report/deployment.py); API rows are their provider's bill")
 
 
 class Experiment(_Strict):

@@ -151,7 +151,8 @@ def chart_options(report_cfg) -> dict:
     """The chart settings taken from the experiment's ``report:`` section (defaults when None)."""
     if report_cfg is None:
         return {}
-    return {"requests_per_month": report_cfg.requests_per_month, "baseline_label": report_cfg.baseline}
+    return {"requests_per_month": report_cfg.requests_per_month, "baseline_label": report_cfg.baseline,
+            "deployment": report_cfg.deployment}
 
 
 def write_markdown_report(run_dir: Path, summary: dict, records: list[dict], title: str, **kwargs) -> Path:
