@@ -57,8 +57,11 @@ def _record(row_id, index, label, score, per_row=None, seed=0, model="m1", statu
         "primary_metric": "accuracy" if ok else None,
         "score_details": ({"n": len(per_row), "per_row": per_row} if per_row is not None else {"n": 4}),
         "details": details or {},
-        "meter": {"wall_s": 1.0, "usd": {"train": 0.0, "total": 0.01, "inference_per_1k": 0.001}},
+        "meter": {"wall_s": 1.0, "usd": {"train": 0.0, "total": 0.01, "inference_per_1k": 0.001}, "machine": QUIET},
     }
+
+
+QUIET = {"cores": 2, "other_cores_avg": 0.05, "busy_threshold_cores": 0.5, "loadavg_end": [1.0, 1.0, 1.0]}
 
 
 def _run_dir(tmp_path, records, splits=None):
@@ -181,6 +184,24 @@ def test_without_a_floor_the_best_score_is_chosen_and_a_cheaper_overlapping_one_
 
 def _by_name(checks):
     return {c["check"]: c for c in checks}
+
+
+def test_honesty_checks_flag_rows_timed_on_a_busy_machine(tmp_path):
+    # other processes used 1.3 cores on average while the first row ran: above the 0.5-core threshold
+    busy = _record("ft__m1__s0", 0, "ft", 0.5)
+    busy["meter"]["machine"] = {**QUIET, "other_cores_avg": 1.3, "loadavg_end": [3.1, 2.0, 1.0]}
+    quiet = _record("zs__m1__s0", 1, "zs", 0.5, strategy="prompt")
+    old = _record("old__m1__s0", 2, "old", 0.5)
+    del old["meter"]["machine"]  # written before machine load was recorded
+    checks = _by_name(honesty_checks(_run_dir(tmp_path, [busy, quiet]), [busy, quiet]))
+    check = checks["timings taken on an otherwise idle machine"]
+    assert not check["ok"] and "ft__m1__s0 (1.30 cores, load 3.1 on 2 cores)" in check["detail"]
+    assert "zs__m1__s0" not in check["detail"] and "inflated" in check["detail"]
+    checks = _by_name(honesty_checks(_run_dir(tmp_path, [quiet, old]), [quiet, old]))
+    check = checks["timings taken on an otherwise idle machine"]
+    assert not check["ok"] and "not verifiable from the record for old__m1__s0" in check["detail"]
+    check = _by_name(honesty_checks(_run_dir(tmp_path, [quiet]), [quiet]))["timings taken on an otherwise idle machine"]
+    assert check["ok"] and "at most 0.05 cores" in check["detail"]
 
 
 def test_honesty_checks_pass_on_a_clean_run(tmp_path):
