@@ -163,3 +163,60 @@ def test_the_deployment_block_is_validated(tmp_path):
     path.write_text(path.read_text().replace("mode: always_on, min_instances: 0", "mode: scale_to_zero, "
                                                                                    "peak_to_average: 2"))
     assert load_experiment(path).report.deployment.peak_to_average == 2
+
+
+# --- the command line --------------------------------------------------------------------------------------------
+
+def _cli_record(row_id, index, label, strategy, score, train_usd, examples, wall):
+    return {"schema_version": 1, "row_id": row_id, "row_index": index, "label": label, "strategy": strategy,
+            "config": {"name": strategy, "shots": 0}, "model": "m1", "seed": 0, "train_size": 4,
+            "train_size_requested": None, "status": "ok", "error": None, "test_rows": examples,
+            "test_ids_sha256": "x", "environment": {}, "details": {}, "primary_metric": "accuracy",
+            "metrics": [{"name": "accuracy", "value": score, "higher_is_better": True}],
+            "meter": {"hardware": "cpu", "wall_s": wall, "peak_rss_bytes": 2**30, "trainable_params": 0,
+                      "total_params": 10, "inference_latency_s_per_example": wall / examples,
+                      "phases": {"inference": {"examples": examples, "wall_s": wall, "tokens": 0, "cpu_s": wall}},
+                      "usd": {"rate_per_hour": 0.1, "train": train_usd, "total": train_usd,
+                              "inference_per_1k": 0.1 * wall / examples * 1000 / 3600}}}
+
+
+def test_lmtailor_report_takes_the_deployment_from_the_command_line(tmp_path):
+    from lmtailor.cli import main
+    from lmtailor.io import write_json_atomic
+
+    write_json_atomic(tmp_path / "task.json", {"name": "t", "type": "classification", "instruction": "x",
+                                               "labels": ["a", "b"]})
+    write_json_atomic(tmp_path / "splits.json", {"source": "d", "seed": 0, "train": ["1"], "validation": [],
+                                                 "test": ["2"]})
+    # 48 test rows in 24 s: 2 requests a second per instance
+    write_json_atomic(tmp_path / "results" / "zs.json", _cli_record("zs", 0, "zs", "prompt", 0.9, 0.0, 48, 24.0))
+    assert main(["report", str(tmp_path)]) == 0
+    md = (tmp_path / "report.md").read_text()
+    # always-on by default: 1 instance x $0.10 x 730 h
+    assert "$73.00 (1 always-on cpu instance)" in md and "at least 1" in md
+    assert main(["report", str(tmp_path), "--deployment", "scale_to_zero", "--instance-usd-per-hour", "1.0"]) == 0
+    md = (tmp_path / "report.md").read_text()
+    # 100,000 / 2 per s = 13.89 h of work x peak 3 = 41.67 billed hours x $1 = $41.67
+    assert "$41.67 (scale-to-zero, 41.7 h billed)" in md and "scale-to-zero instances" in md
+    results = (tmp_path / "results.json").read_bytes()
+    assert main(["report", str(tmp_path), "--peak-to-average", "2"]) == 0
+    assert (tmp_path / "results.json").read_bytes() == results  # the summary does not depend on the target
+
+
+def test_lmtailor_validate_refuses_an_unpriced_api_model(tmp_path, capsys):
+    from lmtailor.cli import main
+
+    path = tmp_path / "exp.yaml"
+    path.write_text(textwrap.dedent("""
+        name: t
+        data: {source: rows.jsonl}
+        models: ["openai:gpt-x@http://127.0.0.1:9/v1"]
+        strategies: [{name: prompt}]
+    """))
+    assert main(["validate", str(path)]) == 2
+    assert main(["run", str(path), "--out", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr()
+    text = " ".join((err.out + err.err).split()).replace(": models.0", ":models.0")  # the terminal wraps lines
+    assert "models.0: the API model 'gpt-x' has no price" in text and "gpt-x: {unpriced: true}" in text
+    assert "gpt-x: {input_usd_per_1m: 0.15, output_usd_per_1m: 0.60}" in text
+    assert not (tmp_path / "runs").exists()

@@ -155,3 +155,21 @@ def test_a_reused_dense_index_charges_its_first_embedding_to_every_row(tiny_llam
     (item,) = second["charged_from_cache"]["items"]
     assert item["phase"] == "index" and item["wall_s"] == pytest.approx(built["embed_s"], abs=0.001)
     assert built["embed_s"] > 0 and second["phases"]["index"]["wall_s"] >= item["wall_s"]
+
+
+def test_a_hub_download_is_tool_set_up(monkeypatch):
+    import huggingface_hub
+
+    from lmtailor.models.loading import download_hub_model
+
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name: None)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo, allow_patterns: (calls.append(allow_patterns), time.sleep(0.2)))
+    with Meter(pricing=PRICING) as meter:
+        with meter.phase("load"):
+            download_hub_model("org/model")
+    record = meter.record()
+    assert record["phases"]["load"]["wall_s"] < 0.1 and record["usd"]["total"] < 0.1
+    assert record["tooling"]["items"][0]["what"] == "downloaded org/model from the Hugging Face Hub"
+    assert "*.safetensors" in calls[0] and "*.py" not in calls[0]  # no code without trust_remote_code

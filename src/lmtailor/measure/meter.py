@@ -9,6 +9,7 @@ the row's one record (see its docstring for what is summed, what is the slowest 
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -19,9 +20,11 @@ from typing import Iterator
 
 import psutil
 
-from lmtailor.measure.machine_load import LoadWatch
+from lmtailor.measure.machine_load import LoadWatch, machine_was_busy
 from lmtailor.measure.pricing import Pricing
 from lmtailor.measure.setup_cost import SetupCost
+
+log = logging.getLogger("lmtailor")
 
 # "index": building a retrieval index (embedding a corpus): a one-time set-up cost like training.
 PHASES = ("load", "data", "index", "pretrain", "train", "inference")
@@ -124,7 +127,8 @@ class _ApiUsage:
     def record(self, pricing: Pricing | None = None) -> dict:
         lat = sorted(self.latency_s)
         unpriced = sorted(m for m in self.models if pricing is not None and pricing.is_unpriced(m))
-        return {"requests": self.requests, "models": sorted(self.models), "unpriced_models": unpriced, "sent": self.sent, "cache_hits": self.requests - self.sent,
+        return {"requests": self.requests, "models": sorted(self.models), "unpriced_models": unpriced,
+                "sent": self.sent, "cache_hits": self.requests - self.sent,
                 "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
                 "usd": self.usd, "usd_spent_this_run": self.usd_spent,
                 "latency_s_p50": lat[len(lat) // 2] if lat else None,
@@ -185,6 +189,9 @@ class Meter:
         measured_wall, measured_cpu = time.perf_counter() - self._start_wall, _cpu_seconds() - self._start_cpu
         if self._load is not None:
             self.machine = self._load.record(measured_wall)
+            if machine_was_busy(self.machine):
+                log.warning("other processes used %.1f cores on average while this row ran: its time and $ are "
+                            "inflated (the report's honesty checks name it)", self.machine["other_cores_avg"])
         _ACTIVE[:] = [m for m in _ACTIVE if m is not self]  # by identity: two dataclass meters may compare equal
         # billed time: what ran here, minus tool set-up, plus set-up charged from cache entries
         self.wall_s = measured_wall - self._excluded_wall + self._charged_wall

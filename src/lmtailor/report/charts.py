@@ -342,7 +342,8 @@ def break_even_chart(summary: dict, requests_per_month: int = 100_000, baseline_
     c = compare_costs(fb, pb, fa, pa)  # the fine-tuned group against the baseline
     when = ""
     if n is not None and requests_per_month:
-        when = f", about {human_duration(n / requests_per_month * hours * 3600)} at {requests_per_month:,} requests a month"
+        span = human_duration(n / requests_per_month * hours * 3600)
+        when = f", about {span} at {requests_per_month:,} requests a month"
     if c.case == "pays_back":
         verdict = f"The lines cross at {n:,.0f} requests{when}: past that, {tuned['id']} is cheaper in total."
     elif c.case == "dearer_after":

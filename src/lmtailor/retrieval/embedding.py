@@ -147,8 +147,8 @@ class EmbeddingStore:
         unique = list(dict.fromkeys(shas))
         for i in range(0, len(unique), 900):
             part = unique[i:i + 900]
-            rows = self._db.execute(f"SELECT sha, wall_s, cpu_s FROM emb_cost WHERE sha IN ({','.join('?' * len(part))})",
-                                    part)
+            marks = ",".join("?" * len(part))
+            rows = self._db.execute(f"SELECT sha, wall_s, cpu_s FROM emb_cost WHERE sha IN ({marks})", part)
             found.update({sha: (float(w or 0.0), float(c or 0.0)) for sha, w, c in rows})
         return found
 
