@@ -64,8 +64,10 @@ class Pricing(BaseModel):
         """The price of API model ``model`` and where it came from ("pricing.api_models.<model>" or the default)."""
         if model in self.api_models:
             return self.api_models[model], f"pricing.api_models.{model}"
-        return (ApiPrice(input_usd_per_1m=self.api_usd_per_1m_input_tokens,
-                         output_usd_per_1m=self.api_usd_per_1m_output_tokens),
+        # constructed, not validated: with the defaults at 0 this is the "no price" that validation refuses up front
+        return (ApiPrice.model_construct(input_usd_per_1m=self.api_usd_per_1m_input_tokens,
+                                         output_usd_per_1m=self.api_usd_per_1m_output_tokens,
+                                         unpriced=not self.is_priced(model)),
                 "pricing.api_usd_per_1m_input_tokens / api_usd_per_1m_output_tokens")
 
     def is_priced(self, model: str) -> bool:
