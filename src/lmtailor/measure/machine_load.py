@@ -9,7 +9,8 @@ minutes) at both ends, the core count and torch's thread count are recorded besi
 "Busy" is defined from that measurement: other processes used more than ``BUSY_OTHER_CORES`` cores on average
 while the row ran. Half a core is well above an idle desktop's background (a few percent of one core) and well
 below one competing single-threaded job; with torch using every core, each core taken by another job slows the
-row's compute by about that share.
+row's compute by about that share. The counters are the kernel's for the whole machine: in a container limited to
+fewer cores than its host, other containers' work counts too, so a flag there means "check", not "certainly slow".
 """
 
 from __future__ import annotations

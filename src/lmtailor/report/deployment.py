@@ -118,16 +118,16 @@ def monthly_cost(serving: Serving, requests_per_month: float, cfg: DeploymentCon
         return MonthlyCost(None, None, None, "its throughput or hourly price was not measured")
     peak = requests_per_month / (cfg.hours_per_month * 3600.0) * cfg.peak_to_average
     for_peak = math.ceil(peak / serving.requests_per_s - 1e-9)
-    throughput = f"one serves {serving.requests_per_s:,.3g} requests/s"
+    throughput = f"one instance serves {serving.requests_per_s:,.3g} requests/s as measured"
     if cfg.mode == "always_on":
         n = max(cfg.min_instances, for_peak)
         text = (f"{n} always-on {serving.hardware} instance{'s' if n != 1 else ''} at {_usd(rate)}/h, {volume}, "
-                f"peak {cfg.peak_to_average:g}x average ({throughput})")
+                f"peak {cfg.peak_to_average:g}x average; {throughput}")
         return MonthlyCost(n * rate * cfg.hours_per_month, n, n * cfg.hours_per_month, text)
     work_hours = requests_per_month / serving.requests_per_s / 3600.0
     billed = work_hours * cfg.peak_to_average
     text = (f"scale-to-zero {serving.hardware} instances at {_usd(rate)}/h, {billed:,.3g} billed hours "
-            f"({work_hours:,.3g} h of work x peak {cfg.peak_to_average:g}), {volume} ({throughput})")
+            f"= {work_hours:,.3g} h of work x peak {cfg.peak_to_average:g}, {volume}; {throughput}")
     return MonthlyCost(billed * rate, None, billed, text)
 
 
