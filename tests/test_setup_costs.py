@@ -173,3 +173,27 @@ def test_a_hub_download_is_tool_set_up(monkeypatch):
     assert record["phases"]["load"]["wall_s"] < 0.1 and record["usd"]["total"] < 0.1
     assert record["tooling"]["items"][0]["what"] == "downloaded org/model from the Hugging Face Hub"
     assert "*.safetensors" in calls[0] and "*.py" not in calls[0]  # no code without trust_remote_code
+
+
+def test_a_gguf_conversion_is_kept_out_of_the_first_rows_load_and_dollars(tmp_path, monkeypatch):
+    from lmtailor.models.gguf_cache import ensure_converted
+
+    monkeypatch.setenv("LMTAILOR_CACHE", str(tmp_path / "cache"))
+    source = tmp_path / "model.gguf"
+    source.write_bytes(b"GGUF")
+
+    def convert(gguf: Path, out: Path) -> None:  # stands in for transformers' dequantization
+        time.sleep(0.3)
+        (out / "config.json").write_text("{}")
+
+    rows = []
+    for _ in range(2):  # the first row converts, the second finds the converted copy
+        with Meter(pricing=PRICING) as meter:
+            with meter.phase("load"):
+                ensure_converted("m", "ab" * 32, lambda scratch: source, convert=convert)
+        rows.append(meter.record())
+    first, second = rows
+    assert first["tooling"]["items"][0]["wall_s"] >= 0.3 and second["tooling"] is None
+    # $1 a second: the 0.3 s conversion would show as $0.30 in the first row's total
+    assert first["usd"]["total"] < 0.15 and first["phases"]["load"]["wall_s"] < 0.15
+    assert abs(first["phases"]["load"]["wall_s"] - second["phases"]["load"]["wall_s"]) < 0.15
