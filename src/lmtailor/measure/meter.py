@@ -3,6 +3,10 @@
 Records wall and CPU time per phase, peak RSS (sampled by a thread, so it is the peak of *this* run, not of
 the process's lifetime), CUDA peak memory, tokens per phase, parameters, artifact size, latency and money.
 
+Set-up found in a cache is charged at what it cost the first time (``charge_cached``, ``measure/setup_cost.py``), tool
+set-up no deployment pays is kept out of every clock (``tooling``), and what else loaded the machine while the row
+ran is recorded beside the times (``machine``, ``measure/machine_load.py``).
+
 Under several processes (``accelerate launch``) each process meters itself and ``combine_process_records`` makes
 the row's one record (see its docstring for what is summed, what is the slowest process's and what is counted once).
 """
