@@ -26,8 +26,53 @@ def test_prompt_and_rag_may_use_an_endpoint_and_finetune_on_other_models(tmp_pat
           - {{name: prompt, shots: 0}}
           - {{name: rag, corpus: task:train}}
           - {{name: finetune, method: lora, models: [tiny-llama]}}
+        pricing: {{api_models: {{big: {{input_usd_per_1m: 0.15, output_usd_per_1m: 0.60}}}}}}
     """))
     assert exp.models == [API] and exp.api.key_env == "OPENAI_API_KEY"
+
+
+def test_an_api_model_without_a_price_is_refused_naming_the_key_and_the_line_to_add(tmp_path):
+    path = _experiment(tmp_path, f"""
+        name: t
+        data: {{source: rows.jsonl}}
+        models: [tiny-llama]
+        strategies:
+          - {{name: prompt, models: ["{API}"]}}
+          - {{name: finetune, method: lora, synthetic: {{teacher: "openai:teach@http://127.0.0.1:9/v1"}}}}
+    """)
+    with pytest.raises(ConfigError) as e:
+        load_experiment(path)
+    message = str(e.value)
+    # both the prompted model and the synthetic-data teacher, each at its key path, with the YAML to add
+    assert "strategies.0.models.0: the API model 'big' has no price" in message
+    assert "strategies.1.synthetic.teacher: the API model 'teach' has no price" in message
+    assert "big: {input_usd_per_1m: 0.15, output_usd_per_1m: 0.60}" in message and "big: {unpriced: true}" in message
+
+
+def test_a_zero_price_needs_the_unpriced_flag_and_the_record_marks_it(tmp_path):
+    body = f"""
+        name: t
+        data: {{source: rows.jsonl}}
+        models: ["{API}"]
+        strategies: [{{name: prompt}}]
+        pricing: {{api_models: {{big: PRICE}}}}
+    """
+    with pytest.raises(ConfigError, match="both 0 .*unpriced: true"):
+        load_experiment(_experiment(tmp_path, body.replace("PRICE", "{input_usd_per_1m: 0, output_usd_per_1m: 0}")))
+    with pytest.raises(ConfigError, match="unpriced: true with a price"):
+        load_experiment(_experiment(tmp_path, body.replace("PRICE", "{input_usd_per_1m: 1, unpriced: true}")))
+    exp = load_experiment(_experiment(tmp_path, body.replace("PRICE", "{unpriced: true}")))
+    assert exp.pricing.is_unpriced("big") and exp.pricing.is_unpriced("listed-nowhere")
+    meter = Meter(pricing=exp.pricing)
+    with meter:
+        meter.add_api_call("inference", 100, 10, exp.pricing.api_usd("big", 100, 10), sent=True, model="big")
+    api = meter.record()["api"]["inference"]
+    assert api["usd"] == 0.0 and api["unpriced_models"] == ["big"]
+
+
+def test_a_default_price_counts_for_models_not_listed():
+    assert not Pricing().is_priced("m")  # the defaults are 0: no price
+    assert Pricing(api_usd_per_1m_input_tokens=0.5).is_priced("m")
 
 
 def test_a_strategy_that_trains_cannot_run_on_an_endpoint(tmp_path):

@@ -164,13 +164,26 @@ def test_pareto_chart_marks_the_frontier(full_run):
 def test_break_even_caption_states_the_hand_computed_crossing(full_run):
     summary, records = build_results(full_run), load_records(full_run)
     # best prompted (few-shot): $0 + $0.0025 a request; best fine-tuned (n=20): $10 + $0.0005 a request
-    # 0.0025 n = 10 + 0.0005 n  ->  n = 5000; at 100,000 requests a month that is 1.5 days
+    # 0.0025 n = 10 + 0.0005 n  ->  n = 5000; at 100,000 requests a month (of 730 hours) that is 36.5 hours
     caption = _parse(render_html(summary, records, "r")).figures["chart-break_even"]["caption"]
-    assert "cross at 5,000 requests, about 1.5 days at 100,000 requests a month" in caption
-    # the experiment's baseline: zero-shot at $0.002 a request -> 10 / 0.0015 = 6,667 requests
+    assert "cross at 5,000 requests, about 36.5 hours at 100,000 requests a month" in caption
+    assert "past that, finetune n=20 | m1 is cheaper in total" in caption
+    # the experiment's baseline: zero-shot at $0.002 a request -> 10 / 0.0015 = 6,667 requests; at 1,000 a month
+    # that is 6.667 months x 730 h = 4,867 h = 202.8 days
     cfg = ReportConfig(baseline="zero-shot", requests_per_month=1000)
     caption = _parse(render_html(summary, records, "r", report_cfg=cfg)).figures["chart-break_even"]["caption"]
-    assert "cross at 6,667 requests, about 200.0 days at 1,000 requests a month" in caption
+    assert "cross at 6,667 requests, about 203 days at 1,000 requests a month" in caption
+
+
+def test_break_even_cheaper_up_front_but_dearer_per_request_is_not_called_a_payback(tmp_path):
+    # the case: the fine-tuned side is $0 + $0.03/1k, the prompted baseline $0.05 + $0.002/1k; the lines
+    # cross at 0.05 / 0.000028 = 1,786 requests and the fine-tuned side is the dearer one after that
+    base = _record("zs__m1__s0", 0, "zs", "prompt", 0.5, usd_train=0.05, per_1k=0.002, usd_total=0.1, shots=0)
+    tuned = _record("ft__m1__s0", 1, "ft", "finetune", 0.9, usd_train=0.0, per_1k=0.03, usd_total=0.1, trainable=5)
+    run = _run_dir(tmp_path, [base, tuned])
+    caption = _parse(render_html(build_results(run), load_records(run), "r")).figures["chart-break_even"]["caption"]
+    assert "cross at 1,786 requests" in caption
+    assert "ft | m1 is cheaper up front, and zs | m1 is cheaper in total past that" in caption
 
 
 def test_break_even_that_never_crosses_says_so(tmp_path):

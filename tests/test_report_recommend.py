@@ -57,8 +57,11 @@ def _record(row_id, index, label, score, per_row=None, seed=0, model="m1", statu
         "primary_metric": "accuracy" if ok else None,
         "score_details": ({"n": len(per_row), "per_row": per_row} if per_row is not None else {"n": 4}),
         "details": details or {},
-        "meter": {"wall_s": 1.0, "usd": {"train": 0.0, "total": 0.01, "inference_per_1k": 0.001}},
+        "meter": {"wall_s": 1.0, "usd": {"train": 0.0, "total": 0.01, "inference_per_1k": 0.001}, "machine": QUIET},
     }
+
+
+QUIET = {"cores": 2, "other_cores_avg": 0.05, "busy_threshold_cores": 0.5, "loadavg_end": [1.0, 1.0, 1.0]}
 
 
 def _run_dir(tmp_path, records, splits=None):
@@ -121,16 +124,19 @@ def _records(*groups):
 def test_fine_tuned_small_model_meeting_the_floor_is_chosen_with_its_payback():
     target = {"quality_floor": 0.75, "requests_per_month": 100_000, "baseline": "zero-shot"}
     rec = recommendation(_summary(BIG, SMALL, RAG), _records(BIG, SMALL, RAG), target)
-    # monthly: small 0.5/1000 * 1e5 = $50, big $200, rag $300. Payback of small's $10 against big:
-    # 0.002 n = 10 + 0.0005 n -> n = 6666.67 requests = 6666.67 / 100000 * 30 = 2.0 days
+    # These records carry no meter, so monthly cost falls back to $/1k x requests (no deployment to size):
+    # small 0.5/1000 * 1e5 = $50, big $200, rag $300. Small's $10 more up front, saving $150 a month, pays back in
+    # 10/150 months x (730 h / 24 = 30.42 days a month) = 2.028 days, printed "2 days" (48.7 hours).
     assert rec["choice"] == "lora | small"
     assert rec["monthly_usd"] == pytest.approx(50.0)
-    assert rec["payback_days"] == pytest.approx(2.0)
+    assert rec["payback_days"] == pytest.approx(10 / 150 * 730 / 24)
     assert rec["baseline"] == "zero-shot | big"
     assert rec["evidence"] == ["lora__small__s0", "zero-shot__big__s0"]
-    assert "$50.00/month" in rec["paragraph"] and "2.0 days" in rec["paragraph"]
-    # at 10x requests: 6666.67 / 1e6 * 30 = 0.2 days = 4.8 hours; a floor raised to rag's 0.88 picks rag
-    assert any("1,000,000 requests" in s and "still be lora | small" in s and "4.8 hours" in s
+    assert "$50.00/month" in rec["paragraph"] and "pays for itself in 2 days" in rec["paragraph"]
+    assert "Evidence" not in rec["paragraph"]  # printed once, on its own line, by the report (rec["evidence"])
+    # at 10x requests: saving $1,500 a month: 10/1500 x 30.42 days = 0.2028 days = 4.87 hours; a floor raised to
+    # rag's 0.88 picks rag
+    assert any("1,000,000 requests" in s and "still be lora | small" in s and "4.9 hours" in s
                for s in rec["what_would_change"])
     assert any("raised to 0.880" in s and "rag | big ($300/month)" in s for s in rec["what_would_change"])
 
@@ -178,6 +184,24 @@ def test_without_a_floor_the_best_score_is_chosen_and_a_cheaper_overlapping_one_
 
 def _by_name(checks):
     return {c["check"]: c for c in checks}
+
+
+def test_honesty_checks_flag_rows_timed_on_a_busy_machine(tmp_path):
+    # other processes used 1.3 cores on average while the first row ran: above the 0.5-core threshold
+    busy = _record("ft__m1__s0", 0, "ft", 0.5)
+    busy["meter"]["machine"] = {**QUIET, "other_cores_avg": 1.3, "loadavg_end": [3.1, 2.0, 1.0]}
+    quiet = _record("zs__m1__s0", 1, "zs", 0.5, strategy="prompt")
+    old = _record("old__m1__s0", 2, "old", 0.5)
+    del old["meter"]["machine"]  # written before machine load was recorded
+    checks = _by_name(honesty_checks(_run_dir(tmp_path, [busy, quiet]), [busy, quiet]))
+    check = checks["timings taken on an otherwise idle machine"]
+    assert not check["ok"] and "ft__m1__s0 (1.30 cores, load 3.1 on 2 cores)" in check["detail"]
+    assert "zs__m1__s0" not in check["detail"] and "inflated" in check["detail"]
+    checks = _by_name(honesty_checks(_run_dir(tmp_path, [quiet, old]), [quiet, old]))
+    check = checks["timings taken on an otherwise idle machine"]
+    assert not check["ok"] and "not verifiable from the record for old__m1__s0" in check["detail"]
+    check = _by_name(honesty_checks(_run_dir(tmp_path, [quiet]), [quiet]))["timings taken on an otherwise idle machine"]
+    assert check["ok"] and "at most 0.05 cores" in check["detail"]
 
 
 def test_honesty_checks_pass_on_a_clean_run(tmp_path):

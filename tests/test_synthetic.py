@@ -277,12 +277,14 @@ def test_rerun_loads_the_cache_and_generates_nothing(tmp_path):
     with Meter() as meter:
         first = generate_synthetic(SENTIMENT, TRAIN, VALID + TEST, _config(), ScriptedTeacher(REPLIES), meter,
                                    cache_dir=tmp_path)
+    first_tokens, first_flops = meter.phases["data"].tokens, meter.flops["data"]
     again_teacher = ScriptedTeacher([])
     with Meter() as meter:
         again = generate_synthetic(SENTIMENT, TRAIN, VALID + TEST, _config(), again_teacher, meter,
                                    cache_dir=tmp_path)
     assert again_teacher.prompts == []
-    assert meter.phases["data"].tokens == 0 and "data" not in meter.flops
+    # nothing generated now, but the teacher's first-run tokens and FLOPs are charged again (Meter.charge_cached)
+    assert meter.phases["data"].tokens == first_tokens and meter.flops["data"] == first_flops
     assert again.rows == first.rows and [r.meta for r in again.rows] == [r.meta for r in first.rows]
     assert again.rejections == first.rejections
     assert again.stats["cached"] is True and again.stats["kept"] == 4

@@ -133,11 +133,30 @@ def cmd_report(args: argparse.Namespace) -> int:
     target = run_target(run_dir)
     overrides = {k: getattr(args, k) for k in ("quality_floor", "monthly_budget_usd", "requests_per_month", "baseline")
                  if getattr(args, k, None) is not None}
+    deployment = {k: getattr(args, k) for k in ("mode", "usd_per_hour", "peak_to_average")
+                  if getattr(args, k, None) is not None}
+    if deployment:
+        overrides["deployment"] = _deployment(target.deployment, deployment)
     # results.json: the same bytes the run wrote, from the same records; the report with the target as given now
     write_run_reports(run_dir, run_dir.name, target.model_copy(update=overrides))
     _print_results(run_dir, run_dir.name)
     console.print(f"summary: {run_dir / 'results.json'}")
     return 0
+
+
+def _deployment(current, changes: dict):
+    """``current`` (a ``DeploymentConfig``) with the command line's changes, validated like the experiment file."""
+    from pydantic import ValidationError
+
+    from lmtailor.report.deployment import DeploymentConfig
+
+    merged = {**current.model_dump(), **changes}
+    if changes.get("mode") == "scale_to_zero":
+        merged["min_instances"] = 0
+    try:
+        return DeploymentConfig.model_validate(merged)
+    except ValidationError as e:
+        raise UserError(f"--deployment / --instance-usd-per-hour / --peak-to-average: {e.errors()[0]['msg']}") from None
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -225,6 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="expected requests per month, for monthly cost and break-even (default: the experiment's)")
     p.add_argument("--baseline", default=None,
                    help="row label of the large general model to compare with (default: the best prompted row)")
+    p.add_argument("--deployment", dest="mode", choices=["always_on", "scale_to_zero"], default=None,
+                   help="how self-hosted rows are served, for $/month (default: the experiment's report.deployment)")
+    p.add_argument("--instance-usd-per-hour", dest="usd_per_hour", type=float, default=None,
+                   help="$/hour of one serving instance (default: the run's pricing for the row's hardware)")
+    p.add_argument("--peak-to-average", dest="peak_to_average", type=float, default=None,
+                   help="busiest-hour load over the average, for sizing instances (default: 3)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("compare", help="put several runs' configurations side by side (scores with intervals, costs)")

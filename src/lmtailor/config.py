@@ -16,6 +16,7 @@ from lmtailor.errors import UserError
 from lmtailor.measure.pricing import Pricing
 from lmtailor.registry import UnknownNameError
 from lmtailor.remote.settings import ApiSettings
+from lmtailor.report.deployment import DeploymentConfig
 from lmtailor.strategies import STRATEGIES, Budget, StrategyConfig
 from lmtailor.tasks import TASK_TYPES
 
@@ -74,6 +75,11 @@ class ReportConfig(_Strict):
         100_000, ge=0, description="expected requests per month: sets the break-even and the monthly cost")
     baseline: str | None = Field(
         None, description="row label of the 'large general model' to compare with (default: the best prompted row)")
+    deployment: DeploymentConfig = Field(
+        default_factory=DeploymentConfig,
+        description="how a self-hosted configuration is served, for its $/month: mode (always_on with "
+                    "min_instances, or scale_to_zero), usd_per_hour, peak_to_average, hours_per_month "
+                    "(report/deployment.py); API rows are their provider's bill")
 
 
 class Experiment(_Strict):
@@ -227,6 +233,39 @@ def _api_model_problems(source: str, exp: Experiment, strategies: list[StrategyC
             problems.append(f"{source}: strategies.{i} ({cfg.name}) would run on {', '.join(remote)}, an API "
                             "endpoint, which has no weights to train here (only prompt and rag can use one); set "
                             f"strategies.{i}.models to the local models it should run on")
+    return problems + _unpriced_api_problems(source, exp, strategies)
+
+
+def _remote_refs(value: Any, where: str) -> list[tuple[str, str]]:
+    """(key path, reference) of every openai:MODEL@URL string in a config value (a teacher, a generator...)."""
+    from lmtailor.remote.reference import is_remote
+
+    if isinstance(value, str):
+        return [(where, value)] if is_remote(value) else []
+    if isinstance(value, dict):
+        return [hit for k, v in value.items() for hit in _remote_refs(v, f"{where}.{k}")]
+    if isinstance(value, (list, tuple)):
+        return [hit for i, v in enumerate(value) for hit in _remote_refs(v, f"{where}.{i}")]
+    return []
+
+
+def _unpriced_api_problems(source: str, exp: Experiment, strategies: list[StrategyConfig]) -> list[str]:
+    """API models with no price: they would be billed $0 without a word (measure/pricing.py)."""
+    from lmtailor.measure.pricing import unpriced_api_problem
+    from lmtailor.remote.reference import parse_endpoint
+
+    refs = _remote_refs(list(exp.models), "models")
+    for i, cfg in enumerate(strategies):
+        refs += _remote_refs(cfg.model_dump(mode="json"), f"strategies.{i}")
+    problems, named = [], set()
+    for where, ref in refs:
+        try:
+            model = parse_endpoint(ref).model
+        except UserError:
+            continue  # reported where the reference is checked
+        if model not in named and not exp.pricing.is_priced(model):
+            named.add(model)
+            problems.append(f"{source}: {where}: {unpriced_api_problem(model)}")
     return problems
 
 

@@ -9,7 +9,8 @@ share. Dropped replies go to a rejection log with the reason. Kept rows carry th
 
 The teacher's tokens, time and FLOPs are counted in the meter's ``data`` phase, a set-up cost. Results are cached
 under ``cache_dir()/synthetic/<key>/``, keyed by everything that decides them (teacher weights and template, the
-config, the task, the real rows, the seed): a rerun loads the rows and the log and generates nothing.
+config, the task, the real rows, the seed): a rerun loads the rows and the log and generates nothing, and is
+charged the teacher's cost stored with them (``measure/setup_cost.py``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from lmtailor.data.synthetic_teacher import Completion, Sampling, Teacher
 from lmtailor.errors import UserError
 from lmtailor.io import write_json_atomic, write_jsonl_atomic
 from lmtailor.measure.meter import Meter, estimate_flops
+from lmtailor.measure.setup_cost import SetupCost
 from lmtailor.tasks.base import TaskSpec
 
 CACHE_FORMAT = "synthetic-v2"  # bump when prompts, parsing or filters change, so old caches are not reused
@@ -116,16 +118,20 @@ def generate_synthetic(task: TaskSpec, train_rows: Sequence[Example], forbidden_
     """Make up to ``cfg.rows`` filtered synthetic rows from ``train_rows`` (or load them from the cache).
 
     ``forbidden_rows`` are the other real rows (validation and test): no synthetic input may copy or nearly copy
-    them, nor a training row. The teacher's cost goes into ``meter``'s ``data`` phase; a cache hit costs nothing.
+    them, nor a training row. The teacher's cost goes into ``meter``'s ``data`` phase and is stored with the cache
+    entry; a cache hit charges that stored cost again (``Meter.charge_cached``), so a rerun costs what the first
+    run did: a deployment pays for its teacher once, whatever this machine had cached.
     """
     _check(task, train_rows)
     seed = cfg.seed if cfg.seed is not None else seed
     where = (cache_dir or default_cache_root()) / cache_key(task, train_rows, forbidden_rows, cfg, teacher, seed)
     cached = load_cached(where)
     if cached is not None:
-        log.info("synthetic data: %d rows and %d rejections loaded from %s; the teacher generated nothing",
-                 len(cached.rows), len(cached.rejections), where)
+        log.info("synthetic data: %d rows and %d rejections loaded from %s; the teacher generated nothing now, and "
+                 "its stored cost is charged to this row", len(cached.rows), len(cached.rejections), where)
+        meter.charge_cached(load_cached_cost(where), source=f"synthetic rows {where.name}")
         return cached
+    mark = meter.mark("data")
     with meter.phase("data"):
         result = _Generation(task, train_rows, forbidden_rows, cfg, teacher, seed).run()
     tokens = result.stats["prompt_tokens"] + result.stats["completion_tokens"]
@@ -135,7 +141,7 @@ def generate_synthetic(task: TaskSpec, train_rows: Sequence[Example], forbidden_
     if params:
         meter.add_flops("data", estimate_flops(params, tokens, "inference"))
     result.stats["cache_key"] = where.name
-    save_cached(where, result)
+    save_cached(where, result, meter.cost_since(mark))
     if result.stats["short_by"]:
         log.warning("synthetic data: kept %d of %d rows after %d attempts (rejections: %s)", len(result.rows),
                     cfg.rows, result.stats["attempts"], result.stats["rejected_by_reason"])
@@ -271,12 +277,23 @@ def example_record(row: Example) -> dict:
     return {"id": row.id, "input": row.input, "target": row.target, "meta": row.meta}
 
 
-def save_cached(where: Path, result: SyntheticResult) -> None:
-    """Store a result: rows and rejections first, the manifest last, each file atomically."""
+def save_cached(where: Path, result: SyntheticResult, cost: SetupCost | None = None) -> None:
+    """Store a result: rows and rejections first, the manifest (with what making them cost) last, each atomically."""
     write_jsonl_atomic(where / "rows.jsonl", (example_record(r) for r in result.rows))
     write_jsonl_atomic(where / "rejections.jsonl", result.rejections)
     write_json_atomic(where / "manifest.json", {"format": CACHE_FORMAT, "rows": len(result.rows),
-                                                "rejections": len(result.rejections), "stats": result.stats})
+                                                "rejections": len(result.rejections), "stats": result.stats,
+                                                "setup_cost": cost.as_dict() if cost is not None else None})
+
+
+def load_cached_cost(where: Path) -> SetupCost | None:
+    """What making a cached result cost (the teacher's time, tokens, API bill); None for an entry stored before
+    costs were kept."""
+    try:
+        stored = json.loads((where / "manifest.json").read_text(encoding="utf-8")).get("setup_cost")
+    except (OSError, ValueError):
+        return None
+    return SetupCost.from_dict(stored) if isinstance(stored, dict) else None
 
 
 def _read_jsonl(path: Path) -> list[dict]:

@@ -3,12 +3,17 @@
 Records wall and CPU time per phase, peak RSS (sampled by a thread, so it is the peak of *this* run, not of
 the process's lifetime), CUDA peak memory, tokens per phase, parameters, artifact size, latency and money.
 
+Set-up found in a cache is charged at what it cost the first time (``charge_cached``, ``measure/setup_cost.py``), tool
+set-up no deployment pays is kept out of every clock (``tooling``), and what else loaded the machine while the row
+ran is recorded beside the times (``machine``, ``measure/machine_load.py``).
+
 Under several processes (``accelerate launch``) each process meters itself and ``combine_process_records`` makes
 the row's one record (see its docstring for what is summed, what is the slowest process's and what is counted once).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -19,13 +24,19 @@ from typing import Iterator
 
 import psutil
 
+from lmtailor.measure.machine_load import LoadWatch, machine_was_busy
 from lmtailor.measure.pricing import Pricing
+from lmtailor.measure.setup_cost import SetupCost
+
+log = logging.getLogger("lmtailor")
 
 # "index": building a retrieval index (embedding a corpus): a one-time set-up cost like training.
 PHASES = ("load", "data", "index", "pretrain", "train", "inference")
 # Phases paid once before serving (the "set-up" cost): making extra training data (augmentation, a teacher's
 # synthetic rows), building a retrieval index, (continued) pre-training and fine-tuning.
 SETUP_PHASES = ("data", "index", "pretrain", "train")
+# The meters open in this process, innermost last: ``tooling`` finds the row's meter without being handed it.
+_ACTIVE: list["Meter"] = []
 
 
 def release_freed_memory() -> None:
@@ -115,10 +126,13 @@ class _ApiUsage:
     usd: float = 0.0  # the price of all these answers, cached or not: what the configuration costs
     usd_spent: float = 0.0  # what this run paid (sent requests only)
     latency_s: list[float] = field(default_factory=list)  # per request, as measured when it was sent
+    models: set[str] = field(default_factory=set)  # the API model names asked (for the "unpriced" mark)
 
-    def record(self) -> dict:
+    def record(self, pricing: Pricing | None = None) -> dict:
         lat = sorted(self.latency_s)
-        return {"requests": self.requests, "sent": self.sent, "cache_hits": self.requests - self.sent,
+        unpriced = sorted(m for m in self.models if pricing is not None and pricing.is_unpriced(m))
+        return {"requests": self.requests, "models": sorted(self.models), "unpriced_models": unpriced,
+                "sent": self.sent, "cache_hits": self.requests - self.sent,
                 "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
                 "usd": self.usd, "usd_spent_this_run": self.usd_spent,
                 "latency_s_p50": lat[len(lat) // 2] if lat else None,
@@ -150,9 +164,21 @@ class Meter:
     phase_cuda_peak: dict[str, int] = field(default_factory=dict)
     _cuda_seen: int = 0
     api: dict[str, _ApiUsage] = field(default_factory=dict)  # by phase: API calls (inference, or a teacher's data)
+    # set-up paid from a cache entry (Meter.charge_cached) and tool set-up kept out of every clock (tooling)
+    charged: list[dict] = field(default_factory=list)
+    tooling_items: list[dict] = field(default_factory=list)
+    _charged_wall: float = 0.0
+    _charged_cpu: float = 0.0
+    _excluded_wall: float = 0.0
+    _excluded_cpu: float = 0.0
+    _in_tooling: bool = False
+    _load: LoadWatch | None = None
+    machine: dict | None = None
 
     def __enter__(self) -> "Meter":
         release_freed_memory()  # else a row's peak RSS starts from what earlier rows freed but the allocator kept
+        _ACTIVE.append(self)
+        self._load = LoadWatch().start()
         self._sampler = _RssSampler()
         self.rss_start = self._sampler.peak
         self._sampler.start()
@@ -164,8 +190,16 @@ class Meter:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.wall_s = time.perf_counter() - self._start_wall
-        self.cpu_s = _cpu_seconds() - self._start_cpu
+        measured_wall, measured_cpu = time.perf_counter() - self._start_wall, _cpu_seconds() - self._start_cpu
+        if self._load is not None:
+            self.machine = self._load.record(measured_wall)
+            if machine_was_busy(self.machine):
+                log.warning("other processes used %.1f cores on average while this row ran: its time and $ are "
+                            "inflated (the report's honesty checks name it)", self.machine["other_cores_avg"])
+        _ACTIVE[:] = [m for m in _ACTIVE if m is not self]  # by identity: two dataclass meters may compare equal
+        # billed time: what ran here, minus tool set-up, plus set-up charged from cache entries
+        self.wall_s = measured_wall - self._excluded_wall + self._charged_wall
+        self.cpu_s = measured_cpu - self._excluded_cpu + self._charged_cpu
         assert self._sampler is not None
         self.rss_peak = self._sampler.stop()
         if self.hardware == "cuda":
@@ -190,11 +224,13 @@ class Meter:
             self._cuda_seen = max(self._cuda_seen, int(torch.cuda.max_memory_allocated()))
             torch.cuda.reset_peak_memory_stats()
         w, c = time.perf_counter(), _cpu_seconds()
+        excluded_w, excluded_c = self._excluded_wall, self._excluded_cpu
         try:
             yield clock
         finally:
-            clock.wall_s += time.perf_counter() - w
-            clock.cpu_s += _cpu_seconds() - c
+            # tool set-up inside the phase (a GGUF conversion during "load") is not the phase's cost
+            clock.wall_s += time.perf_counter() - w - (self._excluded_wall - excluded_w)
+            clock.cpu_s += _cpu_seconds() - c - (self._excluded_cpu - excluded_c)
             if sampler is not None:
                 sampler.sample()
                 inner = sampler.window_peak
@@ -204,6 +240,68 @@ class Meter:
                 peak = int(torch.cuda.max_memory_allocated())
                 self.phase_cuda_peak[name] = max(self.phase_cuda_peak.get(name, 0), peak)
                 self._cuda_seen = max(self._cuda_seen, peak)
+
+    @contextmanager
+    def tooling(self, what: str) -> Iterator[None]:
+        """Time tool set-up that no deployment would pay (converting a GGUF, building a model into the cache) and
+        keep it out of every clock and every $ of this row: it is recorded apart, under ``tooling``."""
+        if self._in_tooling:  # nested tool work is already inside the outer one's time
+            yield
+            return
+        self._in_tooling = True
+        w, c = time.perf_counter(), _cpu_seconds()
+        try:
+            yield
+        finally:
+            dw, dc = time.perf_counter() - w, _cpu_seconds() - c
+            self._in_tooling = False
+            self._excluded_wall += dw
+            self._excluded_cpu += dc
+            self.tooling_items.append({"what": what, "wall_s": round(dw, 3), "cpu_s": round(dc, 3)})
+
+    def mark(self, phase: str) -> SetupCost:
+        """A snapshot of ``phase``'s counters: ``cost_since(mark)`` is then the cost of the work done in between."""
+        clock, api = self.phases[phase], self.api.get(phase, _ApiUsage())
+        return SetupCost(phase, clock.wall_s, clock.cpu_s, clock.tokens, clock.examples, self.flops.get(phase, 0.0),
+                         self.hardware, api.requests, api.input_tokens, api.output_tokens, api.usd)
+
+    def cost_since(self, mark: SetupCost) -> SetupCost:
+        """What ``mark.phase`` cost since ``mark`` was taken: the set-up cost to store with a cache entry."""
+        now = self.mark(mark.phase)
+        return SetupCost(mark.phase, now.wall_s - mark.wall_s, now.cpu_s - mark.cpu_s, now.tokens - mark.tokens,
+                         now.examples - mark.examples, now.flops - mark.flops, self.hardware,
+                         now.api_requests - mark.api_requests, now.api_input_tokens - mark.api_input_tokens,
+                         now.api_output_tokens - mark.api_output_tokens, now.api_usd - mark.api_usd)
+
+    def charge_cached(self, cost: SetupCost | None, source: str, phase: str | None = None) -> None:
+        """Charge set-up work found in a cache as if this row had done it: its seconds, CPU seconds, tokens and API
+        bill go into ``phase`` (default: the phase it was measured in) and into the row's time and $, and the
+        record lists it under ``charged_from_cache`` with ``source``. ``cost`` None: the cache entry predates stored
+        costs, so nothing can be charged; the record says so (``unknown``)."""
+        if cost is None:
+            self.charged.append({"phase": phase, "source": source, "unknown": True})
+            return
+        phase = phase or cost.phase
+        clock = self.phases[phase]
+        clock.wall_s += cost.wall_s
+        clock.cpu_s += cost.cpu_s
+        clock.tokens += int(cost.tokens)
+        clock.examples += int(cost.examples)
+        if cost.flops:
+            self.add_flops(phase, cost.flops)
+        if cost.api_requests:  # priced when it was done; counted as answered from a cache: this run paid nothing
+            usage = self.api.setdefault(phase, _ApiUsage())
+            usage.requests += cost.api_requests
+            usage.input_tokens += cost.api_input_tokens
+            usage.output_tokens += cost.api_output_tokens
+            usage.usd += cost.api_usd
+        self._charged_wall += cost.wall_s
+        self._charged_cpu += cost.cpu_s
+        item = {"phase": phase, "source": source, "wall_s": round(cost.wall_s, 3), "cpu_s": round(cost.cpu_s, 3),
+                "tokens": int(cost.tokens), "api_usd": cost.api_usd}
+        if cost.hardware != self.hardware:
+            item["measured_on"] = cost.hardware  # seconds of another device, charged at this row's price
+        self.charged.append(item)
 
     def add_tokens(self, phase: str, n: int) -> None:
         """Count ``n`` real (non-padding) tokens processed in ``phase``."""
@@ -220,7 +318,7 @@ class Meter:
         self.add_flops("inference", estimate_flops(sum(p.numel() for p in model.parameters()), tokens, "inference"))
 
     def add_api_call(self, phase: str, input_tokens: int, output_tokens: int, usd: float, sent: bool,
-                     latency_s: float | None = None) -> None:
+                     latency_s: float | None = None, model: str | None = None) -> None:
         """Count one request to an API-backed model in ``phase``: its token usage, its price, and whether it was
         sent (``sent=False``: answered from the response cache, so this run paid nothing for it).
 
@@ -238,6 +336,8 @@ class Meter:
         usage.usd_spent += float(usd) if sent else 0.0
         if latency_s is not None:
             usage.latency_s.append(float(latency_s))
+        if model is not None:
+            usage.models.add(model)
 
     def set_params(self, trainable: int, total: int) -> None:
         self.trainable_params, self.total_params = int(trainable), int(total)
@@ -296,8 +396,32 @@ class Meter:
                 "total": self.pricing.usd(self.hardware, self.wall_s) + sum(u.usd for u in self.api.values()),
                 "inference_per_1k": per_1k,
             },
-            "api": {phase: usage.record() for phase, usage in self.api.items()} or None,
+            "api": {phase: usage.record(self.pricing) for phase, usage in self.api.items()} or None,
+            "charged_from_cache": _charged_record(self.charged),
+            "tooling": {"wall_s": round(sum(t["wall_s"] for t in self.tooling_items), 3),
+                        "cpu_s": round(sum(t["cpu_s"] for t in self.tooling_items), 3),
+                        "items": list(self.tooling_items)} if self.tooling_items else None,
+            "machine": self.machine,
         }
+
+
+def _charged_record(charged: list[dict]) -> dict | None:
+    """The record's ``charged_from_cache``: set-up seconds charged from cache entries, in total and per entry."""
+    if not charged:
+        return None
+    known = [c for c in charged if not c.get("unknown")]
+    return {"wall_s": round(sum(c["wall_s"] for c in known), 3), "cpu_s": round(sum(c["cpu_s"] for c in known), 3),
+            "unknown": sum(1 for c in charged if c.get("unknown")), "items": list(charged)}
+
+
+@contextmanager
+def tooling(what: str) -> Iterator[None]:
+    """``Meter.tooling`` on the meter of the row running now (nothing to keep out when no row is being metered)."""
+    if not _ACTIVE:
+        yield
+        return
+    with _ACTIVE[-1].tooling(what):
+        yield
 
 
 def estimate_flops(params: int, tokens: int, kind: str, trainable: int | None = None) -> float:

@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
+from lmtailor.measure.meter import tooling
+
 try:  # POSIX only; elsewhere two processes may both build, and the rename still keeps the result whole
     import fcntl
 except ImportError:  # pragma: no cover
@@ -52,7 +54,10 @@ def build_once(target: Path, build: Callable[[Path], None]) -> Path:
             shutil.rmtree(target)
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
         try:
-            build(tmp)
+            # Tool set-up (a GGUF converted, a model built into the cache): no deployment pays it, so the row
+            # being metered keeps it out of its time and $ and records it apart (Meter.tooling).
+            with tooling(f"built {target.name} into the model cache"):
+                build(tmp)
             (tmp / COMPLETE_MARKER).write_text("ok\n")
             os.chmod(tmp, 0o755)  # mkdtemp makes it private; a cache of public model weights need not be
             os.rename(tmp, target)

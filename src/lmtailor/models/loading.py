@@ -65,6 +65,8 @@ def load_model(ref: str, runtime: Runtime, head: Head | None = None, num_labels:
 
     resolved = resolve_model(ref)
     trust = runtime.trust_remote_code  # off unless the experiment sets it; the run output says when it is on
+    if resolved.source == "hub":
+        download_hub_model(resolved.path, trust)
     config = AutoConfig.from_pretrained(resolved.path, trust_remote_code=trust)
     family = detect_family(config)
     head = head_for(family, head)
@@ -95,6 +97,24 @@ def load_model(ref: str, runtime: Runtime, head: Head | None = None, num_labels:
     model.eval()
     contiguous_head_input(model)
     return LoadedModel(model, tokenizer, family, ref, resolved.path, resolved.source)
+
+
+# What loading a hub model reads (weights as safetensors only, config, tokenizer, chat template); code with
+# trust_remote_code. Other files a hub repository may hold (ONNX, GGUF, pickled weights) are never fetched.
+HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+
+
+def download_hub_model(repo_id: str, trust_remote_code: bool = False) -> None:
+    """Download a hub model's files into the hub cache once, as tool set-up: a deployment has its weights already,
+    so the download is kept out of the row's time and $ (``measure.meter.tooling``) and recorded apart."""
+    from huggingface_hub import snapshot_download, try_to_load_from_cache
+
+    from lmtailor.measure.meter import tooling
+
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return  # downloaded before (a partial download is completed by from_pretrained, inside the row's load)
+    with tooling(f"downloaded {repo_id} from the Hugging Face Hub"):
+        snapshot_download(repo_id, allow_patterns=HUB_FILES + (["*.py"] if trust_remote_code else []))
 
 
 def contiguous_head_input(model) -> None:

@@ -184,7 +184,7 @@ def _send(endpoint: OpenAIEndpoint, bodies: list[dict], meter: Meter, details: d
     def on_result(_: int, r: ApiResult) -> None:
         meter.add_api_call("inference", r.input_tokens, r.output_tokens,
                            pricing.api_usd(endpoint.model, r.input_tokens, r.output_tokens), sent=not r.cached,
-                           latency_s=r.latency_s)
+                           latency_s=r.latency_s, model=endpoint.model)
         bar.update(1)
 
     try:

@@ -91,4 +91,4 @@ class RemoteTeacher:
         if self.meter is not None:
             usd = self.meter.pricing.api_usd(self.endpoint.model, r.input_tokens, r.output_tokens)
             self.meter.add_api_call("data", r.input_tokens, r.output_tokens, usd, sent=not r.cached,
-                                    latency_s=r.latency_s)
+                                    latency_s=r.latency_s, model=self.endpoint.model)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -78,13 +79,55 @@ def payback_days(fixed_a: float, per_request_a: float, fixed_b: float, per_reque
                  requests_per_month: float, days_per_month: float = 30.0) -> float | None:
     """Days until the two options' cumulative costs cross at ``requests_per_month`` requests a month.
 
-    That is how long the option with the higher one-time cost (a fine-tuned small model) takes to pay it back
-    through cheaper requests. None when they never cross (see ``break_even``).
+    Only the crossing: which option is cheaper after it (whether the dearer one up front pays back, or the cheaper
+    one up front becomes the dearer) is ``compare_costs``'s answer. None when they never cross (see ``break_even``).
     """
     if requests_per_month <= 0:
         raise ValueError(f"requests_per_month must be > 0, got {requests_per_month}")
     n = break_even(fixed_a, per_request_a, fixed_b, per_request_b)
     return None if n is None else n / requests_per_month * days_per_month
+
+
+@dataclass(frozen=True)
+class CostComparison:
+    """How a choice's cumulative cost ``fixed + rate × t`` compares with a baseline's as t (requests or months) grows.
+
+    ``case``:
+    - ``cheaper_throughout``: no dearer up front and no dearer per unit, one of them strictly cheaper;
+    - ``same``: the same up front and per unit;
+    - ``pays_back``: dearer up front, cheaper per unit: cheaper in total from ``crossing`` on;
+    - ``never_pays_back``: dearer up front and no cheaper per unit: dearer in total at every volume;
+    - ``dearer_after``: cheaper up front, dearer per unit: cheaper in total only until ``crossing``;
+    - ``dearer_throughout``: the same up front and dearer per unit.
+    ``crossing``: where the totals meet (units of ``t``), for ``pays_back`` and ``dearer_after``; else None.
+    """
+
+    case: str
+    crossing: float | None
+    extra_fixed: float  # the choice's one-time cost minus the baseline's
+    saving_per_unit: float  # the baseline's rate minus the choice's
+
+
+def compare_costs(fixed_choice: float, rate_choice: float, fixed_base: float, rate_base: float) -> CostComparison:
+    """Compare a choice with a baseline in all four sign cases of (up-front difference, per-unit difference).
+
+    Differences within 1e-12 are taken as none, so float noise cannot flip a case.
+    """
+    extra = fixed_choice - fixed_base
+    saving = rate_base - rate_choice
+    extra = 0.0 if abs(extra) < _TOLERANCE else extra
+    saving = 0.0 if abs(saving) < _TOLERANCE else saving
+    if extra == 0 and saving == 0:
+        return CostComparison("same", None, extra, saving)
+    if extra == 0 and saving < 0:
+        return CostComparison("dearer_throughout", None, extra, saving)
+    if extra <= 0 and saving >= 0:
+        return CostComparison("cheaper_throughout", None, extra, saving)
+    if extra > 0 and saving > 0:
+        return CostComparison("pays_back", extra / saving, extra, saving)
+    if extra > 0:
+        return CostComparison("never_pays_back", None, extra, saving)
+    return CostComparison("dearer_after", extra / saving, extra, saving)  # both negative: a positive crossing
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None]:

@@ -286,16 +286,40 @@ def break_even_pair(summary: dict, baseline_label: str | None = None) -> tuple[d
     return (base, tuned) if base and tuned else None
 
 
-def break_even_chart(summary: dict, requests_per_month: int = 100_000, baseline_label: str | None = None
-                     ) -> Chart | None:
+def _side(group: dict, records: list[dict] | None, requests: float, deployment) -> tuple[float, float, str]:
+    """(one-time $, $ per request, how the per-request $ was found) of one side of the break-even.
+
+    With the records, the per-request $ is the group's monthly cost under the deployment (``report/deployment.py``)
+    spread over the month's requests: for always-on instances a cost per month, so the lines hold at this volume
+    only. Without them (or with nothing served), the measured $ per 1k requests."""
+    from lmtailor.report.deployment import DeploymentConfig, monthly_cost, serving_of
+
+    fixed = group["usd_train_mean"]
+    serving = serving_of([r for r in records if r.get("row_id") in set(group["rows"])]) if records else None
+    if serving is not None and requests > 0:
+        cost = monthly_cost(serving, requests, deployment or DeploymentConfig())
+        if cost.usd is not None:
+            return fixed, cost.usd / requests, (f"{_usd(fixed)} up front + {_usd(cost.usd)}/month "
+                                                f"({cost.assumptions})")
+    per_request = group["usd_inference_per_1k_mean"] / 1000
+    return fixed, per_request, f"{_usd(fixed)} up front + {_usd(per_request * 1000)} per 1k requests"
+
+
+def break_even_chart(summary: dict, requests_per_month: int = 100_000, baseline_label: str | None = None,
+                     records: list[dict] | None = None, deployment=None) -> Chart | None:
     """Cumulative cost against requests served for the prompted baseline and the best fine-tuned group, with the
-    crossing point (``analysis.break_even``) marked and stated in the caption."""
+    crossing point (``analysis.break_even``) marked and the caption saying which is cheaper on each side of it
+    (``analysis.compare_costs``: all four sign cases). ``records`` and ``deployment`` price self-hosted groups
+    as deployed (``report/deployment.py``)."""
+    from lmtailor.report.analysis import compare_costs
+    from lmtailor.report.durations import human_duration
+
     pair = break_even_pair(summary, baseline_label)
     if pair is None:
         return None
     base, tuned = pair
-    fa, pa = base["usd_train_mean"], base["usd_inference_per_1k_mean"] / 1000
-    fb, pb = tuned["usd_train_mean"], tuned["usd_inference_per_1k_mean"] / 1000
+    fa, pa, how_a = _side(base, records, requests_per_month, deployment)
+    fb, pb, how_b = _side(tuned, records, requests_per_month, deployment)
     n = break_even(fa, pa, fb, pb)
     # three times the crossing shows both sides of it; with no crossing, a month of requests
     horizon = 3 * n if n else max(float(requests_per_month), 1.0)
@@ -313,17 +337,27 @@ def break_even_chart(summary: dict, requests_per_month: int = 100_000, baseline_
         ax.set_ylabel("cumulative cost, USD")
         ax.legend(loc="best")
 
-    lines = [f"{base['id']}: {_usd(fa)} up front + {_usd(pa * 1000)} per 1k requests",
-             f"{tuned['id']}: {_usd(fb)} up front + {_usd(pb * 1000)} per 1k requests"]
-    if n is not None:
-        days = n / requests_per_month * 30 if requests_per_month else None
-        when = f", about {days:,.1f} days at {requests_per_month:,} requests a month" if days is not None else ""
+    lines = [f"{base['id']}: {how_a}", f"{tuned['id']}: {how_b}"]
+    hours = getattr(deployment, "hours_per_month", 730.0)
+    c = compare_costs(fb, pb, fa, pa)  # the fine-tuned group against the baseline
+    when = ""
+    if n is not None and requests_per_month:
+        span = human_duration(n / requests_per_month * hours * 3600)
+        when = f", about {span} at {requests_per_month:,} requests a month"
+    if c.case == "pays_back":
         verdict = f"The lines cross at {n:,.0f} requests{when}: past that, {tuned['id']} is cheaper in total."
-    else:
-        cheaper = base if (fa, pa) <= (fb, pb) else tuned
-        verdict = (f"The lines never cross: {cheaper['id']} costs no more up front and no more per request, so it "
+    elif c.case == "dearer_after":
+        verdict = (f"The lines cross at {n:,.0f} requests{when}: {tuned['id']} is cheaper up front, and "
+                   f"{base['id']} is cheaper in total past that.")
+    elif c.case == "cheaper_throughout":
+        verdict = (f"The lines never cross: {tuned['id']} costs no more up front and no more per request, so it "
                    "stays cheaper at every volume.")
-    caption = ("Cumulative cost (one-time training or set-up, then inference per request) of the prompted baseline "
+    elif c.case == "same":
+        verdict = "The two lines are the same: neither is cheaper at any volume."
+    else:  # never_pays_back, dearer_throughout
+        verdict = (f"The lines never cross: {base['id']} costs no more up front and no more per request, so it "
+                   "stays cheaper at every volume.")
+    caption = ("Cumulative cost (one-time training or set-up, then serving) of the prompted baseline "
                f"{base['id']} and the best fine-tuned configuration {tuned['id']} as requests grow. {verdict}")
     return Chart("break_even", "Break-even", _render(draw), caption, lines + [verdict])
 
@@ -331,12 +365,12 @@ def break_even_chart(summary: dict, requests_per_month: int = 100_000, baseline_
 # --- all charts ----------------------------------------------------------------------------------------------------
 
 def all_charts(summary: dict, records: list[dict], requests_per_month: int = 100_000,
-               baseline_label: str | None = None) -> list[tuple[str, Chart | None]]:
+               baseline_label: str | None = None, deployment=None) -> list[tuple[str, Chart | None]]:
     """Every chart of the report in page order, as ``(key, chart or None)``; ``ABSENT[key]`` explains a None."""
     return [
         ("pareto", pareto_chart(summary)),
         ("learning_curves", learning_curves_chart(summary)),
         ("memory", memory_chart(records)),
         ("forgetting", forgetting_chart(records)),
-        ("break_even", break_even_chart(summary, requests_per_month, baseline_label)),
+        ("break_even", break_even_chart(summary, requests_per_month, baseline_label, records, deployment)),
     ]

@@ -179,6 +179,35 @@ def _failures(records: list[dict]) -> dict:
                   f"{len(failed)} of {len(records)} rows failed and are shown as failed: " + "; ".join(parts))
 
 
+def _busy_machine(records: list[dict]) -> dict:
+    """Rows timed while other processes loaded the machine (``measure/machine_load.py``): their time and $ are
+    inflated by the others' work, not this configuration's."""
+    from lmtailor.measure.machine_load import BUSY_OTHER_CORES, machine_was_busy
+
+    name = "timings taken on an otherwise idle machine"
+    busy, unknown, others = [], [], []
+    for r in records:
+        machine = (r.get("meter") or {}).get("machine")
+        verdict = machine_was_busy(machine)
+        if verdict is None:
+            unknown.append(r["row_id"])
+            continue
+        others.append(machine["other_cores_avg"])
+        if verdict:
+            load = machine.get("loadavg_end")
+            busy.append(f"{r['row_id']} ({machine['other_cores_avg']:.2f} cores"
+                        + (f", load {load[0]:.1f} on {machine['cores']} cores" if load else "") + ")")
+    if busy:
+        return _check(name, False, f"{len(busy)} of {len(records)} rows were timed while other processes used more "
+                      f"than {BUSY_OTHER_CORES:g} core on average: {'; '.join(busy)}. Their time and $ (set-up, "
+                      "per 1k, per month) are inflated by that load; rerun them on an idle machine before acting on "
+                      "those costs" + (f"; {NOT_VERIFIABLE} for {_ids(unknown)}" if unknown else ""))
+    if unknown:
+        return _check(name, False, f"{NOT_VERIFIABLE} for {_ids(unknown)} (no machine load recorded)")
+    return _check(name, True, f"other processes used at most {max(others, default=0.0):.2f} cores on average while a "
+                  f"row ran (busy above {BUSY_OTHER_CORES:g})")
+
+
 def honesty_checks(run_dir: Path, records: list[dict]) -> list[dict]:
     """The report's honesty checks on ``run_dir`` (its ``splits.json`` and extra-rows files) and its ``records``."""
     run_dir = Path(run_dir)
@@ -191,4 +220,4 @@ def honesty_checks(run_dir: Path, records: list[dict]) -> list[dict]:
         leak = _check("test rows never seen in training", False, f"{NOT_VERIFIABLE}: {splits_path} is missing")
         shown = _check("test rows never used as exemplars or retrieved", False,
                        f"{NOT_VERIFIABLE}: {splits_path} is missing")
-    return [leak, shown, _stand_ins(records), _truncation(records), _failures(records)]
+    return [leak, shown, _stand_ins(records), _truncation(records), _failures(records), _busy_machine(records)]

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from lmtailor.io import write_text_atomic
 from lmtailor.report.charts import ABSENT, Chart, all_charts
-from lmtailor.report.markdown_report import (RUNG_HEADERS, chart_options, cost_benefit_rows, detail_table,
-                                             failed_rows, render_markdown_report)
+from lmtailor.report.cost_notes import cost_notes
+from lmtailor.report.markdown_report import (RUNG_HEADERS, chart_options, cost_benefit_rows, deployment_note,
+                                             detail_table, failed_rows, render_markdown_report)
 from lmtailor.report.results_json import build_results, load_records
 
 CSS = """
@@ -53,11 +54,12 @@ def _recommendation(rec: dict | None) -> str:
             f"<p>{e(rec.get('paragraph', ''))}</p>{ev}{change}</section>")
 
 
-def _cost_benefit(summary: dict, records: list[dict]) -> str:
-    rungs = cost_benefit_rows(summary, records)
+def _cost_benefit(summary: dict, records: list[dict], report_cfg=None) -> str:
+    rungs = cost_benefit_rows(summary, records, report_cfg)
     table = _table(RUNG_HEADERS, [r.cells for r in rungs]) if rungs else "<p>No rung finished with a score.</p>"
+    notes = "".join(f"<p>{e(n)}</p>" for n in [deployment_note(report_cfg), *cost_notes(records)])
     return (f'<section id="cost-benefit"><h2>Cost-benefit by rung</h2><p>The best configuration of each rung of '
-            f"the spectrum that finished; a score from fewer than 3 seeds says how many.</p>{table}</section>")
+            f"the spectrum that finished; a score from fewer than 3 seeds says how many.</p>{table}{notes}</section>")
 
 
 def _detail(summary: dict, records: list[dict]) -> str:
@@ -106,7 +108,7 @@ def render_html(summary: dict, records: list[dict], title: str, recommendation: 
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{e(title)}</title><style>{CSS}</style></head><body>"
             f"<h1>{e(title)}</h1><p>{e(facts)}</p>"
-            + _recommendation(recommendation) + _cost_benefit(summary, records) + _detail(summary, records)
+            + _recommendation(recommendation) + _cost_benefit(summary, records, report_cfg) + _detail(summary, records)
             + f'<section id="charts"><h2>Charts</h2>{figures}</section>' + _honesty(honesty)
             + "</body></html>\n")
 
@@ -122,7 +124,7 @@ def write_report(run_dir: Path, title: str | None = None, recommendation: dict |
     title = title or run_dir.name
     charts = all_charts(summary, records, **chart_options(report_cfg))
     path = run_dir / "report.html"
-    write_text_atomic(path, render_html(summary, records, title, recommendation, honesty, charts=charts))
+    write_text_atomic(path, render_html(summary, records, title, recommendation, honesty, report_cfg, charts=charts))
     write_text_atomic(run_dir / "report.md", render_markdown_report(summary, records, title, recommendation, honesty,
-                                                                    charts=charts))
+                                                                    report_cfg, charts=charts))
     return path

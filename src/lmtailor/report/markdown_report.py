@@ -11,11 +11,13 @@ from pathlib import Path
 
 from lmtailor.io import write_text_atomic
 from lmtailor.report.charts import ABSENT, RUNGS, Chart, all_charts, best_group
+from lmtailor.report.cost_notes import cost_notes
 from lmtailor.report.table import TableRow, build_rows, fmt_usd, format_rows, headers
 from lmtailor.report.results_json import same_or_different
 
+# "$ / month (as deployed)" is last so that the older columns keep their places
 RUNG_HEADERS = ["rung", "best configuration", "$ train", "$ / 1k inferences", "train time", "inference / 1k",
-                "data required", "metric (spread)", "Δ vs zero-shot"]
+                "data required", "metric (spread)", "Δ vs zero-shot", "$ / month (as deployed)"]
 
 
 @dataclass
@@ -64,8 +66,46 @@ def _zero_shot_group(groups: list[dict], records: list[dict], model: str) -> dic
     return next((g for g in groups if g["model"] == model and set(g["rows"]) & zero_shot_rows), None)
 
 
-def cost_benefit_rows(summary: dict, records: list[dict]) -> list[RungRow]:
-    """One row per rung that finished: its best-scoring group on the run's main metric, with costs and data."""
+def _per_month(group: dict, records: list[dict], report_cfg) -> str:
+    """The group's $/month as deployed (``report/deployment.py``), with its instances in brief."""
+    from lmtailor.report.deployment import DeploymentConfig, monthly_cost, serving_of
+
+    serving = serving_of([r for r in records if r.get("row_id") in set(group["rows"])])
+    if serving is None:
+        return "-"
+    requests = report_cfg.requests_per_month if report_cfg is not None else 100_000
+    deployment = report_cfg.deployment if report_cfg is not None else DeploymentConfig()
+    cost = monthly_cost(serving, requests, deployment)
+    if cost.usd is None:
+        return "-"
+    if serving.kind == "api":
+        how = "unpriced API: $0 on purpose" if serving.unpriced else "API bill"
+    elif cost.instances is not None:
+        how = f"{cost.instances} always-on {serving.hardware} instance{'s' if cost.instances != 1 else ''}"
+    else:
+        how = f"scale-to-zero, {cost.billed_hours:,.3g} h billed"
+    return f"{fmt_usd(cost.usd)} ({how})"
+
+
+def deployment_note(report_cfg) -> str:
+    """The assumptions behind the "$ / month (as deployed)" column, in one sentence."""
+    from lmtailor.report.deployment import DeploymentConfig
+
+    requests = report_cfg.requests_per_month if report_cfg is not None else 100_000
+    d = report_cfg.deployment if report_cfg is not None else DeploymentConfig()
+    rate = f"${d.usd_per_hour:.2f}/h" if d.usd_per_hour is not None else "the run's $/h for its hardware"
+    mode = (f"always-on instances (at least {d.min_instances}), as many as the peak needs" if d.mode == "always_on"
+            else "scale-to-zero instances, billed for their hours of work x the peak factor")
+    return (f"$ / month (as deployed): at {requests:,} requests a month, a self-hosted configuration runs on {mode}, "
+            f"at {rate}, with peak load {d.peak_to_average:g}x the average over {d.hours_per_month:g} hours a month; "
+            "one instance serves what the row measured (test rows / inference time, at the run's "
+            "budget.eval_batch_size). An API configuration costs its measured bill per request x requests. Set "
+            "them in report.deployment. $ / 1k inferences is the machine's busy time only.")
+
+
+def cost_benefit_rows(summary: dict, records: list[dict], report_cfg=None) -> list[RungRow]:
+    """One row per rung that finished: its best-scoring group on the run's main metric, with costs and data;
+    ``report_cfg`` (a ``ReportConfig``) sets the volume and deployment of the monthly cost."""
     metric = (summary.get("pareto") or {}).get("metric")
     groups = [g for g in summary.get("groups", []) if g["score_mean"] is not None and g["metric"] == metric]
     table = {(r.label, r.model): r for r in build_rows(records)}
@@ -86,7 +126,7 @@ def cost_benefit_rows(summary: dict, records: list[dict]) -> list[RungRow]:
             rung, best["id"],
             fmt_usd(best["usd_train_mean"]) if best["usd_train_mean"] else "$0",
             fmt_usd(best["usd_inference_per_1k_mean"]), train, _duration(t.infer_s_per_1k if t else None),
-            _data_required(best, summary, records), _spread(best), delta]))
+            _data_required(best, summary, records), _spread(best), delta, _per_month(best, records, report_cfg)]))
     return rows
 
 
@@ -130,8 +170,10 @@ def render_markdown_report(summary: dict, records: list[dict], title: str, recom
             lines += ["", "What would change the answer:", ""] + [f"- {w}" for w in recommendation["what_would_change"]]
         lines.append("")
     lines += ["## Cost-benefit by rung", "", "The best configuration of each rung of the spectrum that finished.", ""]
-    rungs = cost_benefit_rows(summary, records)
+    rungs = cost_benefit_rows(summary, records, report_cfg)
     lines += _md_table(RUNG_HEADERS, [r.cells for r in rungs]) if rungs else ["No rung finished with a score."]
+    for note in [deployment_note(report_cfg), *cost_notes(records)]:
+        lines += ["", note]
     columns, cells = detail_table(records)
     lines += ["", "## Every configuration", ""] + _md_table(columns, cells) + [""]
     for r in failed_rows(summary):
@@ -151,7 +193,8 @@ def chart_options(report_cfg) -> dict:
     """The chart settings taken from the experiment's ``report:`` section (defaults when None)."""
     if report_cfg is None:
         return {}
-    return {"requests_per_month": report_cfg.requests_per_month, "baseline_label": report_cfg.baseline}
+    return {"requests_per_month": report_cfg.requests_per_month, "baseline_label": report_cfg.baseline,
+            "deployment": report_cfg.deployment}
 
 
 def write_markdown_report(run_dir: Path, summary: dict, records: list[dict], title: str, **kwargs) -> Path:

@@ -8,9 +8,12 @@ expected requests per month. The rules, in order:
 2. Quality. With a floor, a group meets it when its *conservative* quality does: the lower end of its bootstrap CI
    (the upper end for a lower-is-better metric), or its mean when it has no CI. Without a floor, a group qualifies
    when it is not significantly worse than the best group (their CIs overlap; without CIs only the best qualifies).
-3. Money. Monthly cost = inference $ per 1k requests / 1000 × requests per month. Training (and index building) is
-   paid once: it is reported apart, with the days it takes to pay back against the baseline
-   (``analysis.payback_days``). Groups whose monthly cost exceeds the budget are out.
+3. Money. Monthly cost: for a self-hosted group, the instances its measured throughput needs at the requests per
+   month, under ``report.deployment`` (always-on or scale-to-zero, peak-to-average load; ``report/deployment.py``);
+   for an API group, its measured bill per request × requests per month. The assumptions are printed next to the
+   number. Training (and index building) is paid once: it is reported apart, with how it compares with the
+   baseline over time (``analysis.compare_costs``: pays back, never pays back, cheaper from the start, or cheaper
+   only at first). Groups whose monthly cost exceeds the budget are out.
 4. The choice is the cheapest qualifying group per month (ties: better quality, then id).
 """
 
@@ -18,7 +21,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from lmtailor.report.analysis import payback_days
+from lmtailor.report.analysis import compare_costs
+from lmtailor.report.deployment import DeploymentConfig, group_serving, monthly_cost
+from lmtailor.report.durations import DAY, human_duration
 from lmtailor.report.results_json import same_or_different
 
 
@@ -46,9 +51,7 @@ def _q(x: float | None) -> str:
 
 
 def _days(d: float) -> str:
-    if d >= 10:
-        return f"{d:,.0f} days"
-    return f"{d:.1f} days" if d >= 1 else f"{d * 24:.1f} hours"
+    return human_duration(d * DAY)
 
 
 def _conservative(g: dict) -> float:
@@ -63,13 +66,30 @@ def _better(a: float, b: float, higher: bool) -> bool:
     return a >= b if higher else a <= b
 
 
+def _cost(g: dict, requests: float):
+    """The group's ``MonthlyCost`` under the deployment ``recommendation`` attached (``_serving``), or None for a
+    group without one (a summary given without its records): then the busy-time $ per 1k x requests."""
+    if g.get("_serving") is None:
+        return None
+    return monthly_cost(g["_serving"], requests, g["_deployment"])
+
+
 def _monthly(g: dict, requests: float) -> float | None:
+    cost = _cost(g, requests)
+    if cost is not None:
+        return cost.usd
     per_1k = g.get("usd_inference_per_1k_mean")
     return None if per_1k is None else per_1k / 1000 * requests
 
 
-def _per_request(g: dict) -> float:
-    return (g.get("usd_inference_per_1k_mean") or 0.0) / 1000
+def _assumptions(g: dict, requests: float) -> str:
+    """What the group's monthly cost assumes, in words ("" when it is the busy-time estimate)."""
+    cost = _cost(g, requests)
+    return f" ({cost.assumptions})" if cost is not None else ""
+
+
+def _hours_per_month(g: dict) -> float:
+    return g["_deployment"].hours_per_month if g.get("_deployment") is not None else 730.0
 
 
 def _eligible(summary: dict) -> tuple[str | None, list[dict]]:
@@ -152,27 +172,48 @@ def _baseline(groups: list[dict], all_groups: list[dict], label: str | None) -> 
 def _describe(g: dict, requests: float) -> str:
     ci = f" (95% CI {_q(g['ci95'][0])}-{_q(g['ci95'][1])})" if g.get("ci95") else " (no CI: per-row scores missing)"
     seeds = "" if g.get("seeds", 0) >= 3 else f", {g.get('seeds')} seed{'s' if g.get('seeds') != 1 else ''}"
-    return (f"{g['metric']} {_q(g['score_mean'])}{ci}{seeds}, {_usd(_monthly(g, requests))}/month "
-            f"at {requests:,.0f} requests, {_usd(g.get('usd_train_mean') or 0.0)} one-time")
+    unpriced = " [unpriced: its API is billed $0 on purpose]" if (g.get("_serving") and g["_serving"].unpriced) \
+        else ""
+    return (f"{g['metric']} {_q(g['score_mean'])}{ci}{seeds}, {_usd(_monthly(g, requests))}/month"
+            f"{_assumptions(g, requests) or f' at {requests:,.0f} requests'}, "
+            f"{_usd(g.get('usd_train_mean') or 0.0)} one-time{unpriced}")
 
 
 def _payback(choice: dict, baseline: dict | None, requests: float) -> tuple[float | None, str]:
-    """Days for ``choice`` to pay back its one-time cost against ``baseline``, and the sentence saying it."""
+    """How ``choice`` compares with ``baseline`` over time at ``requests`` a month, and the sentence saying it.
+
+    The comparison is per month: each costs its one-time $ plus its monthly $ (which, for always-on instances, is
+    paid whatever the volume). The days returned: 0 when the choice is never dearer in total, the days until it
+    has paid back its extra one-time cost when it does, None otherwise (never pays back, or cheaper only at first).
+    """
     if baseline is None or baseline is choice:
         return None, ""
-    fixed_c, per_c = choice.get("usd_train_mean") or 0.0, _per_request(choice)
-    fixed_b, per_b = baseline.get("usd_train_mean") or 0.0, _per_request(baseline)
-    if fixed_c <= fixed_b and per_c <= per_b:
-        return 0.0, f"It costs no more than the baseline {baseline['id']} up front or per request."
-    if requests <= 0:
+    monthly_c, monthly_b = _monthly(choice, requests), _monthly(baseline, requests)
+    if monthly_c is None or monthly_b is None:
         return None, ""
-    days = payback_days(fixed_b, per_b, fixed_c, per_c, requests)
-    if days is None:
-        return None, (f"Against the baseline {baseline['id']} its {_usd(fixed_c)} one-time cost never pays back "
-                      f"({_usd(per_c * 1000)} vs {_usd(per_b * 1000)} per 1k requests).")
-    return days, (f"Against the baseline {baseline['id']} ({_usd(per_b * 1000)} per 1k requests) its "
-                  f"{_usd(fixed_c)} one-time cost pays for itself in {_days(days)} at {requests:,.0f} "
-                  "requests a month.")
+    fixed_c, fixed_b = choice.get("usd_train_mean") or 0.0, baseline.get("usd_train_mean") or 0.0
+    c = compare_costs(fixed_c, monthly_c, fixed_b, monthly_b)
+    against = (f"Against the baseline {baseline['id']} ({_usd(fixed_b)} one-time, {_usd(monthly_b)}/month at "
+               f"{requests:,.0f} requests)")
+    days_per_month = _hours_per_month(choice) / 24
+    if c.case == "same":
+        return 0.0, f"{against} it costs the same up front and per month."
+    if c.case == "cheaper_throughout":
+        return 0.0, (f"{against} it costs no more up front and no more per month, so it is cheaper in total from "
+                     "the first request.")
+    if c.case == "dearer_throughout":
+        return None, (f"{against} it costs the same up front and {_usd(-c.saving_per_unit)} more a month, so it "
+                      "is dearer in total from the first month.")
+    if c.case == "never_pays_back":
+        more = "no less" if c.saving_per_unit == 0 else f"{_usd(-c.saving_per_unit)} more"
+        return None, (f"{against} it costs {_usd(c.extra_fixed)} more up front and {more} a month, so it never "
+                      "pays back.")
+    days = c.crossing * days_per_month
+    if c.case == "pays_back":
+        return days, (f"{against} it costs {_usd(c.extra_fixed)} more up front and saves "
+                      f"{_usd(c.saving_per_unit)} a month, so it pays for itself in {_days(days)}.")
+    return None, (f"{against} it costs {_usd(-c.extra_fixed)} less up front but {_usd(-c.saving_per_unit)} more "
+                  f"a month: it is cheaper in total only for the first {_days(days)}, and dearer after that.")
 
 
 def recommendation(summary: dict, records: list[dict], target: Any) -> dict:
@@ -185,6 +226,7 @@ def recommendation(summary: dict, records: list[dict], target: Any) -> dict:
     floor = _target(target, "quality_floor")
     budget = _target(target, "monthly_budget_usd")
     requests = float(_target(target, "requests_per_month", 100_000) or 0)
+    summary = _with_serving(summary, records, _target(target, "deployment") or DeploymentConfig())
     metric, groups = _eligible(summary)
     all_groups = summary.get("groups", [])
     failed = [g["id"] for g in all_groups if g.get("failed")]
@@ -223,7 +265,8 @@ def recommendation(summary: dict, records: list[dict], target: Any) -> dict:
 
     monthly = _monthly(choice, requests)
     days, payback_text = _payback(choice, baseline, requests)
-    result.update(choice=choice["id"], monthly_usd=monthly, payback_days=days)
+    result.update(choice=choice["id"], monthly_usd=monthly, payback_days=days,
+                  monthly_assumptions=_assumptions(choice, requests).strip(" ()") or None)
     evidence = [r for r in choice["rows"] if r in finished_ids]
     if baseline is not None and baseline is not choice:
         evidence += [r for r in baseline["rows"] if r in finished_ids]
@@ -234,11 +277,22 @@ def recommendation(summary: dict, records: list[dict], target: Any) -> dict:
     baseline_text = (f" Baseline ({baseline_how}): {baseline['id']}, {_describe(baseline, requests)}."
                      if baseline is not None and baseline is not choice else
                      f" It is also the baseline ({baseline_how})." if baseline is choice else f" ({baseline_how}.)")
+    # the evidence rows are printed once, on their own line after the paragraph (result["evidence"])
     result["paragraph"] = (f"For the target ({target_words}), use {choice['label']} on {choice['model']}: "
-                           f"{_describe(choice, requests)}.{baseline_text} {payback_text} "
-                           f"Evidence: rows {', '.join(evidence)}.{failed_note}").replace("  ", " ").strip()
+                           f"{_describe(choice, requests)}.{baseline_text} {payback_text}"
+                           f"{failed_note}").replace("  ", " ").strip()
     result["what_would_change"] = _what_would_change(groups, choice, baseline, floor, budget, requests, why)
     return result
+
+
+def _with_serving(summary: dict, records: list[dict], deployment: DeploymentConfig | dict) -> dict:
+    """A copy of ``summary`` whose groups carry their serving facts (``_serving``) and the deployment, so that
+    ``_monthly`` prices them as deployed; the caller's summary (written to results.json) is left as it is."""
+    if isinstance(deployment, dict):
+        deployment = DeploymentConfig.model_validate(deployment)
+    serving = group_serving(summary.get("groups", []), records)
+    groups = [{**g, "_serving": serving.get(g["id"]), "_deployment": deployment} for g in summary.get("groups", [])]
+    return {**summary, "groups": groups}
 
 
 def _what_would_change(groups: list[dict], choice: dict, baseline: dict | None, floor: float | None,

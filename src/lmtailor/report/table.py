@@ -281,6 +281,7 @@ def format_rows(rows: list[TableRow]) -> list[list[str]]:
 
 def results_markdown(records: list[dict], title: str = "results") -> str:
     """The cost-benefit table as Markdown, with the facts a reader needs to trust it."""
+    from lmtailor.report.cost_notes import cost_notes
     from lmtailor.report.findings import architecture_findings  # findings builds on this module's rows
 
     table_rows = build_rows(records)
@@ -302,6 +303,7 @@ def results_markdown(records: list[dict], title: str = "results") -> str:
                          "responses reported (usage × pricing.api_models), not this machine's time; inference / 1k is "
                          "the wall time of the requests (sent concurrently, api.max_concurrency); peak memory is "
                          "this client's, the model's is the provider's.")
+        lines += cost_notes(records)  # tool set-up kept out, set-up charged from caches, unpriced API rows
         if TRAINING_HEADER in columns:
             lines.append("Step · optimizer · train peak · saved: mean wall time per optimizer step, the optimizer's "
                          "state in memory (AdamW: two moments per trainable weight, so it scales with the trainable "

@@ -5,6 +5,11 @@ corpus finds its index on disk and embeds nothing. A changed corpus gets a new i
 chunk-hash ``EmbeddingStore``: only chunks whose text changed are embedded again. An index directory is written
 under a temporary name and renamed into place with its manifest written last; one without a valid manifest is
 never loaded.
+
+What an index cost the first time (the embedding of every distinct chunk text, whether done now or taken from the
+store) is kept in its manifest and returned as ``BuildStats.charged_*`` when the index or stored vectors are reused,
+so the ``rag`` rung can charge it to every row (``Meter.charge_cached``): the set-up cost does not depend on the
+cache.
 """
 
 from __future__ import annotations
@@ -42,6 +47,10 @@ class BuildStats:
     build_s: float
     index_path: str
     reused_index: bool
+    # embedding reused rather than done now (a reused index: all of it), at what it cost when it was done
+    charged_embed_s: float = 0.0
+    charged_embed_cpu_s: float = 0.0
+    charged_unknown: int = 0  # reused vectors (or a whole index) stored before costs were kept: cost unknown
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -68,8 +77,12 @@ def build_dense_index(chunks: list[Chunk], embedder: Embedder, params: dict | No
     final = root / key
     index = _load(final, key, len(chunks))
     if index is not None:
-        log.info("dense index: reusing %s (%d chunks, nothing embedded)", final, len(chunks))
-        stats = BuildStats(len(chunks), 0, len(chunks), 0.0, time.perf_counter() - t0, str(final), True)
+        log.info("dense index: reusing %s (%d chunks, nothing embedded; its first-time embedding is charged)", final,
+                 len(chunks))
+        first = _first_time_cost(final)
+        stats = BuildStats(len(chunks), 0, len(chunks), 0.0, time.perf_counter() - t0, str(final), True,
+                           first.get("embed_s", 0.0), first.get("embed_cpu_s", 0.0),
+                           first.get("unknown", len(chunks)))
         return index, stats
     store = EmbeddingStore(embedder.identity)
     try:
@@ -80,13 +93,27 @@ def build_dense_index(chunks: list[Chunk], embedder: Embedder, params: dict | No
     index.add(vectors)
     manifest = {"format": INDEX_FORMAT, "key": key, "embedder": embedder.ref, "embedder_identity": embedder.identity,
                 "dim": int(vectors.shape[1]), "chunks": len(chunks), "params": params or {},
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                # the embedding of every distinct chunk text: done now, or reused at its stored cost
+                "first_time_cost": {"embed_s": round(emb["embed_s"] + emb["reused_embed_s"], 4),
+                                    "embed_cpu_s": round(emb["embed_cpu_s"] + emb["reused_embed_cpu_s"], 4),
+                                    "unknown": emb["reused_cost_unknown"]}}
     _write(index, manifest, final)
     stats = BuildStats(len(chunks), emb["embedded"], emb["reused"], emb["embed_s"], time.perf_counter() - t0,
-                       str(final), False)
+                       str(final), False, emb["reused_embed_s"], emb["reused_embed_cpu_s"],
+                       emb["reused_cost_unknown"])
     log.info("dense index: built %s (%d chunks: %d embedded, %d reused, %.1fs embedding)", final, len(chunks),
              stats.embedded, stats.reused, stats.embed_s)
     return index, stats
+
+
+def _first_time_cost(path: Path) -> dict:
+    """The manifest's ``first_time_cost`` of the index at ``path`` ({} for an index built before it was kept)."""
+    try:
+        cost = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8")).get("first_time_cost")
+    except (OSError, ValueError):
+        return {}
+    return cost if isinstance(cost, dict) else {}
 
 
 def _load(path: Path, key: str, n_chunks: int):

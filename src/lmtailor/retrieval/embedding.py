@@ -1,7 +1,9 @@
 """Sentence embeddings through sentence-transformers, and a store that remembers every chunk's embedding.
 
 The store is one SQLite file per embedder under ``cache_dir()/embeddings/``, keyed by the sha256 of the chunk text:
-a chunk whose text did not change is never embedded again, whichever corpus, file or position it comes from.
+a chunk whose text did not change is never embedded again, whichever corpus, file or position it comes from. Each
+vector keeps what embedding it cost (its share of its block's wall and CPU seconds), so an index assembled from
+stored vectors is charged the embedding it did not redo (``measure/setup_cost.py``).
 """
 
 from __future__ import annotations
@@ -113,6 +115,8 @@ class EmbeddingStore:
         self.path = root / f"{embedder_identity}.sqlite"
         self._db = sqlite3.connect(self.path, timeout=60)
         self._db.execute("CREATE TABLE IF NOT EXISTS emb (sha TEXT PRIMARY KEY, vec BLOB NOT NULL)")
+        # A table of its own, so a store written before costs were kept keeps working (its vectors' cost: unknown).
+        self._db.execute("CREATE TABLE IF NOT EXISTS emb_cost (sha TEXT PRIMARY KEY, wall_s REAL, cpu_s REAL)")
 
     def get(self, shas: Sequence[str], dim: int) -> dict[str, np.ndarray]:
         """The stored vectors among ``shas`` (missing ones are left out)."""
@@ -127,11 +131,26 @@ class EmbeddingStore:
                     found[sha] = vec
         return found
 
-    def put(self, shas: Sequence[str], vecs: np.ndarray) -> None:
-        """Store ``vecs[i]`` under ``shas[i]``, all in one transaction."""
+    def put(self, shas: Sequence[str], vecs: np.ndarray, wall_s_each: float | None = None,
+            cpu_s_each: float | None = None) -> None:
+        """Store ``vecs[i]`` under ``shas[i]`` with what embedding each cost, all in one transaction."""
         with self._db:
             self._db.executemany("INSERT OR REPLACE INTO emb VALUES (?, ?)",
                                  [(s, np.asarray(v, dtype=np.float32).tobytes()) for s, v in zip(shas, vecs)])
+            if wall_s_each is not None:
+                self._db.executemany("INSERT OR REPLACE INTO emb_cost VALUES (?, ?, ?)",
+                                     [(s, wall_s_each, cpu_s_each) for s in shas])
+
+    def costs(self, shas: Sequence[str]) -> dict[str, tuple[float, float]]:
+        """(wall seconds, CPU seconds) it took to embed each of ``shas`` that has a stored cost."""
+        found: dict[str, tuple[float, float]] = {}
+        unique = list(dict.fromkeys(shas))
+        for i in range(0, len(unique), 900):
+            part = unique[i:i + 900]
+            marks = ",".join("?" * len(part))
+            rows = self._db.execute(f"SELECT sha, wall_s, cpu_s FROM emb_cost WHERE sha IN ({marks})", part)
+            found.update({sha: (float(w or 0.0), float(c or 0.0)) for sha, w, c in rows})
+        return found
 
     def close(self) -> None:
         self._db.close()
@@ -146,16 +165,34 @@ def embed_with_store(texts: Sequence[str], embedder: Embedder, store: EmbeddingS
     known = store.get(shas, dim)
     todo = list(dict.fromkeys(s for s in shas if s not in known))
     text_of = dict(zip(shas, texts))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu_seconds()
     with tqdm(total=len(todo), desc="embedding chunks", unit="chunk", disable=not todo) as bar:
         for i in range(0, len(todo), ENCODE_BLOCK):
             block = todo[i:i + ENCODE_BLOCK]
+            w, c = time.perf_counter(), _cpu_seconds()
             vecs = embedder.encode_documents([text_of[s] for s in block])
-            store.put(block, vecs)
+            store.put(block, vecs, (time.perf_counter() - w) / len(block), (_cpu_seconds() - c) / len(block))
             known.update(zip(block, vecs))
             bar.update(len(block))
     embed_s = time.perf_counter() - t0 if todo else 0.0
+    embed_cpu_s = _cpu_seconds() - c0 if todo else 0.0
     matrix = np.stack([known[s] for s in shas]) if shas else np.zeros((0, dim), dtype=np.float32)
     new = set(todo)
+    # The embedding this index did not redo, at what it cost when it was done (each distinct text once).
+    reused_distinct = [s for s in dict.fromkeys(shas) if s not in new]
+    stored = store.costs(reused_distinct)
     # embedded counts distinct texts encoded now; reused counts chunks whose vector was already stored.
-    return matrix, {"embedded": len(todo), "reused": sum(1 for s in shas if s not in new), "embed_s": embed_s}
+    return matrix, {"embedded": len(todo), "reused": sum(1 for s in shas if s not in new), "embed_s": embed_s,
+                    "embed_cpu_s": embed_cpu_s,
+                    "reused_embed_s": sum(w for w, _ in stored.values()),
+                    "reused_embed_cpu_s": sum(c for _, c in stored.values()),
+                    "reused_cost_unknown": len(reused_distinct) - len(stored)}
+
+
+def _cpu_seconds() -> float:
+    import os
+
+    import psutil
+
+    t = psutil.Process(os.getpid()).cpu_times()
+    return t.user + t.system

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -147,6 +148,7 @@ class RagStrategy(Strategy):
                    "load_and_chunk_s": round(chunk_s, 3), "build": retriever.build_stats}
         ctx.log.info("%s: %d documents, %d chunks of ≤%d tokens; index %s", self.label(), len(docs), len(chunks),
                      cfg.chunk_tokens, _describe_build(retriever.build_stats))
+        _charge_reused_embedding(ctx, retriever.build_stats)
         return retriever, embedder, details
 
     def accepts_api_models(self) -> bool:
@@ -295,6 +297,24 @@ class RagStrategy(Strategy):
 
 def _mean(values: list[int]) -> float:
     return round(sum(values) / len(values), 1) if values else 0.0
+
+
+def _charge_reused_embedding(ctx: RunContext, stats: dict) -> None:
+    """Charge the row the embedding its dense index reused (a cached index, or stored vectors) at what it cost when
+    it was done, so only the first RAG row of a run does not look dearer than the others (``Meter.charge_cached``)."""
+    from lmtailor.measure.setup_cost import SetupCost
+
+    dense = stats.get("dense", stats)
+    if "reused_index" not in dense:  # BM25 only: built in memory every time, nothing reused
+        return
+    source = f"dense index {Path(dense['index_path']).name}" + (" (reused)" if dense["reused_index"] else
+                                                               " (stored vectors)")
+    if dense.get("charged_unknown"):
+        ctx.meter.charge_cached(None, source=f"{source}: {dense['charged_unknown']} vectors stored before their "
+                                             "cost was kept", phase="index")
+    if dense.get("charged_embed_s") or dense.get("charged_embed_cpu_s"):
+        ctx.meter.charge_cached(SetupCost("index", dense["charged_embed_s"], dense["charged_embed_cpu_s"],
+                                          hardware=ctx.meter.hardware), source=source)
 
 
 def _describe_build(stats: dict) -> str:
