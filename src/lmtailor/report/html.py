@@ -13,7 +13,7 @@ from pathlib import Path
 from lmtailor.io import write_text_atomic
 from lmtailor.report.charts import ABSENT, Chart, all_charts
 from lmtailor.report.markdown_report import (RUNG_HEADERS, chart_options, cost_benefit_rows, detail_table,
-                                             failed_rows, render_markdown_report)
+                                             failed_rows, render_markdown_report, selection_line)
 from lmtailor.report.results_json import build_results, load_records
 
 CSS = """
@@ -57,7 +57,9 @@ def _cost_benefit(summary: dict, records: list[dict]) -> str:
     rungs = cost_benefit_rows(summary, records)
     table = _table(RUNG_HEADERS, [r.cells for r in rungs]) if rungs else "<p>No rung finished with a score.</p>"
     return (f'<section id="cost-benefit"><h2>Cost-benefit by rung</h2><p>The best configuration of each rung of '
-            f"the spectrum that finished; a score from fewer than 3 seeds says how many.</p>{table}</section>")
+            f"the spectrum that finished, and the trivial baseline (no model: the floor every score is read "
+            f"against); a score from fewer than 3 seeds says how many. {e(selection_line(summary))}</p>"
+            f"{table}</section>")
 
 
 def _detail(summary: dict, records: list[dict]) -> str:
