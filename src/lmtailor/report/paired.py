@@ -42,8 +42,8 @@ def _seed_lists(group: dict, records_by_id: dict[str, dict], split: str) -> tupl
         return None, f"{group['id']} has no finished row", set()
     lists = [per_row(r, split) for r in ok]
     if any(x is None for x in lists):
-        return None, (f"{group['id']} has no per-row {split} scores (a record written before they were kept, no "
-                      f"{split} rows, or a metric that is not a mean over rows)"), set()
+        # a record written before they were kept, no rows of that split, or a metric that is not a mean over rows
+        return None, f"{group['id']} has no per-row {split} scores", set()
     return lists, "", {rows_digest(r, split) for r in ok}
 
 
