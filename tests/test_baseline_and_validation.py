@@ -100,3 +100,50 @@ def test_a_listed_baseline_is_not_refused_when_the_models_are_api_endpoints():
     exp = validate_experiment({"name": "e", "data": {"source": "rows.jsonl"}, "models": ["openai:gpt-x@http://h/v1"],
                                "strategies": [{"name": "prompt"}, {"name": "baseline"}]})
     assert [r.model_ref for r in plan_rows(exp)] == ["openai:gpt-x@http://h/v1", "none"]
+
+
+# --- `lmtailor report` on run directories of older record versions ------------------------------------------------
+
+def _old_run(tmp_path, version):
+    """A run directory as lmtailor wrote it before validation scoring: record schema_version ``version``."""
+    from lmtailor.io import write_json_atomic
+
+    write_json_atomic(tmp_path / "task.json", {"name": "t", "type": "classification", "instruction": "x",
+                                               "labels": ["a", "b"]})
+    write_json_atomic(tmp_path / "splits.json", {"source": "d.jsonl", "seed": 0, "train": ["1", "2"],
+                                                 "validation": ["3"], "test": ["4", "5"],
+                                                 "learning_curve_subsets": {}})
+    for i, (label, score) in enumerate((("zero-shot", 0.5), ("few-shot", 1.0))):
+        write_json_atomic(tmp_path / "results" / f"{label}__m1__s0.json", {
+            "schema_version": version, "row_id": f"{label}__m1__s0", "row_index": i, "label": label,
+            "strategy": "prompt", "config": {"name": "prompt", "shots": 4 * i}, "model": "m1", "seed": 0,
+            "train_size": 2, "train_size_requested": None, "status": "ok", "error": None, "test_rows": 2,
+            "test_ids_sha256": "t", "primary_metric": "accuracy",
+            "metrics": [{"name": "accuracy", "value": score, "higher_is_better": True}],
+            "score_details": {"per_row": [1.0, 0.0] if score == 0.5 else [1.0, 1.0]}, "details": {},
+            "environment": {}, "meter": {"wall_s": 1.0, "peak_rss_bytes": 1, "phases": {}, "trainable_params": 0,
+                                         "total_params": 10, "inference_latency_s_per_example": 0.01,
+                                         "usd": {"train": 0.0, "total": 0.01, "inference_per_1k": 0.1,
+                                                 "rate_per_hour": 1.0}}})
+    return tmp_path
+
+
+def test_report_of_a_version_1_run_loads_and_says_choices_were_made_on_test(tmp_path):
+    from lmtailor.cli import main
+
+    run = _old_run(tmp_path, 1)
+    assert main(["report", str(run)]) == 0
+    text = (run / "report.md").read_text()
+    assert ("Configurations were chosen on the 2 test rows, because some rows have no validation scores (records "
+            "written by an older lmtailor") in text
+    assert "optimistic" in text
+
+
+def test_report_of_an_unknown_record_version_is_refused_naming_it(tmp_path, capsys):
+    from lmtailor.cli import main
+
+    run = _old_run(tmp_path, 99)
+    assert main(["report", str(run)]) == 2
+    out = " ".join(capsys.readouterr().out.split())
+    assert "is a row record of schema_version 99; this lmtailor reads versions 1, 2" in out
+    assert "run the experiment again" in out

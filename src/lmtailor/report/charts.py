@@ -149,7 +149,7 @@ def pareto_chart(summary: dict) -> Chart | None:
         for g in groups:
             ax.annotate(g["id"], (g["usd_total_mean"], g["score_mean"]), textcoords="offset points",
                         xytext=(4, 4), fontsize=7)
-        ax.set_xlabel("total cost per row, USD (training + test inference)")
+        ax.set_xlabel("total cost per row, USD (set-up + answering the test and validation rows)")
         ax.set_ylabel(f"{metric} ({_direction(higher)})")
         ax.legend(loc="best")
 
