@@ -105,7 +105,9 @@ def test_an_endpoint_writes_synthetic_rows_and_its_bill_is_a_set_up_cost(experim
         args += ["--set", item]
     assert main(args) == 0
     (run_dir,) = (tmp_path / "runs").iterdir()
-    (record,) = _records(run_dir).values()
+    records = _records(run_dir)
+    assert records.pop("baseline")["strategy"] == "baseline"  # the trivial baseline every run adds
+    (record,) = records.values()
     assert record["status"] == "ok", record.get("error")
     synthetic = record["details"]["synthetic"]
     assert synthetic["teacher"] == api
