@@ -259,7 +259,7 @@ def recommendation(summary: dict, records: list[dict], target: Any) -> dict:
         quality_ok = _meets_quality(groups, floor)
         if not quality_ok:
             closest = max(groups, key=lambda g: _conservative(g) if higher else -_conservative(g))
-            reason = (f"no configuration reaches {metric} {_q(floor)} (judged by the CI's "
+            reason = (f"no configuration reaches {metric} {_q(floor)} (judged by the {split} CI's "
                       f"{'lower' if higher else 'upper'} end where there is one)")
         else:
             costed = [g for g in quality_ok if _monthly(g, requests) is not None]
