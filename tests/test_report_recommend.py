@@ -208,7 +208,7 @@ def test_without_a_floor_the_best_validation_score_is_chosen_and_a_cheaper_one_w
     assert rec["paragraph"].endswith("Configurations were chosen on the 20 validation rows; scores are on the 20 "
                                      "test rows.")
     (mid,) = [a for a in rec["alternatives"] if a["group"] == "lora | mid"]
-    assert mid["why_not"].startswith("scores lower on the selection rows (0.850 vs 0.900), not significantly, and "
+    assert mid["why_not"].startswith("scores lower on the validation rows (0.850 vs 0.900), not significantly, and "
                                      "costs less ($100/month)")
     (small,) = [a for a in rec["alternatives"] if a["group"] == "lora | small"]
     assert small["why_not"] == "significantly worse than the best (paired test), or untestable against it"

@@ -73,11 +73,11 @@ def _chosen_by(g: dict) -> float:
 
 
 def _annotate(groups: list[dict], records: list[dict], split: str) -> list[dict]:
-    """Copies of ``groups`` with what the quality rules read: ``selection_score`` and ``selection_ci95`` (on
-    ``split``), ``worse_than_best`` (the paired test against the best on ``split``; None: untestable) and, for the
+    """Copies of ``groups`` with what the quality rules read: ``selection_split``, ``selection_score`` and
+    ``selection_ci95`` (on ``split``), ``worse_than_best`` (the paired test against the best on ``split``; None: untestable) and, for the
     trivial baseline, ``beaten_by`` (the groups significantly better than it)."""
     by_id = {r["row_id"]: r for r in records}
-    out = [dict(g, selection_score=selection_score(g, split),
+    out = [dict(g, selection_split=split, selection_score=selection_score(g, split),
                 selection_ci95=g.get("validation_ci95") if split == VALIDATION else g.get("ci95")) for g in groups]
     best = best_of(out, split)
     for g in out:
@@ -154,7 +154,8 @@ def _pick(groups: list[dict], floor: float | None, budget: float | None, request
         for g in affordable:
             if g is not choice:
                 cheaper = _monthly(g, requests) < _monthly(choice, requests)
-                lower = f"scores lower on the selection rows ({_q(_chosen_by(g))} vs {_q(_chosen_by(choice))})"
+                lower = (f"scores lower on the {g.get('selection_split', 'test')} rows ({_q(_chosen_by(g))} vs "
+                         f"{_q(_chosen_by(choice))})")
                 why[g["id"]] = (f"{lower}, not significantly, and costs less ({_usd(_monthly(g, requests))}/month): "
                                 "the choice if cost matters more than the point estimate" if cheaper else lower)
         return choice, why
