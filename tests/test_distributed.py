@@ -289,7 +289,8 @@ def test_accelerate_launch_trains_on_two_processes_and_writes_one_run(tmp_path, 
     assert done.returncode == 0, done.stderr[-4000:]
     (run_dir,) = (tmp_path / "runs").iterdir()  # the processes agreed on one run directory
     records = {r["model"]: r for r in (json.loads(p.read_text()) for p in (run_dir / "results").glob("*.json"))}
-    assert records.keys() == {"tiny-llama", "./no-such-model"}
+    assert records.keys() == {"tiny-llama", "./no-such-model", "none"}  # none: the trivial baseline row
+    assert records["none"]["status"] == "ok" and records["none"]["strategy"] == "baseline"
     missing = records["./no-such-model"]
     assert missing["status"] == "failed" and [p["status"] for p in missing["distributed"]["processes"]] == [
         "failed", "failed"]

@@ -7,11 +7,15 @@ METRIC = {"qa": "f1", "classification": "accuracy", "generation": "rougeL"}
 
 
 def _rec(label, model, family, score, task_type="qa", status="ok", seed=0, n=100, usd_train=0.01, usd_1k=0.02,
-         higher_is_better=True):
+         higher_is_better=True, right=None, strategy="finetune"):
+    """A record scored 1 on the test rows in ``right`` (default: the first score × n rows) and 0 on the others."""
     metric = METRIC[task_type]
+    right = set(range(round(score * n)) if right is None else right)
+    assert status != "ok" or abs(len(right) / n - score) < 1e-9, "per-row scores must average to the score"
     return {
         "row_id": f"{label}-{model}-{seed}", "label": label, "model": model, "family": family, "seed": seed,
-        "strategy": "finetune", "config": {"name": "finetune"}, "status": status,
+        "strategy": strategy, "config": {"name": strategy}, "status": status,
+        "score_details": {"per_row": [1.0 if i in right else 0.0 for i in range(n)]},
         "task": {"name": f"demo-{task_type}", "type": task_type}, "test_rows": n, "test_ids_sha256": "abc",
         "primary_metric": metric,
         "metrics": [{"name": metric, "value": score, "higher_is_better": higher_is_better}] if status == "ok" else [],
@@ -63,50 +67,76 @@ def test_failed_rows_are_ignored_and_named():
     assert "Families with a scored row: decoder-only." in text
 
 
-def test_gap_under_one_test_row_cannot_tell():
-    # 20 test rows: one row is 5 pts, so a 3-pt gap is noise even though it is over 1 pt
-    records = [_rec("LoRA", "t5", "encoder-decoder", 0.53, n=20), _rec("LoRA", "llama", "decoder-only", 0.50, n=20)]
+def test_a_gap_of_two_rows_in_twenty_is_within_the_noise():
+    # t5 right on rows 0-11, llama on 0-9: per-row differences two 1s and eighteen 0s. A resample draws neither
+    # of the two rows with probability 0.9^20 = 12 % > 2.5 %, so the interval's lower end is 0: no call
+    records = [_rec("LoRA", "t5", "encoder-decoder", 0.60, n=20), _rec("LoRA", "llama", "decoder-only", 0.50, n=20)]
     text = _text(records)
-    assert "**No clear winner**" in text and "one test row of 20 = 5.0 pts" in text
+    assert "**No clear winner**" in text and "paired 95% CI +0.0 to" in text
     assert "This run **cannot tell**" in _verdict(records)
-    # the same gap on 1000 rows is called, with no caution
-    records = [_rec("LoRA", "t5", "encoder-decoder", 0.53, n=1000), _rec("LoRA", "llama", "decoder-only", 0.50, n=1000)]
-    assert "**agrees**" in _verdict(records) and "read it with care" not in _text(records)
+    # the same 10-pt gap on 1000 rows (100 rows, all one way) is called
+    records = [_rec("LoRA", "t5", "encoder-decoder", 0.60, n=1000), _rec("LoRA", "llama", "decoder-only", 0.50, n=1000)]
+    assert "**agrees**" in _verdict(records)
 
 
-def test_gap_between_one_and_two_test_rows_is_called_with_a_caution():
-    records = [_rec("LoRA", "t5", "encoder-decoder", 0.57, n=20), _rec("LoRA", "llama", "decoder-only", 0.50, n=20)]
-    text = _text(records)
-    assert "7.0 pts of f1 ≈ 1.4 test rows' worth — under two test rows' worth" in text
+def test_the_same_means_differ_or_not_by_how_the_rows_pair():
+    # 0.60 vs 0.50 on 100 rows. Nested (llama's right rows are among t5's): ten +1s, the rest 0: se 0.03, called.
+    nested = [_rec("LoRA", "t5", "encoder-decoder", 0.60), _rec("LoRA", "llama", "decoder-only", 0.50)]
+    assert "**encoder-decoder did best**" in _text(nested)
+    # Crossed: t5 right on rows 0-59, llama on 30-79: thirty +1s and twenty -1s, mean 0.1, sd about 0.7, se 0.07:
+    # an interval of about 0.1 ± 0.14 holds 0
+    crossed = [_rec("LoRA", "t5", "encoder-decoder", 0.60),
+               _rec("LoRA", "llama", "decoder-only", 0.50, right=range(30, 80))]
+    assert "**No clear winner**" in _text(crossed) and "**cannot tell**" in _verdict(crossed)
 
 
-def test_seeds_are_averaged_and_their_spread_is_the_noise():
-    # mean 0.65 ± 0.141 vs 0.55: a 10-pt gap, bigger than 1 pt and 1/n, but inside the seed spread
+def test_seeds_are_resampled_so_their_spread_is_part_of_the_noise():
+    # t5's seeds score 0.55 and 0.75 (seed 0 right on the same 550 rows as llama): a draw of seed 0 twice has no
+    # difference at all, which happens in a quarter of the resamples, so the interval starts at 0
     records = [_rec("LoRA", "t5", "encoder-decoder", 0.55, seed=0, n=1000),
                _rec("LoRA", "t5", "encoder-decoder", 0.75, seed=1, n=1000),
                _rec("LoRA", "llama", "decoder-only", 0.55, n=1000)]
     text = _text(records)
     assert "| encoder-decoder | LoRA on t5 | 0.650 ± 0.141 (2 seeds) |" in text
-    assert "seed std 14.1 pts" in text and "**No clear winner**" in text
+    assert "paired 95% CI +0.0 to" in text and "within the noise" in text and "**No clear winner**" in text
     assert "**cannot tell**" in _verdict(records)
 
 
+def test_records_without_per_row_scores_cannot_be_told():
+    records = [_rec("LoRA", "t5", "encoder-decoder", 0.60), _rec("LoRA", "llama", "decoder-only", 0.50)]
+    del records[1]["score_details"]
+    assert "the noise cannot be told: LoRA on llama has no per-row test scores" in _text(records)
+    assert "**cannot tell**: the two rows cannot be compared row by row" in _verdict(records)
+
+
+def test_the_trivial_baseline_is_no_family():
+    records = [_rec("LoRA", "t5", "encoder-decoder", 0.60), _rec("LoRA", "llama", "decoder-only", 0.50),
+               {**_rec("baseline", "none", None, 0.30, strategy="baseline")}]
+    text = _text(records)
+    assert "baseline on none" not in text and "do not say the model's family" not in text
+
+
 def test_cheapest_row_within_noise_of_the_best_is_named():
+    # full FT right on rows 0-699; LoRA on llama on 0-689 and 700-704 (0.695): ten +1s and five -1s, mean 0.005,
+    # se sqrt(15/1000)/sqrt(1000) = 0.004: within the noise. LoRA on t5 (0.600) is 100 rows below: not.
     records = [_rec("full FT", "llama", "decoder-only", 0.700, usd_train=1.0, usd_1k=0.05, n=1000),
-               _rec("LoRA", "llama", "decoder-only", 0.695, usd_train=0.2, usd_1k=0.05, n=1000),
+               _rec("LoRA", "llama", "decoder-only", 0.695, usd_train=0.2, usd_1k=0.05, n=1000,
+                    right=list(range(690)) + list(range(700, 705))),
                _rec("LoRA", "t5", "encoder-decoder", 0.600, usd_1k=0.01, n=1000)]
     text = _text(records)
-    assert "**Cheapest within 1.0 pts of the best**: LoRA on llama (decoder-only), f1 0.695" in text
+    assert "**Cheapest within the noise of the best**: LoRA on llama (decoder-only), f1 0.695" in text
     assert "set-up $0.2000 vs $1.00 (0.2×)" in text
     assert "set-up $1.00 vs $0.0100 (100×)" in text  # the winner against the other family's best
 
 
 def test_classification_tie_won_on_price_agrees_but_a_dearer_tie_cannot_tell():
-    cheap_encoder = [_rec("classifier", "minilm", "encoder", 0.80, "classification", usd_1k=0.001),
-                     _rec("LoRA", "llama", "decoder-only", 0.805, "classification", usd_1k=0.05)]
+    # 0.80 vs 0.805 on 1000 rows, crossed (five rows each way and ten more for llama): within the noise
+    llama = dict(n=1000, right=list(range(795)) + list(range(800, 810)))
+    cheap_encoder = [_rec("classifier", "minilm", "encoder", 0.80, "classification", usd_1k=0.001, n=1000),
+                     _rec("LoRA", "llama", "decoder-only", 0.805, "classification", usd_1k=0.05, **llama)]
     assert "**agrees**" in _verdict(cheap_encoder) and "encoder is cheaper" in _verdict(cheap_encoder)
-    dear_encoder = [_rec("classifier", "minilm", "encoder", 0.80, "classification", usd_1k=0.09),
-                    _rec("LoRA", "llama", "decoder-only", 0.805, "classification", usd_1k=0.05)]
+    dear_encoder = [_rec("classifier", "minilm", "encoder", 0.80, "classification", usd_1k=0.09, n=1000),
+                    _rec("LoRA", "llama", "decoder-only", 0.805, "classification", usd_1k=0.05, **llama)]
     assert "**cannot tell**" in _verdict(dear_encoder)
 
 

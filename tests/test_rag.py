@@ -200,7 +200,7 @@ def test_lmtailor_run_scores_retrieval_and_compares_architectures(tmp_path, one_
     assert main(["run", str(tmp_path / "exp.yaml"), "--out", str(tmp_path / "runs")]) == 0
     (run_dir,) = (tmp_path / "runs").iterdir()
     records = [json.loads(p.read_text()) for p in (run_dir / "results").glob("*.json")]
-    assert {r["status"] for r in records} == {"ok"} and len(records) == 4
+    assert {r["status"] for r in records} == {"ok"} and len(records) == 5  # 2 models x 2, and the baseline
     rag = [r for r in records if r["strategy"] == "rag"]
     assert {r["family"] for r in rag} == {"decoder-only", "encoder-decoder"}
     for r in rag:  # BM25 finds each question's document by its name: the hand-checkable answer is 1.0

@@ -8,8 +8,8 @@ import pytest
 
 from lmtailor.errors import UserError
 from lmtailor.io import write_json_atomic
-from lmtailor.report.analysis import (bootstrap_ci, break_even, cumulative_cost, data_required, differs, mean_std,
-                                      pareto_frontier, payback_days)
+from lmtailor.report.analysis import (bootstrap_ci, break_even, cumulative_cost, data_required, excludes_zero, mean_std,
+                                      paired_bootstrap_diff, pareto_frontier, payback_days)
 from lmtailor.report.results_json import build_results, write_results
 
 
@@ -94,11 +94,50 @@ def test_bootstrap_ci_of_a_known_list_contains_the_mean_and_is_seeded():
     assert bootstrap_ci(scores, confidence=0.5)[1] - bootstrap_ci(scores, confidence=0.5)[0] < high - low
 
 
-def test_differs_only_for_disjoint_intervals():
-    assert not differs((0.0, 1.0), (0.5, 2.0))
-    assert not differs((0.0, 1.0), (1.0, 2.0))  # touching is overlapping
-    assert differs((0.0, 1.0), (1.1, 2.0))
-    assert differs((1.1, 2.0), (0.0, 1.0))
+def test_paired_bootstrap_calls_30_of_48_against_22_of_48_a_difference_the_intervals_miss():
+    # A is right on rows 0-29, B on rows 0-21: B never wins a row. Per-row differences: eight 1s and forty 0s, mean
+    # 8/48 = 0.1667, standard error sqrt((1/6)(5/6)/48) = 0.0538, so about 0.167 ± 0.105 = [0.06, 0.27].
+    a = [1.0] * 30 + [0.0] * 18
+    b = [1.0] * 22 + [0.0] * 26
+    diff, low, high = paired_bootstrap_diff([a], [b])
+    assert diff == pytest.approx(8 / 48)
+    assert 0.04 <= low <= 0.085 and 0.25 <= high <= 0.29  # each a whole number of rows: 3/48 and 13/48 here
+    assert excludes_zero((low, high))
+    # the unpaired 95% intervals of the two means (0.625 ± 0.137 and 0.458 ± 0.141) overlap: the old rule missed it
+    (lo_a, hi_a), (lo_b, hi_b) = bootstrap_ci(a), bootstrap_ci(b)
+    assert lo_a < hi_b
+    assert paired_bootstrap_diff([a], [b]) == (diff, low, high)  # seeded: the same bytes in results.json
+    # the other way round: the mirror interval
+    assert paired_bootstrap_diff([b], [a])[0] == pytest.approx(-8 / 48)
+
+
+def test_paired_bootstrap_of_identical_rows_is_exactly_zero_and_within_noise():
+    rows = [1.0, 0.0, 1.0, 0.0, 1.0]
+    assert paired_bootstrap_diff([rows], [rows]) == (0.0, 0.0, 0.0)
+    assert not excludes_zero((0.0, 0.0))
+    assert excludes_zero((-0.3, -0.1)) and not excludes_zero((-0.1, 0.2))
+
+
+def test_paired_bootstrap_resamples_seeds_so_seed_noise_widens_the_interval():
+    # B: 10 of 20 rows right. A's two seeds: one right on all 20 rows, one on the same 10 as B. Averaging the seeds
+    # per row first gives A - B = 0.5 on 10 rows and 0 on 10: a narrow interval around 0.25, clear of 0. Resampling
+    # seeds as well, a resample that draws the weak seed twice has A = B exactly (difference 0): that happens for a
+    # quarter of the resamples, so the 2.5 % quantile is 0 and the seeds' disagreement is not hidden.
+    b = [1.0] * 10 + [0.0] * 10
+    strong, weak = [1.0] * 20, list(b)
+    diff, low, high = paired_bootstrap_diff([strong, weak], [b])
+    assert diff == pytest.approx(0.25)
+    assert low == 0.0 and not excludes_zero((low, high))
+    averaged = [(x + y) / 2 for x, y in zip(strong, weak)]
+    _, low_avg, _ = paired_bootstrap_diff([averaged], [b])
+    assert low_avg > 0.1  # what the seed-averaged rows alone would have said
+
+
+def test_paired_bootstrap_refuses_rows_that_do_not_pair():
+    with pytest.raises(ValueError, match="same non-zero number of rows"):
+        paired_bootstrap_diff([[1.0, 0.0]], [[1.0]])
+    with pytest.raises(ValueError, match="at least one seed"):
+        paired_bootstrap_diff([], [[1.0]])
 
 
 # --- results.json ------------------------------------------------------------------------------------------------
@@ -168,7 +207,7 @@ def test_write_results_is_byte_identical_and_independent_of_key_order(run_dir):
     record = json.loads(path.read_text())
     write_json_atomic(path, dict(reversed(list(record.items()))))  # same record, other key order
     assert write_results(run_dir).read_bytes() == first
-    assert json.loads(first)["summary_version"] == 1 and b"Traceback" not in first
+    assert json.loads(first)["summary_version"] == 2 and b"Traceback" not in first
 
 
 def test_build_results_errors_name_the_file(tmp_path, run_dir):
@@ -176,4 +215,55 @@ def test_build_results_errors_name_the_file(tmp_path, run_dir):
         build_results(tmp_path / "nowhere")
     (run_dir / "results" / "broken.json").write_text("{not json")
     with pytest.raises(UserError, match="broken.json"):
+        build_results(run_dir)
+
+
+def test_group_costs_average_the_finished_seeds_only(run_dir):
+    # finetune n=20: seed 0 finished ($0.08 total, $0.04 train), seed 1 failed; give the failed one a different cost
+    path = run_dir / "results" / "finetune-n-20__m1__s1.json"
+    record = json.loads(path.read_text())
+    record["meter"]["usd"] = {"train": 5.0, "total": 10.0, "inference_per_1k": 9.0}
+    record["meter"]["wall_s"] = 99.0
+    write_json_atomic(path, record)
+    ft20 = {g["id"]: g for g in build_results(run_dir)["groups"]}["finetune n=20 | m1"]
+    assert (ft20["usd_total_mean"], ft20["usd_train_mean"]) == (0.08, 0.04)
+    assert ft20["usd_inference_per_1k_mean"] == 0.001 and ft20["wall_s_mean"] == 1.5
+
+
+def _with_validation(record: dict, score: float) -> dict:
+    return {**record, "schema_version": 2,
+            "validation": {"rows": 1, "ids_sha256": "v", "primary_metric": "accuracy",
+                           "metrics": [{"name": "accuracy", "value": score, "higher_is_better": True}],
+                           "score_details": {"per_row": [score]}}}
+
+
+def test_records_of_version_1_load_and_choices_fall_back_to_the_test_rows(run_dir):
+    out = build_results(run_dir)  # the fixture's records are version 1: no validation scores
+    assert out["selection"]["split"] == "test"
+    assert out["selection"]["sentence"].startswith("Configurations were chosen on the 2 test rows, because some rows")
+    assert out["learning_curves"][0]["data_required_on"] == "test"
+    assert all(g["validation_score_mean"] is None for g in out["groups"])
+
+
+def test_validation_scores_choose_the_data_required_and_the_selection_split(run_dir):
+    # validation means: n=10 -> 0.5 (both seeds), n=20 -> 0.9. 95 % of 0.9 = 0.855: only n=20 reaches it on
+    # validation, while on the test means (0.7 and 0.69) n=10 would be the answer.
+    scores = {"prompt__m1__s0": 0.4, "finetune-n-10__m1__s0": 0.5, "finetune-n-10__m1__s1": 0.5,
+              "finetune-n-20__m1__s0": 0.9, "finetune-n-20__m1__s1": 0.9}
+    for row_id, score in scores.items():
+        path = run_dir / "results" / f"{row_id}.json"
+        write_json_atomic(path, _with_validation(json.loads(path.read_text()), score))
+    out = build_results(run_dir)
+    [curve] = out["learning_curves"]
+    assert curve["data_required_on"] == "validation" and curve["data_required"] == 20
+    assert [p["validation_score_mean"] for p in curve["points"]] == [0.5, 0.9]
+    assert out["selection"] == {"split": "validation", "validation_rows": 1, "test_rows": 2, "sentence":
+                                "Configurations were chosen on the 1 validation rows; scores are on the 2 test rows."}
+
+
+def test_a_record_of_an_unknown_version_is_refused_naming_it(run_dir):
+    path = run_dir / "results" / "prompt__m1__s0.json"
+    write_json_atomic(path, {**json.loads(path.read_text()), "schema_version": 7})
+    with pytest.raises(UserError, match=r"prompt__m1__s0.json is a row record of schema_version 7; this lmtailor "
+                                        r"reads versions 1, 2"):
         build_results(run_dir)

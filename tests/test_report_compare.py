@@ -40,3 +40,32 @@ def test_compare_says_when_runs_were_scored_on_different_test_rows(tmp_path, cap
 def test_compare_refuses_a_directory_that_is_not_a_run(tmp_path, capsys):
     assert main(["compare", str(tmp_path)]) == 2
     assert "no results/ folder" in " ".join(capsys.readouterr().out.split())
+
+
+def _with_rows(run, per_row):
+    """Give the run's one record per-row test scores (its score becomes their mean)."""
+    import json
+
+    path = run / "results" / "lora__m__s0.json"
+    record = json.loads(path.read_text())
+    record["score_details"] = {"per_row": per_row}
+    record["metrics"][0]["value"] = sum(per_row) / len(per_row)
+    write_json_atomic(path, record)
+
+
+def test_compare_tests_a_configuration_against_the_first_run_with_the_paired_bootstrap(tmp_path):
+    # run-a right on 30 of 48 rows, run-b on 22 of them and no other: the issue's case, [0.06, 0.27] for a - b
+    a, b = _run(tmp_path, "run-a", 0.5, "abc"), _run(tmp_path, "run-b", 0.5, "abc")
+    _with_rows(a, [1.0] * 30 + [0.0] * 18)
+    _with_rows(b, [1.0] * 22 + [0.0] * 26)
+    assert main(["compare", str(a), str(b), "--out", str(tmp_path / "c.md")]) == 0
+    text = (tmp_path / "c.md").read_text()
+    # the unpaired intervals overlap ([0.500, 0.750] and [0.333, 0.604]); the paired test calls the difference
+    assert "| run-a | LoRA | m | accuracy 0.625 [0.500, 0.750] (1 seed) |" in text
+    assert "| run-b | LoRA | m | accuracy 0.458 [0.333, 0.604] (1 seed) |" in text
+    assert "-16.7 pts, differs (paired 95% CI -27.1 to -6.2) |" in text
+    # scored on different test rows: not paired, and said so
+    c = _run(tmp_path, "run-c", 0.5, "xyz")
+    _with_rows(c, [1.0] * 22 + [0.0] * 26)
+    assert main(["compare", str(a), str(c), "--out", str(tmp_path / "d.md")]) == 0
+    assert "not paired: different test rows |" in (tmp_path / "d.md").read_text()

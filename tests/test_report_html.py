@@ -205,10 +205,39 @@ def test_cost_benefit_table_has_one_best_row_per_rung(full_run):
     rows = {r.rung: r.cells for r in cost_benefit_rows(build_results(full_run), load_records(full_run))}
     assert list(rows) == ["prompt", "rag", "finetune"]
     assert rows["prompt"][1] == "few-shot | m1" and rows["prompt"][6] == "4 exemplars"
-    assert rows["prompt"][7] == "accuracy 0.700 (1 seed)" and rows["prompt"][8] == "+20.0 pts (no interval)"
-    # the n=20 curve reaches 0.8; 95 % of it is 0.76, which n=10 (0.65) misses: data required 20
-    assert rows["finetune"][1] == "finetune n=20 | m1" and rows["finetune"][6] == "20 examples (95 % of best)"
+    assert rows["prompt"][7] == "accuracy 0.700 (1 seed)"
+    assert rows["prompt"][8] == "+20.0 pts (noise unknown: few-shot | m1 has no per-row test scores)"
+    # the n=20 curve reaches 0.8; 95 % of it is 0.76, which n=10 (0.65) misses: data required 20 (these version-1
+    # records have no validation scores, so on the test means)
+    assert rows["finetune"][1] == "finetune n=20 | m1" and rows["finetune"][6] == "20 examples (95 % of best, on test)"
     assert rows["finetune"][2] == "$10.00" and rows["finetune"][3] == "$0.5000" and rows["finetune"][4] == "1.0 min"
+
+
+def _scored_rows(record: dict, test: list[float], validation: list[float]) -> dict:
+    """``record`` as version 2: per-row scores on the 2 test rows and the 1 validation row."""
+    return {**record, "schema_version": 2, "test_ids_sha256": "t",
+            "metrics": [{"name": "accuracy", "value": sum(test) / len(test), "higher_is_better": True}],
+            "score_details": {"per_row": test},
+            "validation": {"rows": 1, "ids_sha256": "v", "primary_metric": "accuracy",
+                           "metrics": [{"name": "accuracy", "value": validation[0], "higher_is_better": True}],
+                           "score_details": {"per_row": validation}}}
+
+
+def test_cost_benefit_rows_choose_each_rung_on_validation_and_start_with_the_trivial_baseline(tmp_path):
+    # few-shot scores best on test (1.0 against zero-shot's 0.5) but worse on validation (0 against 1): the prompt
+    # rung's configuration is zero-shot, reported with its test score
+    records = [_scored_rows(PROMPTED[0], [1.0, 0.0], [1.0]), _scored_rows(PROMPTED[1], [1.0, 1.0], [0.0]),
+               _scored_rows({**PROMPTED[0], "row_id": "baseline__none__s0", "row_index": 3, "label": "baseline",
+                             "strategy": "baseline", "model": "none", "config": {"name": "baseline"}},
+                            [0.0, 0.0], [0.0])]
+    run = _run_dir(tmp_path, records)
+    summary = build_results(run)
+    rows = {r.rung: r.cells for r in cost_benefit_rows(summary, load_records(run))}
+    assert list(rows) == ["baseline", "prompt"]
+    assert rows["prompt"][1] == "zero-shot | m1" and rows["prompt"][7] == "accuracy 0.500 (1 seed)"
+    assert rows["baseline"][6] == "none (a fixed rule)"
+    text = render_markdown_report(summary, load_records(run), "r")
+    assert "Configurations were chosen on the 1 validation rows; scores are on the 2 test rows." in text
 
 
 def test_page_is_self_contained_and_deterministic(full_run):
@@ -251,14 +280,16 @@ def test_write_report_writes_html_and_markdown_with_the_same_numbers(full_run):
     assert "Recommendation" not in md and "Honesty" not in md  # omitted when not given
 
 
-def test_a_gain_whose_interval_overlaps_zero_shot_is_not_called_a_difference(full_run):
-    """Δ vs zero-shot says whether the 95% intervals over test rows overlap (not a difference) or not."""
-    summary, records = build_results(full_run), load_records(full_run)
-    by_id = {g["id"]: g for g in summary["groups"]}
-    zero_shot = next(g for g in summary["groups"] if g["strategy"] == "prompt" and g["label"] != "few-shot")
-    zero_shot["ci95"] = [0.4, 0.6]
-    by_id["few-shot | m1"]["ci95"] = [0.55, 0.8]  # overlaps 0.4-0.6
-    by_id["finetune n=20 | m1"]["ci95"] = [0.7, 0.9]  # disjoint from it
-    rows = {r.rung: r.cells for r in cost_benefit_rows(summary, records)}
-    assert rows["prompt"][8] == "+20.0 pts (within noise: the 95% intervals overlap)"
-    assert rows["finetune"][8].endswith("(intervals disjoint)")
+def test_delta_vs_zero_shot_is_called_a_difference_by_the_paired_test_only(tmp_path):
+    """Δ vs zero-shot says what the paired bootstrap over the test rows says: differs, or within noise."""
+    right = lambda k: [1.0] * k + [0.0] * (20 - k)  # noqa: E731 - right on the first k of 20 test rows
+    def scored(record, k):
+        return {**record, "test_ids_sha256": "t", "score_details": {"per_row": right(k)},
+                "metrics": [{"name": "accuracy", "value": k / 20, "higher_is_better": True}]}
+    # zero-shot right on rows 0-9, few-shot on 0-11: two rows apart, and a resample misses both with probability
+    # 0.9^20 = 12 %: the interval starts at 0. Fine-tuned on 0-17: eight rows apart, all one way: differs.
+    records = [scored(PROMPTED[0], 10), scored(PROMPTED[1], 12), scored(TRAINED[2], 18)]
+    run = _run_dir(tmp_path, records)
+    rows = {r.rung: r.cells for r in cost_benefit_rows(build_results(run), load_records(run))}
+    assert rows["prompt"][8].startswith("+10.0 pts (within noise: paired 95% CI +0.0 to +")
+    assert rows["finetune"][8].startswith("+40.0 pts (differs: paired 95% CI +")

@@ -11,7 +11,8 @@ from lmtailor.io import write_json_atomic
 from lmtailor.report.analysis import bootstrap_ci
 from lmtailor.report.honesty import honesty_checks
 from lmtailor.report.recommend import recommendation
-from lmtailor.report.results_json import build_results, same_or_different
+from lmtailor.report.paired import compare_groups
+from lmtailor.report.results_json import build_results, load_records
 from lmtailor.tasks import TaskSpec
 from lmtailor.tasks.evaluator import evaluate
 
@@ -56,6 +57,7 @@ def _record(row_id, index, label, score, per_row=None, seed=0, model="m1", statu
         "metrics": [{"name": "accuracy", "value": score, "higher_is_better": True}] if ok else [],
         "primary_metric": "accuracy" if ok else None,
         "score_details": ({"n": len(per_row), "per_row": per_row} if per_row is not None else {"n": 4}),
+        "test_ids_sha256": "x1-x4",
         "details": details or {},
         "meter": {"wall_s": 1.0, "usd": {"train": 0.0, "total": 0.01, "inference_per_1k": 0.001}, "machine": QUIET},
     }
@@ -92,10 +94,14 @@ def test_build_results_puts_a_bootstrap_ci_over_seed_averaged_test_rows(tmp_path
     assert groups["perfect | m1"]["ci95"] == [1.0, 1.0]
     old = groups["old | m1"]
     assert old["ci95"] is None and old["ci_note"].startswith("missing")
-    assert same_or_different(ft, groups["perfect | m1"]) == "same"  # [0.5.., 1] touches 1.0: overlap
-    assert same_or_different(old, ft) == "unknown"
-    assert same_or_different({"ci95": [0.1, 0.2], "metric": "accuracy"},
-                             {"ci95": [0.3, 0.4], "metric": "accuracy"}) == "different"
+    by_id = {r["row_id"]: r for r in load_records(run)}
+    # perfect - ft per row, seeds averaged: [0, 0.5, 0.5, 0]; 4 rows and 2 seeds: resamples often draw the rows
+    # where both seeds agree with "perfect", so 0 is inside the interval
+    c = compare_groups(groups["perfect | m1"], ft, by_id)
+    assert c["verdict"] == "within noise" and c["difference"] == 0.25 and c["ci95"][0] == 0.0
+    assert c["rows"] == 4 and c["seeds"] == [1, 2]
+    assert compare_groups(old, ft, by_id)["verdict"] == "unknown"
+    assert "no per-row test scores" in compare_groups(old, ft, by_id)["note"]
 
 
 # --- the recommendation --------------------------------------------------------------------------------------------
@@ -168,16 +174,87 @@ def test_the_budget_excludes_an_option():
     assert cheap["choice"] is None  # even the $50/month small model is over $40
 
 
-def test_without_a_floor_the_best_score_is_chosen_and_a_cheaper_overlapping_one_named():
-    rec = recommendation(_summary(BIG, SMALL, RAG), _records(BIG, SMALL, RAG), None)
-    assert rec["choice"] == "rag | big"  # the best mean (0.90); small's CI [0.78, 0.86] is below rag's [0.88, 0.92]
-    close = _group("lora | mid", "finetune", 0.87, [0.85, 0.89], per_1k=1.0, train=5.0)
-    rec = recommendation(_summary(BIG, SMALL, RAG, close), _records(BIG, SMALL, RAG, close), None)
-    assert rec["choice"] == "rag | big"  # a wide interval is no reason to recommend the lower score
+def _scored(gid, strategy, test_rows, val_rows, per_1k, train):
+    """A group and its one record, scored row by row on 20 test and 20 validation rows."""
+    label, model = gid.split(" | ")
+    row_id = f"{label}__{model}__s0"
+    record = {"row_id": row_id, "status": "ok", "test_ids_sha256": "t", "score_details": {"per_row": test_rows},
+              "validation": {"ids_sha256": "v", "score_details": {"per_row": val_rows}}}
+    group = _group(gid, strategy, sum(test_rows) / 20, list(bootstrap_ci(test_rows)), per_1k, train, rows=[row_id])
+    group.update(validation_score_mean=sum(val_rows) / 20, validation_ci95=list(bootstrap_ci(val_rows)))
+    return group, record
+
+
+def _right(*rows):
+    """Per-row accuracy on 20 rows: 1 on the rows named, 0 elsewhere."""
+    return [1.0 if i in rows else 0.0 for i in range(20)]
+
+
+def _run(*scored):
+    summary = {"groups": [g for g, _ in scored], "pareto": {"metric": "accuracy"},
+               "splits": {"validation": 20, "test": 20}}
+    return summary, [r for _, r in scored]
+
+
+# Validation: rag right on rows 0-17 (0.90), mid on 0-16 (0.85: one row less, within noise of rag: the paired
+# differences are one 1 and nineteen 0s), small and big on 0-9 (0.50: eight rows below rag on every one: differs).
+# Test: mid scores best (0.95) — but the choice is made on validation.
+RAG_V = _scored("rag | big", "rag", _right(*range(17)), _right(*range(18)), per_1k=3.0, train=1.0)
+MID_V = _scored("lora | mid", "finetune", _right(*range(19)), _right(*range(17)), per_1k=1.0, train=5.0)
+SMALL_V = _scored("lora | small", "finetune", _right(*range(10)), _right(*range(10)), per_1k=0.5, train=10.0)
+BIG_V = _scored("zero-shot | big", "prompt", _right(*range(10)), _right(*range(10)), per_1k=2.0, train=0.0)
+
+
+def test_without_a_floor_the_best_validation_score_is_chosen_and_a_cheaper_one_within_noise_named():
+    rec = recommendation(*_run(BIG_V, SMALL_V, RAG_V, MID_V), None)
+    # mid's test score (0.95) beats rag's (0.85), but choosing on test would report a winner's score: rag's
+    # validation score (0.90) is the best, so rag is chosen and its test score reported
+    assert rec["choice"] == "rag | big"
+    assert "accuracy 0.850" in rec["paragraph"]
+    assert rec["paragraph"].endswith("Configurations were chosen on the 20 validation rows; scores are on the 20 "
+                                     "test rows.")
     (mid,) = [a for a in rec["alternatives"] if a["group"] == "lora | mid"]
-    assert "not significantly" in mid["why_not"] and "costs less ($100/month)" in mid["why_not"]
+    assert mid["why_not"].startswith("scores lower on the validation rows (0.850 vs 0.900), not significantly, and "
+                                     "costs less ($100/month)")
     (small,) = [a for a in rec["alternatives"] if a["group"] == "lora | small"]
-    assert small["why_not"] == "significantly worse than the best (CIs do not overlap, or no CI)"
+    assert small["why_not"] == "significantly worse than the best (paired test), or untestable against it"
+
+
+def test_without_validation_scores_the_choice_is_made_on_test_and_says_so():
+    summary, records = _run(BIG_V, SMALL_V, RAG_V, MID_V)
+    summary["groups"] = [{**g, "validation_score_mean": None, "validation_ci95": None} for g in summary["groups"]]
+    summary["splits"] = {"validation": 0, "test": 20}
+    rec = recommendation(summary, records, None)
+    assert rec["choice"] == "lora | mid"  # the best test score, and the report says what that means
+    assert "chosen on the 20 test rows, because the run has no validation rows" in rec["paragraph"]
+    assert "optimistic" in rec["paragraph"]
+
+
+def test_with_a_floor_quality_is_judged_on_validation_and_the_test_rows_confirm_or_not():
+    # floor 0.6: the validation CI lower ends are about 0.75 (rag, mid) and 0.3 (small, big): rag and mid qualify,
+    # mid is cheaper per month ($100 vs $300)
+    rec = recommendation(*_run(BIG_V, SMALL_V, RAG_V, MID_V), {"quality_floor": 0.6})
+    assert rec["choice"] == "lora | mid"
+    assert "the floor holds there too" in rec["paragraph"]
+    # floor 0.75: rag's validation lower end (18/20: about 0.75) and mid's (17/20: about 0.70)
+    low_rag = RAG_V[0]["validation_ci95"][0]
+    rec = recommendation(*_run(BIG_V, SMALL_V, RAG_V, MID_V), {"quality_floor": low_rag})
+    assert rec["choice"] == "rag | big"
+    test_low = RAG_V[0]["ci95"][0]  # rag's test rows: 17/20, a lower end below the validation one
+    assert test_low < low_rag and "the test rows do not confirm the floor" in rec["paragraph"]
+
+
+def test_the_trivial_baseline_is_chosen_only_when_nothing_beats_it():
+    trivial = _scored("baseline | none", "baseline", _right(*range(10)), _right(*range(10)), per_1k=0.0, train=0.0)
+    # rag beats it on validation (eight rows, never losing one): out, though it is free and meets a 0.2 floor
+    # (10/20 right: a validation CI lower end of about 0.3, as zero-shot's)
+    rec = recommendation(*_run(trivial, RAG_V, BIG_V), {"quality_floor": 0.2})
+    assert rec["choice"] == "zero-shot | big"
+    (why,) = [a["why_not"] for a in rec["alternatives"] if a["group"] == "baseline | none"]
+    assert why == "the trivial baseline, beaten by rag | big (paired test)"
+    # against zero-shot alone, which scores the same rows: nothing beats it, and it is the cheapest
+    rec = recommendation(*_run(trivial, BIG_V), {"quality_floor": 0.2})
+    assert rec["choice"] == "baseline | none"
 
 
 # --- honesty checks ------------------------------------------------------------------------------------------------

@@ -63,20 +63,31 @@ def test_run_writes_a_complete_run_directory(experiment, tmp_path, capsys, two_t
     for name in ("config.yaml", "splits.json", "task.json", "run.log", "results.md"):
         assert (run_dir / name).is_file(), name
     records = [json.loads(p.read_text()) for p in sorted((run_dir / "results").glob("*.json"))]
-    assert len(records) == 5  # zero-shot, 2-shot, LoRA, full n=12, full n=24
+    assert len(records) == 6  # zero-shot, 2-shot, LoRA, full n=12, full n=24, and the trivial baseline added last
     failed = [(r["row_id"], r["error"]) for r in records if r["status"] != "ok"]
     assert not failed
     splits = json.loads((run_dir / "splits.json").read_text())
     assert len(splits["test"]) == 12
     assert len({r["test_ids_sha256"] for r in records}) == 1  # every row scored on the same test rows
+    assert len(splits["validation"]) > 0  # validation_fraction 0.1 of the training rows
     for r in records:
         preds = [json.loads(line) for line in (run_dir / "predictions" / f"{r['row_id']}.jsonl").open()]
         assert [p["id"] for p in preds] == splits["test"]
         assert all(p["prediction"] in LABELS for p in preds)
+        # every row answered the validation rows too, scored by the same scorer, in one inference pass
+        val = [json.loads(line) for line in (run_dir / "predictions" / "validation" / f"{r['row_id']}.jsonl").open()]
+        assert [p["id"] for p in val] == splits["validation"]
+        assert r["validation"]["rows"] == len(splits["validation"]) and r["validation"]["primary_metric"] == "accuracy"
+        assert len(r["validation"]["score_details"]["per_row"]) == len(splits["validation"])
+        assert r["meter"]["phases"]["inference"]["examples"] == len(splits["test"]) + len(splits["validation"])
         assert r["meter"]["inference_latency_s_per_example"] > 0
+        assert r["schema_version"] == 2
         # The dtype the hardware supports (fp32 on CPUs that only emulate bf16), never a library default.
         assert r["environment"]["precision"] == detect_runtime().precision
         assert r["environment"]["torch_threads"] == 1  # runtime.threads, set below
+    (baseline,) = [r for r in records if r["strategy"] == "baseline"]
+    assert baseline["model"] == "none" and baseline["row_index"] == 5 and baseline["family"] is None
+    assert baseline["details"]["kind"] == "majority-class" and baseline["meter"]["total_params"] == 0
     sizes = sorted(r["train_size"] for r in records if r["label"].startswith("full"))
     assert sizes == [12, 24]
     assert set(splits["learning_curve_subsets"]["12"]) <= set(splits["learning_curve_subsets"]["24"])
@@ -97,7 +108,7 @@ def test_run_writes_a_complete_run_directory(experiment, tmp_path, capsys, two_t
 def test_validate_command_lists_rows_without_loading_models(experiment, capsys):
     assert main(["validate", str(experiment)]) == 0
     out = capsys.readouterr().out
-    assert "valid" in out and out.count("row ") == 5
+    assert "valid" in out and out.count("row ") == 6  # the five listed and the trivial baseline
 
 
 def test_resume_keeps_finished_rows_and_reruns_the_rest(experiment, tmp_path):

@@ -67,8 +67,11 @@ class ReportConfig(_Strict):
     """The user's target: what the recommendation in the report must meet (CLI flags of `lmtailor report` override)."""
 
     quality_floor: float | None = Field(
-        None, description="smallest acceptable value of the task's primary metric (e.g. 0.8 accuracy); unset: the "
-                          "best row's lower confidence bound decides")
+        None, description="smallest acceptable value of the task's primary metric (e.g. 0.8 accuracy; the largest "
+                          "acceptable for a lower-is-better metric): a configuration meets it when the bad end of "
+                          "its 95% bootstrap interval on the validation rows does (on the test rows when the run "
+                          "has no validation scores), and the cheapest per month that meets it is recommended; "
+                          "unset: the configuration with the best validation score within the budget")
     monthly_budget_usd: float | None = Field(
         None, ge=0, description="most the user will spend per month on inference (at requests_per_month)")
     requests_per_month: int = Field(
@@ -100,6 +103,10 @@ class Experiment(_Strict):
     report: ReportConfig = Field(default_factory=ReportConfig, description="targets for the report's recommendation")
     api: ApiSettings = Field(default_factory=ApiSettings, description="OpenAI-compatible endpoints (models named "
                              "openai:MODEL@BASE_URL): the key's environment variable, concurrency, retries, cache")
+    trivial_baseline: bool = Field(
+        True, description="add the free trivial baseline row (strategies/baseline.py: the training rows' majority "
+                          "class, or the input's first sentence cut to 20 words) when the strategies do not list "
+                          "one; every score is read against it. false leaves it out")
     forgetting: bool = Field(
         True, description="after each training row, probe the tuned model's general capability (perplexity on held-out "
                           "general text, accuracy on general questions) against its base model's, outside the cost "
@@ -228,8 +235,9 @@ def _api_model_problems(source: str, exp: Experiment, strategies: list[StrategyC
             except UserError as e:
                 problems.append(f"{source}: models.{i}: {e}")
     for i, cfg in enumerate(strategies):
-        remote = [m for m in (cfg.models or exp.models) if is_remote(m)]
-        if remote and not STRATEGIES.get(cfg.name)(cfg).accepts_api_models():
+        strategy = STRATEGIES.get(cfg.name)(cfg)
+        remote = [m for m in (cfg.models or exp.models) if is_remote(m)] if strategy.uses_model() else []
+        if remote and not strategy.accepts_api_models():
             problems.append(f"{source}: strategies.{i} ({cfg.name}) would run on {', '.join(remote)}, an API "
                             "endpoint, which has no weights to train here (only prompt and rag can use one); set "
                             f"strategies.{i}.models to the local models it should run on")

@@ -35,9 +35,11 @@ from lmtailor.report.table import results_markdown
 from lmtailor.runtime import Runtime, detect_runtime, set_threads
 from lmtailor.strategies import STRATEGIES, RunContext, Strategy
 from lmtailor.tasks import TASK_TYPES, TaskSpec
-from lmtailor.tasks.evaluator import evaluate
+from lmtailor.tasks.held_out import held_out_data, split_and_score
 
-RESULT_SCHEMA_VERSION = 1
+# 2: every row is also scored on the validation rows (the record's ``validation``), and the baseline row exists.
+# Readers: report/results_json.READABLE_RECORD_VERSIONS.
+RESULT_SCHEMA_VERSION = 2
 log = logging.getLogger("lmtailor")
 
 
@@ -63,12 +65,21 @@ def _slug(text: str) -> str:
 
 
 def plan_rows(exp: Experiment) -> list[PlannedRow]:
-    """Expand the experiment's strategies into rows; row ids are unique and readable."""
+    """Expand the experiment's strategies into rows; row ids are unique and readable.
+
+    The trivial baseline (strategies/baseline.py) is planned once, last, unless the strategies list it already or
+    ``trivial_baseline`` is false; a strategy that runs no model is planned once, on no model.
+    """
+    from lmtailor.strategies.baseline import NO_MODEL, BaselineConfig
+
     rows: list[PlannedRow] = []
     seen: set[str] = set()
-    for cfg in exp.strategy_configs():
+    configs = exp.strategy_configs()
+    if exp.trivial_baseline and not any(cfg.name == "baseline" for cfg in configs):
+        configs = configs + [BaselineConfig(name="baseline")]
+    for cfg in configs:
         cls = STRATEGIES.get(cfg.name)
-        for model in cfg.models or exp.models:
+        for model in (cfg.models or exp.models) if cls(cfg).uses_model() else [NO_MODEL]:
             probe = cls(cfg)
             sizes = (getattr(cfg, "train_sizes", None) or [None]) if probe.uses_training_data() else [None]
             seeds = exp.seeds if probe.uses_seed() else exp.seeds[:1]
@@ -123,10 +134,11 @@ def _family(ref: str, trust_remote_code: bool = False) -> str | None:
 
 def run_row(row: PlannedRow, exp: Experiment, task: TaskSpec, splits: DatasetSplits, subsets: dict[int, list],
             runtime: Runtime, run_dir: Path, env: dict, base_dir: Path = Path(".")) -> dict:
-    """Run one row inside the meter, score it with the evaluator, write its record and predictions."""
+    """Run one row inside the meter, score it with the evaluator on the test and the validation rows (the strategy
+    answers both in one pass: tasks/held_out.py), write its record and predictions."""
     from transformers import set_seed
 
-    data = splits if row.train_size is None else replace(splits, train=subsets[row.train_size])
+    data = held_out_data(splits if row.train_size is None else replace(splits, train=subsets[row.train_size]))
     meter = Meter(pricing=exp.pricing, hardware=runtime.hardware)
     ctx = RunContext(task=task, data=data, model_ref=row.model_ref, budget=exp.budget.to_budget(), seed=row.seed,
                      meter=meter, out_dir=run_dir / "artifacts" / row.row_id, runtime=runtime, log=log,
@@ -135,7 +147,8 @@ def run_row(row: PlannedRow, exp: Experiment, task: TaskSpec, splits: DatasetSpl
     record: dict = {"schema_version": RESULT_SCHEMA_VERSION, "row_id": row.row_id, "row_index": row.index,
                     "label": row.label,
                     "strategy": row.strategy.config.name, "config": row.strategy.config.model_dump(mode="json"),
-                    "model": row.model_ref, "family": _family(row.model_ref, runtime.trust_remote_code), "seed": row.seed,
+                    "model": row.model_ref, "seed": row.seed,
+                    "family": _family(row.model_ref, runtime.trust_remote_code) if row.strategy.uses_model() else None,
                     "train_size": len(data.train),
                     "train_size_requested": row.train_size, "task": {"name": task.name, "type": task.type},
                     "test_rows": len(splits.test), "test_ids_sha256": _ids_digest([e.id for e in splits.test])}
@@ -149,9 +162,10 @@ def run_row(row: PlannedRow, exp: Experiment, task: TaskSpec, splits: DatasetSpl
         predictions = output.predictions
         if output.tuned is not None and distributed.is_distributed():  # did training keep the copies identical?
             checksum = distributed.weights_checksum(output.tuned[0])
-        scored = evaluate(task, splits.test, predictions, output.retrieved_doc_ids, output.retrieval_k)
+        scored, validation = split_and_score(task, splits.test, splits.validation, predictions,
+                                             output.retrieved_doc_ids, output.retrieval_k)
         record.update(status="ok", error=None, metrics=scored["metrics"], primary_metric=scored["primary_metric"],
-                      score_details=scored["details"], details=output.details,
+                      score_details=scored["details"], validation=validation, details=output.details,
                       artifacts={k: str(Path(v).relative_to(run_dir)) if Path(v).is_relative_to(run_dir) else str(v)
                                  for k, v in output.artifacts.items()})
         if output.tuned is not None and exp.forgetting:  # after the meter: the probe is not the strategy's cost
@@ -174,10 +188,16 @@ def run_row(row: PlannedRow, exp: Experiment, task: TaskSpec, splits: DatasetSpl
 
 
 def _write_row(run_dir: Path, record: dict, splits: DatasetSplits, predictions: list[str] | None) -> None:
+    """The record; the test predictions in predictions/<row>.jsonl, the validation ones in predictions/validation/."""
     write_json_atomic(run_dir / "results" / f"{record['row_id']}.json", record)
     if predictions is not None:
+        n = len(splits.test)
         write_jsonl_atomic(run_dir / "predictions" / f"{record['row_id']}.jsonl",
                            ({"id": e.id, "target": e.target, "prediction": p} for e, p in zip(splits.test, predictions)))
+        if splits.validation:
+            write_jsonl_atomic(run_dir / "predictions" / "validation" / f"{record['row_id']}.jsonl",
+                               ({"id": e.id, "target": e.target, "prediction": p}
+                                for e, p in zip(splits.validation, predictions[n:])))
 
 
 def _error(e: Exception) -> dict:

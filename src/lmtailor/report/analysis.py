@@ -1,4 +1,5 @@
-"""The numbers behind the cost-benefit report: data required, the Pareto frontier, break-even and uncertainty.
+"""The numbers behind the cost-benefit report: data required, the Pareto frontier, break-even and uncertainty
+(a bootstrap interval of a mean, and the paired bootstrap of a difference that is the report's one test of noise).
 
 Pure functions of plain numbers, no I/O: the report calls them on values taken from result records.
 """
@@ -163,7 +164,46 @@ def bootstrap_ci(per_row_scores: list[float], confidence: float = 0.95, resample
     return min(max(float(low), lo_bound), hi_bound), min(max(float(high), lo_bound), hi_bound)
 
 
-def differs(ci_a: tuple[float, float], ci_b: tuple[float, float]) -> bool:
-    """Whether two intervals are disjoint; overlapping (or touching) intervals are not called different."""
-    (lo_a, hi_a), (lo_b, hi_b) = sorted(ci_a), sorted(ci_b)
-    return hi_a < lo_b or hi_b < lo_a
+def paired_bootstrap_diff(scores_a: list[list[float]], scores_b: list[list[float]], confidence: float = 0.95,
+                          resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """The mean difference A - B of two configurations scored on the same rows, and a paired percentile-bootstrap
+    confidence interval of it: ``(difference, low, high)``, seeded and reproducible.
+
+    ``scores_a`` holds one list of per-row scores per seed of A (``scores_b`` likewise for B); every list has one
+    score per row, in the same row order for A and B (the rows are matched, which is what makes it paired). Each
+    resample draws the rows with replacement, and, independently for A and for B, its seeds with replacement; the
+    statistic is (A's mean over the drawn seeds and rows) - (B's likewise). With one seed each, this is the
+    ordinary paired bootstrap of per-row differences; with several, seed-to-seed variance widens the interval
+    instead of being averaged away. A row on which A and B always agree adds nothing to the spread, which is why a
+    paired interval can exclude 0 where the two unpaired intervals overlap.
+    """
+    if not scores_a or not scores_b:
+        raise ValueError("paired_bootstrap_diff needs at least one seed on each side")
+    a, b = np.asarray(scores_a, dtype=np.float64), np.asarray(scores_b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or a.shape[1] == 0:
+        raise ValueError(f"every seed must score the same non-zero number of rows, got {a.shape} and {b.shape}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if resamples < 1:
+        raise ValueError(f"resamples must be >= 1, got {resamples}")
+    rng = np.random.default_rng(seed)
+    (ka, n), kb = a.shape, b.shape[0]
+    diffs = []
+    chunk = max(1, 1_000_000 // n)  # bounds memory at a few MB of weights for large test sets
+    for start in range(0, resamples, chunk):
+        size = min(chunk, resamples - start)
+        # resampling with replacement = multinomial counts; the mean over a resample is a weighted mean
+        rows = rng.multinomial(n, np.full(n, 1 / n), size=size) / n  # (size, n)
+        seeds_a = rng.multinomial(ka, np.full(ka, 1 / ka), size=size) / ka  # (size, ka)
+        seeds_b = rng.multinomial(kb, np.full(kb, 1 / kb), size=size) / kb
+        per_row = seeds_a @ a - seeds_b @ b  # (size, n): each resample's seed-averaged per-row difference
+        diffs.append((per_row * rows).sum(axis=1))
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(np.concatenate(diffs), [alpha, 1 - alpha])
+    return float(a.mean() - b.mean()), float(low), float(high)
+
+
+def excludes_zero(ci: tuple[float, float]) -> bool:
+    """Whether a confidence interval of a difference excludes 0: the two sides differ beyond the noise."""
+    low, high = sorted(ci)
+    return low > 0 or high < 0

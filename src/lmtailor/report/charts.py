@@ -19,6 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from lmtailor.report.analysis import break_even, cumulative_cost
+from lmtailor.report.selection import best_of, selection_split
 from lmtailor.report.table import TableRow, build_rows
 
 PROMPTED = ("prompt", "rag")  # strategies that use a model as it is: the baselines
@@ -116,13 +117,12 @@ def _score_groups(summary: dict, metric: str | None) -> list[dict]:
     return [g for g in summary.get("groups", []) if g["score_mean"] is not None and g["metric"] == metric]
 
 
-def best_group(groups: list[dict], strategies: tuple[str, ...]) -> dict | None:
-    """The best-scoring group among those of ``strategies`` (direction-aware); ties: the first in plan order."""
+def best_group(groups: list[dict], strategies: tuple[str, ...], split: str | None = None) -> dict | None:
+    """The best group among those of ``strategies`` (direction-aware), chosen on ``split``'s scores: validation
+    unless some of them has none (report/selection.py); ties: the first in plan order. Its test score is what the
+    report shows, so a rung of many configurations does not report the best of them on the test rows."""
     found = [g for g in groups if g["strategy"] in strategies and g["score_mean"] is not None]
-    if not found:
-        return None
-    sign = 1 if found[0]["higher_is_better"] in (True, None) else -1
-    return max(found, key=lambda g: sign * g["score_mean"])  # max keeps the first of equals
+    return best_of(found, split or selection_split(found)) if found else None
 
 
 # --- 1. quality vs total cost ------------------------------------------------------------------------------------
@@ -149,7 +149,7 @@ def pareto_chart(summary: dict) -> Chart | None:
         for g in groups:
             ax.annotate(g["id"], (g["usd_total_mean"], g["score_mean"]), textcoords="offset points",
                         xytext=(4, 4), fontsize=7)
-        ax.set_xlabel("total cost per row, USD (training + test inference)")
+        ax.set_xlabel("total cost per row, USD (set-up + answering the test and validation rows)")
         ax.set_ylabel(f"{metric} ({_direction(higher)})")
         ax.legend(loc="best")
 
@@ -169,7 +169,7 @@ def learning_curves_chart(summary: dict) -> Chart | None:
         return None
     metric, higher = curves[0]["metric"], curves[0]["higher_is_better"]
     curves = [c for c in curves if c["metric"] == metric]
-    baselines = [g for g in _score_groups(summary, metric) if g["strategy"] in PROMPTED]
+    baselines = [g for g in _score_groups(summary, metric) if g["strategy"] in PROMPTED + ("baseline",)]
 
     def draw(fig, axes):
         ax = axes[0]
@@ -189,11 +189,12 @@ def learning_curves_chart(summary: dict) -> Chart | None:
 
     numbers = [f"{c['label']} | {c['model']}: " + ", ".join(f"n={p['train_size']} → {_fmt(p['score_mean'])}"
                                                            for p in c["points"])
-               + f"; data required (95 % of best): {c['data_required']}" for c in curves]
+               + f"; data required (95 % of best, on {c.get('data_required_on', 'test')}): {c['data_required']}"
+               for c in curves]
     numbers += [f"{g['id']} (no training): {_fmt(g['score_mean'])}" for g in baselines]
     caption = (f"{metric} against the number of training examples (mean over seeds, bars: std); dashed lines are "
-               "the prompted baselines, which train nothing. Data required: the smallest size reaching 95 % of a "
-               "curve's best score — " + "; ".join(f"{c['label']} | {c['model']}: {c['data_required']}"
+               "the prompted rows and the trivial baseline, which train nothing. Data required: the smallest size "
+               "reaching 95 % of a curve's best score (on the validation rows, where every size has them) — " + "; ".join(f"{c['label']} | {c['model']}: {c['data_required']}"
                                                   for c in curves) + ".")
     return Chart("learning_curves", "Learning curves", _render(draw), caption, numbers)
 

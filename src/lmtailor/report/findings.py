@@ -2,8 +2,9 @@
 thumb held. A pure function of result records; every figure it prints comes from them.
 
 Rows are the cost-benefit table's rows (``build_rows``: one per approach × model, averaged over seeds), so the seed
-averaging exists once. A gap is called only when it is larger than the noise: 1 point, one test row's worth (1/n),
-and the seed standard deviation of either row compared, whichever is largest.
+averaging exists once. A gap is called only when the report's one test of noise says so: the paired bootstrap of
+per-test-row differences, seeds resampled too (report/paired.py), whose 95% interval must exclude 0. The trivial
+baseline row has no model, so no family: it is left out here.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from lmtailor.remote.settings import API_FAMILY
+from lmtailor.report.paired import DIFFERS, UNKNOWN, WITHIN_NOISE, compare_groups
 from lmtailor.report.table import TableRow, fmt_usd, build_rows
 
 
@@ -38,9 +40,6 @@ RULES_OF_THUMB: dict[str, Rule] = {
     # for a task type of open-ended generation / dialogue / code, once one is registered under this name
     "open-ended": Rule("decoder-only", "decoder-only for open-ended generation, dialogue and code"),
 }
-
-MIN_GAP = 0.01  # 1 point on the 0-1 scale every scorer reports
-
 
 @dataclass
 class _Best:
@@ -86,21 +85,25 @@ def _pts(x: float) -> str:
     return f"{x * 100:.1f} pts"
 
 
-def _noise(a: TableRow, b: TableRow, n: int) -> tuple[float, str]:
-    """The smallest gap worth calling between two rows, and what it is made of."""
-    parts = [(MIN_GAP, "1 pt")]
-    if n:
-        parts.append((1 / n, f"one test row of {n} = {_pts(1 / n)}"))
-    stds = [r.score_std for r in (a, b) if r.score_std is not None]
-    if stds:
-        parts.append((max(stds), f"seed std {_pts(max(stds))}"))
-    value = max(v for v, _ in parts)
-    return value, "the largest of " + ", ".join(text for _, text in parts)
+class _Pairs:
+    """The paired test between two table rows (approach × model groups) of one task's records."""
+
+    def __init__(self, records: list[dict]) -> None:
+        self.by_id = {r["row_id"]: r for r in records}
+        self.rows: dict[tuple[str, str], list[str]] = {}
+        for r in records:
+            self.rows.setdefault((r["label"], r["model"]), []).append(r["row_id"])
+
+    def compare(self, a: TableRow, b: TableRow) -> dict:
+        """``report.paired.compare_groups`` of row ``a`` against row ``b`` on the test rows (difference a - b)."""
+        group = lambda row: {"id": _name(row), "metric": row.metric, "rows": self.rows[(row.label, row.model)]}  # noqa: E731
+        return compare_groups(group(a), group(b), self.by_id, "test")
 
 
-def _rows_worth(gap: float, n: int) -> str:
-    rows = gap * n
-    return (f" ≈ {rows:.1f} test rows' worth" if rows < 10 else f" ≈ {rows:.0f} test rows' worth") if n else ""
+def _ci_pts(c: dict, sign: float = 1.0) -> str:
+    """The paired interval of a difference in points, oriented by ``sign`` (-1 when lower is better)."""
+    low, high = sorted((sign * c["ci95"][0], sign * c["ci95"][1]))
+    return f"paired 95% CI {low * 100:+.1f} to {high * 100:+.1f} pts"
 
 
 def _family_of(records: list[dict]) -> dict[tuple[str, str], str | None]:
@@ -138,7 +141,7 @@ def _families(family_of: dict, rows: list[TableRow], hib: bool) -> tuple[dict[st
     return best, notes
 
 
-def _verdict(rule: Rule | None, task_type: str, ranked: list[_Best], n: int) -> str:
+def _verdict(rule: Rule | None, task_type: str, ranked: list[_Best], pairs: _Pairs, hib: bool) -> str:
     if rule is None:
         return f"- **Rule of thumb**: none recorded for task type `{task_type}`, so there is nothing to check."
     head = f"- **Rule of thumb** for {task_type}: {rule.says}. "
@@ -147,14 +150,16 @@ def _verdict(rule: Rule | None, task_type: str, ranked: list[_Best], n: int) -> 
         return head + f"This run **cannot tell**: it has no {rule.expects} row."
     other = next(b for b in ranked if b.family != rule.expects)
     diff = mine.signed - other.signed
-    noise, _ = _noise(mine.row, other.row, n)
-    if diff > noise:
-        return head + (f"This run **agrees**: {rule.expects} beat {other.family} by {_pts(diff)}"
-                       f"{_rows_worth(diff, n)}.")
-    if -diff > noise:
-        return head + (f"This run **disagrees**: {other.family} beat {rule.expects} by {_pts(-diff)}"
-                       f"{_rows_worth(-diff, n)}.")
-    at_par = f"{rule.expects} and {other.family} are within the noise ({_pts(abs(diff))} ≤ {_pts(noise)})"
+    c = pairs.compare(mine.row, other.row)
+    sign = 1.0 if hib else -1.0
+    if c["verdict"] == UNKNOWN:
+        return head + f"This run **cannot tell**: the two rows cannot be compared row by row ({c['note']})."
+    if c["verdict"] == DIFFERS and diff > 0:
+        return head + f"This run **agrees**: {rule.expects} beat {other.family} by {_pts(diff)} ({_ci_pts(c, sign)})."
+    if c["verdict"] == DIFFERS:
+        return head + (f"This run **disagrees**: {other.family} beat {rule.expects} by {_pts(-diff)} "
+                       f"({_ci_pts(c, -sign)}).")
+    at_par = f"{rule.expects} and {other.family} are within the noise ({_pts(abs(diff))}; {_ci_pts(c, sign)})"
     if rule.cheaper_at_par_counts and _cost_key(mine.row) < _cost_key(other.row):
         return head + f"This run **agrees**: {at_par}, and {rule.expects} is cheaper ({_costs(mine.row, other.row)})."
     return head + f"This run **cannot tell**: {at_par}."
@@ -169,6 +174,8 @@ def _task_findings(records: list[dict]) -> list[str]:
     metric = ok["primary_metric"] if ok else "-"
     hib = next((m.get("higher_is_better", True) for m in (ok or {}).get("metrics", []) if m["name"] == metric), True)
     family_of = _family_of(records)
+    trivial = {(r["label"], r["model"]) for r in records if r.get("strategy") == "baseline"}
+    rows = [r for r in rows if (r.label, r.model) not in trivial]  # no model, no family: the floor is elsewhere
     best, notes = _families(family_of, rows, hib)
     lines = [f"## Which architecture did best: `{name}` ({task_type}, {n} test rows)", ""]
     if best:
@@ -183,35 +190,39 @@ def _task_findings(records: list[dict]) -> list[str]:
                      "families (decoder-only, encoder-decoder, encoder): add a model of another family to the "
                      "strategies' `models`.")
         return lines + [f"- {note}" for note in notes] + [""]
-    lines += _comparison(ranked, rows, family_of, hib, metric, n)
-    lines.append(_verdict(RULES_OF_THUMB.get(task_type), task_type, ranked, n))
+    pairs = _Pairs(records)
+    lines += _comparison(ranked, rows, family_of, hib, metric, pairs)
+    lines.append(_verdict(RULES_OF_THUMB.get(task_type), task_type, ranked, pairs, hib))
     lines.append("- Cheaper means a lower $ per 1k inferences, then a lower set-up (training and index building).")
     return lines + [f"- {note}" for note in notes] + [""]
 
 
 def _comparison(ranked: list[_Best], rows: list[TableRow], family_of: dict, hib: bool, metric: str,
-                n: int) -> list[str]:
+                pairs: _Pairs) -> list[str]:
     """The winner against the runner-up family, the noise, and the cheapest row as good as the best."""
     lines = []
     win, second = ranked[0], ranked[1]
     gap = win.signed - second.signed
-    noise, why = _noise(win.row, second.row, n)
-    if gap > noise:
-        careful = " — under two test rows' worth, so read it with care" if n and gap < 2 / n else ""
+    c = pairs.compare(win.row, second.row)
+    sign = 1.0 if hib else -1.0
+    if c["verdict"] == DIFFERS:
         lines.append(f"- **{win.family} did best**: {_name(win.row)} beat {second.family}'s best ({_name(second.row)}) "
-                     f"by {_pts(gap)} of {metric}{_rows_worth(gap, n)}{careful}; {_costs(win.row, second.row)}.")
+                     f"by {_pts(gap)} of {metric} ({_ci_pts(c, sign)}); {_costs(win.row, second.row)}.")
     else:
-        lines.append(f"- **No clear winner**: {win.family} leads {second.family} by {_pts(gap)} of {metric}, within "
-                     f"the noise; {_costs(win.row, second.row)}.")
-    lines.append(f"- Noise: a gap is called only above {_pts(noise)}, {why}.")
-    # the cheapest row of any family that is as good as the best, within the same noise
+        noise = f"{_ci_pts(c, sign)}, within the noise" if c["verdict"] == WITHIN_NOISE else \
+            f"the noise cannot be told: {c['note']}"
+        lines.append(f"- **No clear winner**: {win.family} leads {second.family} by {_pts(gap)} of {metric} "
+                     f"({noise}); {_costs(win.row, second.row)}.")
+    lines.append("- Noise: a gap is called only when the 95% interval of the paired bootstrap over the test rows "
+                 "(per-row differences, seeds resampled too) excludes 0.")
+    # the cheapest row of any family that the paired test cannot tell from the best
     par = [r for r in rows if r.score is not None and family_of.get((r.label, r.model))
-           and win.signed - (r.score if hib else -r.score) <= noise]
+           and (r is win.row or pairs.compare(win.row, r)["verdict"] == WITHIN_NOISE)]
     cheapest = min(par, key=_cost_key)
     if cheapest is win.row:
-        lines.append(f"- **Cheapest within {_pts(noise)} of the best**: the best row itself.")
+        lines.append("- **Cheapest within the noise of the best**: the best row itself.")
     else:
-        lines.append(f"- **Cheapest within {_pts(noise)} of the best**: {_name(cheapest)} "
+        lines.append(f"- **Cheapest within the noise of the best**: {_name(cheapest)} "
                      f"({family_of[(cheapest.label, cheapest.model)]}), {metric} {_score(cheapest)}; "
                      f"{_costs(cheapest, win.row)} against the best.")
     return lines

@@ -149,7 +149,9 @@ def _truncation(records: list[dict]) -> dict:
         inference = d.get("inference") if isinstance(d.get("inference"), dict) else {}
         counts = {
             # prompt and rag repeat the test-input count at the top (rag's own cut, before predict); prefer it
-            "test inputs": d.get("truncated_inputs", inference.get("truncated_inputs")) or 0,
+            # since record version 2 a row answers the validation rows in the same pass (tasks/held_out.py)
+            ("test and validation inputs" if r.get("validation") else "test inputs"):
+                d.get("truncated_inputs", inference.get("truncated_inputs")) or 0,
             "exemplar inputs": inference.get("truncated_exemplar_inputs") or 0,
             "training inputs": (d.get("train_data") or {}).get("truncated_inputs") or 0,
             "training targets": (d.get("train_data") or {}).get("truncated_targets") or 0,

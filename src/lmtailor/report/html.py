@@ -14,7 +14,7 @@ from lmtailor.io import write_text_atomic
 from lmtailor.report.charts import ABSENT, Chart, all_charts
 from lmtailor.report.cost_notes import cost_notes
 from lmtailor.report.markdown_report import (RUNG_HEADERS, chart_options, cost_benefit_rows, deployment_note,
-                                             detail_table, failed_rows, render_markdown_report)
+                                             detail_table, failed_rows, render_markdown_report, selection_line)
 from lmtailor.report.results_json import build_results, load_records
 
 CSS = """
@@ -59,7 +59,9 @@ def _cost_benefit(summary: dict, records: list[dict], report_cfg=None) -> str:
     table = _table(RUNG_HEADERS, [r.cells for r in rungs]) if rungs else "<p>No rung finished with a score.</p>"
     notes = "".join(f"<p>{e(n)}</p>" for n in [deployment_note(report_cfg), *cost_notes(records)])
     return (f'<section id="cost-benefit"><h2>Cost-benefit by rung</h2><p>The best configuration of each rung of '
-            f"the spectrum that finished; a score from fewer than 3 seeds says how many.</p>{table}{notes}</section>")
+            f"the spectrum that finished, and the trivial baseline (no model: the floor every score is read "
+            f"against); a score from fewer than 3 seeds says how many. {e(selection_line(summary))}</p>"
+            f"{table}{notes}</section>")
 
 
 def _detail(summary: dict, records: list[dict]) -> str:

@@ -13,7 +13,8 @@ from lmtailor.io import write_text_atomic
 from lmtailor.report.charts import ABSENT, RUNGS, Chart, all_charts, best_group
 from lmtailor.report.cost_notes import cost_notes
 from lmtailor.report.table import TableRow, build_rows, fmt_usd, format_rows, headers
-from lmtailor.report.results_json import same_or_different
+from lmtailor.report.paired import compare_groups, verdict_words
+from lmtailor.report.selection import selection_sentence, selection_split
 
 # "$ / month (as deployed)" is last so that the older columns keep their places
 RUNG_HEADERS = ["rung", "best configuration", "$ train", "$ / 1k inferences", "train time", "inference / 1k",
@@ -48,13 +49,15 @@ def _data_required(group: dict, summary: dict, records: list[dict]) -> str:
     for curve in summary.get("learning_curves") or []:
         if curve["model"] == group["model"] and (group["label"] == curve["label"]
                                                  or group["label"].startswith(curve["label"] + " n=")):
-            return f"{curve['data_required']} examples (95 % of best)"
+            return f"{curve['data_required']} examples (95 % of best, on {curve.get('data_required_on', 'test')})"
     recs = [r for r in records if r["row_id"] in group["rows"]]
     if group["strategy"] == "prompt":
         shots = (recs[0].get("config") or {}).get("shots", 0) if recs else 0
         return f"{shots} exemplars" if shots else "none (zero-shot)"
     if group["strategy"] == "rag":
         return "none trained (retrieval corpus)"
+    if group["strategy"] == "baseline":
+        return "none (a fixed rule)"
     sizes = sorted({r.get("train_size") for r in recs if r.get("train_size") is not None})
     return f"{sizes[-1]} examples (one size run)" if sizes else "-"
 
@@ -103,24 +106,39 @@ def deployment_note(report_cfg) -> str:
             "them in report.deployment. $ / 1k inferences is the machine's busy time only.")
 
 
+def selection_line(summary: dict) -> str:
+    """The report's one line on what configurations were chosen on and what their scores are measured on."""
+    block = summary.get("selection")
+    if block:
+        return block["sentence"]
+    splits = summary.get("splits") or {}
+    metric = (summary.get("pareto") or {}).get("metric")
+    groups = [g for g in summary.get("groups", []) if g.get("metric") == metric]
+    return selection_sentence(selection_split(groups), splits.get("validation") or 0, splits.get("test") or 0)
+
+
 def cost_benefit_rows(summary: dict, records: list[dict], report_cfg=None) -> list[RungRow]:
-    """One row per rung that finished: its best-scoring group on the run's main metric, with costs and data;
-    ``report_cfg`` (a ``ReportConfig``) sets the volume and deployment of the monthly cost."""
+    """One row per rung that finished: its best group on the run's main metric (chosen on the validation rows,
+    report/selection.py), with its test score, costs and data; the trivial baseline first, as the floor.
+    ``report_cfg`` (a ``ReportConfig``) sets the volume and deployment of the monthly cost.
+
+    The Δ column's noise verdict is the paired bootstrap of the test rows (report/paired.py)."""
     metric = (summary.get("pareto") or {}).get("metric")
     groups = [g for g in summary.get("groups", []) if g["score_mean"] is not None and g["metric"] == metric]
+    split = (summary.get("selection") or {}).get("split") or selection_split(groups)
+    by_id = {r["row_id"]: r for r in records}
     table = {(r.label, r.model): r for r in build_rows(records)}
     rows = []
-    for rung in RUNGS:
-        best = best_group(groups, (rung,))
+    for rung in ("baseline",) + RUNGS:
+        best = best_group(groups, (rung,), split)
         if best is None:
             continue
         t: TableRow | None = table.get((best["label"], best["model"]))
         delta = "-" if t is None or t.delta is None else f"{t.delta * 100:+.1f} pts"
         zero_shot = _zero_shot_group(groups, records, (t.baseline_model if t else None) or best["model"])
         if delta != "-" and zero_shot is not None and zero_shot is not best:
-            # point 4 of the report's contract: rows whose intervals overlap are not called different
-            delta += {"same": " (within noise: the 95% intervals overlap)", "different": " (intervals disjoint)",
-                      "unknown": " (no interval)"}[same_or_different(best, zero_shot)]
+            # one definition of noise: the paired bootstrap over the test rows both were scored on
+            delta += " " + verdict_words(compare_groups(best, zero_shot, by_id, "test"))
         train = "-" if rung == "prompt" and not (t and t.train_s) else _duration(t.train_s if t else None)
         rows.append(RungRow(rung, best["id"], [
             rung, best["id"],
@@ -169,7 +187,8 @@ def render_markdown_report(summary: dict, records: list[dict], title: str, recom
         if recommendation.get("what_would_change"):
             lines += ["", "What would change the answer:", ""] + [f"- {w}" for w in recommendation["what_would_change"]]
         lines.append("")
-    lines += ["## Cost-benefit by rung", "", "The best configuration of each rung of the spectrum that finished.", ""]
+    lines += ["## Cost-benefit by rung", "", "The best configuration of each rung of the spectrum that finished, and the "
+              "trivial baseline (no model: the floor every score is read against). " + selection_line(summary), ""]
     rungs = cost_benefit_rows(summary, records, report_cfg)
     lines += _md_table(RUNG_HEADERS, [r.cells for r in rungs]) if rungs else ["No rung finished with a score."]
     for note in [deployment_note(report_cfg), *cost_notes(records)]:

@@ -4,17 +4,23 @@ The target (``report:`` in the experiment, ``config.ReportConfig``) is a quality
 expected requests per month. The rules, in order:
 
 1. Only groups (a label on a model, over its seeds) scored on the report's headline metric whose every row
-   finished are candidates: a group with a failed row is never recommended.
-2. Quality. With a floor, a group meets it when its *conservative* quality does: the lower end of its bootstrap CI
-   (the upper end for a lower-is-better metric), or its mean when it has no CI. Without a floor, a group qualifies
-   when it is not significantly worse than the best group (their CIs overlap; without CIs only the best qualifies).
+   finished are candidates: a group with a failed row is never recommended. The trivial baseline row
+   (strategies/baseline.py) is a candidate only when no other group beats it by the paired test.
+2. Quality is judged on the validation rows (report/selection.py: on the test rows, said so in the paragraph, when
+   some candidate has no validation score). With a floor, a group meets it when its *conservative* quality does:
+   the lower end of its bootstrap CI over validation rows (the upper end for a lower-is-better metric), or its mean
+   when it has no CI; the paragraph then says whether the chosen group's test interval confirms it. Without a floor,
+   a group qualifies when it is not significantly worse than the group with the best validation score by the paired
+   bootstrap (report/paired.py; when the pair cannot be tested, only groups scoring as well as the best qualify).
 3. Money. Monthly cost: for a self-hosted group, the instances its measured throughput needs at the requests per
    month, under ``report.deployment`` (always-on or scale-to-zero, peak-to-average load; ``report/deployment.py``);
    for an API group, its measured bill per request × requests per month. The assumptions are printed next to the
    number. Training (and index building) is paid once: it is reported apart, with how it compares with the
    baseline over time (``analysis.compare_costs``: pays back, never pays back, cheaper from the start, or cheaper
    only at first). Groups whose monthly cost exceeds the budget are out.
-4. The choice is the cheapest qualifying group per month (ties: better quality, then id).
+4. With a floor, the choice is the cheapest qualifying group per month (ties: better validation score, then id);
+   without one, the qualifying group with the best validation score within the budget (ties: cheaper, then id).
+   Scores printed are test scores: chosen on validation, reported on test.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ from typing import Any
 from lmtailor.report.analysis import compare_costs
 from lmtailor.report.deployment import DeploymentConfig, group_serving, monthly_cost
 from lmtailor.report.durations import DAY, human_duration
-from lmtailor.report.results_json import same_or_different
+from lmtailor.report.paired import significantly_worse
+from lmtailor.report.selection import VALIDATION, best_of, selection_score, selection_sentence, selection_split
 
 
 def _target(target: Any, name: str, default: Any = None) -> Any:
@@ -55,10 +62,33 @@ def _days(d: float) -> str:
 
 
 def _conservative(g: dict) -> float:
-    """The end of the group's CI on the bad side, or its mean when it has no CI."""
-    if g.get("ci95") is None:
-        return g["score_mean"]
-    return g["ci95"][0] if g["higher_is_better"] else g["ci95"][1]
+    """The end of the group's selection CI (validation, else test) on the bad side, or its selection score when it
+    has no CI."""
+    ci = g.get("selection_ci95", g.get("ci95"))
+    if ci is None:
+        return g.get("selection_score", g["score_mean"])
+    return ci[0] if g["higher_is_better"] else ci[1]
+
+
+def _chosen_by(g: dict) -> float:
+    """The score the quality rules choose by: the validation mean (``_annotate``), else the test mean."""
+    return g.get("selection_score", g["score_mean"])
+
+
+def _annotate(groups: list[dict], records: list[dict], split: str) -> list[dict]:
+    """Copies of ``groups`` with what the quality rules read: ``selection_split``, ``selection_score`` and
+    ``selection_ci95`` (on ``split``), ``worse_than_best`` (the paired test against the best on ``split``; None: untestable) and, for the
+    trivial baseline, ``beaten_by`` (the groups significantly better than it)."""
+    by_id = {r["row_id"]: r for r in records}
+    out = [dict(g, selection_split=split, selection_score=selection_score(g, split),
+                selection_ci95=g.get("validation_ci95") if split == VALIDATION else g.get("ci95")) for g in groups]
+    best = best_of(out, split)
+    for g in out:
+        g["worse_than_best"] = False if g is best else significantly_worse(g, best, by_id, split)
+        if g.get("strategy") == "baseline":
+            g["beaten_by"] = [o["id"] for o in out if o.get("strategy") != "baseline"
+                              and significantly_worse(g, o, by_id, split)]
+    return out
 
 
 def _better(a: float, b: float, higher: bool) -> bool:
@@ -101,14 +131,17 @@ def _eligible(summary: dict) -> tuple[str | None, list[dict]]:
 
 
 def _meets_quality(groups: list[dict], floor: float | None) -> list[dict]:
+    """The groups good enough: meeting the floor, or (no floor) not significantly worse than the best; a trivial
+    baseline that another group beats never is."""
+    groups = [g for g in groups if not g.get("beaten_by")]
     if not groups:
         return []
     higher = groups[0]["higher_is_better"]
     if floor is not None:
         return [g for g in groups if _better(_conservative(g), floor, higher)]
-    best = max(groups, key=lambda g: g["score_mean"] if higher else -g["score_mean"])
-    return [g for g in groups if g is best or same_or_different(g, best) == "same"
-            or g["score_mean"] == best["score_mean"]]
+    best = max(groups, key=lambda g: _chosen_by(g) if higher else -_chosen_by(g))
+    return [g for g in groups if g is best or g.get("worse_than_best") is False
+            or _chosen_by(g) == _chosen_by(best)]
 
 
 def _pick(groups: list[dict], floor: float | None, budget: float | None, requests: float) -> tuple[dict | None, dict]:
@@ -117,8 +150,9 @@ def _pick(groups: list[dict], floor: float | None, budget: float | None, request
     quality_ok = _meets_quality(groups, floor)
     for g in groups:
         if g not in quality_ok:
-            why[g["id"]] = ("below the quality floor" if floor is not None
-                            else "significantly worse than the best (CIs do not overlap, or no CI)")
+            why[g["id"]] = (f"the trivial baseline, beaten by {', '.join(g['beaten_by'])} (paired test)"
+                            if g.get("beaten_by") else "below the quality floor" if floor is not None
+                            else "significantly worse than the best (paired test), or untestable against it")
     affordable = []
     for g in quality_ok:
         monthly = _monthly(g, requests)
@@ -131,18 +165,19 @@ def _pick(groups: list[dict], floor: float | None, budget: float | None, request
     if not affordable:
         return None, why
     higher = affordable[0]["higher_is_better"]
-    quality = (lambda g: -g["score_mean"]) if higher else (lambda g: g["score_mean"])
+    quality = (lambda g: -_chosen_by(g)) if higher else (lambda g: _chosen_by(g))
     if floor is None:
-        # No floor stated: the best score within the budget. A cheaper row whose interval overlaps it is not called
-        # worse, and is named as the alternative, but a wide interval over a few dozen test rows must not turn
-        # "not shown to be worse" into the recommendation.
+        # No floor stated: the best validation score within the budget. A cheaper row the paired test cannot tell
+        # from it is not called worse, and is named as the alternative, but a wide interval over a few dozen rows
+        # must not turn "not shown to be worse" into the recommendation.
         choice = min(affordable, key=lambda g: (quality(g), _monthly(g, requests), g["id"]))
         for g in affordable:
             if g is not choice:
                 cheaper = _monthly(g, requests) < _monthly(choice, requests)
-                why[g["id"]] = (f"scores lower ({_q(g['score_mean'])}), not significantly, and costs less "
-                                f"({_usd(_monthly(g, requests))}/month): the choice if cost matters more than the "
-                                "point estimate" if cheaper else f"scores lower ({_q(g['score_mean'])})")
+                lower = (f"scores lower on the {g.get('selection_split', 'test')} rows ({_q(_chosen_by(g))} vs "
+                         f"{_q(_chosen_by(choice))})")
+                why[g["id"]] = (f"{lower}, not significantly, and costs less ({_usd(_monthly(g, requests))}/month): "
+                                "the choice if cost matters more than the point estimate" if cheaper else lower)
         return choice, why
     choice = min(affordable, key=lambda g: (_monthly(g, requests), quality(g), g["id"]))
     for g in affordable:
@@ -157,7 +192,7 @@ def _baseline(groups: list[dict], all_groups: list[dict], label: str | None) -> 
         named = [g for g in all_groups if g["label"] == label and g.get("score_mean") is not None]
         if named:
             higher = named[0]["higher_is_better"]
-            return max(named, key=lambda g: g["score_mean"] if higher else -g["score_mean"]), "the stated baseline"
+            return max(named, key=lambda g: _chosen_by(g) if higher else -_chosen_by(g)), "the stated baseline"
         note = f"the stated baseline {label!r} has no finished row; "
     else:
         note = ""
@@ -165,7 +200,7 @@ def _baseline(groups: list[dict], all_groups: list[dict], label: str | None) -> 
     if not prompted:
         return None, note + "no prompted row to compare with"
     higher = prompted[0]["higher_is_better"]
-    return (max(prompted, key=lambda g: g["score_mean"] if higher else -g["score_mean"]),
+    return (max(prompted, key=lambda g: _chosen_by(g) if higher else -_chosen_by(g)),
             note + "the best prompted row")
 
 
@@ -216,6 +251,17 @@ def _payback(choice: dict, baseline: dict | None, requests: float) -> tuple[floa
                   f"a month: it is cheaper in total only for the first {_days(days)}, and dearer after that.")
 
 
+def _confirmed(choice: dict, floor: float | None, split: str) -> str:
+    """With a floor met on the validation rows: whether the chosen group's test interval meets it too."""
+    if floor is None or split != VALIDATION or choice.get("ci95") is None:
+        return ""
+    higher = choice["higher_is_better"]
+    end = choice["ci95"][0] if higher else choice["ci95"][1]
+    return (f" On the test rows its 95% interval's {'lower' if higher else 'upper'} end is {_q(end)}: "
+            + ("the floor holds there too." if _better(end, floor, higher)
+               else f"the test rows do not confirm the floor of {_q(floor)}."))
+
+
 def recommendation(summary: dict, records: list[dict], target: Any) -> dict:
     """The recommendation for ``target`` (a ``ReportConfig``, a dict with its fields, or None) from
     ``summary`` (``results_json.build_results``) and the run's ``records``.
@@ -228,7 +274,13 @@ def recommendation(summary: dict, records: list[dict], target: Any) -> dict:
     requests = float(_target(target, "requests_per_month", 100_000) or 0)
     summary = _with_serving(summary, records, _target(target, "deployment") or DeploymentConfig())
     metric, groups = _eligible(summary)
-    all_groups = summary.get("groups", [])
+    split = selection_split(groups)
+    groups = _annotate(groups, records, split)
+    annotated = {g["id"]: g for g in groups}
+    all_groups = [annotated.get(g["id"], g) for g in summary.get("groups", [])]
+    splits = summary.get("splits") or {}
+    chosen_on = " " + selection_sentence(split, splits.get("validation") or 0, splits.get("test") or 0) \
+        if splits else ""
     failed = [g["id"] for g in all_groups if g.get("failed")]
     failed_note = (f" Not considered because a row failed: {', '.join(failed)}." if failed else "")
     result: dict = {"choice": None, "evidence": [], "alternatives": [], "what_would_change": [], "baseline": None,
@@ -250,7 +302,7 @@ def recommendation(summary: dict, records: list[dict], target: Any) -> dict:
         quality_ok = _meets_quality(groups, floor)
         if not quality_ok:
             closest = max(groups, key=lambda g: _conservative(g) if higher else -_conservative(g))
-            reason = (f"no configuration reaches {metric} {_q(floor)} (judged by the CI's "
+            reason = (f"no configuration reaches {metric} {_q(floor)} (judged by the {split} CI's "
                       f"{'lower' if higher else 'upper'} end where there is one)")
         else:
             costed = [g for g in quality_ok if _monthly(g, requests) is not None]
@@ -259,7 +311,7 @@ def recommendation(summary: dict, records: list[dict], target: Any) -> dict:
                 "the inference cost of the configurations good enough was not measured"
         result["evidence"] = [r for r in closest["rows"] if r in finished_ids]
         result["paragraph"] = (f"Nothing meets the target ({target_words}): {reason}. The closest is "
-                               f"{closest['id']}: {_describe(closest, requests)}.{failed_note}")
+                               f"{closest['id']}: {_describe(closest, requests)}.{failed_note}{chosen_on}")
         result["alternatives"] = [{"group": g["id"], "why_not": why.get(g["id"], "")} for g in groups]
         return result
 
@@ -280,7 +332,8 @@ def recommendation(summary: dict, records: list[dict], target: Any) -> dict:
     # the evidence rows are printed once, on their own line after the paragraph (result["evidence"])
     result["paragraph"] = (f"For the target ({target_words}), use {choice['label']} on {choice['model']}: "
                            f"{_describe(choice, requests)}.{baseline_text} {payback_text}"
-                           f"{failed_note}").replace("  ", " ").strip()
+                           f"{failed_note}{_confirmed(choice, floor, split)}"
+                           f"{chosen_on}").replace("  ", " ").strip()
     result["what_would_change"] = _what_would_change(groups, choice, baseline, floor, budget, requests, why)
     return result
 

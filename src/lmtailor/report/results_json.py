@@ -12,9 +12,16 @@ from pathlib import Path
 
 from lmtailor.errors import UserError
 from lmtailor.io import write_text_atomic
-from lmtailor.report.analysis import bootstrap_ci, data_required, differs, mean_std, pareto_frontier
+from lmtailor.report import paired
+from lmtailor.report.analysis import bootstrap_ci, data_required, mean_std, pareto_frontier
+from lmtailor.report.selection import VALIDATION, selection_block
 
-RESULTS_SUMMARY_VERSION = 1
+# 2: validation scores per row and group, the selection block, group costs over finished seeds only, learning
+# curves' data required chosen on validation
+RESULTS_SUMMARY_VERSION = 2
+# Row-record versions this reader understands (runner.RESULT_SCHEMA_VERSION writes the newest): version 1 records
+# have no validation scores, so a report of them chooses on the test rows and says so.
+READABLE_RECORD_VERSIONS = (1, 2)
 DIGITS = 6  # derived numbers (means, std): enough for any metric, and free of float-summation noise in the text
 
 
@@ -45,8 +52,18 @@ def load_records(run_dir: Path) -> list[dict]:
         missing = [k for k in ("row_id", "label", "model", "status") if k not in record]
         if missing:
             raise UserError(f"{path} lacks {missing}: it is not a row record of `lmtailor run`")
+        _check_version(path, record)
         records.append(record)
     return sorted(records, key=lambda r: (r.get("row_index", 0), r["row_id"]))
+
+
+def _check_version(path: Path, record: dict) -> None:
+    """Refuse a record of a version this lmtailor cannot read, naming it; a record without one counts as 1."""
+    version = record.get("schema_version", 1)
+    if version not in READABLE_RECORD_VERSIONS:
+        raise UserError(f"{path} is a row record of schema_version {version!r}; this lmtailor reads versions "
+                        f"{', '.join(map(str, READABLE_RECORD_VERSIONS))}. Report it with the lmtailor that wrote it "
+                        "(its version is in the record's environment), or run the experiment again")
 
 
 def _primary(record: dict) -> tuple[str | None, float | None, bool]:
@@ -64,6 +81,8 @@ def _row(record: dict) -> dict:
     meter = record.get("meter") or {}
     usd = meter.get("usd") or {}
     error = record.get("error")
+    validation = record.get("validation") or {}
+    _, val_value, _ = _primary(validation) if validation.get("metrics") else (None, None, True)
     return {
         "row_id": record["row_id"], "row_index": record.get("row_index"), "label": record["label"],
         "strategy": record.get("strategy"), "model": record["model"], "seed": record.get("seed"),
@@ -71,6 +90,7 @@ def _row(record: dict) -> dict:
         "status": record["status"],
         "error": {"type": error.get("type"), "message": error.get("message")} if error else None,
         "primary_metric": name, "score": _num(value, None), "higher_is_better": higher,
+        "validation_score": _num(val_value, None), "validation_rows": validation.get("rows"),
         "metrics": {m["name"]: _num(m["value"], None) for m in record.get("metrics") or []},
         "usd_train": _num(usd.get("train"), None), "usd_total": _num(usd.get("total"), None),
         "usd_inference_per_1k": _num(usd.get("inference_per_1k"), None),
@@ -78,19 +98,14 @@ def _row(record: dict) -> dict:
     }
 
 
-def _per_row(record: dict) -> list[float] | None:
-    """The record's per-test-row scores on its primary metric (written by the evaluator), None in older records."""
-    scores = (record.get("score_details") or {}).get("per_row")
-    return [float(x) for x in scores] if scores else None
-
-
 def _mean_of(values: list[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return _num(mean_std(present)[0]) if present else None
 
 
-def _confidence(ok: list[dict], per_row: dict[str, list[float] | None]) -> tuple[list[float] | None, str]:
-    """A 95 % percentile-bootstrap CI of the mean over test rows, and a sentence saying what it rests on.
+def _confidence(ok: list[dict], per_row: dict[str, list[float] | None], split: str = "test"
+                ) -> tuple[list[float] | None, str]:
+    """A 95 % percentile-bootstrap CI of the mean over ``split`` rows, and a sentence saying what it rests on.
 
     With several seeds each test row's score is first averaged over the seeds, so the interval reflects the
     test rows' spread, not seed noise counted as extra rows. No interval (and the reason) when any finished
@@ -107,14 +122,26 @@ def _confidence(ok: list[dict], per_row: dict[str, list[float] | None]) -> tuple
     averaged = [sum(col) / len(col) for col in zip(*lists)]
     low, high = bootstrap_ci(averaged)
     seeds = f"averaged over {len(ok)} seeds per row" if len(ok) > 1 else "1 seed"
-    return [_num(low), _num(high)], f"bootstrap 95% CI over {len(averaged)} test rows ({seeds})"
+    return [_num(low), _num(high)], f"bootstrap 95% CI over {len(averaged)} {split} rows ({seeds})"
 
 
-def _group(key: str, rows: list[dict], per_row: dict[str, list[float] | None]) -> dict:
-    """One (label, model) line: mean and std over the seeds that finished, how many did, and a CI over test rows."""
+def _validation_mean(ok: list[dict]) -> float | None:
+    """The mean validation score over the finished seeds, or None unless every one of them has one."""
+    if not ok or any(r["validation_score"] is None for r in ok):
+        return None
+    return _num(mean_std([r["validation_score"] for r in ok])[0])
+
+
+def _group(key: str, rows: list[dict], per_row: dict[str, list[float] | None],
+           validation_per_row: dict[str, list[float] | None]) -> dict:
+    """One (label, model) line: mean and std over the seeds that finished, how many did, and a CI over test rows;
+    its validation mean (what choices are made on) and its costs, both over the finished seeds only, like the
+    scores (a failed seed's partial cost is no cost of the configuration)."""
     ok = [r for r in rows if r["status"] == "ok" and r["score"] is not None]
     mean, std = mean_std([r["score"] for r in ok]) if ok else (None, None)
     ci, ci_note = _confidence(ok, per_row)
+    validation_mean = _validation_mean(ok)
+    val_ci = _confidence(ok, validation_per_row, "validation")[0] if validation_mean is not None else None
     return {
         "id": key, "label": rows[0]["label"], "model": rows[0]["model"], "strategy": rows[0]["strategy"],
         "metric": ok[0]["primary_metric"] if ok else None,
@@ -123,26 +150,22 @@ def _group(key: str, rows: list[dict], per_row: dict[str, list[float] | None]) -
         "ci95": ci, "ci_note": ci_note,
         "failed": [r["row_id"] for r in rows if r["status"] != "ok"],
         "score_mean": _num(mean), "score_std": _num(std),
-        "usd_train_mean": _mean_of([r["usd_train"] for r in rows]),
-        "usd_total_mean": _mean_of([r["usd_total"] for r in rows]),
-        "usd_inference_per_1k_mean": _mean_of([r["usd_inference_per_1k"] for r in rows]),
-        "wall_s_mean": _mean_of([r["wall_s"] for r in rows]),
+        "validation_score_mean": validation_mean, "validation_ci95": val_ci,
+        "validation_rows": ok[0]["validation_rows"] if ok else None,
+        "usd_train_mean": _mean_of([r["usd_train"] for r in ok]),
+        "usd_total_mean": _mean_of([r["usd_total"] for r in ok]),
+        "usd_inference_per_1k_mean": _mean_of([r["usd_inference_per_1k"] for r in ok]),
+        "wall_s_mean": _mean_of([r["wall_s"] for r in ok]),
     }
 
 
-def _groups(rows: list[dict], per_row: dict[str, list[float] | None]) -> list[dict]:
+def _groups(rows: list[dict], records: list[dict]) -> list[dict]:
+    per_row = {r["row_id"]: paired.per_row(r, "test") for r in records}
+    validation_per_row = {r["row_id"]: paired.per_row(r, "validation") for r in records}
     by_key: dict[str, list[dict]] = {}
     for r in rows:  # rows are in plan order, so groups are too
         by_key.setdefault(f"{r['label']} | {r['model']}", []).append(r)
-    return [_group(k, v, per_row) for k, v in by_key.items()]
-
-
-def same_or_different(group_a: dict, group_b: dict) -> str:
-    """"different" when the two groups' CIs are disjoint, "same" when they overlap (so they are not called
-    different), "unknown" when either has no interval. Groups scored on different metrics are "unknown" too."""
-    if group_a.get("ci95") is None or group_b.get("ci95") is None or group_a.get("metric") != group_b.get("metric"):
-        return "unknown"
-    return "different" if differs(tuple(group_a["ci95"]), tuple(group_b["ci95"])) else "same"
+    return [_group(k, v, per_row, validation_per_row) for k, v in by_key.items()]
 
 
 def _curve_label(row: dict) -> str:
@@ -152,7 +175,10 @@ def _curve_label(row: dict) -> str:
 
 
 def _learning_curves(rows: list[dict]) -> list[dict]:
-    """Per trained strategy and model: mean score per training-set size and the data required (95 % of best)."""
+    """Per trained strategy and model: mean score per training-set size and the data required (95 % of best).
+
+    The data required is chosen on the validation means when every point has one (``data_required_on``), and on the
+    test means otherwise: a size picked for its test score would report that score with a winner's optimism."""
     by_key: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         if r["train_size_requested"] is not None and r["status"] == "ok" and r["score"] is not None:
@@ -162,13 +188,16 @@ def _learning_curves(rows: list[dict]) -> list[dict]:
         sizes = sorted({r["train_size"] for r in recs})
         points = []
         for size in sizes:
-            mean, std = mean_std([r["score"] for r in recs if r["train_size"] == size])
+            at = [r for r in recs if r["train_size"] == size]
+            mean, std = mean_std([r["score"] for r in at])
             points.append({"train_size": size, "score_mean": _num(mean), "score_std": _num(std),
-                           "seeds": sum(r["train_size"] == size for r in recs)})
+                           "validation_score_mean": _validation_mean(at), "seeds": len(at)})
         higher = recs[0]["higher_is_better"]
+        on = VALIDATION if all(p["validation_score_mean"] is not None for p in points) else "test"
+        key = "validation_score_mean" if on == VALIDATION else "score_mean"
         curves.append({"label": label, "model": model, "metric": recs[0]["primary_metric"],
-                       "higher_is_better": higher, "points": points,
-                       "data_required": data_required({p["train_size"]: p["score_mean"] for p in points},
+                       "higher_is_better": higher, "points": points, "data_required_on": on,
+                       "data_required": data_required({p["train_size"]: p[key] for p in points},
                                                       higher_is_better=higher)})
     return curves
 
@@ -188,28 +217,32 @@ def _pareto(groups: list[dict]) -> dict:
 
 def build_results(run_dir: Path) -> dict:
     """The deterministic summary of ``run_dir``: task, split sizes, rows (failed ones kept), groups over seeds,
-    learning curves with data required, and the quality-vs-cost Pareto frontier."""
+    learning curves with data required, the quality-vs-cost Pareto frontier, and which split choices are made on
+    (``selection``, see report/selection.py)."""
     run_dir = Path(run_dir)
     hint = "it is written by `lmtailor run` at the start of a run"
     task = _read_json(run_dir / "task.json", hint)
     splits = _read_json(run_dir / "splits.json", hint)
     records = load_records(run_dir)
     rows = [_row(r) for r in records]
-    groups = _groups(rows, {r["row_id"]: _per_row(r) for r in records})
+    groups = _groups(rows, records)
     pareto = _pareto(groups)
     for g in groups:
         g["on_frontier"] = g["id"] in pareto["frontier"]
+    sizes = {name: len(splits.get(name) or []) for name in ("train", "validation", "test")}
+    headline = [g for g in groups if g["metric"] == pareto["metric"]]
     return {
         "summary_version": RESULTS_SUMMARY_VERSION,
         "task": task,
         "splits": {"source": splits.get("source"), "seed": splits.get("seed"),
-                   **{name: len(splits.get(name) or []) for name in ("train", "validation", "test")},
+                   **sizes,
                    "learning_curve_sizes": sorted(int(k) for k in splits.get("learning_curve_subsets") or {})},
         "rows": rows,
         "failed_rows": [r["row_id"] for r in rows if r["status"] != "ok"],
         "groups": groups,
         "learning_curves": _learning_curves(rows),
         "pareto": pareto,
+        "selection": selection_block(headline, sizes["validation"], sizes["test"]),
     }
 
 

@@ -135,7 +135,7 @@ def build_rows(records: list[dict]) -> list[TableRow]:
         std = statistics.stdev(scores) if len(scores) > 1 else None
         base_model = model if model in baselines else fallback_model
         base = baselines.get(base_model) if base_model is not None else None
-        meters = [r["meter"] for r in recs]
+        meters = [r["meter"] for r in ok] or [r["meter"] for r in recs]  # costs of finished seeds, like the score
         rows.append(TableRow(
             label=label, model=model, metric=_primary(recs[0])[0] if ok else "-", score=score, score_std=std,
             seeds=len(ok), delta=None if score is None or base is None or _is_zero_shot(recs[0]) else score - base,
@@ -297,7 +297,8 @@ def results_markdown(records: list[dict], title: str = "results") -> str:
                   f"$ at {fmt_usd(r0['meter']['usd']['rate_per_hour'])}/hour from the pricing table.",
                   "Δ vs zero-shot: difference in the metric from the same model's zero-shot row, in percentage points "
                   "(a model without one, such as an encoder classifier, is compared with the model named in brackets).",
-                  "Inference / 1k: measured wall time per test example × 1000 (batch as configured)."]
+                  "Inference / 1k: measured wall time per answered example × 1000 (batch as configured; each row "
+                  "answers the test rows and the validation rows in one pass)."]
         if any(_api_usage(r) for r in records):
             lines.append("API rows (openai:MODEL@URL): $ / 1k inferences is the provider's bill for the tokens the "
                          "responses reported (usage × pricing.api_models), not this machine's time; inference / 1k is "

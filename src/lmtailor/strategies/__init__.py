@@ -9,5 +9,6 @@ STRATEGIES.register("finetune", "lmtailor.strategies.finetune:FinetuneStrategy")
 STRATEGIES.register("rag", "lmtailor.strategies.rag:RagStrategy")
 STRATEGIES.register("continued-pretraining", "lmtailor.strategies.continued_pretraining:ContinuedPretrainingStrategy")
 STRATEGIES.register("scratch", "lmtailor.strategies.scratch:ScratchStrategy")
+STRATEGIES.register("baseline", "lmtailor.strategies.baseline:BaselineStrategy")
 
 __all__ = ["STRATEGIES", "Budget", "RunContext", "Strategy", "StrategyConfig", "StrategyOutput"]

@@ -102,6 +102,10 @@ class Strategy(ABC):
         """Whether the strategy can run on an ``openai:MODEL@URL`` endpoint (it only asks the model for answers)."""
         return False
 
+    def uses_model(self) -> bool:
+        """Whether the strategy runs a model (it is planned once per model); the trivial baseline runs none."""
+        return True
+
     def uses_training_data(self) -> bool:
         """Whether the strategy learns from the training split (learning-curve sizes apply only then)."""
         return False

@@ -98,8 +98,10 @@ def _synthetic(ctx: RunContext, cfg: SyntheticConfig, real: list["Example"], mod
             loaded = load_model(cfg.teacher, ctx.runtime)
         teacher = HFTeacher(loaded.model, loaded.tokenizer, cfg.teacher)
         del loaded
-    result = generate_synthetic(ctx.task, real, ctx.data.validation + ctx.data.test, cfg, teacher, ctx.meter,
-                                seed=ctx.seed)
+    # The rows answered include the validation rows (tasks/held_out.py): de-duplicated, the list (and the cache key)
+    # is validation then test, as before they were answered too.
+    held_out = list({e.id: e for e in ctx.data.validation + ctx.data.test}.values())
+    result = generate_synthetic(ctx.task, real, held_out, cfg, teacher, ctx.meter, seed=ctx.seed)
     del teacher
     paths = write_synthetic(ctx.run_dir, ctx.row_id, result)
     ctx.log.info("synthetic data (teacher %s): %d rows kept, %d rejected", ref, len(result.rows),
