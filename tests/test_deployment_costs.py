@@ -220,3 +220,14 @@ def test_lmtailor_validate_refuses_an_unpriced_api_model(tmp_path, capsys):
     assert "models.0: the API model 'gpt-x' has no price" in text and "gpt-x: {unpriced: true}" in text
     assert "gpt-x: {input_usd_per_1m: 0.15, output_usd_per_1m: 0.60}" in text
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_trivial_baseline_rule_costs_nothing_to_serve():
+    """A fixed rule with no model (strategies/baseline.py) has no instance of its own: $0 a month, said so; were it
+    priced as an always-on instance ($73 at the defaults) it could never be the cheapest row."""
+    from lmtailor.report.deployment import DeploymentConfig, monthly_cost, serving_of
+
+    serving = serving_of([{"row_id": "b", "strategy": "baseline", "status": "ok", "meter": {}}])
+    cost = monthly_cost(serving, 100_000, DeploymentConfig())
+    assert serving.kind == "rule" and cost.usd == 0.0 and "no model" in cost.assumptions
+    assert serving_of([{"row_id": "b", "strategy": "baseline", "status": "failed", "meter": {}}]) is None

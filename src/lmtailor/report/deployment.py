@@ -62,7 +62,7 @@ class DeploymentConfig(BaseModel):
 class Serving:
     """What a group's records say about serving it: measured throughput and price, or an API bill per request."""
 
-    kind: Literal["api", "self-hosted"]
+    kind: Literal["api", "self-hosted", "rule"]
     hardware: str
     usd_per_hour: float | None
     requests_per_s: float | None  # one instance, self-hosted rows
@@ -83,6 +83,10 @@ class MonthlyCost:
 def serving_of(records: list[dict]) -> Serving | None:
     """The serving facts of a group's finished records (its seeds), None when none finished with an inference
     measurement. Throughput is the seeds' test rows over their inference wall time, summed."""
+    if records and all(r.get("strategy") == "baseline" for r in records):
+        # The trivial baseline (strategies/baseline.py) is a fixed rule with no model: it rides on whatever already
+        # serves the application, so it is priced at $0, not at an always-on instance of its own.
+        return Serving("rule", "cpu", None, None, None) if any(r.get("status") == "ok" for r in records) else None
     meters = [r.get("meter") or {} for r in records if r.get("status") == "ok"]
     meters = [m for m in meters if (m.get("phases") or {}).get("inference", {}).get("examples")]
     if not meters:
@@ -107,6 +111,8 @@ def _usd(x: float) -> str:
 def monthly_cost(serving: Serving, requests_per_month: float, cfg: DeploymentConfig) -> MonthlyCost:
     """The monthly cost of serving ``requests_per_month`` requests as ``cfg`` describes (module docstring)."""
     volume = f"{requests_per_month:,.0f} requests/month"
+    if serving.kind == "rule":
+        return MonthlyCost(0.0, None, None, f"a fixed rule with no model: no serving instance of its own, {volume}")
     if serving.kind == "api":
         if serving.usd_per_request is None:
             return MonthlyCost(None, None, None, "the API's price per request was not measured")

@@ -81,7 +81,9 @@ def _per_month(group: dict, records: list[dict], report_cfg) -> str:
     cost = monthly_cost(serving, requests, deployment)
     if cost.usd is None:
         return "-"
-    if serving.kind == "api":
+    if serving.kind == "rule":
+        how = "a fixed rule, no model"
+    elif serving.kind == "api":
         how = "unpriced API: $0 on purpose" if serving.unpriced else "API bill"
     elif cost.instances is not None:
         how = f"{cost.instances} always-on {serving.hardware} instance{'s' if cost.instances != 1 else ''}"
