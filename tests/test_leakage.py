@@ -177,6 +177,26 @@ def test_task_train_rows_are_retrieved_whole_and_shown_as_worked_examples(tiny_l
     assert out.details["corpus_exclusions"]["source"] == "task:train" and len(out.predictions) == 1
 
 
+def test_a_rows_own_worked_examples_follow_the_drawn_shots_in_every_layout():
+    from lmtailor.data.formats import build_messages
+    from lmtailor.data.seq2seq_format import source_text
+    from lmtailor.remote.predict import _bodies
+
+    shot, own = Example("s", "shared input", "S"), Example("t", "own input", "T")
+    meta = {"exemplars": [own]}
+    messages = build_messages(GEN, "the question", [shot], meta)
+    assert [m["input"] for m in messages if m["role"] == "user"] == ["shared input", "own input", "the question"]
+    assert [m["content"] for m in messages if m["role"] == "assistant"] == ["S", "T"]
+    source = source_text(GEN, "the question", [shot], meta)  # encoder-decoders: Input/Answer pairs
+    assert (source.index("Input: shared input\nAnswer: S") < source.index("Input: own input\nAnswer: T")
+            < source.index("Input: the question\nAnswer:"))
+    # an API model asked for a JSON label sees every exemplar, drawn or retrieved, answer in that JSON
+    cls_own = Example("t", "own input", "re")
+    rows = [Example("x", "the question", "os", {"exemplars": [cls_own]})]
+    (body,), _ = _bodies(CLS, rows, ["the question"], [], ("os", "re"), "constrained", Budget())
+    assert [m["content"] for m in body["messages"] if m["role"] == "assistant"] == ['{"label": "re"}']
+
+
 def test_worked_examples_beyond_the_budget_are_dropped_whole(tiny_llama_dir):
     from lmtailor.models import load_tokenizer
     from lmtailor.retrieval.base import Hit

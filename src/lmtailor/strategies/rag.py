@@ -4,6 +4,7 @@ The index is built (or found in the cache) in the meter's ``index`` phase; retri
 the ``inference`` phase, where it is paid for at serving time. Passages are numbered and fitted into
 ``max_context_tokens`` of the generator's tokens (cuts and drops are reported), then the augmented rows go through
 the same prediction code as ``prompt`` (label likelihood, constrained or free generation; both model families).
+With ``corpus: task:train`` the retrieved training rows are shown as worked examples instead of passages.
 
 What may be in the corpus (``corpus_documents``, the same for the pre-training rungs):
 
@@ -39,7 +40,8 @@ class RagConfig(StrategyConfig):
 
     name: Literal["rag"] = Field(description="registered strategy name")
     corpus: str = Field("builtin:pydoc", description="a folder of .txt/.md/.html files, a .jsonl file, "
-                        "builtin:pydoc, or task:train (the training rows; never a test row)")
+                        "builtin:pydoc, or task:train (the training rows, retrieved whole and shown as worked "
+                        "examples; never a test row)")
     text_field: str = Field("text", description="JSONL corpus: the field holding a document's text")
     id_field: str | None = Field(None, description="JSONL corpus: the field holding a document's id "
                                  "(default: file:line)")
@@ -48,7 +50,8 @@ class RagConfig(StrategyConfig):
     k: int = Field(3, ge=1, description="passages retrieved per test input")
     embedder: str = Field("minilm-l6", description="sentence-transformers model (alias, directory or hub id); "
                           "chunks are measured in its tokens for every retriever")
-    chunk_tokens: int = Field(128, ge=8, description="chunk length in embedder tokens")
+    chunk_tokens: int = Field(128, ge=8, description="chunk length in embedder tokens (not for task:train: a "
+                              "training row is never chunked)")
     chunk_overlap: int = Field(32, ge=0, description="tokens shared by consecutive chunks of a document")
     max_context_tokens: int = Field(384, ge=16, description="budget for the passages block, in the generator's "
                                     "tokens; passages past it are cut or dropped (and counted)")
