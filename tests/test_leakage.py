@@ -114,24 +114,36 @@ def test_pretraining_corpora_leave_out_test_inputs_and_answers(tmp_path, strateg
 
 
 def test_pydoc_twins_of_a_test_rows_document_are_left_out(tmp_path, monkeypatch):
-    """posix.posix_spawn and posix_spawnp differ only by `true`/`True`: the twin's first line names the module."""
+    """The demo's twins: posix.posix_spawn/posix_spawnp differ only by `true`/`True`; ast.AsyncFunctionDef and
+    ast.FunctionDef have one docstring once their names are masked; ast.stmt lists AsyncFunctionDef's signature.
+    Each twin's first line names the module the test row asks for."""
     from lmtailor.data import pydoc_module
     from lmtailor.data.pydoc_module import PydocModuleOptions, mask_docstring
     from lmtailor.strategies.rag import corpus_documents
 
-    doc = "Execute the program specified by path in a new process.\n\nIf the value is `{}` the flag is set."
-    objects = [{"id": f"posix.{n}", "module": "posix", "qualname": n, "name": n, "kind": "function",
-                "doc": doc.format(v)} for n, v in (("posix_spawn", "true"), ("posix_spawnp", "True"))]
-    objects.append({"id": "os.getcwd", "module": "os", "qualname": "getcwd", "name": "getcwd", "kind": "function",
-                    "doc": "Return a unicode string representing the current working directory."})
+    def obj(module: str, name: str, doc: str) -> dict:
+        return {"id": f"{module}.{name}", "module": module, "qualname": name, "name": name, "kind": "function",
+                "doc": doc}
+
+    spawn = "Execute the program specified by path in a new process.\n\nIf the value is `{}` the flag is set."
+    signature = "{}(identifier name, arguments args, stmt* body, expr* decorator_list)"
+    objects = [obj("posix", "posix_spawn", spawn.format("true")), obj("posix", "posix_spawnp", spawn.format("True")),
+               obj("ast", "AsyncFunctionDef", signature.format("AsyncFunctionDef")),
+               obj("ast", "FunctionDef", signature.format("FunctionDef")),
+               obj("ast", "stmt", "stmt = " + signature.format("AsyncFunctionDef") + "\n| Return(expr? value)"),
+               obj("os", "getcwd", "Return a unicode string representing the current working directory.")]
     monkeypatch.setattr(pydoc_module, "extract_objects", lambda: objects)
-    rows, _ = pydoc_module.build_rows(objects, PydocModuleOptions(min_examples_per_class=1, min_chars=10))
-    (test,) = [e for e in rows if e.id == "posix.posix_spawn"]
-    assert test.input == mask_docstring(objects[0]["doc"], "posix", "posix_spawn")
-    docs, record = corpus_documents(_ctx(tmp_path, [test], CLS), "builtin:pydoc", "text", None, "rag")
+    rows, stats = pydoc_module.build_rows(objects, PydocModuleOptions(min_examples_per_class=1, min_chars=10))
+    assert stats["duplicates"] == 1  # FunctionDef's masked docstring is AsyncFunctionDef's: one row kept
+    test = [e for e in rows if e.id in ("posix.posix_spawn", "ast.AsyncFunctionDef")]
+    assert test[1].input == mask_docstring(objects[0]["doc"], "posix", "posix_spawn")
+    docs, record = corpus_documents(_ctx(tmp_path, test, CLS), "builtin:pydoc", "text", None, "rag")
     assert [d.id for d in docs] == ["os.getcwd"]
-    assert record["excluded"]["source_doc"]["documents"] == [["posix.posix_spawn", "posix.posix_spawn"]]
-    assert record["excluded"]["contains_test_input"]["documents"] == [["posix.posix_spawnp", "posix.posix_spawn"]]
+    assert {k: v["documents"] for k, v in record["excluded"].items()} == {
+        "source_doc": [["posix.posix_spawn", "posix.posix_spawn"], ["ast.AsyncFunctionDef", "ast.AsyncFunctionDef"]],
+        "equals_test_input": [["ast.FunctionDef", "ast.AsyncFunctionDef"]],  # its masked view is the input
+        "contains_test_source": [["ast.stmt", "ast.AsyncFunctionDef"]],  # holds the docstring before masking
+        "contains_test_input": [["posix.posix_spawnp", "posix.posix_spawn"]]}
 
 
 # --- task:train: whole training rows, shown as worked examples -------------------------------------------------------

@@ -11,8 +11,12 @@ A document is left out when its normalised text (``data/leakage.normalize_text``
   ``ignored`` for classification, whose labels ("os", "positive") are the vocabulary of every document, not
   evidence of a leak.
 
-The documents a row was made from (``meta["source_doc"]``) are left out as before, by id. What was left out, and
-why, goes into the row's record (``details["corpus_exclusions"]``) with a fingerprint of the rows checked against,
+A row made from a document by changing it (builtin:pydoc-module masks the object's names) also carries the text it
+was made from (``meta["source_text"]``), looked for like an input; and a document may carry other views of its text
+(``meta["views"]``: a builtin:pydoc document's docstring masked the way pydoc-module masks its own), each checked
+like its text. So a twin with an identical docstring under another name, whose first line names the module, is left
+out. The documents a row was made from (``meta["source_doc"]``) are left out as before, by id. What was left out,
+and why, goes into the row's record (``details["corpus_exclusions"]``) with a fingerprint of the rows checked against,
 so the report's honesty check can verify the check covered the test rows.
 """
 
@@ -30,7 +34,8 @@ MIN_CONTAINED_WORDS = 5
 MIN_CONTAINED_CHARS = 25
 # Names listed per reason in the record (every exclusion is counted).
 MAX_LISTED = 100
-REASONS = ("source_doc", "contains_test_input", "equals_test_input", "contains_test_target", "equals_test_target")
+REASONS = ("source_doc", "contains_test_input", "equals_test_input", "contains_test_source", "equals_test_source",
+           "contains_test_target", "equals_test_target")
 
 
 def containable(normalised: str) -> bool:
@@ -77,6 +82,14 @@ class HeldOutText:
                     return reason, row_id
         return None
 
+    def match_document(self, doc: Document) -> tuple[str, str] | None:
+        """:meth:`match` on the document's text, then on each of its other views (``meta["views"]``)."""
+        for text in (doc.text, *(doc.meta.get("views") or ())):
+            hit = self.match(text)
+            if hit is not None:
+                return hit
+        return None
+
 
 def held_out_text(rows: Sequence[Example], task_type: str) -> HeldOutText:
     """What a corpus must not show of ``rows`` (the rows a strategy predicts), by the rules of ``task_type``."""
@@ -84,6 +97,8 @@ def held_out_text(rows: Sequence[Example], task_type: str) -> HeldOutText:
     rule = target_rule(task_type)
     for e in rows:
         held.add(e.input, e.id, "input", contains=True)
+        if e.meta.get("source_text"):
+            held.add(e.meta["source_text"], e.id, "source", contains=True)
         if rule != "ignored":
             for answer in e.meta.get("answers") or [e.target]:
                 held.add(answer, e.id, "target", contains=rule == "contains")
@@ -105,7 +120,7 @@ def exclude_held_out(docs: Sequence[Document], rows: Sequence[Example], task_typ
         if doc.id in source_docs:
             excluded["source_doc"].append([doc.id, doc.id])
             continue
-        hit = held.match(doc.text)
+        hit = held.match_document(doc)
         if hit is None:
             kept.append(doc)
         else:
