@@ -44,7 +44,8 @@ def _folder(tmp_path: Path, docs: dict[str, str]) -> Path:
 
 def test_a_document_containing_a_test_input_is_left_out_whatever_its_case_and_spacing():
     test = [Example("x1", LONG_INPUT, "A fox jumps over a dog.")]
-    docs = [Document("copy.md", "Intro.\n\nTHE QUICK brown fox   jumps over the lazy dog while the farmer sleeps!\nMore."),
+    copy = "Intro.\n\nTHE QUICK brown fox   jumps over the lazy dog while the farmer sleeps!\nMore."
+    docs = [Document("copy.md", copy),
             Document("near.md", "The quick brown fox jumps over the lazy cat while the farmer sleeps."),
             Document("answer.md", "a fox jumps over a dog"),  # equals the answer, once normalised
             Document("other.md", "Nothing to see here.")]

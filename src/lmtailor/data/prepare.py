@@ -1,10 +1,11 @@
 """From a ``data:`` block to validated, split rows, before any model is loaded.
 
 One source (a file, ``builtin:`` or an ``hf:`` dataset without a test split) is de-duplicated and split by the seed;
-separate train/validation/test files keep their rows and order (validation is carved from train when not given),
-and rows shared between them are reported. Either way, a training (or validation) row whose normalised input is also
-a test (or validation) row's is dropped before the caps and listed (``data/leakage.py``). Rows that carry their own instruction (``data.format: alpaca`` or
-``messages``) make ``task.instruction`` optional: the rows' own instructions are what models are shown.
+separate train/validation/test files keep their rows and order (validation is carved from train when not given).
+Either way, a training (or validation) row whose normalised input is also a test (or validation) row's is dropped
+before the caps and listed (``data/leakage.py``). Rows that carry their own
+instruction (``data.format: alpaca`` or ``messages``) make ``task.instruction`` optional: the rows' own instructions
+are what models are shown.
 """
 
 from __future__ import annotations
