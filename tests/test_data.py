@@ -178,16 +178,61 @@ def test_missing_file_names_the_path(tmp_path):
 
 # --- duplicates and separate files -----------------------------------------------------------------------------------
 
-def test_duplicate_across_user_given_train_and_test_is_a_warning_naming_both_rows(tmp_path):
+def test_an_input_in_both_given_train_and_test_is_dropped_from_training_and_listed(tmp_path):
     train = _rows(30)
+    # The test file repeats train row 8 with its case and spacing changed: still the same input once normalised.
+    shared = {"input": "  TEXT number 7 about green.", "target": train[7]["target"]}
     _jsonl(tmp_path / "train.jsonl", train)
-    _jsonl(tmp_path / "test.jsonl", [train[7], *_rows(40)[30:]])
+    _jsonl(tmp_path / "test.jsonl", [shared, *_rows(40)[30:]])
     prepared = _prepare(tmp_path, train="train.jsonl", test="test.jsonl")
-    (warning,) = [w for w in prepared.warnings if "same input" in w]
+    assert prepared.dropped_duplicates == {"train": [{"id": "train.jsonl:8", "same_input_as": "test.jsonl:1"}]}
+    (warning,) = [w for w in prepared.warnings if "dropped 1 train row" in w]
     assert "train.jsonl:8 = test.jsonl:1" in warning
-    assert prepared.splits.test[0].id == "test.jsonl:1"  # a given test file keeps its order
-    assert prepared.splits.validation and not {e.id for e in prepared.splits.validation} & {
-        e.id for e in prepared.splits.train}
+    s = prepared.splits
+    assert "train.jsonl:8" not in {e.id for e in s.train + s.validation}
+    # 30 given training rows - 1 dropped = 29, of which the default validation_fraction 0.1 carves 3: 26 + 3.
+    assert (len(s.train), len(s.validation)) == (26, 3)
+    assert s.test[0].id == "test.jsonl:1"  # a given test file keeps its order, and its rows
+    assert not {e.id for e in s.validation} & {e.id for e in s.train}
+
+
+def test_one_source_drops_training_rows_that_repeat_a_test_input(tmp_path):
+    from lmtailor.data.leakage import normalize_text
+    from lmtailor.data.prepare import split_content
+
+    rows = _rows(30)
+    # Row 31 repeats row 1's input with another case and a trailing full stop, and another target: not an exact
+    # duplicate (both stay in the pool), but one input. Wherever the split puts them, no held-out copy may have a
+    # training copy; the seed decides which, so the check below holds for every seed.
+    rows.append({"input": "TEXT NUMBER 0 ABOUT RED.", "target": "blue"})
+    _jsonl(tmp_path / "rows.jsonl", rows)
+    drops = 0
+    for seed in range(6):
+        prepared = _prepare(tmp_path, source="rows.jsonl", seed=seed)
+        s = prepared.splits
+        held_out = {normalize_text(e.input) for e in s.validation + s.test}
+        assert not [e.id for e in s.train if normalize_text(e.input) in held_out]
+        twins = {"rows.jsonl:1", "rows.jsonl:31"}
+        placed = {e.id: name for name, part in (("train", s.train), ("validation", s.validation),
+                                                ("test", s.test)) for e in part}
+        dropped = [d["id"] for ds in prepared.dropped_duplicates.values() for d in ds]
+        # Both copies are accounted for: each is in a split or listed as dropped, never in training beside the other.
+        assert twins <= set(placed) | set(dropped)
+        if set(dropped) & twins:
+            drops += 1
+            assert len(set(placed) & twins) == 1
+        content = split_content(s)
+        assert set(content["digests"]["test"]) == {e.id for e in s.test}
+    assert drops  # some seed put the twins on both sides (classification splits are stratified by label)
+
+
+def test_normalisation_is_nfkc_casefold_whitespace_and_edge_punctuation():
+    from lmtailor.data.leakage import normalize_text
+
+    assert normalize_text("  Ｒｅｔｕｒｎ  the\tMEDIAN\n of data. ") == "return the median of data"  # full-width R
+    assert normalize_text("«Straße»") == "strasse"  # casefold: ß is ss
+    assert normalize_text("C++") == "c++"  # symbols are not punctuation
+    assert normalize_text("?!") == "?!"  # only punctuation: kept, not emptied
 
 
 def test_one_source_drops_exact_duplicates_before_splitting(tmp_path):

@@ -66,12 +66,22 @@ def _record(row_id, index, label, score, per_row=None, seed=0, model="m1", statu
 QUIET = {"cores": 2, "other_cores_avg": 0.05, "busy_threshold_cores": 0.5, "loadavg_end": [1.0, 1.0, 1.0]}
 
 
+def with_digests(splits: dict, same: dict[str, str] | None = None) -> dict:
+    """``splits`` with the content record a run writes: every row its own digest, unless ``same`` maps an id to
+    the id whose content it repeats."""
+    from lmtailor.data.leakage import NORMALISATION
+
+    same = same or {}
+    digests = {k: {i: f"digest-of-{same.get(i, i)}" for i in splits[k]} for k in ("train", "validation", "test")}
+    return {**splits, "content": {"normalisation": NORMALISATION, "digests": digests}}
+
+
 def _run_dir(tmp_path, records, splits=None):
     write_json_atomic(tmp_path / "task.json", {"name": "t", "type": "classification", "instruction": "x",
                                                "labels": ["a", "b"]})
-    write_json_atomic(tmp_path / "splits.json", splits or {
+    write_json_atomic(tmp_path / "splits.json", splits or with_digests({
         "source": "d.jsonl", "seed": 0, "train": ["t1", "t2", "t3"], "validation": ["v1"],
-        "test": ["x1", "x2", "x3", "x4"], "learning_curve_subsets": {"2": ["t1", "t2"]}})
+        "test": ["x1", "x2", "x3", "x4"], "learning_curve_subsets": {"2": ["t1", "t2"]}}))
     for r in records:
         write_json_atomic(tmp_path / "results" / f"{r['row_id']}.json", r)
     return tmp_path

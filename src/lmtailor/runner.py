@@ -23,7 +23,7 @@ from pathlib import Path
 from lmtailor import distributed
 from lmtailor.config import ConfigError, Experiment, dump_experiment, dump_experiment_as_written, load_experiment
 from lmtailor.data.example import DatasetSplits
-from lmtailor.data.prepare import prepare_data
+from lmtailor.data.prepare import prepare_data, split_content
 from lmtailor.data.splits import nested_subsets
 from lmtailor.distributed_rows import agree_on_row, stop_if_out_of_step
 from lmtailor.environment import describe_environment
@@ -344,7 +344,8 @@ def _prepare(exp: Experiment, rows: list[PlannedRow], base_dir: Path
              len(splits.validation), len(splits.test), f", {len(task.labels)} labels" if task.labels else "")
     split_record = {"source": splits.source, "seed": exp.data.seed, **splits.ids(),
                     "learning_curve_subsets": {str(k): [e.id for e in v] for k, v in subsets.items()},
-                    "warnings": prepared.warnings}
+                    "warnings": prepared.warnings, "dropped_duplicates": prepared.dropped_duplicates,
+                    "content": split_content(splits)}
     return splits, task, subsets, split_record
 
 

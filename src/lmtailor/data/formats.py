@@ -98,16 +98,22 @@ def _history(meta: Mapping[str, Any] | None) -> list[dict]:
     return turns
 
 
+def row_exemplars(exemplars: Sequence[Example], meta: Mapping[str, Any] | None) -> list[Example]:
+    """The exemplars one row is shown: the shared ones, then the row's own (``meta["exemplars"]``)."""
+    return [*exemplars, *((meta or {}).get("exemplars") or ())]
+
+
 def build_messages(task: TaskSpec, input_text: str, exemplars: Sequence[Example] = (),
                    meta: Mapping[str, Any] | None = None) -> list[dict]:
     """Return messages for one row: its system text, a user/assistant pair per exemplar, its earlier turns, then its
-    user turn. ``meta`` is the row's ``Example.meta`` (own instruction, system text, earlier turns, when it has them);
-    every message records ``task.prompt_format`` so rendering needs nothing else."""
+    user turn. ``meta`` is the row's ``Example.meta`` (own instruction, system text, earlier turns, when it has them;
+    its own worked examples in ``meta["exemplars"]``, shown after ``exemplars``: the training rows a ``task:train``
+    corpus retrieved for it); every message records ``task.prompt_format`` so rendering needs nothing else."""
     fmt = check_format(task.prompt_format)
     messages: list[dict] = []
     if (meta or {}).get("system"):
         messages.append({"role": "system", "content": meta["system"]})
-    for ex in exemplars:
+    for ex in row_exemplars(exemplars, meta):
         messages += _history(ex.meta)
         messages.append(_user_turn(task, ex.input, ex.meta))
         messages.append({"role": "assistant", "content": ex.target})

@@ -1,9 +1,11 @@
 """From a ``data:`` block to validated, split rows, before any model is loaded.
 
 One source (a file, ``builtin:`` or an ``hf:`` dataset without a test split) is de-duplicated and split by the seed;
-separate train/validation/test files keep their rows and order (validation is carved from train when not given),
-and rows shared between them are reported. Rows that carry their own instruction (``data.format: alpaca`` or
-``messages``) make ``task.instruction`` optional: the rows' own instructions are what models are shown.
+separate train/validation/test files keep their rows and order (validation is carved from train when not given).
+Either way, a training (or validation) row whose normalised input is also a test (or validation) row's is dropped
+before the caps and listed (``data/leakage.py``). Rows that carry their own
+instruction (``data.format: alpaca`` or ``messages``) make ``task.instruction`` optional: the rows' own instructions
+are what models are shown.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from pathlib import Path
 
 from lmtailor.data.config import DataConfig, source_kind
 from lmtailor.data.example import DatasetSplits, Example
+from lmtailor.data.leakage import content_record, drop_shared_inputs, dropped_warning
 from lmtailor.data.loading import load_file, load_hf
 from lmtailor.data.splits import cap_rows, split_rows
-from lmtailor.data.validate import (DataError, cross_split_duplicates, drop_exact_duplicates, unique_ids,
-                                    unseen_label_warnings)
+from lmtailor.data.validate import DataError, drop_exact_duplicates, unique_ids, unseen_label_warnings
 
 SPLITS = ("train", "validation", "test")
 
@@ -33,6 +35,8 @@ class PreparedData:
     task_defaults: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     source_files: list[str] = field(default_factory=list)
+    # {split: [{"id", "same_input_as"}]}: rows dropped for repeating a held-out row's input (data/leakage.py)
+    dropped_duplicates: dict[str, list[dict]] = field(default_factory=dict)
 
 
 @dataclass
@@ -122,7 +126,22 @@ def _split(cfg: DataConfig, loaded: _Loaded, stratify: bool) -> tuple[dict[str, 
             parts["validation"] = carved
         else:
             parts["validation"] = []
-    return {k: parts[k] for k in SPLITS}, cross_split_duplicates(parts)
+    return {k: parts[k] for k in SPLITS}, []
+
+
+def _cap_without_shared_inputs(parts: dict[str, list[Example]], caps: dict[str, int | None], seed: int,
+                               stratify: bool) -> tuple[dict[str, list[Example]], dict[str, list[dict]], list[str]]:
+    """Cap the splits, test first; validation rows repeating a test input and training rows repeating a validation
+    or test input are dropped before their own caps, so the caps still fill. Returns (splits, dropped, warnings)."""
+    test = cap_rows(parts["test"], caps["test"], seed, stratify)
+    validation, dropped_validation = drop_shared_inputs(parts["validation"], test)
+    validation = cap_rows(validation, caps["validation"], seed, stratify)
+    train, dropped_train = drop_shared_inputs(parts["train"], test + validation)
+    train = cap_rows(train, caps["train"], seed, stratify)
+    dropped = {k: v for k, v in (("train", dropped_train), ("validation", dropped_validation)) if v}
+    warnings = [dropped_warning(k, v, "test" if k == "validation" else "validation or test")
+                for k, v in dropped.items()]
+    return {"train": train, "validation": validation, "test": test}, dropped, warnings
 
 
 def prepare_data(cfg: DataConfig, task_type: str, base_dir: Path) -> PreparedData:
@@ -135,7 +154,8 @@ def prepare_data(cfg: DataConfig, task_type: str, base_dir: Path) -> PreparedDat
     stratify = _uses_labels(task_type)
     parts, warnings = _split(cfg, loaded, stratify)
     caps = {"train": cfg.max_train, "validation": cfg.max_validation, "test": cfg.max_test}
-    parts = {k: cap_rows(rows, caps[k], cfg.seed, stratify) for k, rows in parts.items()}
+    parts, dropped, notes = _cap_without_shared_inputs(parts, caps, cfg.seed, stratify)
+    warnings += notes
     unique_ids(parts)
     total = sum(len(rows) for rows in parts.values())
     for name in ("train", "test"):
@@ -149,4 +169,9 @@ def prepare_data(cfg: DataConfig, task_type: str, base_dir: Path) -> PreparedDat
         warnings += unseen_label_warnings(parts)
         defaults.setdefault("labels", sorted({e.target for e in parts["train"]}))
     splits = DatasetSplits(parts["train"], parts["validation"], parts["test"], source=loaded.description)
-    return PreparedData(splits, defaults, loaded.warnings + warnings, loaded.files)
+    return PreparedData(splits, defaults, loaded.warnings + warnings, loaded.files, dropped)
+
+
+def split_content(splits: DatasetSplits) -> dict:
+    """The content digests of every split's rows, for ``splits.json`` (``data/leakage.content_record``)."""
+    return content_record({"train": splits.train, "validation": splits.validation, "test": splits.test})

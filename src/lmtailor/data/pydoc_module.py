@@ -102,7 +102,9 @@ def _masked_unique(objects: list[dict], min_chars: int) -> tuple[list[Example], 
         if len(text) < min_chars:
             short += 1
             continue
-        by_input[text].append(Example(obj["id"], text, obj["module"], {"kind": obj["kind"], "source_doc": obj["id"]}))
+        # source_text: the docstring before masking, which a corpus must not show either (retrieval/exclusion.py)
+        by_input[text].append(Example(obj["id"], text, obj["module"], {"kind": obj["kind"], "source_doc": obj["id"],
+                                                                       "source_text": obj["doc"]}))
     rows, dup, conflicting = [], 0, 0
     for group in by_input.values():
         if len({e.target for e in group}) > 1:

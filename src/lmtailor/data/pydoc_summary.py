@@ -4,7 +4,8 @@ docstring. Built from the running Python, like builtin:pydoc-module (same cached
 Each row's input is the object's qualified name with its signature, a blank line, and its docstring without the
 summary paragraph; its target is that summary (the first paragraph, whitespace-joined, PEP 257's "summary line").
 Rows are dropped when the summary is trivially copied from the input (see ``is_copied``), when little or no
-docstring is left once the summary is removed, and when the input or the summary is too long.
+docstring is left once the summary is removed, when the input or the summary is too long, and when another row has
+the same docstring body or the same summary (compared normalised, ``data/leakage.py``): one row per summary.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lmtailor.data.builtin import BuiltinDataset, BuiltinSpec
 from lmtailor.data.example import Example
+from lmtailor.data.leakage import normalize_text
 from lmtailor.data.pydoc_module import cache_path, extract_objects
 from lmtailor.data.validate import DataError
 
@@ -124,10 +126,20 @@ def build_rows(objects: list[dict], opts: PydocSummaryOptions) -> tuple[list[Exa
             by_content[key] = min(by_content[key], row, key=lambda e: e.id)
         else:
             by_content[key] = row
-    rows = list(by_content.values())
+    # Two objects with one summary ("Return the high median of data." under two names, or two docstrings that differ
+    # below it) would put an answer in train and the same answer in test: one row per normalised summary, the first
+    # name kept.
+    by_summary: dict[str, Example] = {}
+    for row in sorted(by_content.values(), key=lambda e: e.id):
+        key = normalize_text(row.target)
+        if key in by_summary:
+            dropped["duplicate_summary"] += 1
+        else:
+            by_summary[key] = row
+    rows = list(by_summary.values())
     if opts.max_rows is not None and len(rows) > opts.max_rows:
         rows = sorted(rows, key=lambda e: hashlib.sha256(e.id.encode()).hexdigest())[: opts.max_rows]
-        dropped["over_max_rows"] = len(by_content) - opts.max_rows
+        dropped["over_max_rows"] = len(by_summary) - opts.max_rows
     return sorted(rows, key=lambda e: e.id), dict(dropped)
 
 

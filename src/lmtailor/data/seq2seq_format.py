@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from lmtailor.data.example import Example
-from lmtailor.data.formats import build_messages, check_format, instruction_for, raw_text, shows_labels, truncate_text
+from lmtailor.data.formats import (build_messages, check_format, instruction_for, raw_text, row_exemplars, shows_labels,
+                                   truncate_text)
 from lmtailor.errors import UserError
 from lmtailor.tasks.base import TaskSpec
 
@@ -61,6 +62,7 @@ def source_text(task: TaskSpec, input_text: str, exemplars: Sequence[Example] = 
         return raw_text(build_messages(task, input_text, exemplars, meta), fmt).rstrip()
     header = _header(task, meta)
     parts = [text for text in ((meta or {}).get("system"), header) if text]
+    exemplars = row_exemplars(exemplars, meta)
     for ex in exemplars:
         own = _header(task, ex.meta)  # an exemplar with its own instruction shows it above its input
         parts += _pairs(ex.meta)

@@ -240,23 +240,6 @@ def drop_exact_duplicates(rows: list[Example]) -> tuple[list[Example], list[str]
     return kept, warnings
 
 
-def cross_split_duplicates(splits: dict[str, list[Example]]) -> list[str]:
-    """Warn about inputs shared between user-given splits (train/validation/test), naming both row ids."""
-    warnings = []
-    names = [n for n in ("train", "validation", "test") if splits.get(n)]
-    for i, a in enumerate(names):
-        index: dict[tuple, str] = {}
-        for e in splits[a]:
-            index.setdefault(request_key(e), e.id)
-        for b in names[i + 1:]:
-            pairs = [f"{index[request_key(e)]} = {e.id}" for e in splits[b] if request_key(e) in index]
-            if pairs:
-                warnings.append(f"{len(pairs)} {b} row(s) have the same input as a {a} row: {', '.join(pairs[:5])}"
-                                + (" ..." if len(pairs) > 5 else "") + "; scores on them measure memory, not "
-                                "generalisation: remove them from one of the files")
-    return warnings
-
-
 def unique_ids(splits: dict[str, list[Example]]) -> None:
     """Raise if a row id is used in two splits (ids name rows in the predictions and the report)."""
     owner: dict[str, str] = {}

@@ -163,7 +163,11 @@ def _bodies(task: TaskSpec, rows, texts, shots, labels, mode: str, budget: "Budg
         max_tokens = max(max_tokens, approx_token_count(json.dumps({"label": longest}, ensure_ascii=False)) + 16)
     bodies = []
     for row, text in zip(rows, texts):
-        messages = build_messages(task, text, shots, row.meta)
+        meta = row.meta
+        if mode == "constrained" and meta.get("exemplars"):  # a row's own worked examples answer in JSON too
+            meta = {**meta, "exemplars": [Example(ex.id, ex.input, json.dumps({"label": ex.target}, ensure_ascii=False),
+                                                  ex.meta) for ex in meta["exemplars"]]}
+        messages = build_messages(task, text, shots, meta)
         if mode == "constrained":
             last = messages[-1]
             line = answer_instruction(labels)

@@ -2,6 +2,11 @@
 
 Each check is ``{"check", "ok", "detail"}``. A check says what it looked at; where the records do not hold what a
 check needs, it says "not verifiable from the record" and is not counted as passed (``ok`` False).
+
+Leakage is checked by content as well as by id: ``splits.json`` holds a digest of every row's normalised request
+(``data/leakage.py``), so a training, validation, exemplar or retrieved training row with a test row's input is
+found under any id, and every corpus a row read records what it left out and a fingerprint of the rows it was
+checked against (``retrieval/exclusion.py``).
 """
 
 from __future__ import annotations
@@ -50,6 +55,55 @@ def _sources_of(path: Path) -> tuple[set[str], set[str]]:
     return ids, sources
 
 
+def _content(splits: dict) -> tuple[dict[str, dict[str, str]] | None, str]:
+    """The rows' content digests by split from ``splits.json``, or None and why they cannot be used."""
+    from lmtailor.data.leakage import NORMALISATION
+
+    content = splits.get("content")
+    if not isinstance(content, dict) or not isinstance(content.get("digests"), dict):
+        return None, "splits.json holds no content digests (a run from before content checks): ids only"
+    if content.get("normalisation") != NORMALISATION:
+        return None, (f"splits.json's digests use normalisation {content.get('normalisation')!r}, not "
+                      f"{NORMALISATION!r}")
+    digests = content["digests"]
+    missing = [k for k in ("train", "validation", "test") if set(digests.get(k) or {}) != set(splits.get(k) or [])]
+    if missing:
+        return None, f"splits.json's digests do not cover the {', '.join(missing)} ids"
+    return digests, ""
+
+
+def _same_content(ids, digests: dict[str, str], test: dict[str, str]) -> tuple[list[str], list[str]]:
+    """(``id = test id`` for each of ``ids`` whose content is a test row's, ids whose content is not recorded)."""
+    hits, unknown = [], []
+    for i in ids:
+        d = digests.get(str(i))
+        if d is None:
+            unknown.append(str(i))
+        elif d in test:
+            hits.append(f"{i} = {test[d]}")
+    return hits, unknown
+
+
+def _rows_file_digests(path: Path) -> list[tuple[str, str]]:
+    """(id, content digest) of every row in an augmented / synthetic rows file."""
+    from lmtailor.data.example import Example
+    from lmtailor.data.leakage import row_digest
+
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            out.append((str(row.get("id")), row_digest(Example(str(row.get("id")), str(row.get("input", "")), "",
+                                                                row.get("meta") or {}))))
+    return out
+
+
+def _dropped_note(splits: dict) -> str:
+    dropped = splits.get("dropped_duplicates") or {}
+    parts = [f"{len(v)} {k} row(s) ({_ids([d.get('id') for d in v])})" for k, v in sorted(dropped.items()) if v]
+    return f"; dropped before training for repeating a held-out input: {', '.join(parts)}" if parts else ""
+
+
 def _training_leak(run_dir: Path, splits: dict, records: list[dict]) -> dict:
     test = {str(i) for i in splits.get("test") or []}
     leaked: dict[str, list[str]] = {}
@@ -65,6 +119,13 @@ def _training_leak(run_dir: Path, splits: dict, records: list[dict]) -> dict:
             leaked[f"learning-curve subset n={size}"] = hit
     unreadable = []
     extra_files = 0
+    digests, why_not = _content(splits)
+    test_content = {d: i for i, d in (digests or {}).get("test", {}).items()}
+    if digests is not None:
+        for name in ("train", "validation"):
+            hit, _ = _same_content(splits.get(name) or [], digests[name], test_content)
+            if hit:
+                leaked[f"splits.json {name} (a test row's input under another id)"] = hit
     for record in records:
         for kind, path in _extra_rows_files(run_dir, record):
             if not path.is_file():
@@ -73,18 +134,24 @@ def _training_leak(run_dir: Path, splits: dict, records: list[dict]) -> dict:
             extra_files += 1
             ids, sources = _sources_of(path)
             hit = sorted(test & (ids | sources))
+            hit += [f"{i} = {test_content[d]}" for i, d in _rows_file_digests(path) if d in test_content]
             if hit:
                 leaked[f"{kind} rows of {record['row_id']}"] = hit
     what = (f"{len(test)} test ids against {', '.join(looked)}"
-            + (f" and the rows and source ids of {extra_files} augmented/synthetic rows file(s)" if extra_files else ""))
+            + (f" and the rows and source ids of {extra_files} augmented/synthetic rows file(s)" if extra_files else "")
+            + (", by id and by normalised input" if digests is not None else ""))
+    if why_not:
+        unreadable.append(f"content ({why_not})")
     if leaked:
         return _check("test rows never seen in training", False,
-                      f"checked {what}; test ids found in: "
-                      + "; ".join(f"{where}: {_ids(ids)}" for where, ids in leaked.items()))
+                      f"checked {what}; test rows found in: "
+                      + "; ".join(f"{where}: {_ids(ids)}" for where, ids in leaked.items()) + _dropped_note(splits))
     if unreadable:
         return _check("test rows never seen in training", False,
-                      f"checked {what}, no test id found; {NOT_VERIFIABLE} for {', '.join(unreadable)}")
-    return _check("test rows never seen in training", True, f"checked {what} by row id: no test id found")
+                      f"checked {what}, no test row found; {NOT_VERIFIABLE} for {', '.join(unreadable)}"
+                      + _dropped_note(splits))
+    return _check("test rows never seen in training", True,
+                  f"checked {what}: no test row found{_dropped_note(splits)}")
 
 
 def _exemplars_and_retrieval(splits: dict, records: list[dict]) -> dict:
@@ -92,7 +159,22 @@ def _exemplars_and_retrieval(splits: dict, records: list[dict]) -> dict:
     uses = [r for r in records if r.get("strategy") in ("prompt", "rag") and r.get("status") == "ok"]
     if not uses:
         return _check("test rows never used as exemplars or retrieved", True, "no prompted or RAG row finished")
+    digests, why_not = _content(splits)
+    # exemplars and task:train documents are training rows: their content is known from splits.json
+    train = (digests or {}).get("train", {})
+    test_content = {d: i for i, d in (digests or {}).get("test", {}).items()}
     problems, unknown, checked = [], [], []
+
+    def by_content(row_id: str, what: str, ids) -> None:
+        if digests is None:
+            unknown.append(f"{row_id} ({what} by content: {why_not})")
+            return
+        hit, unseen = _same_content(ids, train, test_content)
+        if hit:
+            problems.append(f"{row_id} showed {what} with a test row's input: {_ids(hit)}")
+        if unseen:
+            unknown.append(f"{row_id} ({what} {_ids(unseen)}: not training rows, content unknown)")
+
     for r in uses:
         details = r.get("details") or {}
         if "exemplar_ids" not in details:
@@ -102,26 +184,69 @@ def _exemplars_and_retrieval(splits: dict, records: list[dict]) -> dict:
             checked.append(f"{r['row_id']} ({len(details['exemplar_ids'])} exemplars)")
             if hit:
                 problems.append(f"{r['row_id']} used test rows as exemplars: {_ids(hit)}")
+            by_content(r["row_id"], "exemplars", details["exemplar_ids"])
         if r.get("strategy") == "rag":
             retrieved = details.get("retrieved_doc_ids")
             if not isinstance(retrieved, dict):
                 unknown.append(f"{r['row_id']} (retrieved documents)")
                 continue
-            docs = {str(d) for ds in retrieved.values() for d in ds}
-            hit = sorted(test & docs)
+            docs = sorted({str(d) for ds in retrieved.values() for d in ds})
+            hit = sorted(test & set(docs))
             checked.append(f"{r['row_id']} ({len(docs)} distinct retrieved documents)")
             if hit:
                 problems.append(f"{r['row_id']} retrieved documents with test row ids: {_ids(hit)}")
-            # Ids only: a corpus document holding a test row's text under another id is invisible here.
-    detail = "checked by id: " + ", ".join(checked) if checked else "nothing could be checked"
+            if (r.get("config") or {}).get("corpus") == "task:train":  # retrieved training rows: by content too
+                by_content(r["row_id"], "retrieved training rows", docs)
+    detail = "checked by id and by normalised input: " + ", ".join(checked) if checked else "nothing could be checked"
     if problems:
         detail += "; " + "; ".join(problems)
     if unknown:
         detail += f"; {NOT_VERIFIABLE} for {', '.join(unknown)}"
     if any(r.get("strategy") == "rag" for r in uses):
-        detail += " (retrieval is checked by document id; the corpus leaves out the test rows' source documents " \
-                  "when it is built, which the record does not list)"
+        detail += " (documents of other corpora: see the corpora check)"
     return _check("test rows never used as exemplars or retrieved", not problems and not unknown, detail)
+
+
+def _corpora(splits: dict, records: list[dict]) -> dict:
+    """Every finished row that read a corpus recorded what it left out, checked against the test rows' content."""
+    from lmtailor.data.leakage import NORMALISATION, rows_fingerprint
+
+    name = "corpora hold no test row's text"
+    users = [r for r in records if (r.get("config") or {}).get("corpus") and r.get("status") == "ok"]
+    if not users:
+        return _check(name, True, "no row read a corpus (rag, continued pre-training, scratch)")
+    digests, why_not = _content(splits)
+    if digests is None:
+        return _check(name, False, f"{NOT_VERIFIABLE}: {why_not}")
+    # The rows a strategy predicts are the test rows, or the test and validation rows when both are scored.
+    test = digests["test"]
+    accepted = {rows_fingerprint(test.items()): "test rows",
+                rows_fingerprint([*test.items(), *digests["validation"].items()]): "test and validation rows"}
+    lines, unknown = [], []
+    for r in users:
+        record = (r.get("details") or {}).get("corpus_exclusions")
+        if not isinstance(record, dict) or "rows_fingerprint" not in record:
+            unknown.append(f"{r['row_id']} (no corpus_exclusions in its details)")
+            continue
+        if record.get("normalisation") != NORMALISATION:
+            unknown.append(f"{r['row_id']} (normalisation {record.get('normalisation')!r})")
+            continue
+        against = accepted.get(record["rows_fingerprint"])
+        if against is None:
+            unknown.append(f"{r['row_id']} (its corpus was checked against {record.get('checked_rows')} rows that "
+                           "are not this run's test rows)")
+            continue
+        excluded = record.get("excluded") or {}
+        named = "; ".join(f"{v['count']} {k.replace('_', ' ')} (e.g. "
+                          + ", ".join(f"{doc} ~ {row}" for doc, row in v["documents"][:3]) + ")"
+                          for k, v in sorted(excluded.items()))
+        lines.append(f"{r['row_id']}: {record.get('source', r['config']['corpus'])}, {record['kept']} of "
+                     f"{record['documents']} documents kept after checking against the {against}"
+                     + (f"; left out {named}" if named else "; none left out"))
+    detail = "; ".join(lines) or "nothing could be checked"
+    if unknown:
+        detail += f"; {NOT_VERIFIABLE} for {', '.join(unknown)}"
+    return _check(name, not unknown, detail)
 
 
 def _stand_ins(records: list[dict]) -> dict:
@@ -218,8 +343,10 @@ def honesty_checks(run_dir: Path, records: list[dict]) -> list[dict]:
         splits = json.loads(splits_path.read_text(encoding="utf-8"))
         leak = _training_leak(run_dir, splits, records)
         shown = _exemplars_and_retrieval(splits, records)
+        corpora = _corpora(splits, records)
     else:
         leak = _check("test rows never seen in training", False, f"{NOT_VERIFIABLE}: {splits_path} is missing")
         shown = _check("test rows never used as exemplars or retrieved", False,
                        f"{NOT_VERIFIABLE}: {splits_path} is missing")
-    return [leak, shown, _stand_ins(records), _truncation(records), _failures(records), _busy_machine(records)]
+        corpora = _check("corpora hold no test row's text", False, f"{NOT_VERIFIABLE}: {splits_path} is missing")
+    return [leak, shown, corpora, _stand_ins(records), _truncation(records), _failures(records), _busy_machine(records)]

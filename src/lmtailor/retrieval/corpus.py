@@ -128,15 +128,20 @@ def _load_jsonl(path: Path, text_field: str, id_field: str | None) -> list[Docum
 
 
 def pydoc_documents() -> list[Document]:
-    """One document per documented public stdlib object: id ``module.qualname``, text = that name + docstring."""
-    from lmtailor.data.pydoc_module import extract_objects
+    """One document per documented public stdlib object: id ``module.qualname``, text = that name + docstring.
+
+    ``meta["views"]`` holds the docstring masked as builtin:pydoc-module masks its inputs, so that the leakage
+    check (``retrieval/exclusion.py``) finds a twin of a test row's object: another name, the same masked docstring.
+    """
+    from lmtailor.data.pydoc_module import extract_objects, mask_docstring
 
     docs: dict[str, Document] = {}
     for obj in extract_objects():
         name = f"{obj['module']}.{obj['qualname']}"
         if obj.get("doc", "").strip() and name not in docs:
             docs[name] = Document(name, f"{name}\n\n{obj['doc']}",
-                                  {"module": obj["module"], "qualname": obj["qualname"], "kind": obj.get("kind")})
+                                  {"module": obj["module"], "qualname": obj["qualname"], "kind": obj.get("kind"),
+                                   "views": [mask_docstring(obj["doc"], obj["module"], obj["qualname"])]})
     return list(docs.values())
 
 

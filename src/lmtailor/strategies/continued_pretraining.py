@@ -9,7 +9,9 @@ nested ``finetune:`` block holds its knobs), measured in ``train`` and ``inferen
 so the two rows differ only by the pre-training.
 
 The corpus is any the rag rung accepts (a folder, a .jsonl file, ``builtin:pydoc``, ``task:train``), with the same
-exclusions: documents a test row was made from are left out, and ``task:train`` holds training rows only.
+exclusions: documents a test row was made from, or whose text contains a test input or shows a test answer, are
+left out (``retrieval/exclusion.py``; recorded in ``details["corpus_exclusions"]``), and ``task:train`` holds
+training rows only.
 """
 
 from __future__ import annotations
@@ -109,11 +111,13 @@ class ContinuedPretrainingConfig(PretrainingConfig):
 
 # --- what both corpus strategies share ---------------------------------------------------------------------------
 
-def load_pretraining_corpus(ctx: RunContext, cfg: PretrainingConfig, label: str) -> list[str]:
-    """The corpus's texts, without the documents a test row was made from (as the rag rung leaves them out)."""
+def load_pretraining_corpus(ctx: RunContext, cfg: PretrainingConfig, label: str) -> tuple[list[str], dict]:
+    """The corpus's texts without what the rows to predict could leak (as the rag rung leaves it out), and the
+    record of what was left out (``details["corpus_exclusions"]``)."""
     from lmtailor.strategies.rag import corpus_documents
 
-    return [d.text for d in corpus_documents(ctx, cfg.corpus, cfg.text_field, cfg.id_field, label)]
+    docs, exclusions = corpus_documents(ctx, cfg.corpus, cfg.text_field, cfg.id_field, label)
+    return [d.text for d in docs], exclusions
 
 
 def resolve_block_size(cfg: PretrainingConfig, model_config, budget: Budget) -> int:
@@ -222,10 +226,11 @@ class ContinuedPretrainingStrategy(Strategy):
         check_objective_knobs(cfg, objective)
         learning_rate = cfg.learning_rate or DEFAULT_LEARNING_RATE[cfg.method]
         with ctx.meter.phase("pretrain"):
-            texts = load_pretraining_corpus(ctx, cfg, self.label())
+            texts, exclusions = load_pretraining_corpus(ctx, cfg, self.label())
             block_size = resolve_block_size(cfg, loaded.model.config, ctx.budget)
             pre = run_pretraining(loaded.model, loaded.tokenizer, texts, cfg, method=cfg.method, objective=objective,
                                   block_size=block_size, learning_rate=learning_rate, runtime=ctx.runtime,
                                   seed=ctx.seed, out_dir=ctx.out_dir / "pretrain", desc=self.label())
         record_pretraining(ctx, pre, "peft" if cfg.method == "lora" else "full")
-        return fine_tune_after(self, cfg, ctx, pre.model, loaded.tokenizer, pretrain_details(ctx, cfg, pre))
+        return fine_tune_after(self, cfg, ctx, pre.model, loaded.tokenizer, pretrain_details(ctx, cfg, pre),
+                               extra={"corpus_exclusions": exclusions})

@@ -4,15 +4,19 @@ The index is built (or found in the cache) in the meter's ``index`` phase; retri
 the ``inference`` phase, where it is paid for at serving time. Passages are numbered and fitted into
 ``max_context_tokens`` of the generator's tokens (cuts and drops are reported), then the augmented rows go through
 the same prediction code as ``prompt`` (label likelihood, constrained or free generation; both model families).
+With ``corpus: task:train`` the retrieved training rows are shown as worked examples instead of passages.
 
-What may be in the corpus:
+What may be in the corpus (``corpus_documents``, the same for the pre-training rungs):
 
-- ``task:train`` builds it from the training split only (each row's input and answer), minus any training row whose
-  input is also a test input: a test row can never retrieve itself.
-- For any other corpus, documents a test row was *made from* (``meta["source_doc"]``: pydoc-summary and
-  pydoc-module rows, whose target is part of that document) are left out, since retrieving them would copy the
-  answer. A ``meta["gold_doc"]`` (pydoc-qa) is different: it is the knowledge the question is about, which a
-  retrieval system is meant to find, and finding it is scored (recall@k, MRR).
+- ``task:train`` builds it from the training split only, one document per row (input and answer). It is retrieved
+  as whole rows and shown as worked examples, input then answer, in the layout of the k-shot exemplars
+  (``retrieval/worked_examples.py``): never chunked, never numbered passages.
+- Documents a test row was *made from* (``meta["source_doc"]``: pydoc-summary and pydoc-module rows, whose target
+  is part of that document) are left out, since retrieving them would copy the answer. A ``meta["gold_doc"]``
+  (pydoc-qa) is different: it is the knowledge the question is about, which a retrieval system is meant to find,
+  and finding it is scored (recall@k, MRR).
+- Any document whose normalised text contains a row's input or shows its answer is left out too, whatever its id
+  (``retrieval/exclusion.py``): a twin of a source document, a copy of a test row under another name.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ class RagConfig(StrategyConfig):
 
     name: Literal["rag"] = Field(description="registered strategy name")
     corpus: str = Field("builtin:pydoc", description="a folder of .txt/.md/.html files, a .jsonl file, "
-                        "builtin:pydoc, or task:train (the training rows; never a test row)")
+                        "builtin:pydoc, or task:train (the training rows, retrieved whole and shown as worked "
+                        "examples; never a test row)")
     text_field: str = Field("text", description="JSONL corpus: the field holding a document's text")
     id_field: str | None = Field(None, description="JSONL corpus: the field holding a document's id "
                                  "(default: file:line)")
@@ -46,7 +51,8 @@ class RagConfig(StrategyConfig):
     k: int = Field(3, ge=1, description="passages retrieved per test input")
     embedder: str = Field("minilm-l6", description="sentence-transformers model (alias, directory or hub id); "
                           "chunks are measured in its tokens for every retriever")
-    chunk_tokens: int = Field(128, ge=8, description="chunk length in embedder tokens")
+    chunk_tokens: int = Field(128, ge=8, description="chunk length in embedder tokens (not for task:train: a "
+                              "training row is never chunked)")
     chunk_overlap: int = Field(32, ge=0, description="tokens shared by consecutive chunks of a document")
     max_context_tokens: int = Field(384, ge=16, description="budget for the passages block, in the generator's "
                                     "tokens; passages past it are cut or dropped (and counted)")
@@ -68,12 +74,13 @@ class RagConfig(StrategyConfig):
 
 def task_documents(train: list[Example], test: list[Example]) -> list:
     """The ``task:train`` corpus: one document per training row (input and answer), none sharing a test input."""
+    from lmtailor.data.leakage import normalize_text
     from lmtailor.retrieval import Document
 
-    test_inputs = {e.input for e in test}
+    test_inputs = {normalize_text(e.input) for e in test}
     test_ids = {e.id for e in test}
     docs = [Document(e.id, f"{e.input}\nAnswer: {e.target}", {"split": "train"})
-            for e in train if e.input not in test_inputs]
+            for e in train if normalize_text(e.input) not in test_inputs]
     leaked = test_ids & {d.id for d in docs}
     if leaked:
         raise RuntimeError(f"training rows {sorted(leaked)[:5]} share ids with test rows; the splits must not")
@@ -91,22 +98,30 @@ def input_limit(model_or_config) -> int | None:
     return getattr(config, "max_position_embeddings", None)
 
 
-def corpus_documents(ctx: RunContext, corpus: str, text_field: str, id_field: str | None, label: str) -> list:
-    """A strategy's corpus without what the test rows could leak: ``task:train`` holds training rows only (none
-    sharing a test input), and any other corpus leaves out the documents the test rows were made from."""
-    from lmtailor.retrieval import load_corpus
+def corpus_documents(ctx: RunContext, corpus: str, text_field: str, id_field: str | None,
+                     label: str) -> tuple[list, dict]:
+    """A strategy's corpus without what the rows it predicts could leak, and the record of what was left out.
+
+    ``task:train`` holds training rows only; any other corpus leaves out the documents those rows were made from
+    (``meta["source_doc"]``); every corpus leaves out documents showing their content (``retrieval/exclusion.py``).
+    """
+    from lmtailor.retrieval import CorpusError, load_corpus
+    from lmtailor.retrieval.exclusion import describe_exclusions, exclude_held_out
 
     if corpus == TASK_CORPUS:
-        return task_documents(ctx.data.train, ctx.data.test)
-    if corpus.startswith("task:"):
+        docs, sources = task_documents(ctx.data.train, ctx.data.test), set()
+    elif corpus.startswith("task:"):
         raise UserError(f"corpus {corpus!r}: the only corpus made from the task's data is {TASK_CORPUS} "
                         "(the training rows); the test rows are never in a corpus")
-    sources = {e.meta["source_doc"] for e in ctx.data.test if e.meta.get("source_doc")}
-    docs = load_corpus(corpus, ctx.base_dir, text_field, id_field, exclude_ids=sources)
-    if sources:
-        ctx.log.info("%s: left out the %d documents the test rows were made from", label,
-                     len(sources & {d.id for d in docs}) or len(sources))
-    return docs
+    else:
+        docs = load_corpus(corpus, ctx.base_dir, text_field, id_field)
+        sources = {e.meta["source_doc"] for e in ctx.data.test if e.meta.get("source_doc")}
+    kept, record = exclude_held_out(docs, ctx.data.test, ctx.task.type, sources)
+    ctx.log.info("%s: corpus %s: %s", label, corpus, describe_exclusions(record))
+    if not kept:
+        raise CorpusError(f"corpus {corpus}: no documents left after leaving out the {len(docs)} that show the "
+                          "rows to predict; use a corpus that is not made of the task's own rows")
+    return kept, {"source": corpus, **record}
 
 
 class RagStrategy(Strategy):
@@ -122,34 +137,40 @@ class RagStrategy(Strategy):
     def uses_seed(self) -> bool:
         return self.config.shots > 0
 
-    def _documents(self, ctx: RunContext) -> list:
-        cfg = self.config
-        return corpus_documents(ctx, cfg.corpus, cfg.text_field, cfg.id_field, self.label())
+    def _worked_examples(self) -> bool:
+        """Whether the corpus is the training rows, retrieved whole and shown as worked examples."""
+        return self.config.corpus == TASK_CORPUS
 
     def _build(self, ctx: RunContext):
-        """Load the corpus, chunk it, build the retriever; returns (retriever, embedder, details)."""
+        """Load the corpus, chunk it, build the retriever; returns (retriever, embedder, details, exclusions)."""
         from lmtailor.retrieval import Embedder, chunk_documents, make_retriever
+        from lmtailor.retrieval.worked_examples import row_chunks
 
         cfg = self.config
         t0 = time.perf_counter()
-        docs = self._documents(ctx)
+        docs, exclusions = corpus_documents(ctx, cfg.corpus, cfg.text_field, cfg.id_field, self.label())
         embedder = Embedder(cfg.embedder)
-        # +2: the [CLS]/[SEP] the embedder adds; longer chunks would lose their tail silently.
-        if cfg.chunk_tokens + 2 > embedder.max_seq_length:
-            raise UserError(f"chunk_tokens={cfg.chunk_tokens} does not fit the embedder {cfg.embedder!r}, which reads "
-                            f"{embedder.max_seq_length} tokens; set chunk_tokens to at most "
-                            f"{embedder.max_seq_length - 2}")
-        chunks = chunk_documents(docs, embedder.tokenizer, cfg.chunk_tokens, cfg.chunk_overlap)
+        if self._worked_examples():  # one chunk per training row: never cut apart from its answer
+            chunks = row_chunks(docs, ctx.data.train)
+            params = {"chunks": "training-row inputs"}
+        else:
+            # +2: the [CLS]/[SEP] the embedder adds; longer chunks would lose their tail silently.
+            if cfg.chunk_tokens + 2 > embedder.max_seq_length:
+                raise UserError(f"chunk_tokens={cfg.chunk_tokens} does not fit the embedder {cfg.embedder!r}, which "
+                                f"reads {embedder.max_seq_length} tokens; set chunk_tokens to at most "
+                                f"{embedder.max_seq_length - 2}")
+            chunks = chunk_documents(docs, embedder.tokenizer, cfg.chunk_tokens, cfg.chunk_overlap)
+            params = {"chunk_tokens": cfg.chunk_tokens, "chunk_overlap": cfg.chunk_overlap}
         chunk_s = time.perf_counter() - t0
-        params = {"chunk_tokens": cfg.chunk_tokens, "chunk_overlap": cfg.chunk_overlap}
         options = {} if cfg.retriever == "bm25" else {"embedder": embedder, "params": params}
         retriever = make_retriever(cfg.retriever, chunks, **options)
         details = {"corpus": cfg.corpus, "documents": len(docs), "chunks": len(chunks),
                    "load_and_chunk_s": round(chunk_s, 3), "build": retriever.build_stats}
-        ctx.log.info("%s: %d documents, %d chunks of ≤%d tokens; index %s", self.label(), len(docs), len(chunks),
-                     cfg.chunk_tokens, _describe_build(retriever.build_stats))
+        shape = "one per training row" if self._worked_examples() else f"of ≤{cfg.chunk_tokens} tokens"
+        ctx.log.info("%s: %d documents, %d chunks %s; index %s", self.label(), len(docs), len(chunks), shape,
+                     _describe_build(retriever.build_stats))
         _charge_reused_embedding(ctx, retriever.build_stats)
-        return retriever, embedder, details
+        return retriever, embedder, details, exclusions
 
     def accepts_api_models(self) -> bool:
         return True
@@ -157,10 +178,12 @@ class RagStrategy(Strategy):
     def run(self, ctx: RunContext) -> StrategyOutput:
         cfg = self.config
         with ctx.meter.phase("index"):
-            retriever, embedder, index_details = self._build(ctx)
+            retriever, embedder, index_details, exclusions = self._build(ctx)
         loaded, endpoint = self._generator(ctx)
         try:
-            return self._run_with(ctx, retriever, embedder, index_details, loaded, endpoint)
+            out = self._run_with(ctx, retriever, embedder, index_details, loaded, endpoint)
+            out.details["corpus_exclusions"] = exclusions
+            return out
         finally:
             if cfg.backend == "llamacpp" and loaded is not None:
                 loaded.model.close()  # free llama.cpp's weights and context now, not at garbage collection
@@ -183,13 +206,17 @@ class RagStrategy(Strategy):
         # An endpoint's tokenizer is not known here: its passages are measured in the embedder's tokens instead.
         tokenizer = embedder.tokenizer if loaded is None else loaded.tokenizer
         context_budget = self._context_budget(ctx, None if loaded is None else loaded.model)
-        task = replace(ctx.task, instruction=ctx.task.instruction.rstrip() + " Use the numbered passages if they help.")
+        task = ctx.task if self._worked_examples() else replace(
+            ctx.task, instruction=ctx.task.instruction.rstrip() + " Use the numbered passages if they help.")
         with ctx.meter.phase("inference"):
             t0 = time.perf_counter()
             hits = retriever.retrieve([e.input for e in ctx.data.test], cfg.k)
             retrieval_s = time.perf_counter() - t0
-            rows, contexts, cut_inputs = self._augment(ctx, tokenizer, hits, context_budget,
-                                                       assemble_context, with_passages)
+            if self._worked_examples():
+                rows, contexts, cut_inputs = self._with_examples(ctx, tokenizer, hits, context_budget)
+            else:
+                rows, contexts, cut_inputs = self._augment(ctx, tokenizer, hits, context_budget,
+                                                           assemble_context, with_passages)
             desc = f"{self.label()} {ctx.model_ref}"
             if loaded is None:
                 from lmtailor.remote.predict import predict_remote
@@ -211,15 +238,14 @@ class RagStrategy(Strategy):
                 predictions, inference = predict(loaded.model, tokenizer, task, rows, exemplars, wide, ctx.meter,
                                                  mode=cfg.scoring, progress_desc=desc)
         retrieved = [[h.chunk.doc_id for h in row_hits] for row_hits in hits]
+        if self._worked_examples():  # the worked examples' inputs were cut like any exemplar's: count them there
+            inference["truncated_exemplar_inputs"] = (inference.get("truncated_exemplar_inputs") or 0) + sum(
+                c.cut_inputs for c in contexts)
         details = {
             "retriever": cfg.retriever, "k": cfg.k, "embedder": cfg.embedder if cfg.retriever != "bm25" else None,
             "index": index_details, "retrieval_s": round(retrieval_s, 3),
             "retrieval_ms_per_query": round(1000 * retrieval_s / max(1, len(hits)), 2),
-            "context": {"budget_tokens": context_budget, "mean_tokens": _mean([c.tokens for c in contexts]),
-                        "passages_cut": sum(c.cut for c in contexts),
-                        "passages_dropped": sum(c.dropped for c in contexts),
-                        "rows_with_cut_or_dropped": sum(bool(c.cut or c.dropped) for c in contexts),
-                        "tokens_of": "embedder" if loaded is None else "generator"},
+            "context": self._context_details(contexts, context_budget, loaded is None),
             "retrieved_doc_ids": dict(zip((e.id for e in ctx.data.test), retrieved)),
             "shots": cfg.shots, "exemplar_ids": [e.id for e in exemplars], "scoring": inference["mode"],
             "truncated_inputs": cut_inputs, "inference": inference, "backend": cfg.backend,
@@ -227,9 +253,10 @@ class RagStrategy(Strategy):
         if llamacpp:
             details["gguf"] = inference["gguf"]  # which file and weight type answered
         if details["context"]["rows_with_cut_or_dropped"]:
-            ctx.log.info("%s: passages cut to fit %d tokens in %d of %d rows (%d cut, %d dropped)", self.label(),
-                         context_budget, details["context"]["rows_with_cut_or_dropped"], len(rows),
-                         details["context"]["passages_cut"], details["context"]["passages_dropped"])
+            what = "worked examples" if self._worked_examples() else "passages"
+            ctx.log.info("%s: %s cut or dropped to fit %d tokens in %d of %d rows (%d cut, %d dropped)",
+                         self.label(), what, context_budget, details["context"]["rows_with_cut_or_dropped"],
+                         len(rows), details["context"]["passages_cut"], details["context"]["passages_dropped"])
         return StrategyOutput(predictions=predictions, details=details, retrieved_doc_ids=retrieved,
                               retrieval_k=cfg.k)
 
@@ -293,6 +320,36 @@ class RagStrategy(Strategy):
             rows.append(Example(row.id, with_passages(context, text, name), row.target, row.meta))
             contexts.append(context)
         return rows, contexts, cut_inputs
+
+
+    def _with_examples(self, ctx: RunContext, tokenizer, hits, context_budget: int):
+        """Each test row with the training rows retrieved for it as its own worked examples (whole rows)."""
+        from lmtailor.data.formats import truncate_text
+        from lmtailor.retrieval.worked_examples import fit_worked_examples, with_worked_examples
+
+        train = {e.id: e for e in ctx.data.train}
+        rows, contexts, cut_inputs = [], [], 0
+        for row, row_hits in zip(ctx.data.test, hits):
+            worked = fit_worked_examples(row_hits, train, tokenizer, context_budget, ctx.budget.max_input_tokens)
+            # cut here, as _augment does, so that the budget predict() is given (widened to the longest row) cuts
+            # nothing more
+            text, cut = truncate_text(tokenizer, row.input, ctx.budget.max_input_tokens)
+            cut_inputs += cut
+            rows.append(with_worked_examples(Example(row.id, text, row.target, row.meta), worked))
+            contexts.append(worked)
+        return rows, contexts, cut_inputs
+
+    def _context_details(self, contexts: list, budget: int, embedder_tokens: bool) -> dict:
+        """What fitting retrieved text into the budget cost: passages (or worked examples) cut and dropped."""
+        cut = [getattr(c, "cut", 0) for c in contexts]  # worked examples are never cut apart from their answers
+        details = {"budget_tokens": budget, "mean_tokens": _mean([c.tokens for c in contexts]),
+                   "passages_cut": sum(cut), "passages_dropped": sum(c.dropped for c in contexts),
+                   "rows_with_cut_or_dropped": sum(bool(n or c.dropped) for n, c in zip(cut, contexts)),
+                   "tokens_of": "embedder" if embedder_tokens else "generator",
+                   "shown_as": "worked examples" if self._worked_examples() else "numbered passages"}
+        if self._worked_examples():
+            details["mean_worked_examples"] = _mean([len(c.examples) for c in contexts])
+        return details
 
 
 def _mean(values: list[int]) -> float:

@@ -98,7 +98,7 @@ class ScratchStrategy(Strategy):
                 ensure_sentinels(None, tokenizer)
             sized, sizing = self._size(ctx, base_config, len(tokenizer))
             model = _random_model(sized.config, ctx.seed).to(ctx.runtime.device)
-            texts = load_pretraining_corpus(ctx, cfg, self.label())
+            texts, exclusions = load_pretraining_corpus(ctx, cfg, self.label())
             pre = run_pretraining(model, tokenizer, texts, cfg, method="full", objective=objective,
                                   block_size=resolve_block_size(cfg, base_config, ctx.budget),
                                   learning_rate=cfg.learning_rate or SCRATCH_LEARNING_RATE, runtime=ctx.runtime,
@@ -110,7 +110,7 @@ class ScratchStrategy(Strategy):
         ctx.log.info("%s: %s parameters trained on %s tokens: %.3g tokens per parameter (Chinchilla-optimal ~%d)",
                      self.label(), f"{sized.params:,}", f"{pre.corpus_tokens:,}", ratio, CHINCHILLA_TOKENS_PER_PARAM)
         return fine_tune_after(self, cfg, ctx, pre.model, tokenizer, pretrain_details(ctx, cfg, pre),
-                               extra={"scratch": sizing})
+                               extra={"scratch": sizing, "corpus_exclusions": exclusions})
 
     def _size(self, ctx: RunContext, base_config, vocab_size: int):
         """Size the model: the requested parameters, or Chinchilla's tokens / 20 (at least the smallest model)."""

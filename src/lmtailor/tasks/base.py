@@ -38,6 +38,8 @@ class TaskType(Protocol):
     primary_metric: ClassVar[str]
     #: "labels": strategies choose among ``TaskSpec.labels``; "text": strategies generate free text.
     output: ClassVar[str]
+    #: how corpora are checked for answers (retrieval/exclusion.py): "contains", "equals" or "ignored"
+    target_in_corpus: ClassVar[str]
 
     def score(self, references: list[str], predictions: list[str], labels: tuple[str, ...] | None) -> dict:
         """Return ``{"metrics": [Metric.as_dict(), ...], "details": {...}}`` for aligned lists."""

@@ -14,6 +14,8 @@ class Classification:
     name: ClassVar[str] = "classification"
     primary_metric: ClassVar[str] = "accuracy"
     output: ClassVar[str] = "labels"
+    #: corpora are not checked for labels (retrieval/exclusion.py): they are common words, not a leak
+    target_in_corpus: ClassVar[str] = "ignored"
 
     def score(self, references: list[str], predictions: list[str], labels: tuple[str, ...] | None) -> dict:
         if len(references) != len(predictions):

@@ -69,6 +69,8 @@ class Generation:
     name: ClassVar[str] = "generation"
     primary_metric: ClassVar[str] = "rougeL"
     output: ClassVar[str] = "text"
+    #: a corpus document containing an answer shows it (retrieval/exclusion.py)
+    target_in_corpus: ClassVar[str] = "contains"
 
     def score(self, references: list[str], predictions: list[str], labels: tuple[str, ...] | None) -> dict:
         if len(references) != len(predictions):

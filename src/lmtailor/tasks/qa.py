@@ -61,6 +61,8 @@ class Qa:
     name: ClassVar[str] = "qa"
     primary_metric: ClassVar[str] = "f1"
     output: ClassVar[str] = "text"
+    #: only a document that IS an answer shows it: the phrase belongs in the document the question is about
+    target_in_corpus: ClassVar[str] = "equals"
 
     @staticmethod
     def references(rows: list[Example]) -> list[list[str]]:
