@@ -154,7 +154,8 @@ def build_rows(records: list[dict]) -> list[TableRow]:
             status=("ok" if len(ok) == len(recs) else f"failed {len(recs) - len(ok)}/{len(recs)}: "
                     + next(r["error"]["type"] for r in recs if r.get("status") != "ok"))
             + (f" ({note})" if (note := _extra_data_note(ok)) else "")
-            + (f" ({note})" if (note := _api_cache_note(ok)) else ""),
+            + (f" ({note})" if (note := _api_cache_note(ok)) else "")
+            + (f" ({note})" if (note := _cut_answers_note(ok)) else ""),
         ))
     return rows
 
@@ -249,6 +250,16 @@ def _api_cache_note(records: list[dict]) -> str:
     usages = [u for u in map(_api_usage, records) if u]
     hits, requests = sum(u["cache_hits"] for u in usages), sum(u["requests"] for u in usages)
     return f"{hits}/{requests} answers from the response cache" if hits else ""
+
+
+def _cut_answers_note(records: list[dict]) -> str:
+    """Say how many generated answers ran out of ``max_new_tokens`` (scored as cut), over the row's seeds."""
+    from lmtailor.report.honesty import truncated_generations
+
+    counts = [(c, r.get("test_rows") or 0) for r in records
+              if (c := truncated_generations(r.get("details") or {})) is not None]
+    cut, answers = sum(c for c, _ in counts), sum(n for _, n in counts)
+    return f"{cut}/{answers} answers cut at max_new_tokens" if cut else ""
 
 
 def format_rows(rows: list[TableRow]) -> list[list[str]]:
