@@ -121,7 +121,8 @@ def _likelihood(model, task, prompts, label_ids, pad_id, bar, details, normalize
                           batch_size=batch_size)
     details.update({"labels": list(task.labels), "score": "mean token log-prob" if normalize else "sum of token "
                     "log-probs", "prefix_cache_tokens": result.prefix_len, "scoring_path": result.path,
-                    "notes": result.notes, "label_scores": [[round(x, 4) for x in row] for row in result.scores]})
+                    "notes": result.notes, "cache_check": result.check,
+                    "label_scores": [[round(x, 4) for x in row] for row in result.scores]})
     return [task.labels[i] for i in result.best()], result.tokens
 
 
