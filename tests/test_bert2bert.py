@@ -196,7 +196,7 @@ def test_full_fine_tuning_lowers_the_loss_and_the_model_reloads(b2b_dir, tmp_pat
     reloaded = AutoModelForSeq2SeqLM.from_pretrained(trained.artifact, dtype=torch.float32)
     torch.testing.assert_close(_logits(reloaded, tok), _logits(trained.model, tok))
     preds, details = predict_seq2seq(trained.model, tok, TASK, TEST, (), BUDGET, Meter(), mode="generate")
-    assert details["hit_max_new_tokens"] == 0  # it learnt to end its answer with [SEP]
+    assert details["truncated_generations"] == 0  # it learnt to end its answer with [SEP]
 
 
 def test_t5_lora_keeps_its_peft_defaults_and_saves_no_extra_modules(tiny_t5_dir):

@@ -82,7 +82,7 @@ def test_label_modes_always_answer_with_a_label(tiny, mode):
     if mode == "likelihood":
         assert set(details["label_scores"]) == {r.id for r in ROWS}
     else:
-        assert details["unmatched"] == 0
+        assert details["no_label_match"] == 0
 
 
 def test_likelihood_prediction_is_the_argmax_of_the_naive_scores(tiny):

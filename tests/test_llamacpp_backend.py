@@ -152,9 +152,9 @@ def test_constrained_and_generate_modes_match_predict(engines):
         ours, details = predict_llamacpp(llm, tokenizer, TASK, rows, [], budget, Meter(), mode=mode)
         theirs, _ = predict(hf, tokenizer, TASK, rows, [], budget, Meter(), mode=mode)
         assert ours == theirs, mode
-    assert details["mode"] == "generate" and "hit_max_new_tokens" in details
+    assert details["mode"] == "generate" and "truncated_generations" in details
     constrained, details = predict_llamacpp(llm, tokenizer, TASK, rows, [], budget, Meter(), mode="constrained")
-    assert set(constrained) <= set(TASK.labels) and details["unmatched"] == 0
+    assert set(constrained) <= set(TASK.labels) and details["no_label_match"] == 0
 
 
 def test_prompt_strategy_runs_the_gguf_and_records_it(tiny_gguf_dir, tmp_path):

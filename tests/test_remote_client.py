@@ -328,6 +328,7 @@ def test_constrained_classification_parses_json_text_and_garbage(server, tmp_pat
     assert (details["mode"], details["unparseable"], details["unparseable_row_ids"], details["parsed_from_text"]) == \
         ("constrained", 1, ["c"], 1)
     assert details["unparseable_answers"] == {"c": "I cannot tell."}
+    assert details["no_label_match"] == 1  # the name every path counts a no-label answer under
     sent = server.requests[0]["body"]
     schema = sent["response_format"]["json_schema"]
     assert sent["response_format"]["type"] == "json_schema" and schema["strict"] is True
@@ -386,7 +387,7 @@ def test_generation_task_truncates_by_characters_and_counts_length_stops(server,
     predictions, details = predict_remote(endpoint(server, tmp_path, max_concurrency=1), gen,
                                           rows(long_text, "short"), [], BUDGET, Meter())
     assert predictions == ["a summary", "a summary"]
-    assert (details["mode"], details["truncated_inputs"], details["hit_max_new_tokens"]) == ("generate", 1, 1)
+    assert (details["mode"], details["truncated_inputs"], details["truncated_generations"]) == ("generate", 1, 1)
     sent = server.requests[0]["body"]
     assert "x" * (BUDGET.max_input_tokens * 4) + "x" not in sent["messages"][-1]["content"]
     assert "x" * (BUDGET.max_input_tokens * 4) in sent["messages"][-1]["content"]

@@ -311,7 +311,7 @@ def test_honesty_checks_flag_a_leaked_test_id_and_name_the_rest(tmp_path):
         _record("ft__tiny-llama__s0", 0, "ft", 0.5, model="tiny-llama",
                 details={"augmented": {"rows_file": "/moved/away.jsonl"},
                          "train_data": {"truncated_inputs": 3, "truncated_targets": 0},
-                         "inference": {"truncated_inputs": 1}}),
+                         "inference": {"truncated_inputs": 1, "truncated_generations": 2}}),
         _record("zs__tiny-llama__s0", 1, "zs", 0.5, model="tiny-llama", strategy="prompt"),
         _record("bad__hub-org/model__s0", 2, "bad", None, model="hub-org/model", status="failed"),
     ]
@@ -324,7 +324,9 @@ def test_honesty_checks_flag_a_leaked_test_id_and_name_the_rest(tmp_path):
     stand_in = checks["models are the ones a user would deploy"]
     assert not stand_in["ok"] and "tiny-llama (tiny: 2 rows)" in stand_in["detail"]
     assert "hub-org/model" not in stand_in["detail"]
-    cut = checks["inputs not truncated"]
-    assert not cut["ok"] and cut["detail"].startswith("4 truncated texts")
+    cut = checks["inputs and answers not truncated"]
+    # 1 test input + 3 training inputs + 2 answers cut at max_new_tokens
+    assert not cut["ok"] and cut["detail"].startswith("6 truncated texts")
+    assert "2 answers cut at max_new_tokens" in cut["detail"]
     failed = checks["every strategy finished"]
     assert not failed["ok"] and "bad__hub-org/model__s0 (failed): ValueError: loss is nan at step 3" in failed["detail"]

@@ -131,7 +131,7 @@ def test_label_modes_answer_with_a_label_and_count(tiny, mode):
     assert meter.phases["inference"].tokens == details["tokens"] > 0
     assert meter.phases["inference"].examples == len(TEST) and meter.flops["inference"] > 0
     if mode == "constrained":
-        assert details["unmatched"] == 0
+        assert details["no_label_match"] == 0
     else:
         assert list(details["label_scores"]) == [r.id for r in TEST]
 
@@ -270,7 +270,7 @@ def test_a_tuned_model_generates_the_answer_text(full_run):
     meter = Meter()
     preds, details = predict_seq2seq(trained.model, tok, TASK, TEST, (), BUDGET, meter, mode="generate")
     assert sum(p in LABELS for p in preds) >= len(TEST) - 1  # it learnt to write a label and stop
-    assert details["hit_max_new_tokens"] == 0
+    assert details["truncated_generations"] == 0
 
 
 def test_training_args_follow_the_runtime(tmp_path, tiny_t5_dir):

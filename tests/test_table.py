@@ -127,3 +127,16 @@ def test_training_footprint_column_lines_up_with_the_trained_rows_only():
     assert cells["zero-shot"][column] == "-"
     assert cells["LoRA"]["forgetting"] == "ppl +1.0% · acc +2.5 pts"
     assert len({len(_line(md, label)) for label in ("LoRA", "full FT", "zero-shot", "approach")}) == 1
+
+
+def test_status_counts_answers_cut_at_max_new_tokens_over_seeds():
+    from lmtailor.report.table import build_rows
+
+    a, b = _record("gen", "m", 0.3, seed=0), _record("gen", "m", 0.4, seed=1)
+    a["details"] = {"inference": {"truncated_generations": 3}}
+    b["details"] = {"finetune": {"inference": {"truncated_generations": 1}}}  # a pre-training strategy's answers
+    clean = _record("other", "m", 0.5)
+    clean["details"] = {"inference": {"truncated_generations": 0}}
+    rows = {r.label: r for r in build_rows([a, b, clean])}
+    assert rows["gen"].status == "ok (4/20 answers cut at max_new_tokens)"  # 3 + 1 of 10 + 10 test rows
+    assert rows["other"].status == "ok"

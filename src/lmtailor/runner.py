@@ -34,6 +34,7 @@ from lmtailor.report.results_json import write_results
 from lmtailor.report.table import results_markdown
 from lmtailor.runtime import Runtime, detect_runtime, set_threads
 from lmtailor.strategies import STRATEGIES, RunContext, Strategy
+from lmtailor.strategies.controls import add_equal_steps_controls
 from lmtailor.tasks import TASK_TYPES, TaskSpec
 from lmtailor.tasks.held_out import held_out_data, split_and_score
 
@@ -93,7 +94,7 @@ def plan_rows(exp: Experiment) -> list[PlannedRow]:
                     seen.add(row_id)
                     row.row_id, row.index = row_id, len(rows)
                     rows.append(row)
-    return rows
+    return add_equal_steps_controls(rows)  # strategies/controls.py: extra-data rows vs the same steps without
 
 
 def resolve_task(exp: Experiment, defaults: dict, splits: DatasetSplits) -> TaskSpec:

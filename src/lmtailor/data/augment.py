@@ -70,6 +70,10 @@ class AugmentConfig(BaseModel):
     max_new_tokens: int = Field(128, ge=1, description="paraphrase/back-translation: longest generated text")
     batch_size: int = Field(8, ge=1, description="paraphrase/back-translation: prompts per generation batch")
     seed: int | None = Field(None, description="seed of the augmentation; unset: the run's seed")
+    control: bool = Field(True, description="also run the equal-steps control: the same row trained on the "
+                                            "original rows only for as many optimizer steps (strategies/controls.py), "
+                                            "so the gain of the extra rows is told from that of training longer; "
+                                            "false: the report names the step ratio beside the gain instead")
 
     @field_validator("method")
     @classmethod

@@ -67,6 +67,9 @@ class SyntheticConfig(BaseModel):
                                   "inputs shown in prompts are cut to it")
     balance_labels: bool = Field(True, description="classification: give each label an equal share of the rows")
     seed: int | None = Field(None, description="sampling seed (default: the run's seed)")
+    control: bool = Field(True, description="also run the equal-steps control: the same row trained on the "
+                                            "original rows only for as many optimizer steps (strategies/controls.py); "
+                                            "false: the report names the step ratio beside the gain instead")
 
     def attempt_limit(self) -> int:
         """Generations allowed: ``max_attempts``, else four per wanted row."""
@@ -98,7 +101,7 @@ def cache_key(task: TaskSpec, train_rows: Sequence[Example], forbidden_rows: Seq
               cfg: SyntheticConfig, teacher: Teacher, seed: int) -> str:
     """Digest of everything the result depends on: teacher, config, task, real rows and seed."""
     what = {"format": CACHE_FORMAT, "teacher": teacher.ref, "teacher_identity": teacher.identity(),
-            "config": cfg.model_dump(), "seed": seed,
+            "config": cfg.model_dump(exclude={"control"}), "seed": seed,  # the control changes no row
             "task": [task.name, task.type, task.instruction, list(task.labels or ())],
             "train": [[e.id, e.input, e.target] for e in train_rows],
             "forbidden": [[e.id, e.input] for e in forbidden_rows]}

@@ -50,6 +50,30 @@ class LabelTrie:
         return self.ends.get(tuple(int(t) for t in ids))
 
 
+#: The prediction of a constrained answer that names no label (decoding stopped on a stop token inside a label):
+#: never a class, so the scorer counts it wrong, as the API path does with an answer it cannot parse. Picking a
+#: real label instead would score a no-answer as right whenever that label is the truth.
+NO_LABEL = ""
+
+
+def labels_of_matches(matches: Sequence[int | None], labels: Sequence[str]) -> tuple[list[str], int]:
+    """The label each ``LabelTrie.match`` result names (``NO_LABEL`` for None), and how many named none."""
+    return [labels[m] if m is not None else NO_LABEL for m in matches], sum(m is None for m in matches)
+
+
+def count_truncated(answers: Sequence[Sequence[int]], stop_ids: Sequence[int], max_new_tokens: int,
+                    stop_forced_at_limit: bool = False) -> int:
+    """How many generated answers were cut at ``max_new_tokens``: they reached the limit without ending on a stop
+    token (an answer that ends on a stop token exactly at the limit finished on its own).
+
+    ``stop_forced_at_limit``: the model forces its stop token at the limit (BART's ``forced_eos_token_id``), so an
+    answer of the full length is counted as cut even when it ends on one.
+    """
+    stops = set(stop_ids)
+    return sum(len(ids) >= max_new_tokens and (stop_forced_at_limit or not ids or ids[-1] not in stops)
+               for ids in answers)
+
+
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, device, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
     """Pad token-id rows to one width on ``side``; return (ids, attention mask)."""
     width = max(len(s) for s in seqs)

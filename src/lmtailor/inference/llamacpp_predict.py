@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from lmtailor.data.example import Example
 from lmtailor.data.formats import build_messages, encode_prompt, encode_prompt_completion, stop_token_ids
-from lmtailor.inference.generation import LabelTrie
+from lmtailor.inference.generation import LabelTrie, count_truncated, labels_of_matches
 from lmtailor.inference.llamacpp import LlamaCppModel
 from lmtailor.inference.predict import Mode, check_mode, default_mode, prepare_inputs
 from lmtailor.measure.meter import Meter, estimate_flops
@@ -107,8 +107,9 @@ def _constrained(model, task, prompts, label_ids, bar, details) -> list[str]:
     for prompt in prompts:
         matches.append(trie.match(model.greedy(prompt, longest, stops, allowed=trie.allowed)))
         bar.update(1)
-    details["unmatched"] = sum(m is None for m in matches)  # as in predict(): stopped early, label 0 picked
-    return [task.labels[m if m is not None else 0] for m in matches]
+    # as in predict(): a miss stopped inside a label, names none, and is scored wrong
+    predictions, details["no_label_match"] = labels_of_matches(matches, task.labels)
+    return predictions
 
 
 def _generate(model, tokenizer, prompts, budget, bar, details) -> list[str]:
@@ -117,5 +118,5 @@ def _generate(model, tokenizer, prompts, budget, bar, details) -> list[str]:
     for prompt in prompts:
         answers.append(model.greedy(prompt, budget.max_new_tokens, stops))
         bar.update(1)
-    details["hit_max_new_tokens"] = sum(not ids or ids[-1] not in stops for ids in answers)
+    details["truncated_generations"] = count_truncated(answers, stops, budget.max_new_tokens)
     return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in answers]

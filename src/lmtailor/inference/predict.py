@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from lmtailor.data.example import Example
 from lmtailor.data.formats import build_messages, encode_prompt, encode_prompt_completion, stop_token_ids, truncate_text
 from lmtailor.errors import UserError
-from lmtailor.inference.generation import LabelTrie, generate_ids
+from lmtailor.inference.generation import LabelTrie, count_truncated, generate_ids, labels_of_matches
 from lmtailor.inference.label_scoring import score_labels
 from lmtailor.measure.meter import Meter
 from lmtailor.strategies.base import Budget
@@ -121,7 +121,8 @@ def _likelihood(model, task, prompts, label_ids, pad_id, bar, details, normalize
                           batch_size=batch_size)
     details.update({"labels": list(task.labels), "score": "mean token log-prob" if normalize else "sum of token "
                     "log-probs", "prefix_cache_tokens": result.prefix_len, "scoring_path": result.path,
-                    "notes": result.notes, "label_scores": [[round(x, 4) for x in row] for row in result.scores]})
+                    "notes": result.notes, "cache_check": result.check,
+                    "label_scores": [[round(x, 4) for x in row] for row in result.scores]})
     return [task.labels[i] for i in result.best()], result.tokens
 
 
@@ -132,16 +133,16 @@ def constrained_labels(model, task: TaskSpec, prompts, label_ids, budget: Budget
     stops = sorted({ids[-1] for ids in label_ids})
     out = generate_ids(model, prompts, max(map(len, label_ids)), stops, pad_id, budget.eval_batch_size, trie=trie,
                        on_batch=bar.update)
-    matches = [trie.match(ids) for ids in out.ids]
-    # Every path through the tree ends in a label, so a miss means generation stopped early: say so, pick label 0.
-    details["unmatched"] = sum(m is None for m in matches)
-    return [task.labels[m if m is not None else 0] for m in matches], out.tokens
+    # A miss means decoding stopped on a stop token inside a label (one label's last token is another's middle
+    # one): the answer names no label, and is scored wrong (generation.NO_LABEL), never taken for label 0.
+    predictions, details["no_label_match"] = labels_of_matches([trie.match(ids) for ids in out.ids], task.labels)
+    return predictions, out.tokens
 
 
 def _generate(model, tokenizer, prompts, budget, pad_id, bar, details):
     stops = stop_token_ids(tokenizer)
     out = generate_ids(model, prompts, budget.max_new_tokens, stops, pad_id, budget.eval_batch_size,
                        on_batch=bar.update)
-    details["hit_max_new_tokens"] = sum(not ids or ids[-1] not in stops for ids in out.ids)
+    details["truncated_generations"] = count_truncated(out.ids, stops, budget.max_new_tokens)
     texts = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in out.ids]
     return texts, out.tokens

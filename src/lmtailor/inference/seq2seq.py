@@ -15,7 +15,7 @@ import torch
 from lmtailor.data.example import Example
 from lmtailor.data.seq2seq_format import build_sources, encode_source, encode_target
 from lmtailor.errors import UserError
-from lmtailor.inference.generation import generate_ids, pad_batch
+from lmtailor.inference.generation import count_truncated, generate_ids, pad_batch
 from lmtailor.inference.label_scoring import LabelScores
 from lmtailor.inference.predict import (Mode, check_mode, constrained_labels, default_mode, pad_token_id,
                                         run_rows)
@@ -77,8 +77,8 @@ def _generate(model, tokenizer, sources, budget, pad_id, bar, details):
     out = generate_ids(model, sources, budget.max_new_tokens, stops, pad_id, budget.eval_batch_size,
                                on_batch=bar.update)
     # BART forces eos at the length limit, so a cut-off answer may still end with eos: count by length too.
-    details["hit_max_new_tokens"] = sum(not ids or ids[-1] not in stops or len(ids) >= budget.max_new_tokens
-                                        for ids in out.ids)
+    details["truncated_generations"] = count_truncated(out.ids, stops, budget.max_new_tokens,
+                                                       stop_forced_at_limit=True)
     texts = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in out.ids]
     return texts, out.tokens
 

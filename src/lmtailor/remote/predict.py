@@ -10,7 +10,9 @@ The prompts are the same messages (``build_messages``). What differs is what an 
   for ``{"label": ...}`` under a JSON schema whose enum is the labels (``response_format``, structured outputs) and
   the prompt says so too; ``generate`` asks for free text. Both parse the answer the same way (``parse_label``): JSON
   first, else the text. An answer naming no label (or several) becomes the prediction ``""`` — never a label, so it
-  is scored wrong, not dropped — and is counted in ``details["unparseable"]`` with its row id.
+  is scored wrong, not dropped — and is counted in ``details["unparseable"]`` (and ``no_label_match``, the name every
+  path uses) with its row id. An answer the endpoint cut at ``max_tokens`` (finish reason "length") is counted in
+  ``details["truncated_generations"]``.
 
 Every request is metered (``Meter.add_api_call``, priced by ``pricing.api_usd``); a cached answer counts its tokens
 and price (what the configuration costs) but is marked as not sent (this run paid nothing for it).
@@ -151,7 +153,7 @@ def predict_remote(endpoint: OpenAIEndpoint, task: TaskSpec, rows: Sequence[Exam
         predictions = _labels_of(results, rows, labels, details)
     else:
         predictions = [r.text.strip() for r in results]
-        details["hit_max_new_tokens"] = sum(r.finish_reason == "length" for r in results)
+        details["truncated_generations"] = sum(r.finish_reason == "length" for r in results)
     return predictions, details
 
 
@@ -225,8 +227,9 @@ def _labels_of(results: list[ApiResult], rows, labels: tuple[str, ...], details:
             unparseable[row.id] = r.text[:_ANSWER_SHOWN]
         from_text += how == "text"
         predictions.append(label or "")
-    details.update({"labels": list(labels), "unparseable": len(unparseable),
+    # no_label_match: the same count under the name every path uses (a no-label answer is wrong on every path)
+    details.update({"labels": list(labels), "unparseable": len(unparseable), "no_label_match": len(unparseable),
                     "unparseable_row_ids": list(unparseable), "unparseable_answers": unparseable,
                     "parsed_from_text": from_text,
-                    "hit_max_new_tokens": sum(r.finish_reason == "length" for r in results)})
+                    "truncated_generations": sum(r.finish_reason == "length" for r in results)})
     return predictions

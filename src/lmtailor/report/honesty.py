@@ -267,6 +267,19 @@ def _stand_ins(records: list[dict]) -> dict:
                   f"deploy; their quality and cost say little about larger ones: {', '.join(parts)}")
 
 
+def truncated_generations(details: dict) -> int | None:
+    """How many of a row's generated answers were cut at ``max_new_tokens`` (None: the row generated no text, or its
+    record predates the count). Pre-training strategies keep their answers' details under ``finetune``; records
+    written before the count was renamed say ``hit_max_new_tokens``."""
+    inference = details.get("inference")
+    if not isinstance(inference, dict) and isinstance(details.get("finetune"), dict):
+        inference = details["finetune"].get("inference")
+    if not isinstance(inference, dict):
+        return None
+    value = inference.get("truncated_generations", inference.get("hit_max_new_tokens"))
+    return int(value) if isinstance(value, (int, float)) else None
+
+
 def _truncation(records: list[dict]) -> dict:
     lines, total = [], 0
     for r in records:
@@ -282,15 +295,18 @@ def _truncation(records: list[dict]) -> dict:
             "training targets": (d.get("train_data") or {}).get("truncated_targets") or 0,
             "validation inputs": (d.get("validation_data") or {}).get("truncated_inputs") or 0,
             "validation targets": (d.get("validation_data") or {}).get("truncated_targets") or 0,
+            # an answer that ran out of max_new_tokens is scored as written, cut: raise budget.max_new_tokens
+            "answers cut at max_new_tokens": truncated_generations(d) or 0,
         }
         counts = {k: int(v) for k, v in counts.items() if isinstance(v, (int, float)) and v}
         if counts:
             total += sum(counts.values())
             lines.append(f"{r['row_id']}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     if not total:
-        return _check("inputs not truncated", True,
-                      "no record reports a truncated input or target (test, exemplar, training, validation)")
-    return _check("inputs not truncated", False, f"{total} truncated texts: " + "; ".join(lines))
+        return _check("inputs and answers not truncated", True,
+                      "no record reports a truncated input or target (test, exemplar, training, validation) or a "
+                      "generated answer cut at max_new_tokens")
+    return _check("inputs and answers not truncated", False, f"{total} truncated texts: " + "; ".join(lines))
 
 
 def _failures(records: list[dict]) -> dict:

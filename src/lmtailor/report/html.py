@@ -76,6 +76,18 @@ def _detail(summary: dict, records: list[dict]) -> str:
             "</section>")
 
 
+def _extra_data(records: list[dict]) -> str:
+    """Extra-data rows against their equal-steps controls (report/extra_data.py), when any row trained on extra data."""
+    from lmtailor.report.extra_data import extra_data_findings
+
+    lines = extra_data_findings(records)
+    if not lines:
+        return ""
+    items = "".join(f"<li>{e(line[2:].replace('**', ''))}</li>" for line in lines if line.startswith("- "))
+    return (f'<section id="extra-data"><h2>{e(lines[0].lstrip("# "))}</h2><p>{e(lines[2])}</p><ul>{items}</ul>'
+            "</section>")
+
+
 def _chart(key: str, chart: Chart | None) -> str:
     if chart is None:
         return (f'<figure id="chart-{e(key)}" class="chart-absent"><p class="absent">The '
@@ -111,6 +123,7 @@ def render_html(summary: dict, records: list[dict], title: str, recommendation: 
             f"<title>{e(title)}</title><style>{CSS}</style></head><body>"
             f"<h1>{e(title)}</h1><p>{e(facts)}</p>"
             + _recommendation(recommendation) + _cost_benefit(summary, records, report_cfg) + _detail(summary, records)
+            + _extra_data(records)
             + f'<section id="charts"><h2>Charts</h2>{figures}</section>' + _honesty(honesty)
             + "</body></html>\n")
 

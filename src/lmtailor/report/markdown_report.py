@@ -12,6 +12,7 @@ from pathlib import Path
 from lmtailor.io import write_text_atomic
 from lmtailor.report.charts import ABSENT, RUNGS, Chart, all_charts, best_group
 from lmtailor.report.cost_notes import cost_notes
+from lmtailor.report.extra_data import extra_data_findings
 from lmtailor.report.table import TableRow, build_rows, fmt_usd, format_rows, headers
 from lmtailor.report.paired import compare_groups, verdict_words
 from lmtailor.report.selection import selection_sentence, selection_split
@@ -200,6 +201,7 @@ def render_markdown_report(summary: dict, records: list[dict], title: str, recom
     for r in failed_rows(summary):
         error = r["error"] or {}
         lines.append(f"- **{r['row_id']} failed**: {error.get('type')}: {error.get('message')}")
+    lines += [""] + extra_data_findings(records)  # gains of extra data against their equal-steps controls
     lines += ["", "## Charts", ""]
     for key, chart in charts:
         lines += _chart_lines(key, chart)

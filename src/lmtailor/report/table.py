@@ -118,6 +118,7 @@ def _is_zero_shot(record: dict) -> bool:
 
 def build_rows(records: list[dict]) -> list[TableRow]:
     """Group records by (label, model), average over seeds, and compare with the zero-shot baseline of that model."""
+    from lmtailor.report.extra_data import step_ratio_note  # it builds on this module's rows
     groups: OrderedDict[tuple[str, str], list[dict]] = OrderedDict()
     for r in records:
         groups.setdefault((r["label"], r["model"]), []).append(r)
@@ -154,7 +155,9 @@ def build_rows(records: list[dict]) -> list[TableRow]:
             status=("ok" if len(ok) == len(recs) else f"failed {len(recs) - len(ok)}/{len(recs)}: "
                     + next(r["error"]["type"] for r in recs if r.get("status") != "ok"))
             + (f" ({note})" if (note := _extra_data_note(ok)) else "")
-            + (f" ({note})" if (note := _api_cache_note(ok)) else ""),
+            + (f" ({note})" if (note := _api_cache_note(ok)) else "")
+            + (f" ({note})" if (note := _cut_answers_note(ok)) else "")
+            + (f" ({note})" if (note := step_ratio_note(ok, records)) else ""),
         ))
     return rows
 
@@ -251,6 +254,16 @@ def _api_cache_note(records: list[dict]) -> str:
     return f"{hits}/{requests} answers from the response cache" if hits else ""
 
 
+def _cut_answers_note(records: list[dict]) -> str:
+    """Say how many generated answers ran out of ``max_new_tokens`` (scored as cut), over the row's seeds."""
+    from lmtailor.report.honesty import truncated_generations
+
+    counts = [(c, r.get("test_rows") or 0) for r in records
+              if (c := truncated_generations(r.get("details") or {})) is not None]
+    cut, answers = sum(c for c, _ in counts), sum(n for _, n in counts)
+    return f"{cut}/{answers} answers cut at max_new_tokens" if cut else ""
+
+
 def format_rows(rows: list[TableRow]) -> list[list[str]]:
     """Turn table rows into display strings, one list per row in ``headers(rows)`` order."""
     columns = headers(rows)
@@ -282,6 +295,7 @@ def format_rows(rows: list[TableRow]) -> list[list[str]]:
 def results_markdown(records: list[dict], title: str = "results") -> str:
     """The cost-benefit table as Markdown, with the facts a reader needs to trust it."""
     from lmtailor.report.cost_notes import cost_notes
+    from lmtailor.report.extra_data import extra_data_findings
     from lmtailor.report.findings import architecture_findings  # findings builds on this module's rows
 
     table_rows = build_rows(records)
@@ -320,7 +334,7 @@ def results_markdown(records: list[dict], title: str = "results") -> str:
         failed = [r for r in records if r.get("status") != "ok"]
         for r in failed:
             lines.append(f"- **{r['row_id']} failed**: {r['error']['type']}: {r['error']['message']}")
-        lines += [""] + architecture_findings(records)
+        lines += [""] + architecture_findings(records) + extra_data_findings(records)
     return "\n".join(lines) + "\n"
 
 
