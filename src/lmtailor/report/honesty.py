@@ -220,8 +220,8 @@ def _corpora(splits: dict, records: list[dict]) -> dict:
         return _check(name, False, f"{NOT_VERIFIABLE}: {why_not}")
     # The rows a strategy predicts are the test rows, or the test and validation rows when both are scored.
     test = digests["test"]
-    accepted = {rows_fingerprint(test.items()): "test rows",
-                rows_fingerprint([*test.items(), *digests["validation"].items()]): "test and validation rows"}
+    accepted = {rows_fingerprint([*test.items(), *digests["validation"].items()]): "test and validation rows",
+                rows_fingerprint(test.items()): "test rows"}  # last: the name when there are no validation rows
     lines, unknown = [], []
     for r in users:
         record = (r.get("details") or {}).get("corpus_exclusions")
