@@ -139,7 +139,7 @@ def _training_leak(run_dir: Path, splits: dict, records: list[dict]) -> dict:
                 leaked[f"{kind} rows of {record['row_id']}"] = hit
     what = (f"{len(test)} test ids against {', '.join(looked)}"
             + (f" and the rows and source ids of {extra_files} augmented/synthetic rows file(s)" if extra_files else "")
-            + (", by id and by normalised input" if digests is not None else ""))
+            + (" (by id and by normalised input)" if digests is not None else ""))
     if why_not:
         unreadable.append(f"content ({why_not})")
     if leaked:
