@@ -139,7 +139,7 @@ def _training_leak(run_dir: Path, splits: dict, records: list[dict]) -> dict:
                 leaked[f"{kind} rows of {record['row_id']}"] = hit
     what = (f"{len(test)} test ids against {', '.join(looked)}"
             + (f" and the rows and source ids of {extra_files} augmented/synthetic rows file(s)" if extra_files else "")
-            + (", by id and by normalised input" if digests is not None else ""))
+            + (" (by id and by normalised input)" if digests is not None else ""))
     if why_not:
         unreadable.append(f"content ({why_not})")
     if leaked:
@@ -220,8 +220,8 @@ def _corpora(splits: dict, records: list[dict]) -> dict:
         return _check(name, False, f"{NOT_VERIFIABLE}: {why_not}")
     # The rows a strategy predicts are the test rows, or the test and validation rows when both are scored.
     test = digests["test"]
-    accepted = {rows_fingerprint(test.items()): "test rows",
-                rows_fingerprint([*test.items(), *digests["validation"].items()]): "test and validation rows"}
+    accepted = {rows_fingerprint([*test.items(), *digests["validation"].items()]): "test and validation rows",
+                rows_fingerprint(test.items()): "test rows"}  # last: the name when there are no validation rows
     lines, unknown = [], []
     for r in users:
         record = (r.get("details") or {}).get("corpus_exclusions")
