@@ -191,3 +191,62 @@ def test_trial_config_is_validated_and_without_search():
     assert trial.search is None and trial.learning_rate == 1e-3 and trial.lora_r == 8 and trial.lora_alpha == 16
     held = search_module.trial_config(_config(lora_alpha=8, search={"space": {"lora_alpha": None}}), {"lora_r": 4})
     assert held.lora_alpha == 8  # a hand-set alpha is kept
+
+
+def test_validation_score_chooses_and_a_resumed_row_searches_again(tiny_llama_dir, tmp_path):
+    """metric: validation_score answers the validation rows each trial (accuracy, higher is better). A row that
+    stopped mid-search leaves a search directory: the rerun removes it and starts from the first trial."""
+    leftover = tmp_path / "search" / "trial-0" / "checkpoints" / "checkpoint-2"
+    leftover.mkdir(parents=True)
+    (leftover / "junk.bin").write_bytes(b"x")
+    cfg = _config(search={"trials": 2, "metric": "validation_score", "pruning": False,
+                          "space": {"learning_rate": [1e-4, 1e-2], "lora_r": [4], "epochs": [1]}})
+    meter = Meter()
+    with meter:
+        output = FinetuneStrategy(cfg).run(_ctx(tmp_path, meter))
+    s = output.details["search"]
+    assert s["metric"] == "validation_score" and s["direction"] == "higher"
+    trials = s["trials"]
+    assert all(0.0 <= t["validation_score"] <= 1.0 and t["value"] == t["validation_score"] for t in trials)
+    assert all(t["steps"] == 4 for t in trials)  # 16 rows / batch 4, one epoch: nothing resumed from the leftover
+    best = max(trials, key=lambda t: (t["validation_score"], -t["number"]))  # Optuna keeps the first of equals
+    assert s["chosen"] == best["params"]
+    assert not (tmp_path / "search").exists()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """A JSONL corpus of the tiny models' own training text (as in test_pretrain.py)."""
+    import json
+
+    from lmtailor.models.tiny import CORPUS
+
+    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
+    paragraphs = [p for p in CORPUS.split("\n\n") if p.strip()]
+    path.write_text("\n".join(json.dumps({"text": p, "id": f"p{i}"}) for i, p in enumerate(paragraphs)))
+    return path
+
+
+def test_continued_pretraining_searches_its_fine_tuning_phase_on_an_encoder_decoder(tiny_t5_dir, corpus, tmp_path):
+    """The pre-training phase stays fixed; the fine-tuning phase (Seq2SeqTrainer here) is searched and metered."""
+    from lmtailor.strategies.continued_pretraining import ContinuedPretrainingConfig, ContinuedPretrainingStrategy
+
+    cfg = ContinuedPretrainingConfig.model_validate({
+        "name": "continued-pretraining", "corpus": str(corpus), "method": "full", "learning_rate": 3e-3,
+        "max_tokens": 1000, "block_size": 32, "batch_size": 4,
+        "finetune": {"method": "lora", "batch_size": 4, "target_modules": ["q", "v"],
+                     "search": {"trials": 2, "space": {"learning_rate": [1e-3, 1e-2], "lora_r": [4],
+                                                       "epochs": [1]}}}})
+    meter = Meter()
+    ctx = RunContext(task=TASK, data=SPLITS, model_ref="tiny-t5", budget=BUDGET, seed=0, meter=meter,
+                     out_dir=tmp_path, runtime=CPU)
+    with meter:
+        output = ContinuedPretrainingStrategy(cfg).run(ctx)
+    d = output.details
+    assert [t["state"] for t in d["search"]["trials"]] == ["complete", "complete"]
+    assert d["finetune"]["search"] == d["search"]  # also at the top, where the report looks
+    assert d["finetune"]["learning_rate"] == d["search"]["chosen"]["learning_rate"]
+    assert d["times"]["search_s"] > 0
+    assert d["times"]["setup_s"] == pytest.approx(d["times"]["pretrain_s"] + d["times"]["search_s"]
+                                                  + d["times"]["finetune_s"], abs=2e-3)
+    assert "(searched)" in ContinuedPretrainingStrategy(cfg).label()

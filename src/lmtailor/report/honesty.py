@@ -191,4 +191,8 @@ def honesty_checks(run_dir: Path, records: list[dict]) -> list[dict]:
         leak = _check("test rows never seen in training", False, f"{NOT_VERIFIABLE}: {splits_path} is missing")
         shown = _check("test rows never used as exemplars or retrieved", False,
                        f"{NOT_VERIFIABLE}: {splits_path} is missing")
-    return [leak, shown, _stand_ins(records), _truncation(records), _failures(records)]
+    checks = [leak, shown, _stand_ins(records), _truncation(records), _failures(records)]
+    from lmtailor.report.search_section import search_parity_check
+
+    parity = search_parity_check(records)  # only when a row was searched
+    return checks + ([parity] if parity is not None else [])

@@ -171,10 +171,10 @@ class FinetuneStrategy(Strategy):
     def default_label(self) -> str:
         from lmtailor.strategies.extra_data import extra_data_label
 
-        name = method_label(self.config)
-        name = name if self.config.with_instruction else f"{name} (input only)"
-        searched = " (searched)" if self.config.search is not None else ""
-        return name + searched + extra_data_label(self.config.augment, self.config.synthetic)
+        notes = ([] if self.config.with_instruction else ["input only"]) + (
+            ["searched"] if self.config.search is not None else [])
+        name = method_label(self.config) + (f" ({', '.join(notes)})" if notes else "")
+        return name + extra_data_label(self.config.augment, self.config.synthetic)
 
     def uses_training_data(self) -> bool:
         return True
