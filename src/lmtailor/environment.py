@@ -13,7 +13,7 @@ import psutil
 from lmtailor import __version__
 from lmtailor.runtime import Runtime
 
-_PACKAGES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "gguf")
+_PACKAGES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "gguf", "optuna")
 
 
 def _git_commit() -> str | None:

@@ -31,10 +31,10 @@ from lmtailor.measure.setup_cost import SetupCost
 log = logging.getLogger("lmtailor")
 
 # "index": building a retrieval index (embedding a corpus): a one-time set-up cost like training.
-PHASES = ("load", "data", "index", "pretrain", "train", "inference")
+PHASES = ("load", "data", "index", "pretrain", "search", "train", "inference")
 # Phases paid once before serving (the "set-up" cost): making extra training data (augmentation, a teacher's
 # synthetic rows), building a retrieval index, (continued) pre-training and fine-tuning.
-SETUP_PHASES = ("data", "index", "pretrain", "train")
+SETUP_PHASES = ("data", "index", "pretrain", "search", "train")  # "search": hyperparameter trials
 # The meters open in this process, innermost last: ``tooling`` finds the row's meter without being handed it.
 _ACTIVE: list["Meter"] = []
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lmtailor.report.search_section import search_parity_check
+
 NOT_VERIFIABLE = "not verifiable from the record"
 
 
@@ -365,4 +367,6 @@ def honesty_checks(run_dir: Path, records: list[dict]) -> list[dict]:
         shown = _check("test rows never used as exemplars or retrieved", False,
                        f"{NOT_VERIFIABLE}: {splits_path} is missing")
         corpora = _check("corpora hold no test row's text", False, f"{NOT_VERIFIABLE}: {splits_path} is missing")
-    return [leak, shown, corpora, _stand_ins(records), _truncation(records), _failures(records), _busy_machine(records)]
+    checks = [leak, shown, corpora, _stand_ins(records), _truncation(records), _failures(records), _busy_machine(records)]
+    parity = search_parity_check(records)  # only when a row was searched
+    return checks + ([parity] if parity is not None else [])

@@ -88,6 +88,17 @@ def _extra_data(records: list[dict]) -> str:
             "</section>")
 
 
+def _search(records: list[dict]) -> str:
+    from lmtailor.report.search_section import search_tables
+
+    tables = search_tables(records)
+    if not tables:
+        return ""
+    parts = "".join(f'<h3>{e(t.label)}</h3><p><code>{e(t.row_id)}</code> {e(t.summary)}.</p>'
+                    f"{_table(t.columns, t.rows)}" for t in tables)
+    return f'<section id="search"><h2>Hyperparameter search</h2>{parts}</section>'
+
+
 def _chart(key: str, chart: Chart | None) -> str:
     if chart is None:
         return (f'<figure id="chart-{e(key)}" class="chart-absent"><p class="absent">The '
@@ -124,6 +135,7 @@ def render_html(summary: dict, records: list[dict], title: str, recommendation: 
             f"<h1>{e(title)}</h1><p>{e(facts)}</p>"
             + _recommendation(recommendation) + _cost_benefit(summary, records, report_cfg) + _detail(summary, records)
             + _extra_data(records)
+            + _search(records)
             + f'<section id="charts"><h2>Charts</h2>{figures}</section>' + _honesty(honesty)
             + "</body></html>\n")
 

@@ -202,6 +202,7 @@ def render_markdown_report(summary: dict, records: list[dict], title: str, recom
         error = r["error"] or {}
         lines.append(f"- **{r['row_id']} failed**: {error.get('type')}: {error.get('message')}")
     lines += [""] + extra_data_findings(records)  # gains of extra data against their equal-steps controls
+    lines += _search_lines(records)
     lines += ["", "## Charts", ""]
     for key, chart in charts:
         lines += _chart_lines(key, chart)
@@ -210,6 +211,19 @@ def render_markdown_report(summary: dict, records: list[dict], title: str, recom
         lines += [f"- {'✓' if c.get('ok') else '✗'} **{c.get('check')}**: {c.get('detail', '')}" for c in honesty]
         lines.append("")
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _search_lines(records: list[dict]) -> list[str]:
+    """The hyperparameter-search section: per searched row, the chosen values and every trial (none: no lines)."""
+    from lmtailor.report.search_section import search_tables
+
+    tables = search_tables(records)
+    if not tables:
+        return []
+    lines = ["", "## Hyperparameter search", ""]
+    for t in tables:
+        lines += [f"### {t.label}", "", f"`{t.row_id}` {t.summary}.", ""] + _md_table(t.columns, t.rows) + [""]
+    return lines
 
 
 def chart_options(report_cfg) -> dict:

@@ -171,13 +171,17 @@ def fine_tune_after(strategy: Strategy, cfg: PretrainingConfig, ctx: RunContext,
         ctx.meter.add_artifact("pretrained_model", path)
         artifacts["pretrained_model"] = path
     finetuned = FinetuneStrategy(cfg.finetune).tune_and_answer(ctx, model, tokenizer)
-    phases = {p: round(ctx.meter.phases[p].wall_s, 3) for p in ("pretrain", "train")}
+    phases = {p: round(ctx.meter.phases[p].wall_s, 3) for p in ("pretrain", "search", "train")}
     times = {"pretrain_s": phases["pretrain"], "finetune_s": phases["train"],
-             "setup_s": round(phases["pretrain"] + phases["train"], 3)}
-    ctx.log.info("%s: pre-training %.1f s + fine-tuning %.1f s = %.1f s of set-up", strategy.label(),
-                 times["pretrain_s"], times["finetune_s"], times["setup_s"])
+             "setup_s": round(phases["pretrain"] + phases["search"] + phases["train"], 3)}
+    if cfg.finetune.search is not None:  # the fine-tuning phase's hyperparameter search (the pre-training is fixed)
+        times["search_s"] = phases["search"]
+    ctx.log.info("%s: pre-training %.1f s + search %.1f s + fine-tuning %.1f s = %.1f s of set-up", strategy.label(),
+                 times["pretrain_s"], phases["search"], times["finetune_s"], times["setup_s"])
     ft_details = {k: v for k, v in finetuned.details.items() if k != "inference"}
-    details = {**(extra or {}), "pretrain": pretrain_details, "finetune": ft_details, "times": times,
+    # the search record also at the top, where the report and the honesty checks look for a row's search
+    search = {"search": ft_details["search"]} if "search" in ft_details else {}
+    details = {**(extra or {}), **search, "pretrain": pretrain_details, "finetune": ft_details, "times": times,
                "inference": finetuned.details.get("inference")}
     return StrategyOutput(predictions=finetuned.predictions, artifacts={**artifacts, **finetuned.artifacts},
                           details=details, tuned=finetuned.tuned)

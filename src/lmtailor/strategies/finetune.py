@@ -22,6 +22,7 @@ from lmtailor.measure.meter import Meter
 from lmtailor.strategies.base import RunContext, Strategy, StrategyConfig, StrategyOutput
 from lmtailor.tasks.base import TaskSpec
 from lmtailor.training.peft_methods import check_method_settings, finetune_method, method_label
+from lmtailor.training.search_space import SearchConfig, check_search
 
 if TYPE_CHECKING:
     from lmtailor.training.dataset import SFTRows
@@ -106,6 +107,10 @@ class FinetuneConfig(StrategyConfig):
                           "row is labelled e.g. 'LoRA + 256 synthetic'")
     scoring: Literal["likelihood", "constrained", "generate"] | None = Field(
         None, description="how test answers are produced (default: likelihood for classification, generate otherwise)")
+    search: SearchConfig | None = Field(
+        None, description="hyperparameter search (Optuna, TPE, seeded): {trials: 8, metric: validation_loss, "
+                          "space: {...}}; trials are scored on the validation rows, the best settings train the "
+                          "final model, and the search's time and $ are the row's set-up cost (training/search.py)")
 
     @field_validator("method")
     @classmethod
@@ -134,6 +139,7 @@ class FinetuneConfig(StrategyConfig):
             raise ValueError("target_modules is an empty list; name modules, use 'all-linear', or leave it unset")
         if self.train_sizes is not None and (not self.train_sizes or min(self.train_sizes) < 1):
             raise ValueError("train_sizes must be a non-empty list of positive row counts, e.g. [50, 100, 200]")
+        check_search(self)  # a searched setting also set by hand, one the method does not take, ...
         return self
 
 
@@ -165,8 +171,9 @@ class FinetuneStrategy(Strategy):
     def default_label(self) -> str:
         from lmtailor.strategies.extra_data import extra_data_label
 
-        name = method_label(self.config)
-        name = name if self.config.with_instruction else f"{name} (input only)"
+        notes = ([] if self.config.with_instruction else ["input only"]) + (
+            ["searched"] if self.config.search is not None else [])
+        name = method_label(self.config) + (f" ({', '.join(notes)})" if notes else "")
         return name + extra_data_label(self.config.augment, self.config.synthetic)
 
     def uses_training_data(self) -> bool:
@@ -182,6 +189,9 @@ class FinetuneStrategy(Strategy):
         method = finetune_method(self.config.method)
         method.check(self.config, family, ctx.runtime)  # before any loading: family, device, library
         if family == "encoder":
+            if self.config.search is not None:
+                raise UserError(f"{self.label()}: search is not implemented for encoder classifiers "
+                                f"({ctx.model_ref}); remove search from this row or use a decoder-only model")
             return self._run_encoder(ctx)
         with ctx.meter.phase("load"):
             loaded = load_model(ctx.model_ref, ctx.runtime,
@@ -208,13 +218,19 @@ class FinetuneStrategy(Strategy):
         finetune_method(self.config.method).check(self.config, family, ctx.runtime)
         ctx, extra = with_extra_rows(ctx, self.config.augment, self.config.synthetic, model, tokenizer)
         task = self.tuned_task(ctx.task)
+        tuner, search = self, None
+        if self.config.search is not None:  # trials on the training rows, scored on validation, metered as set-up
+            from lmtailor.training.search import run_search
+
+            with ctx.meter.phase("search"):
+                search = run_search(self, ctx, task, model, tokenizer, family)
+            tuner = FinetuneStrategy(search.config)
         with ctx.meter.phase("train"):
-            if family == "encoder-decoder":
-                trained = self._train_seq2seq(ctx, task, model, tokenizer)
-            else:
-                trained = self._train(ctx, task, model, tokenizer)
-        self._measure(ctx.meter, trained)
-        details = self._details(trained)
+            trained = tuner.train_once(ctx, task, model, tokenizer, family)
+        tuner._measure(ctx.meter, trained)
+        details = tuner._details(trained)
+        if search is not None:
+            details.update(search=search.record(), learning_rate_source="hyperparameter search")
         # Serve as deployed: an adapter that folds into the weights (LoRA, DoRA, IA3, LoHa, ...) is merged, so
         # inference costs what the base model's does; virtual tokens (prefix, prompt tuning) stay a PeftModel.
         model, serving = serve(trained.model, ctx.runtime.dtype)
@@ -260,14 +276,22 @@ class FinetuneStrategy(Strategy):
         return StrategyOutput(predictions=predictions, artifacts={trained.artifact_name: trained.artifact},
                               details=details, tuned=(model, loaded.tokenizer))
 
-    def _train_seq2seq(self, ctx: RunContext, task: TaskSpec, model, tokenizer):
+    def train_once(self, ctx: RunContext, task: TaskSpec, model, tokenizer, family: str,
+                   callbacks: tuple | list = ()):
+        """One training of a decoder-only or encoder-decoder model with this config (a row's, or a search trial's);
+        ``callbacks`` are added to the trainer."""
+        if family == "encoder-decoder":
+            return self._train_seq2seq(ctx, task, model, tokenizer, callbacks)
+        return self._train(ctx, task, model, tokenizer, callbacks)
+
+    def _train_seq2seq(self, ctx: RunContext, task: TaskSpec, model, tokenizer, callbacks=()):
         """T5/BART: Seq2SeqTrainer on (source, target) pairs in the family's own format (training/seq2seq.py)."""
         from lmtailor.training.seq2seq import train_seq2seq
 
         return train_seq2seq(model, tokenizer, self.config, task, ctx.data.train, ctx.data.validation, ctx.budget,
-                             ctx.runtime, ctx.seed, ctx.out_dir)
+                             ctx.runtime, ctx.seed, ctx.out_dir, callbacks)
 
-    def _train(self, ctx: RunContext, task: TaskSpec, model, tokenizer) -> _Trained:
+    def _train(self, ctx: RunContext, task: TaskSpec, model, tokenizer, callbacks=()) -> _Trained:
         """Tokenize the rows, train through TRL, finish with a validation loss, save the artifact."""
         from lmtailor.training.common import count_params, train_and_save
         from lmtailor.training.dataset import build_sft_rows
@@ -279,6 +303,8 @@ class FinetuneStrategy(Strategy):
         val = build_sft_rows(tokenizer, task, ctx.data.validation, ctx.budget)
         trainer = build_trainer(model, tokenizer, cfg, train.dataset, val.dataset, ctx.runtime, ctx.seed,
                                 ctx.out_dir / "checkpoints", ctx.budget.max_seq_len)
+        for callback in callbacks:
+            trainer.add_callback(callback)
         trainable, total = count_params(trainer.model)
         ctx.log.info("%s: %d training rows, %s of %s parameters trainable, lr %g, %s batches", self.label(),
                      train.rows, f"{trainable:,}", f"{total:,}", learning_rate(cfg),

@@ -160,8 +160,9 @@ def build_seq2seq_trainer(model, tokenizer, cfg: "FinetuneConfig", train: "Datas
 
 def train_seq2seq(model, tokenizer, cfg: "FinetuneConfig", task: TaskSpec, train_rows: Sequence[Example],
                   val_rows: Sequence[Example], budget: Budget, runtime: Runtime, seed: int,
-                  out_dir: Path) -> Seq2SeqTrained:
-    """Encode the rows, train, finish with a validation loss, save the adapter or model (safetensors) in ``out_dir``."""
+                  out_dir: Path, callbacks: Sequence = ()) -> Seq2SeqTrained:
+    """Encode the rows, train, finish with a validation loss, save the adapter or model (safetensors) in ``out_dir``;
+    ``callbacks`` are added to the trainer (the search's pruner)."""
     if not train_rows:
         raise UserError("fine-tuning needs training rows, but there are none; check data.max_train and the splits")
     out_dir = Path(out_dir)
@@ -170,6 +171,8 @@ def train_seq2seq(model, tokenizer, cfg: "FinetuneConfig", task: TaskSpec, train
     val = build_seq2seq_rows(tokenizer, task, val_rows, budget, start)
     trainer = build_seq2seq_trainer(model, tokenizer, cfg, train.dataset, val.dataset, runtime, seed,
                                     out_dir / "checkpoints")
+    for callback in callbacks:
+        trainer.add_callback(callback)
     trainable, total = count_params(trainer.model)
     state, name, path = train_and_save(trainer, cfg, tokenizer, out_dir, **save_override(cfg))
     return Seq2SeqTrained(trainer.model, state, train, val, trainable, total, name, path)
