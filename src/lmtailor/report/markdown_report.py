@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmtailor.io import write_text_atomic
+from lmtailor.report.below_majority import below_majority_notes
 from lmtailor.report.charts import ABSENT, RUNGS, Chart, all_charts, best_group
 from lmtailor.report.table import TableRow, build_rows, fmt_usd, format_rows, headers
 from lmtailor.report.results_json import same_or_different
@@ -132,6 +133,9 @@ def render_markdown_report(summary: dict, records: list[dict], title: str, recom
     lines += ["## Cost-benefit by rung", "", "The best configuration of each rung of the spectrum that finished.", ""]
     rungs = cost_benefit_rows(summary, records)
     lines += _md_table(RUNG_HEADERS, [r.cells for r in rungs]) if rungs else ["No rung finished with a score."]
+    below = below_majority_notes(records)
+    if below:
+        lines += [""] + [f"- {note}" for note in below]
     columns, cells = detail_table(records)
     lines += ["", "## Every configuration", ""] + _md_table(columns, cells) + [""]
     for r in failed_rows(summary):
