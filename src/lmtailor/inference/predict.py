@@ -3,7 +3,8 @@
 Token accounting (``meter.add_tokens("inference", n)``) counts the real tokens fed to the model: prompt tokens
 (padding excluded) plus generated or scored answer tokens. In likelihood mode the few-shot prefix shared by every
 prompt is computed once and counted once, and the one-row self-check of the prefix cache is counted too: the count
-is what the hardware processed, not what a naive implementation would have.
+is what the hardware processed, not what a naive implementation would have. With ``calibrate`` the content-free
+prompts (``inference/calibration.py``) are counted too: they are part of answering.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ The index is built (or found in the cache) in the meter's ``index`` phase; retri
 the ``inference`` phase, where it is paid for at serving time. Passages are numbered and fitted into
 ``max_context_tokens`` of the generator's tokens (cuts and drops are reported), then the augmented rows go through
 the same prediction code as ``prompt`` (label likelihood, constrained or free generation; both model families).
+``shots`` with ``exemplars: similar`` pick each row's exemplars by its own input (not its passages), with the
+corpus's embedder; ``calibrate`` measures the label prior on content-free inputs in place of the whole augmented
+input (passages and row).
 
 What may be in the corpus:
 
