@@ -63,7 +63,7 @@ def check_prompt_knobs(shots: int, exemplars: str, calibrate: bool, scoring: str
 
 
 def usable_pool(train: Sequence[Example], test: Sequence[Example]) -> list[Example]:
-    """The training rows an exemplar may come from: none whose input is also a test input."""
+    """The training rows an exemplar may come from: none whose input is also a test input (a test row's twin)."""
     test_inputs = frozenset(e.input for e in test)
     return [e for e in train if e.input not in test_inputs]
 
@@ -119,9 +119,8 @@ class ExemplarChooser:
             exemplars: Exemplars = self.index.nearest([e.input for e in ctx.data.test], self.shots)
             used = exemplars.distinct()
         else:
-            test_inputs = frozenset(e.input for e in ctx.data.test)  # a duplicate of a test row is no exemplar either
-            exemplars = used = draw_exemplars(ctx.data.train, self.shots, ctx.seed,
-                                              ctx.task.type == "classification", test_inputs)
+            exemplars = used = draw_exemplars(usable_pool(ctx.data.train, ctx.data.test), self.shots, ctx.seed,
+                                              ctx.task.type == "classification")
         leaked = {e.id for e in used} & {e.id for e in ctx.data.test}
         if leaked:
             raise RuntimeError(f"exemplars {sorted(leaked)} are test rows; the splits share ids, which they must not")
