@@ -114,3 +114,14 @@ def test_calibrating_an_api_model_is_refused_before_any_request(tmp_path):
                      out_dir=tmp_path, runtime=Runtime("cpu", "fp32", "test"))
     with pytest.raises(UserError, match="calibrate: true needs every label's likelihood"):
         PromptStrategy(PromptConfig(name="prompt", calibrate=True)).run(ctx)
+
+
+def test_validate_refuses_calibrating_an_api_model():
+    raw = {"name": "x", "data": {"source": "builtin:pydoc-module"},
+           "models": ["tiny-llama", "openai:gpt-x@http://127.0.0.1:9/v1"],
+           "strategies": [{"name": "prompt", "calibrate": True}],
+           "pricing": {"api_models": {"gpt-x": {"input_usd_per_1m": 0.15, "output_usd_per_1m": 0.6}}}}
+    with pytest.raises(ConfigError, match=r"strategies\.0\.calibrate: true needs every label's likelihood"):
+        validate_experiment(raw)
+    raw["strategies"][0]["models"] = ["tiny-llama"]
+    assert validate_experiment(raw).strategies[0].calibrate
