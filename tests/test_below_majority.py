@@ -80,3 +80,14 @@ def test_the_note_is_in_both_reports_cost_benefit_section(tmp_path):
     html = render_html(summary, loaded, "r")
     assert "<strong>zero-shot on m1 scores 0.500, below the majority-class rate 1.000</strong>" in html
     assert "<code>calibrate: true</code>" in html
+
+
+def test_the_note_is_in_results_md_too():
+    from test_table import _record
+
+    from lmtailor.report.table import results_markdown
+
+    record = _record("8-shot", "m", 0.045, shots=8)
+    record.update(task={"name": "t", "type": "classification"},
+                  score_details={"per_class": {k: {"support": v} for k, v in SUPPORT.items()}})
+    assert "- **8-shot on m scores 0.045, below the majority-class rate 0.315**" in results_markdown([record])

@@ -281,6 +281,7 @@ def format_rows(rows: list[TableRow]) -> list[list[str]]:
 
 def results_markdown(records: list[dict], title: str = "results") -> str:
     """The cost-benefit table as Markdown, with the facts a reader needs to trust it."""
+    from lmtailor.report.below_majority import below_majority_notes
     from lmtailor.report.findings import architecture_findings  # findings builds on this module's rows
 
     table_rows = build_rows(records)
@@ -317,6 +318,7 @@ def results_markdown(records: list[dict], title: str = "results") -> str:
         failed = [r for r in records if r.get("status") != "ok"]
         for r in failed:
             lines.append(f"- **{r['row_id']} failed**: {r['error']['type']}: {r['error']['message']}")
+        lines += [f"- {note}" for note in below_majority_notes(records)]
         lines += [""] + architecture_findings(records)
     return "\n".join(lines) + "\n"
 
