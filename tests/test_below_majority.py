@@ -26,13 +26,13 @@ def test_without_a_baseline_row_the_test_sets_most_common_label_is_the_floor():
                _rec("8-shot", "prompt", 0.045, {"shots": 8}, support=SUPPORT, predicted={"c": 102, "d": 87, "b": 11}),
                _rec("8-shot similar", "prompt", 0.40, {"shots": 8, "exemplars": "similar"}, support=SUPPORT)]
     rate, source = majority_rate(records)
-    assert rate == 0.315 and "'a': 63 of 200 test rows" in source
+    assert rate == 0.315 and "share ('a', 63 of 200 test rows" in source
     notes = below_majority_notes(records)
     assert len(notes) == 2  # 0.40 is above 0.315
     assert notes[0].startswith("**zero-shot on m scores 0.175, below the majority-class rate 0.315**")
     # zero-shot has no exemplars to choose: the remedy is to add some
     assert "`calibrate: true`" in notes[0] and "exemplars (`shots`, with `exemplars: similar`)" in notes[0]
-    assert "its answers fall on 3 labels (most: 'c' 102, 'd' 87 of 200)" in notes[1]
+    assert "Its answers fall on 3 labels (most: 'c' 102, 'd' 87 of 200)." in notes[1]
     assert "`exemplars: similar`" in notes[1] and "fine-tuning" in notes[1]
 
 
@@ -44,7 +44,7 @@ def test_the_baseline_row_is_preferred_and_remedies_already_tried_are_not_offere
                _rec("4-shot similar, calibrated", "prompt", 0.33,
                     {"shots": 4, "exemplars": "similar", "calibrate": True}, seed=1, support=SUPPORT),
                _rec("lora", "finetune", 0.10, support=SUPPORT)]  # not a prompted row: never named here
-    assert majority_rate(records) == (0.30, "the majority-class baseline row (majority class)")
+    assert majority_rate(records) == (0.30, "the rate is the score of the majority-class baseline row (majority class)")
     [note] = below_majority_notes(records)
     assert "scores 0.290, below the majority-class rate 0.300" in note
     assert "calibrate" not in note.split("Remedies:")[1] and "similar" not in note.split("Remedies:")[1]

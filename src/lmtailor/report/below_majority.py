@@ -38,7 +38,7 @@ def majority_rate(records: list[dict]) -> tuple[float, str] | None:
     baseline = [a for r in records if r.get("strategy") == "baseline" and (a := _accuracy(r)) is not None]
     if baseline:
         label = next(r["label"] for r in records if r.get("strategy") == "baseline")
-        return _mean(baseline), f"the majority-class baseline row ({label})"
+        return _mean(baseline), f"the rate is the score of the majority-class baseline row ({label})"
     for r in records:
         per_class = (r.get("score_details") or {}).get("per_class")
         if r.get("task", {}).get("type") == "classification" and per_class:
@@ -46,8 +46,8 @@ def majority_rate(records: list[dict]) -> tuple[float, str] | None:
             n = sum(support.values())
             if n:
                 top = max(sorted(support), key=support.__getitem__)
-                return support[top] / n, (f"the most common test label's share ({top!r}: {support[top]} of {n} "
-                                           "test rows; the best any single constant answer scores here)")
+                return support[top] / n, (f"the rate is the most common test label's share ({top!r}, {support[top]} "
+                                           f"of {n} test rows: the best any single constant answer scores here)")
     return None
 
 
@@ -72,7 +72,7 @@ def _answers(records: list[dict]) -> str:
         return ""
     top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:2]
     shown = ", ".join(f"{label!r} {count}" for label, count in top)
-    return f"; its answers fall on {len(counts)} label{'s' if len(counts) != 1 else ''} (most: {shown} of {n})"
+    return f" Its answers fall on {len(counts)} label{'s' if len(counts) != 1 else ''} (most: {shown} of {n})."
 
 
 def below_majority_notes(records: list[dict]) -> list[str]:
@@ -89,7 +89,7 @@ def below_majority_notes(records: list[dict]) -> list[str]:
     for (label, model), recs in groups.items():
         score = _mean([_accuracy(r) for r in recs])
         if score is not None and score < rate:
-            notes.append(f"**{label} on {model} scores {score:.3f}, below the majority-class rate {rate:.3f}** "
-                         f"({source}){_answers(recs)}: this prompt does worse than always giving one answer, so it "
-                         f"is no measure of what the rung can do. Remedies: {_remedies(recs[0].get('config') or {})}.")
+            notes.append(f"**{label} on {model} scores {score:.3f}, below the majority-class rate {rate:.3f}**: "
+                         f"{source}.{_answers(recs)} This prompt does worse than always giving one answer, so it is "
+                         f"no measure of what the rung can do. Remedies: {_remedies(recs[0].get('config') or {})}.")
     return notes
