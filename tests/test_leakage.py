@@ -206,7 +206,7 @@ def test_a_rows_own_worked_examples_follow_the_drawn_shots_in_every_layout():
     # an API model asked for a JSON label sees every exemplar, drawn or retrieved, answer in that JSON
     cls_own = Example("t", "own input", "re")
     rows = [Example("x", "the question", "os", {"exemplars": [cls_own]})]
-    (body,), _ = _bodies(CLS, rows, ["the question"], [], ("os", "re"), "constrained", Budget())
+    (body,), _ = _bodies(CLS, rows, ["the question"], [[]], ("os", "re"), "constrained", Budget())  # per-row shots
     assert [m["content"] for m in body["messages"] if m["role"] == "assistant"] == ['{"label": "re"}']
 
 

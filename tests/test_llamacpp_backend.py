@@ -352,3 +352,20 @@ def test_a_bare_gguf_file_loads_without_converting_its_weights(tiny_gguf_dir, tm
         assert encode_prompt(loaded.tokenizer, messages) == encode_prompt(load_tokenizer(str(tiny_gguf_dir)), messages)
     finally:
         loaded.model.close()
+
+
+def test_calibration_and_per_row_exemplars_match_the_transformers_path(engines):
+    from lmtailor.data.exemplars import RowExemplars
+    from lmtailor.inference.llamacpp_predict import predict_llamacpp
+
+    llm, hf, tokenizer = engines
+    rows = colour_rows(3, "k", seed=9)
+    shots = colour_rows(3, "q", seed=10)
+    per_row = RowExemplars([shots[:2], shots[1:], shots[:2]])  # rows 0 and 2 share a prompt's exemplars
+    ours, details = predict_llamacpp(llm, tokenizer, TASK, rows, per_row, Budget(), Meter(), calibrate=True)
+    theirs, reference = predict(hf, tokenizer, TASK, rows, per_row, Budget(), Meter(), calibrate=True)
+    mine, ref = details["calibration"], reference["calibration"]
+    assert mine["content_free_prompts"] == ref["content_free_prompts"] == 6
+    for row in rows:
+        assert mine["p_content_free_by_row"][row.id] == pytest.approx(ref["p_content_free_by_row"][row.id], abs=2e-3)
+    assert ours == theirs and mine["tokens"] > 0

@@ -209,3 +209,24 @@ def test_lmtailor_run_scores_retrieval_and_compares_architectures(tmp_path, one_
     table = (run_dir / "results.md").read_text()
     assert "| retrieval |" in table and "recall@2 1.000 · MRR 1.000" in table
     assert "Which architecture did best" in table and "encoder-decoder" in table
+
+
+def test_rag_with_similar_exemplars_and_calibration(tiny_llama_dir, tiny_st_dir, tmp_path, one_torch_thread):
+    _corpus(tmp_path)
+    task = TaskSpec("which-module", "classification", "Which module?", ("json", "math", "time"))
+    test = [Example("q1", "parse a JSON string", "json"), Example("q2", "square root", "math")]
+    ctx = _ctx(tmp_path, str(tiny_llama_dir), test, task)
+    ctx.data.train = [Example("t0", "load JSON text", "json"), Example("t1", "sqrt of two", "math"),
+                      Example("t2", "sleep a while", "time"), Example("t3", "square root", "math")]  # t3: q2's twin
+    cfg = RagConfig(name="rag", corpus="docs.jsonl", id_field="id", retriever="bm25", k=1, chunk_tokens=32,
+                    chunk_overlap=4, embedder=tiny_st_dir, shots=2, exemplars="similar", calibrate=True)
+    strategy = RagStrategy(cfg)
+    assert strategy.label() == "RAG bm25 k=1, 2-shot similar, calibrated" and not strategy.uses_seed()
+    with ctx.meter:
+        out = strategy.run(ctx)
+    by_row = out.details["exemplar_ids_by_row"]
+    assert set(by_row) == {"q1", "q2"} and all(len(v) == 2 and "t3" not in v for v in by_row.values())
+    calibration = out.details["inference"]["calibration"]
+    # three content-free prompts per distinct exemplar list (two rows: two lists, unless both chose the same)
+    assert calibration["content_free_prompts"] == 3 * len({tuple(v) for v in by_row.values()})
+    assert set(out.predictions) <= {"json", "math", "time"}

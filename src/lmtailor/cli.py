@@ -44,6 +44,7 @@ def _load(path: Path, overrides: list[str]):
 
 
 def _print_results(run_dir: Path, title: str) -> None:
+    from lmtailor.report.below_majority import below_majority_notes
     from lmtailor.report.findings import architecture_findings
     from lmtailor.report.results_json import load_records
     from lmtailor.report.table import results_markdown, results_rich_table
@@ -52,6 +53,8 @@ def _print_results(run_dir: Path, title: str) -> None:
     if console.is_terminal:
         console.print(results_rich_table(records, title=title))
         console.print("\n".join(architecture_findings(records)), markup=False, highlight=False, soft_wrap=True)
+        for note in below_majority_notes(records):
+            console.print(f"- {note}", markup=False, highlight=False, soft_wrap=True)
     else:  # piped or captured: Markdown reads well as plain text and does not wrap at an assumed 80 columns
         console.print(results_markdown(records, title=title), markup=False, highlight=False, soft_wrap=True)
     console.print(f"run directory: {run_dir}")

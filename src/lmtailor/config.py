@@ -241,6 +241,10 @@ def _api_model_problems(source: str, exp: Experiment, strategies: list[StrategyC
             problems.append(f"{source}: strategies.{i} ({cfg.name}) would run on {', '.join(remote)}, an API "
                             "endpoint, which has no weights to train here (only prompt and rag can use one); set "
                             f"strategies.{i}.models to the local models it should run on")
+        elif remote and getattr(cfg, "calibrate", False):  # an endpoint gives no label likelihoods to calibrate
+            problems.append(f"{source}: strategies.{i}.calibrate: true needs every label's likelihood, which the API "
+                            f"endpoint {', '.join(remote)} does not give; set strategies.{i}.models to the local "
+                            "models it should run on, or remove calibrate")
     return problems + _unpriced_api_problems(source, exp, strategies)
 
 

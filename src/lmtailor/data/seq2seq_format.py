@@ -28,10 +28,11 @@ the answer is still the decoder's target, so the same data and layout can be com
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from lmtailor.data.example import Example
+from lmtailor.data.exemplars import Exemplars, cut_exemplars, exemplars_per_row
 from lmtailor.data.formats import (build_messages, check_format, instruction_for, raw_text, row_exemplars, shows_labels,
                                    truncate_text)
 from lmtailor.errors import UserError
@@ -105,22 +106,25 @@ class Seq2SeqSources:
     texts: list[str]
     truncated_inputs: int
     truncated_exemplar_inputs: int
+    shots: list[list[Example]] = field(default_factory=list)  # each row's exemplars, as cut
+    inputs: list[str] = field(default_factory=list)  # each row's input, as cut
 
 
-def build_sources(tokenizer, task: TaskSpec, rows: Sequence[Example], exemplars: Sequence[Example],
+def build_sources(tokenizer, task: TaskSpec, rows: Sequence[Example], exemplars: Exemplars,
                   max_input_tokens: int) -> Seq2SeqSources:
-    """Source texts for ``rows``: every row and exemplar input cut to ``max_input_tokens`` tokens (counted)."""
-    shots, cut_shots = [], 0
-    for ex in exemplars:
-        text, cut = truncate_text(tokenizer, ex.input, max_input_tokens)
-        shots.append(Example(ex.id, text, ex.target, ex.meta))
-        cut_shots += cut
-    texts, cut_rows = [], 0
-    for row in rows:
+    """Source texts for ``rows``: every row and exemplar input cut to ``max_input_tokens`` tokens (counted).
+
+    ``exemplars``: shared by every row, or a ``RowExemplars`` (one list per row); each distinct exemplar counts once.
+    """
+    shots, cut_shots = cut_exemplars(exemplars_per_row(exemplars, len(rows)),
+                                     lambda text: truncate_text(tokenizer, text, max_input_tokens))
+    texts, cut_rows, inputs = [], 0, []
+    for row, row_shots in zip(rows, shots):
         text, cut = truncate_text(tokenizer, row.input, max_input_tokens)
-        texts.append(source_text(task, text, shots, row.meta))
+        texts.append(source_text(task, text, row_shots, row.meta))
+        inputs.append(text)
         cut_rows += cut
-    return Seq2SeqSources(texts, cut_rows, cut_shots)
+    return Seq2SeqSources(texts, cut_rows, cut_shots, shots, inputs)
 
 
 @dataclass

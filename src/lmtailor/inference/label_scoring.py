@@ -258,12 +258,14 @@ def _check_cache(model, prompt, labels, pad_id: int, cached: list[list[float]], 
 @torch.no_grad()
 def score_labels(model, prompts: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], pad_id: int,
                  prefix_cache: bool = True, normalize: bool = False,
-                 on_row: Callable[[], None] | None = None, batch_size: int = 8) -> LabelScores:
+                 on_row: Callable[[], None] | None = None, batch_size: int = 8,
+                 self_check: bool = True) -> LabelScores:
     """Score each label's completion ids after each prompt (sum of token log-probs; mean if ``normalize``).
 
     With ``prefix_cache`` (the default) rows are scored ``batch_size`` at a time after the shared prefix's cache
     (an empty one when the prompts share nothing); without it, one cache-free forward per row over all labels,
-    the reference path.
+    the reference path. ``self_check=False`` skips the cache-free check of the first batch (for callers that
+    already checked this model, see ``score_prompt_groups``).
     """
     if not prompts:
         return LabelScores([])
@@ -297,7 +299,8 @@ def score_labels(model, prompts: Sequence[Sequence[int]], labels: Sequence[Seque
             rows, n = _score_batch_cached(scorer, cache, prefix_len, [prompts[i] for i in batch], labels, pad_id)
             result.tokens += n
             # The batch's shortest row carries the most padding: check it against a cache-free forward.
-            if start == 0 and not _check_cache(model, prompts[batch[0]], labels, pad_id, rows[0], result):
+            if start == 0 and self_check and not _check_cache(model, prompts[batch[0]], labels, pad_id, rows[0],
+                                                               result):
                 batched = False
             else:
                 for i, row in zip(batch, rows):
@@ -312,6 +315,28 @@ def score_labels(model, prompts: Sequence[Sequence[int]], labels: Sequence[Seque
                 on_row()
     result.scores = [[_reduce(lp, normalize) for lp in row] for row in logps]
     return result
+
+
+def score_prompt_groups(model, groups: Sequence[Sequence[Sequence[int]]], labels: Sequence[Sequence[int]],
+                        pad_id: int, normalize: bool = False, batch_size: int = 8) -> LabelScores:
+    """Score prompts that come in groups, each group's prompts sharing a long prefix of their own (a prompt with
+    per-row exemplars, asked about each content-free input): each group's prefix runs once, not once per prompt.
+
+    Scores come back in the groups' order, flattened. The first group is checked against a cache-free forward (as
+    ``score_labels`` does); if the cache fails there, every group is scored without it.
+    """
+    out = LabelScores([], path="prefix-cache")
+    cached = True
+    for i, group in enumerate(groups):
+        part = score_labels(model, group, labels, pad_id, prefix_cache=cached, normalize=normalize,
+                            batch_size=batch_size, self_check=i == 0)
+        cached = cached and part.path != "no-cache"
+        out.scores += part.scores
+        out.tokens += part.tokens
+        out.prefix_len = max(out.prefix_len, part.prefix_len)
+        out.notes += part.notes
+        out.path = "prefix-cache per group" if cached else "no-cache"
+    return out
 
 
 @torch.no_grad()

@@ -22,7 +22,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lmtailor.data.example import Example
+from lmtailor.data.exemplars import Exemplars, shot_count
 from lmtailor.data.formats import build_messages, encode_prompt, encode_prompt_completion, stop_token_ids
+from lmtailor.inference.calibration import check_calibration, choose_labels, content_free_prompts
 from lmtailor.inference.generation import LabelTrie, count_truncated, labels_of_matches
 from lmtailor.inference.llamacpp import LlamaCppModel
 from lmtailor.inference.predict import Mode, check_mode, default_mode, prepare_inputs
@@ -51,17 +53,23 @@ def label_logps(model: LlamaCppModel, prompt: Sequence[int], labels: Sequence[Se
 
 
 def predict_llamacpp(model: LlamaCppModel, tokenizer, task: TaskSpec, rows: Sequence[Example],
-                     exemplars: Sequence[Example], budget: Budget, meter: Meter, mode: Mode | None = None,
-                     progress_desc: str = "", normalize: bool = False) -> tuple[list[str], dict]:
-    """Return a prediction per row (aligned with ``rows``) and details; counts tokens, rows and FLOPs into ``meter``."""
+                     exemplars: Exemplars, budget: Budget, meter: Meter, mode: Mode | None = None,
+                     progress_desc: str = "", normalize: bool = False,
+                     calibrate: bool = False) -> tuple[list[str], dict]:
+    """Return a prediction per row (aligned with ``rows``) and details; counts tokens, rows and FLOPs into ``meter``.
+
+    ``exemplars``: shared, or a ``RowExemplars``; ``calibrate`` as for ``predict`` (likelihood mode)."""
     mode = mode or default_mode(task)
     check_mode(task, mode)
+    if calibrate:
+        check_calibration(mode)
     texts, shots, cut_rows, cut_shots = prepare_inputs(tokenizer, task, rows, exemplars, budget.max_input_tokens)
-    details: dict = {"mode": mode, "rows": len(rows), "shots": len(shots), "truncated_inputs": cut_rows,
+    details: dict = {"mode": mode, "rows": len(rows), "shots": shot_count(exemplars), "truncated_inputs": cut_rows,
                      "truncated_exemplar_inputs": cut_shots, **model.describe()}
     if not rows:
         return [], details
-    prompts = [encode_prompt(tokenizer, build_messages(task, text, shots, row.meta)) for row, text in zip(rows, texts)]
+    prompts = [encode_prompt(tokenizer, build_messages(task, text, row_shots, row.meta))
+               for row, text, row_shots in zip(rows, texts, shots)]
     details["prompt_tokens"] = {"mean": round(sum(map(len, prompts)) / len(prompts), 1), "max": max(map(len, prompts))}
     start = model.evaluated
     bar = tqdm(total=len(rows), desc=progress_desc or f"{mode} (llama.cpp)", unit="row")
@@ -69,10 +77,13 @@ def predict_llamacpp(model: LlamaCppModel, tokenizer, task: TaskSpec, rows: Sequ
         if mode == "generate":
             predictions = _generate(model, tokenizer, prompts, budget, bar, details)
         else:
-            first = build_messages(task, texts[0], shots, rows[0].meta)
+            first = build_messages(task, texts[0], shots[0], rows[0].meta)
             label_ids = [encode_prompt_completion(tokenizer, first, label)[1] for label in task.labels]
             if mode == "likelihood":
-                predictions = _likelihood(model, task, prompts, label_ids, normalize, bar, details)
+                cf = content_free_prompts(len(rows), lambda i, text: encode_prompt(
+                    tokenizer, build_messages(task, text, shots[i], rows[i].meta))) if calibrate else None
+                predictions = _likelihood(model, task, prompts, label_ids, normalize, bar, details,
+                                          [row.id for row in rows], cf)
             else:
                 predictions = _constrained(model, task, prompts, label_ids, bar, details)
     finally:
@@ -87,16 +98,30 @@ def predict_llamacpp(model: LlamaCppModel, tokenizer, task: TaskSpec, rows: Sequ
     return predictions, details
 
 
-def _likelihood(model, task, prompts, label_ids, normalize, bar, details) -> list[str]:
+def _scores(model, prompts, label_ids, normalize, on_row=None) -> list[list[float]]:
     scores = []
     for prompt in prompts:
         logps = label_logps(model, prompt, label_ids)
         scores.append([sum(lp) / len(lp) if normalize else sum(lp) for lp in logps])
-        bar.update(1)
+        if on_row:
+            on_row()
+    return scores
+
+
+def _likelihood(model, task, prompts, label_ids, normalize, bar, details, row_ids=(), cf=None) -> list[str]:
+    scores = _scores(model, prompts, label_ids, normalize, lambda: bar.update(1))
     details.update({"labels": list(task.labels), "score": "mean token log-prob" if normalize else "sum of token "
                     "log-probs", "scoring_path": "llamacpp-kv-prefix", "notes": [],
                     "label_scores": [[round(x, 4) for x in row] for row in scores]})
-    return [task.labels[max(range(len(row)), key=row.__getitem__)] for row in scores]
+    if cf is None:
+        return choose_labels(task.labels, row_ids, scores, details)
+    # content-free prompts: their tokens are counted with the rows' (model.evaluated covers both); a row's
+    # variants follow one another, so llama.cpp's cache keeps their shared instruction and exemplars
+    start = model.evaluated
+    cf_scores = cf.score_grouped(lambda groups: _scores(model, [p for g in groups for p in g], label_ids, normalize))
+    predictions = choose_labels(task.labels, row_ids, scores, details, cf, cf_scores)
+    details["calibration"]["tokens"] = model.evaluated - start
+    return predictions
 
 
 def _constrained(model, task, prompts, label_ids, bar, details) -> list[str]:

@@ -13,8 +13,10 @@ from typing import Callable, Sequence
 import torch
 
 from lmtailor.data.example import Example
-from lmtailor.data.seq2seq_format import build_sources, encode_source, encode_target
+from lmtailor.data.exemplars import Exemplars, shot_count
+from lmtailor.data.seq2seq_format import build_sources, encode_source, encode_target, source_text
 from lmtailor.errors import UserError
+from lmtailor.inference.calibration import check_calibration, choose_labels, content_free_prompts
 from lmtailor.inference.generation import count_truncated, generate_ids, pad_batch
 from lmtailor.inference.label_scoring import LabelScores
 from lmtailor.inference.predict import (Mode, check_mode, constrained_labels, default_mode, pad_token_id,
@@ -31,18 +33,21 @@ def _check(model, task: TaskSpec, mode: str) -> None:
                         "lmtailor.inference.predict.predict")
 
 
-def predict_seq2seq(model, tokenizer, task: TaskSpec, rows: Sequence[Example], exemplars: Sequence[Example],
+def predict_seq2seq(model, tokenizer, task: TaskSpec, rows: Sequence[Example], exemplars: Exemplars,
                     budget: Budget, meter: Meter, mode: Mode | None = None, progress_desc: str = "",
-                    normalize: bool = False) -> tuple[list[str], dict]:
+                    normalize: bool = False, calibrate: bool = False) -> tuple[list[str], dict]:
     """Return a prediction per row (aligned with ``rows``) and details; counts tokens and rows into ``meter``.
 
-    Exemplars go into each row's source text (few-shot in the input). ``normalize`` (likelihood mode) ranks labels
-    by mean instead of summed token log-probability.
+    Exemplars (shared, or a ``RowExemplars``) go into each row's source text (few-shot in the input). ``normalize``
+    (likelihood mode) ranks labels by mean instead of summed token log-probability; ``calibrate`` (likelihood mode)
+    divides out the labels' prior measured on content-free inputs (``inference/calibration.py``).
     """
     mode = mode or default_mode(task)
     _check(model, task, mode)
+    if calibrate:
+        check_calibration(mode)
     sources = build_sources(tokenizer, task, rows, exemplars, budget.max_input_tokens)
-    details: dict = {"mode": mode, "rows": len(rows), "shots": len(exemplars),
+    details: dict = {"mode": mode, "rows": len(rows), "shots": shot_count(exemplars),
                      "truncated_inputs": sources.truncated_inputs,
                      "truncated_exemplar_inputs": sources.truncated_exemplar_inputs}
     if not rows:
@@ -57,19 +62,27 @@ def predict_seq2seq(model, tokenizer, task: TaskSpec, rows: Sequence[Example], e
         start = model.config.decoder_start_token_id
         label_ids = [encode_target(tokenizer, label, start) for label in task.labels]
         if mode == "likelihood":
-            return _likelihood(model, task, encoded, label_ids, pad_id, bar, details, normalize)
+            cf = content_free_prompts(len(rows), lambda i, text: encode_source(tokenizer, source_text(
+                task, text, sources.shots[i], rows[i].meta))) if calibrate else None
+            return _likelihood(model, task, encoded, label_ids, pad_id, bar, details, normalize,
+                               [row.id for row in rows], cf)
         return constrained_labels(model, task, encoded, label_ids, budget, pad_id, bar, details)
 
     return run_rows(model, rows, meter, details, progress_desc or mode, body)
 
 
-def _likelihood(model, task, sources, label_ids, pad_id, bar, details, normalize):
+def _likelihood(model, task, sources, label_ids, pad_id, bar, details, normalize, row_ids=(), cf=None):
     result = score_labels_seq2seq(model, sources, label_ids, pad_id, normalize=normalize,
                                   on_row=lambda: bar.update(1))
     details.update({"labels": list(task.labels), "score": "mean token log-prob" if normalize else "sum of token "
                     "log-probs", "scoring_path": result.path,
                     "label_scores": [[round(x, 4) for x in row] for row in result.scores]})
-    return [task.labels[i] for i in result.best()], result.tokens
+    if cf is None:
+        return choose_labels(task.labels, row_ids, result.scores, details), result.tokens
+    scored = score_labels_seq2seq(model, cf.prompts, label_ids, pad_id, normalize=normalize)  # the same way
+    predictions = choose_labels(task.labels, row_ids, result.scores, details, cf, scored.scores)
+    details["calibration"]["tokens"] = scored.tokens  # inference cost: counted with the rows' tokens
+    return predictions, result.tokens + scored.tokens
 
 
 def _generate(model, tokenizer, sources, budget, pad_id, bar, details):

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Sequence
 from tqdm.auto import tqdm
 
 from lmtailor.data.example import Example
+from lmtailor.data.exemplars import Exemplars, cut_exemplars, exemplars_per_row, shot_count
 from lmtailor.data.formats import build_messages, format_of, raw_text
 from lmtailor.errors import UserError
 from lmtailor.measure.meter import Meter
@@ -123,10 +124,12 @@ def check_remote_mode(task: TaskSpec, mode: str) -> None:
                         f"({task.type}) has none; use scoring: generate")
 
 
-def predict_remote(endpoint: OpenAIEndpoint, task: TaskSpec, rows: Sequence[Example], exemplars: Sequence[Example],
+def predict_remote(endpoint: OpenAIEndpoint, task: TaskSpec, rows: Sequence[Example], exemplars: Exemplars,
                    budget: "Budget", meter: Meter, mode: str | None = None,
                    progress_desc: str = "") -> tuple[list[str], dict]:
-    """Return a prediction per row (aligned with ``rows``) and details; meters every request into ``meter``."""
+    """Return a prediction per row (aligned with ``rows``) and details; meters every request into ``meter``.
+
+    ``exemplars``: shown before every row, or per row (a ``RowExemplars``)."""
     labels = tuple(task.labels or ()) if task.type == "classification" else ()
     if task.type == "classification" and not labels:
         raise UserError(f"task {task.name!r} is a classification task without labels; set task.labels")
@@ -134,13 +137,12 @@ def predict_remote(endpoint: OpenAIEndpoint, task: TaskSpec, rows: Sequence[Exam
     check_remote_mode(task, mode)
     cuts = [cut_to_approx_tokens(r.input, budget.max_input_tokens) for r in rows]
     texts, cut_rows = [text for text, _ in cuts], sum(cut for _, cut in cuts)
-    shots, cut_shots = [], 0
-    for ex in exemplars:
-        text, cut = cut_to_approx_tokens(ex.input, budget.max_input_tokens)
-        target = json.dumps({"label": ex.target}, ensure_ascii=False) if mode == "constrained" else ex.target
-        shots.append(Example(ex.id, text, target, ex.meta))  # constrained: exemplars answer in the asked JSON
-        cut_shots += cut
-    details: dict = {"mode": mode, "rows": len(rows), "shots": len(shots), "truncated_inputs": cut_rows,
+    shots, cut_shots = cut_exemplars(exemplars_per_row(exemplars, len(rows)),
+                                     lambda text: cut_to_approx_tokens(text, budget.max_input_tokens))
+    if mode == "constrained":  # exemplars answer in the asked JSON
+        shots = [[Example(ex.id, ex.input, json.dumps({"label": ex.target}, ensure_ascii=False), ex.meta)
+                  for ex in row] for row in shots]
+    details: dict = {"mode": mode, "rows": len(rows), "shots": shot_count(exemplars), "truncated_inputs": cut_rows,
                      "truncated_exemplar_inputs": cut_shots,
                      "input_cut_rule": f"{CHARS_PER_TOKEN} characters per token (no tokenizer for an API model)",
                      "endpoint": {"model": endpoint.model, "base_url": endpoint.base_url}}
@@ -164,12 +166,12 @@ def _bodies(task: TaskSpec, rows, texts, shots, labels, mode: str, budget: "Budg
         longest = max(labels, key=len)
         max_tokens = max(max_tokens, approx_token_count(json.dumps({"label": longest}, ensure_ascii=False)) + 16)
     bodies = []
-    for row, text in zip(rows, texts):
+    for row, text, row_shots in zip(rows, texts, shots):
         meta = row.meta
         if mode == "constrained" and meta.get("exemplars"):  # a row's own worked examples answer in JSON too
             meta = {**meta, "exemplars": [Example(ex.id, ex.input, json.dumps({"label": ex.target}, ensure_ascii=False),
                                                   ex.meta) for ex in meta["exemplars"]]}
-        messages = build_messages(task, text, shots, meta)
+        messages = build_messages(task, text, row_shots, meta)
         if mode == "constrained":
             last = messages[-1]
             line = answer_instruction(labels)

@@ -8,10 +8,12 @@ piece of text from a record goes through ``html.escape``. The only markup not bu
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 
 from lmtailor.io import write_text_atomic
 from lmtailor.report.charts import ABSENT, Chart, all_charts
+from lmtailor.report.below_majority import below_majority_notes
 from lmtailor.report.cost_notes import cost_notes
 from lmtailor.report.markdown_report import (RUNG_HEADERS, chart_options, cost_benefit_rows, deployment_note,
                                              detail_table, failed_rows, render_markdown_report, selection_line)
@@ -57,11 +59,21 @@ def _recommendation(rec: dict | None) -> str:
 def _cost_benefit(summary: dict, records: list[dict], report_cfg=None) -> str:
     rungs = cost_benefit_rows(summary, records, report_cfg)
     table = _table(RUNG_HEADERS, [r.cells for r in rungs]) if rungs else "<p>No rung finished with a score.</p>"
+    below = below_majority_notes(records)
     notes = "".join(f"<p>{e(n)}</p>" for n in [deployment_note(report_cfg), *cost_notes(records)])
+    notes += ('<ul class="below-majority">' + "".join(f"<li>{_strong(note)}</li>" for note in below) + "</ul>"
+              if below else "")
     return (f'<section id="cost-benefit"><h2>Cost-benefit by rung</h2><p>The best configuration of each rung of '
             f"the spectrum that finished, and the trivial baseline (no model: the floor every score is read "
             f"against); a score from fewer than 3 seeds says how many. {e(selection_line(summary))}</p>"
             f"{table}{notes}</section>")
+
+
+def _strong(markdown: str) -> str:
+    """A note's text escaped, its **bold** and `code` spans as HTML."""
+    text = e(markdown)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
 
 
 def _detail(summary: dict, records: list[dict]) -> str:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmtailor.io import write_text_atomic
+from lmtailor.report.below_majority import below_majority_notes
 from lmtailor.report.charts import ABSENT, RUNGS, Chart, all_charts, best_group
 from lmtailor.report.cost_notes import cost_notes
 from lmtailor.report.extra_data import extra_data_findings
@@ -194,6 +195,9 @@ def render_markdown_report(summary: dict, records: list[dict], title: str, recom
               "trivial baseline (no model: the floor every score is read against). " + selection_line(summary), ""]
     rungs = cost_benefit_rows(summary, records, report_cfg)
     lines += _md_table(RUNG_HEADERS, [r.cells for r in rungs]) if rungs else ["No rung finished with a score."]
+    below = below_majority_notes(records)
+    if below:
+        lines += [""] + [f"- {note}" for note in below]
     for note in [deployment_note(report_cfg), *cost_notes(records)]:
         lines += ["", note]
     columns, cells = detail_table(records)

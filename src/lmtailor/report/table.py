@@ -296,6 +296,7 @@ def results_markdown(records: list[dict], title: str = "results") -> str:
     """The cost-benefit table as Markdown, with the facts a reader needs to trust it."""
     from lmtailor.report.cost_notes import cost_notes
     from lmtailor.report.extra_data import extra_data_findings
+    from lmtailor.report.below_majority import below_majority_notes
     from lmtailor.report.findings import architecture_findings  # findings builds on this module's rows
 
     table_rows = build_rows(records)
@@ -334,6 +335,7 @@ def results_markdown(records: list[dict], title: str = "results") -> str:
         failed = [r for r in records if r.get("status") != "ok"]
         for r in failed:
             lines.append(f"- **{r['row_id']} failed**: {r['error']['type']}: {r['error']['message']}")
+        lines += [f"- {note}" for note in below_majority_notes(records)]
         lines += [""] + architecture_findings(records) + extra_data_findings(records)
     return "\n".join(lines) + "\n"
 

@@ -1,8 +1,11 @@
 """Zero-shot and few-shot prompting of a general model: the bottom rung of the spectrum.
 
-Exemplars are drawn at random (fixed by the seed) from the training split only; for classification the draw
-covers as many distinct labels as it can. Classification is scored by label likelihood by default (see
-``inference/label_scoring.py``), generation tasks by greedy decoding.
+Exemplars come from the training split only, never a row whose input is also a test input. ``exemplars: random``
+draws them at random (fixed by the seed), for classification covering as many distinct labels as it can;
+``exemplars: similar`` shows each row the training rows nearest to it (``retrieval/similar_exemplars.py``: the pool
+is embedded in the meter's ``index`` phase, each input when it is answered). Classification is scored by label
+likelihood by default (see ``inference/label_scoring.py``), generation tasks by greedy decoding; ``calibrate: true``
+divides out the labels' prior measured on content-free inputs (``inference/calibration.py``).
 """
 
 from __future__ import annotations
@@ -10,9 +13,10 @@ from __future__ import annotations
 import random
 from typing import Literal, Sequence
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from lmtailor.data.example import Example
+from lmtailor.data.exemplars import Exemplars, RowExemplars
 from lmtailor.errors import UserError
 from lmtailor.strategies.base import RunContext, Strategy, StrategyConfig, StrategyOutput
 
@@ -22,8 +26,15 @@ class PromptConfig(StrategyConfig):
 
     name: Literal["prompt"] = Field(description="registered strategy name")
     shots: int = Field(0, ge=0, description="exemplars (solved training rows) shown before each test row; 0: zero-shot")
-    exemplars: Literal["random"] = Field(
-        "random", description="how exemplars are chosen: random rows of the training split, fixed by the seed")
+    exemplars: Literal["random", "similar"] = Field(
+        "random", description="how exemplars are chosen: random (rows of the training split drawn with the seed) or "
+                              "similar (for each test row, the training rows nearest to it by the embedder)")
+    embedder: str = Field("minilm-l6", description="exemplars: similar: the sentence embedder that measures "
+                                                        "how near a training row is to the input")
+    calibrate: bool = Field(False, description="contextual calibration of label scores (Zhao et al. 2021): divide "
+                                               "each label's probability by its probability for content-free inputs "
+                                               "(N/A, empty, [MASK]) in the same prompt; classification scored by "
+                                               "likelihood only (not an openai: API model)")
     scoring: Literal["likelihood", "constrained", "generate"] | None = Field(
         None, description="how answers are produced: likelihood (score every label), constrained (greedy decoding "
                           "limited to the labels) or generate (free greedy text); default: likelihood for "
@@ -34,6 +45,27 @@ class PromptConfig(StrategyConfig):
                                     "(the model's GGUF file in llama.cpp: an embedded model that ships one, a .gguf "
                                     "path, or a trained row after `lmtailor export --merge --gguf`); llamacpp runs "
                                     "decoder-only models and needs the llamacpp extra")
+
+    @model_validator(mode="after")
+    def _knobs_that_apply(self) -> "PromptConfig":
+        check_prompt_knobs(self.shots, self.exemplars, self.calibrate, self.scoring)
+        return self
+
+
+def check_prompt_knobs(shots: int, exemplars: str, calibrate: bool, scoring: str | None) -> None:
+    """Refuse knobs that would be silently ignored: similar exemplars with no shots, calibration without scores."""
+    if exemplars == "similar" and shots == 0:
+        raise ValueError("exemplars: similar chooses the exemplars shown, but shots is 0; set shots (e.g. 4) or "
+                         "remove exemplars")
+    if calibrate and scoring not in (None, "likelihood"):
+        raise ValueError(f"calibrate: true recalibrates the label scores of scoring: likelihood, which "
+                         f"scoring: {scoring} does not compute; remove calibrate or use scoring: likelihood")
+
+
+def usable_pool(train: Sequence[Example], test: Sequence[Example]) -> list[Example]:
+    """The training rows an exemplar may come from: none whose input is also a test input (a test row's twin)."""
+    test_inputs = frozenset(e.input for e in test)
+    return [e for e in train if e.input not in test_inputs]
 
 
 def draw_exemplars(train: Sequence[Example], shots: int, seed: int, distinct_targets: bool,
@@ -56,6 +88,72 @@ def draw_exemplars(train: Sequence[Example], shots: int, seed: int, distinct_tar
     return picked
 
 
+class ExemplarChooser:
+    """How a prompted rung (prompt, rag) picks its exemplars: one seeded random draw shown before every row, or each
+    row's nearest training rows (``exemplars: similar``). Never a test row, nor a row sharing a test input."""
+
+    def __init__(self, ctx: RunContext, shots: int, how: str, embedder: str, label: str) -> None:
+        self.ctx, self.shots, self.how, self.embedder_ref, self.label = ctx, shots, how, embedder, label
+        self.index = None
+
+    def set_up(self, embedder=None) -> None:
+        """``similar``: embed the training pool once (call it inside the meter's ``index`` phase); ``embedder``: an
+        ``Embedder`` already loaded (rag's), else one is loaded from the configured reference."""
+        if self.how != "similar" or not self.shots:
+            return
+        from lmtailor.retrieval.embedding import Embedder
+        from lmtailor.retrieval.similar_exemplars import SimilarExemplars
+
+        embedder = embedder or Embedder(self.embedder_ref)
+        self.index = SimilarExemplars(usable_pool(self.ctx.data.train, self.ctx.data.test), embedder)
+
+    def serving_params(self) -> int:
+        """Parameters that answer beside the model: the embedder, for ``similar`` (it embeds every input)."""
+        return sum(p.numel() for p in self.index.embedder.model.parameters()) if self.index is not None else 0
+
+    def choose(self) -> Exemplars:
+        """The exemplars of the test rows: the seeded draw, or (``similar``) each row's nearest training rows, which
+        embeds the test inputs (call it inside the ``inference`` phase: a deployment pays it per request)."""
+        ctx = self.ctx
+        if self.index is not None:
+            exemplars: Exemplars = self.index.nearest([e.input for e in ctx.data.test], self.shots)
+            used = exemplars.distinct()
+        else:
+            exemplars = used = draw_exemplars(usable_pool(ctx.data.train, ctx.data.test), self.shots, ctx.seed,
+                                              ctx.task.type == "classification")
+        leaked = {e.id for e in used} & {e.id for e in ctx.data.test}
+        if leaked:
+            raise RuntimeError(f"exemplars {sorted(leaked)} are test rows; the splits share ids, which they must not")
+        if used:
+            ctx.log.info("%s: exemplars %s%s", self.label, ", ".join(e.id for e in used[:20]),
+                         f" (+{len(used) - 20} more)" if len(used) > 20 else "")
+        return exemplars
+
+    def details(self, exemplars: Exemplars) -> dict:
+        """What the record keeps: every exemplar id used (the honesty check reads them) and, per row, which."""
+        if not isinstance(exemplars, RowExemplars):
+            return {"exemplars": self.how, "exemplar_ids": [e.id for e in exemplars]}
+        return {"exemplars": self.how, "embedder": self.embedder_ref,
+                "exemplar_ids": sorted(e.id for e in exemplars.distinct()),
+                "exemplar_ids_by_row": {row.id: [e.id for e in shots]
+                                        for row, shots in zip(self.ctx.data.test, exemplars)}}
+
+
+def exemplar_chooser(ctx: RunContext, shots: int, how: str, embedder: str, label: str) -> ExemplarChooser:
+    """An ``ExemplarChooser`` set up: for ``similar``, the training pool embedded in the meter's ``index`` phase."""
+    chooser = ExemplarChooser(ctx, shots, how, embedder, label)
+    if how == "similar" and shots:
+        with ctx.meter.phase("index"):
+            chooser.set_up()
+    return chooser
+
+
+def prompt_label(shots: int, exemplars: str, calibrate: bool) -> str:
+    """The knobs of a prompted row as words: "zero-shot", "4-shot similar", "4-shot, calibrated"."""
+    text = "zero-shot" if shots == 0 else f"{shots}-shot" + (" similar" if exemplars == "similar" else "")
+    return text + (", calibrated" if calibrate else "")
+
+
 class PromptStrategy(Strategy):
     """Prompt a generative model (decoder-only or encoder-decoder) with the instruction and ``shots`` solved rows."""
 
@@ -63,13 +161,18 @@ class PromptStrategy(Strategy):
     config: PromptConfig
 
     def default_label(self) -> str:
-        return "zero-shot" if self.config.shots == 0 else f"{self.config.shots}-shot"
+        return prompt_label(self.config.shots, self.config.exemplars, self.config.calibrate)
 
     def uses_seed(self) -> bool:
-        return self.config.shots > 0  # zero-shot scoring is deterministic: one run says it all
+        # zero-shot scoring and nearest-row exemplars are deterministic: one run says it all
+        return self.config.shots > 0 and self.config.exemplars == "random"
 
     def accepts_api_models(self) -> bool:
         return True
+
+    def _chooser(self, ctx: RunContext) -> ExemplarChooser:
+        cfg = self.config
+        return exemplar_chooser(ctx, cfg.shots, cfg.exemplars, cfg.embedder, self.label())
 
     def run(self, ctx: RunContext) -> StrategyOutput:
         from lmtailor.inference.predict import predict
@@ -86,13 +189,14 @@ class PromptStrategy(Strategy):
         if loaded.family == "encoder":
             raise UserError(f"{ctx.model_ref} is an encoder: it has no language-model head to prompt; fine-tune it as "
                             "a classifier (finetune) or prompt a decoder-only or encoder-decoder model")
-        ctx.meter.set_params(0, sum(p.numel() for p in loaded.model.parameters()))
-        exemplars = self._exemplars(ctx)
+        chooser = self._chooser(ctx)
+        ctx.meter.set_params(0, sum(p.numel() for p in loaded.model.parameters()) + chooser.serving_params())
         with ctx.meter.phase("inference"):
+            exemplars = chooser.choose()
             predictions, inference = predict(loaded.model, loaded.tokenizer, ctx.task, ctx.data.test, exemplars,
-                                             ctx.budget, ctx.meter, mode=cfg.scoring,
+                                             ctx.budget, ctx.meter, mode=cfg.scoring, calibrate=cfg.calibrate,
                                              progress_desc=f"{self.label()} {ctx.model_ref}")
-        return StrategyOutput(predictions=predictions, details=self._details(exemplars, inference))
+        return StrategyOutput(predictions=predictions, details=self._details(chooser, exemplars, inference))
 
     def _run_llamacpp(self, ctx: RunContext) -> StrategyOutput:
         """Score or generate through llama.cpp on the model's GGUF (prompts from its Hugging Face tokenizer)."""
@@ -102,32 +206,23 @@ class PromptStrategy(Strategy):
         with ctx.meter.phase("load"):
             loaded = load_llamacpp(ctx.model_ref)
         try:
-            ctx.meter.set_params(0, loaded.model.n_params)
-            exemplars = self._exemplars(ctx)
+            chooser = self._chooser(ctx)
+            ctx.meter.set_params(0, loaded.model.n_params + chooser.serving_params())
             with ctx.meter.phase("inference"):
+                exemplars = chooser.choose()
                 predictions, inference = predict_llamacpp(loaded.model, loaded.tokenizer, ctx.task, ctx.data.test,
                                                           exemplars, ctx.budget, ctx.meter, mode=self.config.scoring,
+                                                          calibrate=self.config.calibrate,
                                                           progress_desc=f"{self.label()} {ctx.model_ref} (llama.cpp)")
         finally:
             loaded.model.close()
-        details = self._details(exemplars, inference)
+        details = self._details(chooser, exemplars, inference)
         details["gguf"] = inference["gguf"]  # which file and weight type answered: Q4_1 is not the fp32 model
         return StrategyOutput(predictions=predictions, details=details)
 
-    def _exemplars(self, ctx: RunContext) -> list[Example]:
-        test_inputs = frozenset(e.input for e in ctx.data.test)  # a duplicate of a test row is no exemplar either
-        exemplars = draw_exemplars(ctx.data.train, self.config.shots, ctx.seed, ctx.task.type == "classification",
-                                   test_inputs)
-        leaked = {e.id for e in exemplars} & {e.id for e in ctx.data.test}
-        if leaked:
-            raise RuntimeError(f"exemplars {sorted(leaked)} are test rows; the splits share ids, which they must not")
-        if exemplars:
-            ctx.log.info("%s: exemplars %s", self.label(), ", ".join(e.id for e in exemplars))
-        return exemplars
-
-    def _details(self, exemplars: list[Example], inference: dict) -> dict:
-        return {"shots": self.config.shots, "exemplars": self.config.exemplars, "backend": self.config.backend,
-                "exemplar_ids": [e.id for e in exemplars], "scoring": inference["mode"],
+    def _details(self, chooser: ExemplarChooser, exemplars: Exemplars, inference: dict) -> dict:
+        return {"shots": self.config.shots, "backend": self.config.backend, **chooser.details(exemplars),
+                "calibrate": self.config.calibrate, "scoring": inference["mode"],
                 "truncated_inputs": inference["truncated_inputs"], "inference": inference}
 
     def _run_remote(self, ctx: RunContext) -> StrategyOutput:
@@ -136,11 +231,21 @@ class PromptStrategy(Strategy):
         from lmtailor.remote.predict import predict_remote
         from lmtailor.remote.reference import parse_endpoint
 
+        refuse_remote_calibration(self.config.calibrate, ctx.model_ref)
         with ctx.meter.phase("load"):
             endpoint = OpenAIEndpoint(parse_endpoint(ctx.model_ref), ctx.api)
-        exemplars = self._exemplars(ctx)
+        chooser = self._chooser(ctx)
         with ctx.meter.phase("inference"):
+            exemplars = chooser.choose()
             predictions, inference = predict_remote(endpoint, ctx.task, ctx.data.test, exemplars, ctx.budget,
                                                     ctx.meter, mode=self.config.scoring,
                                                     progress_desc=f"{self.label()} {ctx.model_ref}")
-        return StrategyOutput(predictions=predictions, details=self._details(exemplars, inference))
+        return StrategyOutput(predictions=predictions, details=self._details(chooser, exemplars, inference))
+
+
+def refuse_remote_calibration(calibrate: bool, model_ref: str) -> None:
+    """An API model gives no label likelihoods, so there is nothing to calibrate: refuse rather than ignore it."""
+    if calibrate:
+        raise UserError(f"calibrate: true needs every label's likelihood, which an API model ({model_ref}) does not "
+                        "give; remove calibrate for this model (set the strategy's models to the local ones it "
+                        "should run on)")

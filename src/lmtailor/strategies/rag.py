@@ -5,6 +5,9 @@ the ``inference`` phase, where it is paid for at serving time. Passages are numb
 ``max_context_tokens`` of the generator's tokens (cuts and drops are reported), then the augmented rows go through
 the same prediction code as ``prompt`` (label likelihood, constrained or free generation; both model families).
 With ``corpus: task:train`` the retrieved training rows are shown as worked examples instead of passages.
+``shots`` with ``exemplars: similar`` pick each row's exemplars by its own input (not its passages), with the
+corpus's embedder; ``calibrate`` measures the label prior on content-free inputs in place of the whole augmented
+input (passages and row).
 
 What may be in the corpus (``corpus_documents``, the same for the pre-training rungs):
 
@@ -31,7 +34,8 @@ from pydantic import Field, model_validator
 from lmtailor.data.example import Example
 from lmtailor.errors import UserError
 from lmtailor.strategies.base import RunContext, Strategy, StrategyConfig, StrategyOutput
-from lmtailor.strategies.prompt import draw_exemplars
+from lmtailor.strategies.prompt import (ExemplarChooser, check_prompt_knobs, prompt_label,
+                                        refuse_remote_calibration)
 
 TASK_CORPUS = "task:train"
 
@@ -57,6 +61,11 @@ class RagConfig(StrategyConfig):
     max_context_tokens: int = Field(384, ge=16, description="budget for the passages block, in the generator's "
                                     "tokens; passages past it are cut or dropped (and counted)")
     shots: int = Field(0, ge=0, description="solved training rows shown before the test row (without passages)")
+    exemplars: Literal["random", "similar"] = Field(
+        "random", description="as for prompt: random (drawn with the seed) or similar (each test row's nearest "
+                              "training rows by the embedder)")
+    calibrate: bool = Field(False, description="as for prompt: contextual calibration of the label scores against "
+                                               "content-free inputs (classification scored by likelihood)")
     scoring: Literal["likelihood", "constrained", "generate"] | None = Field(
         None, description="as for prompt: default likelihood for classification (constrained for an "
                           "openai: API model), generate otherwise")
@@ -69,6 +78,7 @@ class RagConfig(StrategyConfig):
         if self.chunk_overlap >= self.chunk_tokens:
             raise ValueError(f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_tokens "
                              f"({self.chunk_tokens})")
+        check_prompt_knobs(self.shots, self.exemplars, self.calibrate, self.scoring)
         return self
 
 
@@ -131,11 +141,12 @@ class RagStrategy(Strategy):
     config: RagConfig
 
     def default_label(self) -> str:
-        shots = f", {self.config.shots}-shot" if self.config.shots else ""
-        return f"RAG {self.config.retriever} k={self.config.k}{shots}"
+        cfg = self.config
+        shots = f", {prompt_label(cfg.shots, cfg.exemplars, False)}" if cfg.shots else ""
+        return f"RAG {cfg.retriever} k={cfg.k}{shots}" + (", calibrated" if cfg.calibrate else "")
 
     def uses_seed(self) -> bool:
-        return self.config.shots > 0
+        return self.config.shots > 0 and self.config.exemplars == "random"
 
     def _worked_examples(self) -> bool:
         """Whether the corpus is the training rows, retrieved whole and shown as worked examples."""
@@ -176,19 +187,26 @@ class RagStrategy(Strategy):
         return True
 
     def run(self, ctx: RunContext) -> StrategyOutput:
+        from lmtailor.remote.reference import is_remote
+
         cfg = self.config
+        if cfg.backend == "transformers" and is_remote(ctx.model_ref):
+            refuse_remote_calibration(cfg.calibrate, ctx.model_ref)
+        chooser = ExemplarChooser(ctx, cfg.shots, cfg.exemplars, cfg.embedder, self.label())
         with ctx.meter.phase("index"):
             retriever, embedder, index_details, exclusions = self._build(ctx)
+            chooser.set_up(embedder)  # exemplars: similar: the training pool, embedded by the same embedder
         loaded, endpoint = self._generator(ctx)
         try:
-            out = self._run_with(ctx, retriever, embedder, index_details, loaded, endpoint)
+            out = self._run_with(ctx, retriever, embedder, index_details, loaded, endpoint, chooser)
             out.details["corpus_exclusions"] = exclusions
             return out
         finally:
             if cfg.backend == "llamacpp" and loaded is not None:
                 loaded.model.close()  # free llama.cpp's weights and context now, not at garbage collection
 
-    def _run_with(self, ctx: RunContext, retriever, embedder, index_details: dict, loaded, endpoint) -> StrategyOutput:
+    def _run_with(self, ctx: RunContext, retriever, embedder, index_details: dict, loaded, endpoint,
+                  chooser: ExemplarChooser) -> StrategyOutput:
         from lmtailor.retrieval.context import assemble_context, with_passages
 
         cfg = self.config
@@ -197,18 +215,17 @@ class RagStrategy(Strategy):
             n_params = None
         else:
             n_params = loaded.model.n_params if llamacpp else sum(p.numel() for p in loaded.model.parameters())
-        if n_params is not None and cfg.retriever != "bm25":  # the embedder serves every query too
-            n_params += sum(p.numel() for p in embedder.model.parameters())
+        if n_params is not None and (cfg.retriever != "bm25" or chooser.index is not None):
+            n_params += sum(p.numel() for p in embedder.model.parameters())  # the embedder serves every query too
         if n_params is not None:
             ctx.meter.set_params(0, n_params)
-        exemplars = draw_exemplars(ctx.data.train, cfg.shots, ctx.seed, ctx.task.type == "classification",
-                                   frozenset(e.input for e in ctx.data.test))
         # An endpoint's tokenizer is not known here: its passages are measured in the embedder's tokens instead.
         tokenizer = embedder.tokenizer if loaded is None else loaded.tokenizer
         context_budget = self._context_budget(ctx, None if loaded is None else loaded.model)
         task = ctx.task if self._worked_examples() else replace(
             ctx.task, instruction=ctx.task.instruction.rstrip() + " Use the numbered passages if they help.")
         with ctx.meter.phase("inference"):
+            exemplars = chooser.choose()  # similar: nearest to the test input itself, not to its passages
             t0 = time.perf_counter()
             hits = retriever.retrieve([e.input for e in ctx.data.test], cfg.k)
             retrieval_s = time.perf_counter() - t0
@@ -236,7 +253,7 @@ class RagStrategy(Strategy):
                 else:
                     from lmtailor.inference.predict import predict
                 predictions, inference = predict(loaded.model, tokenizer, task, rows, exemplars, wide, ctx.meter,
-                                                 mode=cfg.scoring, progress_desc=desc)
+                                                 mode=cfg.scoring, progress_desc=desc, calibrate=cfg.calibrate)
         retrieved = [[h.chunk.doc_id for h in row_hits] for row_hits in hits]
         if self._worked_examples():  # the worked examples' inputs were cut like any exemplar's: count them there
             inference["truncated_exemplar_inputs"] = (inference.get("truncated_exemplar_inputs") or 0) + sum(
@@ -247,7 +264,7 @@ class RagStrategy(Strategy):
             "retrieval_ms_per_query": round(1000 * retrieval_s / max(1, len(hits)), 2),
             "context": self._context_details(contexts, context_budget, loaded is None),
             "retrieved_doc_ids": dict(zip((e.id for e in ctx.data.test), retrieved)),
-            "shots": cfg.shots, "exemplar_ids": [e.id for e in exemplars], "scoring": inference["mode"],
+            "shots": cfg.shots, **chooser.details(exemplars), "calibrate": cfg.calibrate, "scoring": inference["mode"],
             "truncated_inputs": cut_inputs, "inference": inference, "backend": cfg.backend,
         }
         if llamacpp:
