@@ -111,6 +111,8 @@ def test_an_endpoint_writes_synthetic_rows_and_its_bill_is_a_set_up_cost(experim
     (run_dir,) = (tmp_path / "runs").iterdir()
     records = _records(run_dir)
     assert records.pop("baseline")["strategy"] == "baseline"  # the trivial baseline every run adds
+    (control,) = [k for k in records if "control for" in k]  # the equal-steps control (strategies/controls.py)
+    assert records.pop(control)["meter"]["api"] is None  # trained on the original rows: no teacher, no bill
     (record,) = records.values()
     assert record["status"] == "ok", record.get("error")
     synthetic = record["details"]["synthetic"]
