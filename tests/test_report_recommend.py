@@ -330,3 +330,14 @@ def test_honesty_checks_flag_a_leaked_test_id_and_name_the_rest(tmp_path):
     assert "2 answers cut at max_new_tokens" in cut["detail"]
     failed = checks["every strategy finished"]
     assert not failed["ok"] and "bad__hub-org/model__s0 (failed): ValueError: loss is nan at step 3" in failed["detail"]
+
+
+def test_honesty_checks_read_each_rows_similar_exemplars(tmp_path):
+    # _run_dir's test ids include x1: a per-row list that shows it is caught even if the union missed it
+    per_row = {"exemplar_ids": ["t1", "t2"], "exemplar_ids_by_row": {"a": ["t1", "t2"], "b": ["t2", "x1"]}}
+    records = [_record("sim__hub-org/model__s0", 0, "sim", 0.5, model="hub-org/model", strategy="prompt",
+                       details=per_row)]
+    shown = _by_name(honesty_checks(_run_dir(tmp_path, records), records))["test rows never used as exemplars or "
+                                                                          "retrieved"]
+    assert not shown["ok"] and "used test rows as exemplars: x1" in shown["detail"]
+    assert "3 distinct exemplars over 2 rows" in shown["detail"]

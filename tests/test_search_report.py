@@ -34,10 +34,18 @@ def test_trial_table_and_chosen_values():
     assert table.row_id == "lora-searched__m__s0"
     assert "chose learning_rate 0.0123, lora_r 8 (trial 1" in table.summary
     assert "3 trials (2 complete, 1 pruned, 0 failed)" in table.summary
-    assert table.columns == ["trial", "learning_rate", "lora_r", "validation loss", "validation score", "state",
-                             "steps", "time"]
-    assert table.rows[1] == ["1 (chosen)", "0.0123", "8", "0.7500", "-", "complete", "24", "3.2 s"]
-    assert table.rows[2][0] == "2" and table.rows[2][5] == "pruned"
+    assert table.columns == ["trial", "learning_rate", "lora_r", "validation loss", "state", "steps", "time"]
+    assert table.rows[1] == ["1 (chosen)", "0.0123", "8", "0.7500", "complete", "24", "3.2 s"]
+    assert table.rows[2][0] == "2" and table.rows[2][4] == "pruned"
+
+
+def test_trial_table_shows_the_validation_score_when_it_chose():
+    by_score = {**SEARCH, "metric": "validation_score", "direction": "higher",
+                "trials": [{**t, "validation_score": s} for t, s in zip(SEARCH["trials"], (0.5, 0.625, None))]}
+    (table,) = search_tables([_record("lora-searched__m__s0", search=by_score)])
+    assert table.columns[3:5] == ["validation loss", "validation score"]
+    assert table.rows[1][3:5] == ["0.7500", "0.6250"] and table.rows[2][4] == "-"
+    assert "best validation score, higher is better" in table.summary
 
 
 def test_failed_searched_row_has_no_table():

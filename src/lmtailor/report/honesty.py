@@ -182,8 +182,13 @@ def _exemplars_and_retrieval(splits: dict, records: list[dict]) -> dict:
         if "exemplar_ids" not in details:
             unknown.append(f"{r['row_id']} (exemplars)")
         else:
-            hit = sorted(test & {str(i) for i in details["exemplar_ids"]})
-            checked.append(f"{r['row_id']} ({len(details['exemplar_ids'])} exemplars)")
+            shown = {str(i) for i in details["exemplar_ids"]}
+            by_row = details.get("exemplar_ids_by_row")  # exemplars: similar: each test row's own
+            if isinstance(by_row, dict):
+                shown |= {str(i) for ids in by_row.values() for i in ids}
+            hit = sorted(test & shown)
+            checked.append(f"{r['row_id']} ({len(shown)} distinct exemplars over {len(by_row)} rows)"
+                           if isinstance(by_row, dict) else f"{r['row_id']} ({len(details['exemplar_ids'])} exemplars)")
             if hit:
                 problems.append(f"{r['row_id']} used test rows as exemplars: {_ids(hit)}")
             by_content(r["row_id"], "exemplars", details["exemplar_ids"])

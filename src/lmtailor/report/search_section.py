@@ -54,16 +54,19 @@ def search_tables(records: list[dict]) -> list[SearchTable]:
                    f"{metric}, {search.get('direction', 'lower')} is better) from {len(trials)} trials "
                    f"({complete} complete, {pruned} pruned, {len(trials) - complete - pruned} failed); scored "
                    "on the validation rows, the final model retrained with these values")
+        scored = any(t.get("validation_score") is not None for t in trials)  # metric: validation_score
         rows = []
         for t in trials:
             params = t.get("params", {})
             best = " (chosen)" if t.get("number") == search.get("best_trial") else ""
             loss = t.get("validation_loss")
             rows.append([str(t.get("number")) + best] + [_value(params.get(k, "-")) for k in keys]
-                        + ["-" if loss is None else f"{loss:.4f}",
-                           "-" if t.get("validation_score") is None else f"{t['validation_score']:.4f}",
-                           str(t.get("state")), str(t.get("steps", "-")), f"{t.get('seconds', 0):.1f} s"])
-        columns = ["trial"] + keys + ["validation loss", "validation score", "state", "steps", "time"]
+                        + ["-" if loss is None else f"{loss:.4f}"]
+                        + (["-" if t.get("validation_score") is None else f"{t['validation_score']:.4f}"]
+                           if scored else [])
+                        + [str(t.get("state")), str(t.get("steps", "-")), f"{t.get('seconds', 0):.1f} s"])
+        columns = (["trial"] + keys + ["validation loss"] + (["validation score"] if scored else [])
+                   + ["state", "steps", "time"])
         tables.append(SearchTable(r["row_id"], r.get("label", r["row_id"]), summary, columns, rows))
     return tables
 
