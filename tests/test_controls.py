@@ -156,3 +156,6 @@ def test_without_a_control_the_step_ratio_stands_beside_the_gain():
     status = {r.label: r.status for r in build_rows(records)}
     assert status["LoRA + 4× EDA"] == "ok (+384 augmented rows) (5.0x the optimizer steps of LoRA)"
     assert extra_data_findings(records[:2]) == []  # no extra-data row, no section
+    # asked for, but not (yet) run: an interrupted run says so, not "off"
+    wanted = _records(with_control=True)[:3]
+    assert "its equal-steps control did not run" in "\n".join(extra_data_findings(wanted))

@@ -52,6 +52,13 @@ def _plain_config(record: dict) -> dict:
     return config
 
 
+def _control_wanted(record: dict) -> bool:
+    """Whether the row's config asked for an equal-steps control (some extra-data block without control: false)."""
+    config = record.get("config") or {}
+    block = config["finetune"] if isinstance(config.get("finetune"), dict) else config
+    return any(isinstance(b := block.get(k), dict) and b.get("control", True) for k in ("augment", "synthetic"))
+
+
 def _key(record: dict) -> tuple[str, str]:
     return record["label"], record["model"]
 
@@ -121,7 +128,8 @@ def _finding(row: TableRow, recs: list[dict], groups: dict, table: dict, control
                      + (f", {_fmt_steps(twin_steps)} steps" if twin_steps else "")
                      + f"), of which {_pts(control.score, twin.score)} is training longer")
         return text + "."
-    why = ("its control failed" if control_key else "its equal-steps control is off (control: false)")
+    why = ("its control failed" if control_key else "its equal-steps control did not run" if _control_wanted(recs[0])
+           else "its equal-steps control is off (control: false)")
     if twin is not None and twin.score is not None and steps and twin_steps:
         return (f"{head}: {_pts(row.score, twin.score)} over {twin.label} with {steps / twin_steps:.1f}x its "
                 f"optimizer steps ({_fmt_steps(steps)} vs {_fmt_steps(twin_steps)}); {why}, so the gain mixes the "
