@@ -479,7 +479,7 @@ def combine_process_records(records: list[dict], billed_units: int = 1) -> dict:
     cuda = [r["cuda_peak_bytes"] for r in records if r["cuda_peak_bytes"] is not None]
     biggest = max(records, key=lambda r: r["peak_rss_bytes"])  # its start goes with its peak
     rate = main["usd"]["rate_per_hour"]
-    setup = sum(phases[p]["wall_s"] for p in SETUP_PHASES)
+    setup = sum(phases[p]["wall_s"] for p in SETUP_PHASES if p in phases)  # records may predate a phase
     return {
         **main,
         "world_size": len(records),
