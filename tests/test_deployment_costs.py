@@ -231,3 +231,41 @@ def test_the_trivial_baseline_rule_costs_nothing_to_serve():
     cost = monthly_cost(serving, 100_000, DeploymentConfig())
     assert serving.kind == "rule" and cost.usd == 0.0 and "no model" in cost.assumptions
     assert serving_of([{"row_id": "b", "strategy": "baseline", "status": "failed", "meter": {}}]) is None
+
+
+def test_one_instance_capacity_and_a_sub_cent_difference_is_not_called_a_reason():
+    from lmtailor.report.deployment import instance_capacity
+
+    # 2 requests/s x 730 h x 3600 s / peak 3 = 1,752,000 requests a month on one always-on instance; at exactly that
+    # volume the sizing of monthly_cost still needs one instance, just above it two
+    cap = instance_capacity(CPU, DeploymentConfig())
+    assert cap == pytest.approx(1_752_000)
+    assert monthly_cost(CPU, cap, DeploymentConfig()).instances == 1
+    assert monthly_cost(CPU, cap * 1.001, DeploymentConfig()).instances == 2
+    assert instance_capacity(CPU, DeploymentConfig(mode="scale_to_zero", min_instances=0)) is None
+    assert instance_capacity(Serving("api", "cpu", None, None, 0.001), DeploymentConfig()) is None
+
+    # Two self-hosted rows that both fit on one always-on instance cost $73 a month each; the choice costs $0.0008
+    # more once. "Never pays back" would be true and misleading: the report says they cost the same in practice,
+    # and says where one instance stops being enough for each (2 req/s: 1.75M; 40 req/s: 35.0M a month).
+    def record(row_id, examples, wall, train_usd):
+        return {"row_id": row_id, "status": "ok", "meter": {
+            "hardware": "cpu", "usd": {"rate_per_hour": 0.1},
+            "phases": {"inference": {"examples": examples, "wall_s": wall}}}}
+
+    choice = _group("full | enc", "finetune", 0.9, 0.0002, 0.0009)
+    base = _group("4-shot | dec", "prompt", 0.6, 0.02, 0.0001)
+    records = [record("full__enc__s0", 80, 2.0, 0.0009), record("4-shot__dec__s0", 48, 24.0, 0.0001)]
+    rec = recommendation({"groups": [choice, base], "pareto": {"metric": "accuracy"}}, records,
+                         {"quality_floor": 0.8, "baseline": "4-shot"})
+    assert rec["choice"] == "full | enc"
+    assert "never pays back" not in rec["paragraph"]
+    assert "it costs the same a month and $0.0008 more once, less than a cent: in practice the two cost the same" \
+        in rec["paragraph"]
+    assert any(s.startswith("One always-on instance carries up to 35M a month for full | enc and 1.75M a month "
+                            "for 4-shot | dec") for s in rec["what_would_change"])
+    # a difference of a dollar is a reason, and is still called what it is
+    dearer = recommendation(
+        {"groups": [dict(choice, usd_train_mean=1.0001), base], "pareto": {"metric": "accuracy"}}, records,
+        {"quality_floor": 0.8, "baseline": "4-shot"})
+    assert "$1.00 more up front and no less a month, so it never pays back" in dearer["paragraph"]

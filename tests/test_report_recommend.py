@@ -341,3 +341,18 @@ def test_honesty_checks_read_each_rows_similar_exemplars(tmp_path):
                                                                           "retrieved"]
     assert not shown["ok"] and "used test rows as exemplars: x1" in shown["detail"]
     assert "3 distinct exemplars over 2 rows" in shown["detail"]
+
+
+def test_the_recommendation_says_whether_the_choice_beats_the_baseline_beyond_the_noise():
+    # The choice against the stated baseline by the paired bootstrap over the test rows, in the paragraph itself:
+    # rag (17/20 on test) against zero-shot (10/20) differs: rag is right on 7 more rows and never wrong where
+    # zero-shot is right. Rag, chosen on validation, against mid (19/20 on test) as the baseline: two rows apart,
+    # which 20 rows cannot tell from noise.
+    rec = recommendation(*_run(BIG_V, SMALL_V, RAG_V), {"baseline": "zero-shot"})
+    assert rec["choice"] == "rag | big"
+    assert "On the test rows it scores +35.0 pts against the baseline (paired 95% CI" in rec["paragraph"]
+    assert "a difference beyond the noise" in rec["paragraph"]
+    close = recommendation(*_run(RAG_V, MID_V), {"baseline": "lora"})
+    assert close["choice"] == "rag | big"  # the best validation score; mid is the stated baseline
+    assert "On the test rows it scores -10.0 pts against the baseline" in close["paragraph"]
+    assert "within the noise, so these 20 rows do not tell the two apart on quality" in close["paragraph"]

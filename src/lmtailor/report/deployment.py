@@ -137,6 +137,14 @@ def monthly_cost(serving: Serving, requests_per_month: float, cfg: DeploymentCon
     return MonthlyCost(billed * rate, None, billed, text)
 
 
+def instance_capacity(serving: Serving, cfg: DeploymentConfig) -> float | None:
+    """Requests a month one always-on instance carries when the peak is ``peak_to_average`` times the average
+    (``monthly_cost``'s sizing turned around), or None: not self-hosted, not always-on, or throughput unmeasured."""
+    if serving.kind != "self-hosted" or cfg.mode != "always_on" or not serving.requests_per_s:
+        return None
+    return serving.requests_per_s * cfg.hours_per_month * 3600.0 / cfg.peak_to_average
+
+
 def group_serving(groups: list[dict], records: list[dict]) -> dict[str, Serving]:
     """Each summary group's ``Serving``, by group id (groups with no inference measurement are left out)."""
     out = {}

@@ -28,9 +28,9 @@ from __future__ import annotations
 from typing import Any
 
 from lmtailor.report.analysis import compare_costs
-from lmtailor.report.deployment import DeploymentConfig, group_serving, monthly_cost
+from lmtailor.report.deployment import DeploymentConfig, group_serving, instance_capacity, monthly_cost
 from lmtailor.report.durations import DAY, human_duration
-from lmtailor.report.paired import significantly_worse
+from lmtailor.report.paired import DIFFERS, UNKNOWN, compare_groups, significantly_worse
 from lmtailor.report.selection import VALIDATION, best_of, selection_score, selection_sentence, selection_split
 
 
@@ -116,6 +116,26 @@ def _assumptions(g: dict, requests: float) -> str:
     """What the group's monthly cost assumes, in words ("" when it is the busy-time estimate)."""
     cost = _cost(g, requests)
     return f" ({cost.assumptions})" if cost is not None else ""
+
+
+# A one-time difference below a cent is below what any bill shows: it is stated, but never called a reason.
+NEGLIGIBLE_USD = 0.01
+
+
+def _against_baseline(choice: dict, baseline: dict | None, by_id: dict[str, dict]) -> str:
+    """The chosen group's test score against the baseline's, by the report's one test of noise (the paired
+    bootstrap over the test rows), in a sentence; "" when there is no other baseline or the pair is untestable."""
+    if baseline is None or baseline is choice:
+        return ""
+    c = compare_groups(choice, baseline, by_id, "test")
+    if c["verdict"] == UNKNOWN:
+        return f" Against the baseline on the test rows: the difference cannot be tested ({c['note']})."
+    low, high = c["ci95"]
+    gap = (f" On the test rows it scores {c['difference'] * 100:+.1f} pts against the baseline (paired 95% CI "
+           f"{low * 100:+.1f} to {high * 100:+.1f} pts)")
+    if c["verdict"] == DIFFERS:
+        return gap + ": a difference beyond the noise."
+    return gap + f": within the noise, so these {c['rows']} rows do not tell the two apart on quality."
 
 
 def _hours_per_month(g: dict) -> float:
@@ -239,6 +259,10 @@ def _payback(choice: dict, baseline: dict | None, requests: float) -> tuple[floa
     if c.case == "dearer_throughout":
         return None, (f"{against} it costs the same up front and {_usd(-c.saving_per_unit)} more a month, so it "
                       "is dearer in total from the first month.")
+    if c.case == "never_pays_back" and c.saving_per_unit == 0 and c.extra_fixed < NEGLIGIBLE_USD:
+        # "never pays back" is true of a fraction of a cent, and misleads: no bill shows that difference
+        return None, (f"{against} it costs the same a month and {_usd(c.extra_fixed)} more once, less than a cent: "
+                      "in practice the two cost the same.")
     if c.case == "never_pays_back":
         more = "no less" if c.saving_per_unit == 0 else f"{_usd(-c.saving_per_unit)} more"
         return None, (f"{against} it costs {_usd(c.extra_fixed)} more up front and {more} a month, so it never "
@@ -330,8 +354,9 @@ def recommendation(summary: dict, records: list[dict], target: Any) -> dict:
                      if baseline is not None and baseline is not choice else
                      f" It is also the baseline ({baseline_how})." if baseline is choice else f" ({baseline_how}.)")
     # the evidence rows are printed once, on their own line after the paragraph (result["evidence"])
+    versus = _against_baseline(choice, baseline, {r["row_id"]: r for r in records})
     result["paragraph"] = (f"For the target ({target_words}), use {choice['label']} on {choice['model']}: "
-                           f"{_describe(choice, requests)}.{baseline_text} {payback_text}"
+                           f"{_describe(choice, requests)}.{baseline_text}{versus} {payback_text}"
                            f"{failed_note}{_confirmed(choice, floor, split)}"
                            f"{chosen_on}").replace("  ", " ").strip()
     result["what_would_change"] = _what_would_change(groups, choice, baseline, floor, budget, requests, why)
@@ -363,6 +388,9 @@ def _what_would_change(groups: list[dict], choice: dict, baseline: dict | None, 
             same = "still" if other is choice else "instead"
             out.append(f"At {more:,.0f} requests a month (10x) the choice would {same} be {other['id']} "
                        f"({_usd(_monthly(other, more))}/month)." + (f" {text}" if text else ""))
+    capacity = _capacity_sentence(choice, baseline)
+    if capacity:
+        out.append(capacity)
     level = _conservative(choice)
     better = sorted({_conservative(g) for g in groups if _conservative(g) != level and _better(_conservative(g), level,
                                                                                                higher)},
@@ -379,3 +407,30 @@ def _what_would_change(groups: list[dict], choice: dict, baseline: dict | None, 
         out.append(f"A budget of {_usd(_monthly(best, requests))} a month would also allow {best['id']} "
                    f"({best['metric']} {_q(best['score_mean'])}).")
     return out
+
+
+def _capacity_sentence(choice: dict, baseline: dict | None) -> str:
+    """For always-on self-hosted groups: the monthly volume one instance carries at the stated peak, for the
+    choice and the baseline. Two rows on one instance each cost the same a month however far apart their
+    throughputs are; this says where that stops."""
+    parts = []
+    for g in (choice, baseline):
+        if g is None or (g is baseline and baseline is choice):
+            continue
+        cap = instance_capacity(g["_serving"], g["_deployment"]) if g.get("_serving") is not None else None
+        if cap is not None:
+            parts.append(f"{_volume(cap)} a month for {g['id']}")
+    if not parts:
+        return ""
+    dep = (choice.get("_deployment") or DeploymentConfig())
+    return (f"One always-on instance carries up to {' and '.join(parts)} (at peak {dep.peak_to_average:g}x the "
+            "average, from the measured throughput); beyond that each needs another instance.")
+
+
+def _volume(n: float) -> str:
+    """A request count a person reads: 1.28M, 102M, 45,000."""
+    if n >= 1e9:
+        return f"{n / 1e9:.3g}B"
+    if n >= 1e6:
+        return f"{n / 1e6:.3g}M"
+    return f"{n:,.0f}"
