@@ -161,3 +161,45 @@ def test_records_without_a_family_are_set_aside():
 
 def test_every_registered_task_type_has_a_rule_of_thumb():
     assert set(TASK_TYPES.names()) <= set(RULES_OF_THUMB)
+
+
+def _with_validation(record, right, n=50):
+    """``record`` scored 1 on the validation rows in ``right`` (of ``n``) and 0 on the others."""
+    metric = record["primary_metric"]
+    value = len(right) / n
+    record["validation"] = {"rows": n, "ids_sha256": "val", "primary_metric": metric,
+                            "metrics": [{"name": metric, "value": value, "higher_is_better": True}],
+                            "score_details": {"per_row": [1.0 if i in right else 0.0 for i in range(n)]}}
+    return record
+
+
+def test_each_familys_best_row_is_chosen_on_validation_and_reported_on_test():
+    # Two decoder rows: "lucky" scores 0.62 on test but 0.40 on validation; "steady" 0.58 on test, 0.56 on
+    # validation. Chosen on test, the decoder's best would be "lucky" (the maximum of noisy test scores); chosen on
+    # validation it is "steady", whose test score (0.58) is what the section reports against the encoder's 0.50.
+    records = [_with_validation(_rec("lucky", "llama", "decoder-only", 0.62, task_type="classification"),
+                                range(20)),
+               _with_validation(_rec("steady", "llama", "decoder-only", 0.58, task_type="classification"),
+                                range(28)),
+               _with_validation(_rec("full FT", "bert", "encoder", 0.50, task_type="classification"), range(25))]
+    text = _text(records)
+    assert "| decoder-only | steady on llama | 0.580 |" in text and "lucky on llama" not in text.split("\n- ")[0]
+    # the right rows are nested (0..57 against 0..49): eight more, never one fewer, a difference beyond the noise
+    assert "steady on llama beat encoder's best (full FT on bert) by 8.0 pts" in text
+    assert "chosen on the validation rows; the scores are on the test rows" in text
+    # the same records without validation scores: chosen on test, and said to be optimistic
+    for r in records:
+        del r["validation"]
+    text = _text(records)
+    assert "| decoder-only | lucky on llama | 0.620 |" in text and "so the best scores are optimistic" in text
+
+
+def test_a_family_chosen_on_validation_but_beaten_on_test_is_said_so():
+    # decoder best on validation (0.60 vs 0.50) but the encoder is right on 30 more test rows of 100 (0.70 vs 0.40,
+    # the decoder's right rows a subset of the encoder's: a paired difference beyond the noise)
+    records = [_with_validation(_rec("LoRA", "llama", "decoder-only", 0.40, task_type="classification"), range(30)),
+               _with_validation(_rec("full FT", "bert", "encoder", 0.70, task_type="classification"), range(25))]
+    text = _text(records)
+    assert ("**The validation and test rows disagree**: decoder-only's best on the validation rows (LoRA on llama) "
+            "is beaten on the test rows by encoder's (full FT on bert) by 30.0 pts of accuracy") in text
+    assert "did best**" not in text

@@ -5,6 +5,11 @@ Rows are the cost-benefit table's rows (``build_rows``: one per approach × mode
 averaging exists once. A gap is called only when the report's one test of noise says so: the paired bootstrap of
 per-test-row differences, seeds resampled too (report/paired.py), whose 95% interval must exclude 0. The trivial
 baseline row has no model, so no family: it is left out here.
+
+Each family's best row is chosen on the validation rows when every scored row has a validation score (as the
+recommendation chooses, report/selection.py), and its test score is reported: choosing on the test rows would favour
+the family that happened to run more rows (the maximum of several noisy test scores is biased upwards). Without
+validation scores the choice falls back to the test rows, and the section says so.
 """
 
 from __future__ import annotations
@@ -45,7 +50,21 @@ RULES_OF_THUMB: dict[str, Rule] = {
 class _Best:
     family: str
     row: TableRow
-    signed: float  # the score, negated when lower is better, so that larger always means better
+    signed: float  # the test score, negated when lower is better, so that larger always means better
+    chosen_by: float  # the same for the score it was chosen by (validation mean, else test)
+
+
+def _validation_means(records: list[dict]) -> dict[tuple[str, str], float | None]:
+    """Each (label, model)'s validation score on its primary metric, averaged over its finished seeds; None when a
+    finished seed has none (no validation rows, or a record written before they were scored)."""
+    values: dict[tuple[str, str], list[float | None]] = {}
+    for r in records:
+        if r.get("status") != "ok":
+            continue
+        block = r.get("validation") or {}
+        value = next((m["value"] for m in block.get("metrics", []) if m["name"] == block.get("primary_metric")), None)
+        values.setdefault((r["label"], r["model"]), []).append(value)
+    return {k: (None if any(v is None for v in vs) else sum(vs) / len(vs)) for k, vs in values.items()}
 
 
 def _cost_key(row: TableRow) -> tuple[float, float]:
@@ -114,8 +133,10 @@ def _family_of(records: list[dict]) -> dict[tuple[str, str], str | None]:
     return family_of
 
 
-def _families(family_of: dict, rows: list[TableRow], hib: bool) -> tuple[dict[str, _Best], list[str]]:
-    """Each family's best row (highest score, ties to the cheaper), and notes on the rows left out."""
+def _families(family_of: dict, rows: list[TableRow], hib: bool, chooser: dict[tuple[str, str], float] | None
+              ) -> tuple[dict[str, _Best], list[str]]:
+    """Each family's best row (the best score in ``chooser``, the validation means, else the test score; ties to
+    the cheaper), and notes on the rows left out."""
     best: dict[str, _Best] = {}
     notes, unknown = [], []
     for row in rows:
@@ -130,10 +151,11 @@ def _families(family_of: dict, rows: list[TableRow], hib: bool) -> tuple[dict[st
             notes.append(f"{_name(row)} is an API endpoint of unknown architecture: compared by score and cost in "
                          "the table, not by family.")
             continue
-        cand = _Best(family, row, row.score if hib else -row.score)
+        by = row.score if chooser is None else chooser[(row.label, row.model)]
+        cand = _Best(family, row, row.score if hib else -row.score, by if hib else -by)
         cur = best.get(family)
-        better = cur is None or cand.signed > cur.signed
-        if better or (cand.signed == cur.signed and _cost_key(row) < _cost_key(cur.row)):
+        better = cur is None or cand.chosen_by > cur.chosen_by
+        if better or (cand.chosen_by == cur.chosen_by and _cost_key(row) < _cost_key(cur.row)):
             best[family] = cand
     if unknown:
         notes.append(f"Not compared, their records do not say the model's family (written by an older lmtailor; "
@@ -176,11 +198,14 @@ def _task_findings(records: list[dict]) -> list[str]:
     family_of = _family_of(records)
     trivial = {(r["label"], r["model"]) for r in records if r.get("strategy") == "baseline"}
     rows = [r for r in rows if (r.label, r.model) not in trivial]  # no model, no family: the floor is elsewhere
-    best, notes = _families(family_of, rows, hib)
+    validation = _validation_means(records)
+    scored = [(r.label, r.model) for r in rows if r.score is not None]
+    chooser = validation if scored and all(validation.get(k) is not None for k in scored) else None
+    best, notes = _families(family_of, rows, hib, chooser)
     lines = [f"## Which architecture did best: `{name}` ({task_type}, {n} test rows)", ""]
     if best:
         lines += [f"| family | best row | {metric} | $ set-up | $ / 1k inferences |", "|---|---|---|---|---|"]
-        ranked = sorted(best.values(), key=lambda b: (-b.signed, _cost_key(b.row)))
+        ranked = sorted(best.values(), key=lambda b: (-b.chosen_by, _cost_key(b.row)))
         lines += [f"| {b.family} | {_name(b.row)} | {_score(b.row)} | {_usd(b.row.usd_train)} | "
                   f"{_usd(b.row.usd_per_1k)} |" for b in ranked]
         lines.append("")
@@ -194,6 +219,9 @@ def _task_findings(records: list[dict]) -> list[str]:
     lines += _comparison(ranked, rows, family_of, hib, metric, pairs)
     lines.append(_verdict(RULES_OF_THUMB.get(task_type), task_type, ranked, pairs, hib))
     lines.append("- Cheaper means a lower $ per 1k inferences, then a lower set-up (training and index building).")
+    lines.append("- Each family's best row was chosen on the validation rows; the scores are on the test rows."
+                 if chooser is not None else "- Each family's best row was chosen on the test rows (not every row "
+                 "has a validation score), so the best scores are optimistic.")
     return lines + [f"- {note}" for note in notes] + [""]
 
 
@@ -205,13 +233,19 @@ def _comparison(ranked: list[_Best], rows: list[TableRow], family_of: dict, hib:
     gap = win.signed - second.signed
     c = pairs.compare(win.row, second.row)
     sign = 1.0 if hib else -1.0
-    if c["verdict"] == DIFFERS:
+    if c["verdict"] == DIFFERS and gap < 0:  # chosen on validation, beaten on test: the splits disagree
+        lines.append(f"- **The validation and test rows disagree**: {win.family}'s best on the validation rows "
+                     f"({_name(win.row)}) is beaten on the test rows by {second.family}'s ({_name(second.row)}) by "
+                     f"{_pts(-gap)} of {metric} ({_ci_pts(c, -sign)}); {_costs(win.row, second.row)}.")
+    elif c["verdict"] == DIFFERS:
         lines.append(f"- **{win.family} did best**: {_name(win.row)} beat {second.family}'s best ({_name(second.row)}) "
                      f"by {_pts(gap)} of {metric} ({_ci_pts(c, sign)}); {_costs(win.row, second.row)}.")
     else:
         noise = f"{_ci_pts(c, sign)}, within the noise" if c["verdict"] == WITHIN_NOISE else \
             f"the noise cannot be told: {c['note']}"
-        lines.append(f"- **No clear winner**: {win.family} leads {second.family} by {_pts(gap)} of {metric} "
+        lead = (f"{win.family} leads {second.family} by {_pts(gap)}" if gap >= 0 else
+                f"{win.family} (best on the validation rows) trails {second.family} by {_pts(-gap)}")
+        lines.append(f"- **No clear winner**: {lead} of {metric} on the test rows "
                      f"({noise}); {_costs(win.row, second.row)}.")
     lines.append("- Noise: a gap is called only when the 95% interval of the paired bootstrap over the test rows "
                  "(per-row differences, seeds resampled too) excludes 0.")
