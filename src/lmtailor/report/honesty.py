@@ -158,7 +158,7 @@ def _training_leak(run_dir: Path, splits: dict, records: list[dict]) -> dict:
 
 def _exemplars_and_retrieval(splits: dict, records: list[dict]) -> dict:
     test = {str(i) for i in splits.get("test") or []}
-    uses = [r for r in records if r.get("strategy") in ("prompt", "rag") and r.get("status") == "ok"]
+    uses = [r for r in records if r.get("strategy") in ("prompt", "rag", "nearest") and r.get("status") == "ok"]
     if not uses:
         return _check("test rows never used as exemplars or retrieved", True, "no prompted or RAG row finished")
     digests, why_not = _content(splits)

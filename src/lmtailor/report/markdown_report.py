@@ -19,6 +19,9 @@ from lmtailor.report.paired import compare_groups, verdict_words
 from lmtailor.report.selection import selection_sentence, selection_split
 
 # "$ / month (as deployed)" is last so that the older columns keep their places
+# The rows every score is read against, before the spectrum's rungs: the trivial baseline (no model) and the
+# nearest-neighbour vote (an embedder, no language model).
+FLOORS = ("baseline", "nearest")
 RUNG_HEADERS = ["rung", "best configuration", "$ train", "$ / 1k inferences", "train time", "inference / 1k",
                 "data required", "metric (spread)", "Δ vs zero-shot", "$ / month (as deployed)"]
 
@@ -123,7 +126,8 @@ def selection_line(summary: dict) -> str:
 
 def cost_benefit_rows(summary: dict, records: list[dict], report_cfg=None) -> list[RungRow]:
     """One row per rung that finished: its best group on the run's main metric (chosen on the validation rows,
-    report/selection.py), with its test score, costs and data; the trivial baseline first, as the floor.
+    report/selection.py), with its test score, costs and data; the floors first (the trivial baseline, and the
+    nearest-neighbour vote when the run has one).
     ``report_cfg`` (a ``ReportConfig``) sets the volume and deployment of the monthly cost.
 
     The Δ column's noise verdict is the paired bootstrap of the test rows (report/paired.py)."""
@@ -133,7 +137,7 @@ def cost_benefit_rows(summary: dict, records: list[dict], report_cfg=None) -> li
     by_id = {r["row_id"]: r for r in records}
     table = {(r.label, r.model): r for r in build_rows(records)}
     rows = []
-    for rung in ("baseline",) + RUNGS:
+    for rung in FLOORS + RUNGS:
         best = best_group(groups, (rung,), split)
         if best is None:
             continue

@@ -10,5 +10,6 @@ STRATEGIES.register("rag", "lmtailor.strategies.rag:RagStrategy")
 STRATEGIES.register("continued-pretraining", "lmtailor.strategies.continued_pretraining:ContinuedPretrainingStrategy")
 STRATEGIES.register("scratch", "lmtailor.strategies.scratch:ScratchStrategy")
 STRATEGIES.register("baseline", "lmtailor.strategies.baseline:BaselineStrategy")
+STRATEGIES.register("nearest", "lmtailor.strategies.nearest:NearestStrategy")
 
 __all__ = ["STRATEGIES", "Budget", "RunContext", "Strategy", "StrategyConfig", "StrategyOutput"]
