@@ -32,6 +32,7 @@ from lmtailor.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
 from lmtailor.measure.meter import Meter
 from lmtailor.report.results_json import write_results
 from lmtailor.report.table import results_markdown
+from lmtailor.run_lock import RunLock
 from lmtailor.runtime import Runtime, detect_runtime, set_threads
 from lmtailor.strategies import STRATEGIES, RunContext, Strategy
 from lmtailor.strategies.controls import add_equal_steps_controls
@@ -311,11 +312,14 @@ def _finished_records(run_dir: Path, rows: list[PlannedRow]) -> dict[str, dict]:
 
 
 def _open_run(exp: Experiment, rows: list[PlannedRow], base_dir: Path, out_dir: Path | None,
-              resume_dir: Path | None) -> tuple[Path, dict[str, dict]]:
-    """The run directory and the records of rows an earlier part of the run finished (main process only)."""
+              resume_dir: Path | None, lock: RunLock) -> tuple[Path, dict[str, dict]]:
+    """The run directory, locked (run_lock.py), and the records of rows an earlier part of the run finished (main
+    process only). A new run is locked before its resume files exist, so no ``--resume`` can start it twice."""
     if resume_dir is not None:
+        lock.acquire(Path(resume_dir))  # before reading what finished: another process may be finishing rows
         return Path(resume_dir), _finished_records(Path(resume_dir), rows)
     run_dir = new_run_dir(exp, out_dir)
+    lock.acquire(run_dir)
     write_text_atomic(run_dir / RESUME_FILE, dump_experiment_as_written(exp))
     write_json_atomic(run_dir / RUN_FILE, {"base_dir": str(Path(base_dir).resolve())})
     return run_dir, {}
@@ -363,7 +367,8 @@ def run_experiment(exp: Experiment, base_dir: Path, out_dir: Path | None = None,
     precision_note = distributed.align_launcher_precision(runtime.precision)
     distributed.setup(cpu=runtime.hardware == "cpu")  # before any model loads; a no-op in one process
     rows = plan_rows(exp)
-    run_dir, done = distributed.on_main(lambda: _open_run(exp, rows, base_dir, out_dir, resume_dir))
+    lock = RunLock()  # taken by the main process only; the others follow it
+    run_dir, done = distributed.on_main(lambda: _open_run(exp, rows, base_dir, out_dir, resume_dir, lock))
     with distributed.rank_logging():
         handler = _attach_log_file(run_dir) if distributed.is_main_process() else None
         try:
@@ -401,6 +406,7 @@ def run_experiment(exp: Experiment, base_dir: Path, out_dir: Path | None = None,
             # The cost-benefit report (report.html, report.md), once at the end: its charts take a second or two.
             distributed.on_main(lambda: _write_reports(run_dir, exp))
         finally:
+            lock.release()
             if handler is not None:
                 for name in ("lmtailor", "transformers", "peft", "trl"):
                     logging.getLogger(name).removeHandler(handler)
