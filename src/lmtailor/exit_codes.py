@@ -8,14 +8,15 @@ from __future__ import annotations
 
 OK = 0  # every row finished
 SOME_ROWS_FAILED = 1  # at least one row failed, at least one other than the trivial baseline finished
-USAGE_ERROR = 2  # a mistake the message names (command line, experiment file, data, a run directory in use)
+USAGE_ERROR = 2  # what the message names: command line, experiment file, data, a run directory in use or unwritable
 ALL_ROWS_FAILED = 3  # no row but the trivial baseline finished: nothing was measured
 INTERRUPTED = 130  # Ctrl-C / SIGTERM: a checkpoint is saved, `lmtailor run --resume RUN_DIR` continues
 
 HELP = """exit codes:
   0    every row finished
   1    some rows failed (their errors are in RUN_DIR/results/<row>.json and RUN_DIR/run.log)
-  2    a usage, configuration or data error, or the run directory is in use by another lmtailor process
+  2    a usage, configuration or data error, or the run directory is in use by another lmtailor process or
+       cannot be written (a finished row's record then waits in artifacts/<row>/unwritten-record/)
   3    every row failed (but the trivial baseline, which runs no model)
   130  interrupted (Ctrl-C/SIGTERM); continue with lmtailor run --resume RUN_DIR"""
 

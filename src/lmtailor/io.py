@@ -55,11 +55,21 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise
 
 
+def json_text(obj: Any) -> str:
+    """``obj`` as the indented JSON ``write_json_atomic`` writes."""
+    return json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n"
+
+
+def jsonl_text(rows: Iterable[dict]) -> str:
+    """``rows`` as the JSON lines ``write_jsonl_atomic`` writes."""
+    return "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows)
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    write_text_atomic(path, json_text(obj))
 
 
 def write_jsonl_atomic(path: Path, rows: Iterable[dict]) -> None:
     """Write one JSON object per line, atomically."""
-    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
+    write_text_atomic(path, jsonl_text(rows))
