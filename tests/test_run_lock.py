@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from lmtailor.cli import main
+from lmtailor.errors import UserError
 from lmtailor.run_lock import LOCK_FILE, RunInUse, RunLock
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -119,3 +120,8 @@ def test_a_new_run_holds_its_lock_from_before_it_can_be_resumed(tmp_path, monkey
     experiment.write_text((run_dir / "experiment.yaml").read_text())
     assert main(["run", str(experiment), "--out", str(tmp_path / "runs")]) == 3
     assert seen["resume_files"] and f"pid {os.getpid()}" in seen["refused"]
+
+
+def test_a_run_directory_that_cannot_hold_the_lock_is_named(tmp_path):
+    with pytest.raises(UserError, match=r"cannot create the run's lock .*run\.lock .*must be a writable directory"):
+        RunLock().acquire(tmp_path / "gone")  # no such directory (root ignores read-only modes, so not chmod)

@@ -48,7 +48,11 @@ class RunLock:
         if fcntl is None or self.held:
             return self
         path = Path(run_dir) / LOCK_FILE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, shared_file_mode())
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, shared_file_mode())
+        except OSError as e:
+            raise UserError(f"cannot create the run's lock {path} ({e.strerror}): a run writes its results, "
+                            f"checkpoints and reports into {run_dir}, so it must be a writable directory") from None
         f = os.fdopen(fd, "r+", encoding="utf-8")
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
