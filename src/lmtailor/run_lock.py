@@ -63,6 +63,11 @@ class RunLock:
                            f"and holds its lock {path}. Two processes would both retrain the unfinished rows; wait "
                            f"for that one to finish or stop it, then `lmtailor run --resume {run_dir}` continues "
                            "what is left") from None
+        except OSError as e:  # a filesystem without locks (some network mounts): run, but say it is unguarded
+            f.close()
+            log.warning("cannot lock %s (%s): nothing stops a second `run --resume` of this run meanwhile", path,
+                        e.strerror)
+            return self
         except BaseException:
             f.close()
             raise
