@@ -176,6 +176,13 @@ def test_missing_file_names_the_path(tmp_path):
     assert "nope.jsonl: no such data file" in _error(tmp_path, source="nope.jsonl")
 
 
+def test_a_directory_given_as_the_data_file_is_called_a_directory(tmp_path):
+    (tmp_path / "rows.jsonl").mkdir()  # exists, so "no such data file" would be false
+    msg = _error(tmp_path, source="rows.jsonl")
+    assert "rows.jsonl: is a directory, not a data file" in msg and "no such" not in msg
+    assert ".jsonl, .json, .csv, .tsv or .parquet file inside it" in msg  # what is expected instead
+
+
 # --- duplicates and separate files -----------------------------------------------------------------------------------
 
 def test_an_input_in_both_given_train_and_test_is_dropped_from_training_and_listed(tmp_path):

@@ -83,10 +83,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         console.print(str(e), style="yellow", markup=False, highlight=False)
         return 130
     from lmtailor.distributed import is_main_process
+    from lmtailor.exit_codes import failed_rows_line, run_exit_code
+    from lmtailor.report.results_json import load_records
 
-    if is_main_process():  # under accelerate launch / torchrun, one process prints the table
-        _print_results(run_dir, exp.name)
-    return 0
+    if not is_main_process():  # under accelerate launch / torchrun, one process prints the table and decides
+        return 0
+    _print_results(run_dir, exp.name)
+    records = load_records(run_dir)
+    line = failed_rows_line(records)
+    if line is not None:
+        console.print(line, style="red", markup=False, highlight=False, soft_wrap=True)
+    return run_exit_code(records)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -217,7 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                        help="override a key of the experiment file, e.g. strategies.0.shots=8 (repeatable)")
 
-    p = sub.add_parser("run", help="run an experiment file and print the cost-benefit table")
+    from lmtailor.exit_codes import HELP as EXIT_CODES
+
+    p = sub.add_parser("run", help="run an experiment file and print the cost-benefit table", epilog=EXIT_CODES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("experiment", type=Path, nargs="?", default=None, help="experiment YAML file")
     with_experiment(p, positional=False)
     p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
@@ -226,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="parent directory of the run directory (default: output_dir)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("demo", help="run a packaged example experiment on the embedded models (default: demo)")
+    p = sub.add_parser("demo", help="run a packaged example experiment on the embedded models (default: demo)",
+                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("example", nargs="?", default="demo",
                    help=f"which packaged example: {', '.join(packaged_examples())}")
     with_experiment(p, positional=False)

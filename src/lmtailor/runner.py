@@ -28,15 +28,17 @@ from lmtailor.data.splits import nested_subsets
 from lmtailor.distributed_rows import agree_on_row, stop_if_out_of_step
 from lmtailor.environment import describe_environment
 from lmtailor.errors import TrainingInterrupted, UserError
-from lmtailor.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
+from lmtailor.io import json_text, jsonl_text, write_json_atomic, write_text_atomic
 from lmtailor.measure.meter import Meter
 from lmtailor.report.results_json import write_results
 from lmtailor.report.table import results_markdown
+from lmtailor.run_lock import RunLock
 from lmtailor.runtime import Runtime, detect_runtime, set_threads
 from lmtailor.strategies import STRATEGIES, RunContext, Strategy
 from lmtailor.strategies.controls import add_equal_steps_controls
 from lmtailor.tasks import TASK_TYPES, TaskSpec
 from lmtailor.tasks.held_out import held_out_data, split_and_score
+from lmtailor.unwritten_rows import restore_row, stash_row
 
 # 2: every row is also scored on the validation rows (the record's ``validation``), and the baseline row exists.
 # Readers: report/results_json.READABLE_RECORD_VERSIONS.
@@ -189,16 +191,23 @@ def run_row(row: PlannedRow, exp: Experiment, task: TaskSpec, splits: DatasetSpl
 
 
 def _write_row(run_dir: Path, record: dict, splits: DatasetSplits, predictions: list[str] | None) -> None:
-    """The record; the test predictions in predictions/<row>.jsonl, the validation ones in predictions/validation/."""
-    write_json_atomic(run_dir / "results" / f"{record['row_id']}.json", record)
+    """The test predictions in predictions/<row>.jsonl, the validation ones in predictions/validation/, then the
+    record (last: it marks the row finished). Files that cannot be written are kept beside the row's artifact and
+    the run stops (unwritten_rows.py), so ``run --resume`` does not train the row again."""
+    files = {}
     if predictions is not None:
         n = len(splits.test)
-        write_jsonl_atomic(run_dir / "predictions" / f"{record['row_id']}.jsonl",
-                           ({"id": e.id, "target": e.target, "prediction": p} for e, p in zip(splits.test, predictions)))
+        files[f"predictions/{record['row_id']}.jsonl"] = jsonl_text(
+            {"id": e.id, "target": e.target, "prediction": p} for e, p in zip(splits.test, predictions))
         if splits.validation:
-            write_jsonl_atomic(run_dir / "predictions" / "validation" / f"{record['row_id']}.jsonl",
-                               ({"id": e.id, "target": e.target, "prediction": p}
-                                for e, p in zip(splits.validation, predictions[n:])))
+            files[f"predictions/validation/{record['row_id']}.jsonl"] = jsonl_text(
+                {"id": e.id, "target": e.target, "prediction": p} for e, p in zip(splits.validation, predictions[n:]))
+    files[f"results/{record['row_id']}.json"] = json_text(record)
+    try:
+        for rel, text in files.items():
+            write_text_atomic(run_dir / rel, text)
+    except OSError as e:
+        raise stash_row(run_dir, record["row_id"], files, e) from e
 
 
 def _error(e: Exception) -> dict:
@@ -302,6 +311,7 @@ def _finished_records(run_dir: Path, rows: list[PlannedRow]) -> dict[str, dict]:
     """
     done = {}
     for row in rows:
+        restore_row(run_dir, row.row_id)  # a finished row whose record could not be written (unwritten_rows.py)
         path = run_dir / "results" / f"{row.row_id}.json"
         if path.is_file():
             record = json.loads(path.read_text(encoding="utf-8"))
@@ -311,11 +321,14 @@ def _finished_records(run_dir: Path, rows: list[PlannedRow]) -> dict[str, dict]:
 
 
 def _open_run(exp: Experiment, rows: list[PlannedRow], base_dir: Path, out_dir: Path | None,
-              resume_dir: Path | None) -> tuple[Path, dict[str, dict]]:
-    """The run directory and the records of rows an earlier part of the run finished (main process only)."""
+              resume_dir: Path | None, lock: RunLock) -> tuple[Path, dict[str, dict]]:
+    """The run directory, locked (run_lock.py), and the records of rows an earlier part of the run finished (main
+    process only). A new run is locked before its resume files exist, so no ``--resume`` can start it twice."""
     if resume_dir is not None:
+        lock.acquire(Path(resume_dir))  # before reading what finished: another process may be finishing rows
         return Path(resume_dir), _finished_records(Path(resume_dir), rows)
     run_dir = new_run_dir(exp, out_dir)
+    lock.acquire(run_dir)
     write_text_atomic(run_dir / RESUME_FILE, dump_experiment_as_written(exp))
     write_json_atomic(run_dir / RUN_FILE, {"base_dir": str(Path(base_dir).resolve())})
     return run_dir, {}
@@ -363,7 +376,8 @@ def run_experiment(exp: Experiment, base_dir: Path, out_dir: Path | None = None,
     precision_note = distributed.align_launcher_precision(runtime.precision)
     distributed.setup(cpu=runtime.hardware == "cpu")  # before any model loads; a no-op in one process
     rows = plan_rows(exp)
-    run_dir, done = distributed.on_main(lambda: _open_run(exp, rows, base_dir, out_dir, resume_dir))
+    lock = RunLock()  # taken by the main process only; the others follow it
+    run_dir, done = distributed.on_main(lambda: _open_run(exp, rows, base_dir, out_dir, resume_dir, lock))
     with distributed.rank_logging():
         handler = _attach_log_file(run_dir) if distributed.is_main_process() else None
         try:
@@ -401,6 +415,7 @@ def run_experiment(exp: Experiment, base_dir: Path, out_dir: Path | None = None,
             # The cost-benefit report (report.html, report.md), once at the end: its charts take a second or two.
             distributed.on_main(lambda: _write_reports(run_dir, exp))
         finally:
+            lock.release()
             if handler is not None:
                 for name in ("lmtailor", "transformers", "peft", "trl"):
                     logging.getLogger(name).removeHandler(handler)

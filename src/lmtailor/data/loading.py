@@ -146,6 +146,9 @@ def load_file(path: Path, name: str, input_field: str, target_field: str, id_fie
     ``row_format`` is ``data.format``: ``fields`` reads ``input_field`` / ``target_field``; ``alpaca`` and
     ``messages`` read their own fields.
     """
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a data file; give the path of one .jsonl, .json, .csv, .tsv or "
+                        ".parquet file inside it (relative paths are relative to the experiment file's folder)")
     if not path.is_file():
         raise DataError(f"{path}: no such data file (relative paths are relative to the experiment file's folder)")
     problems = Problems(str(path))  # the full path in messages, the short name in row ids

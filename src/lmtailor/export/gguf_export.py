@@ -23,6 +23,7 @@ from typing import Any, Iterator, Literal
 import numpy as np
 
 from lmtailor.errors import UserError
+from lmtailor.io import shared_file_mode
 from lmtailor.export.gguf_tokenizer import LLAMA_CPP_CONVERTER, add_tokenizer
 from lmtailor.registry import Registry
 
@@ -216,6 +217,7 @@ def _write_atomically(writer, out_file: Path) -> None:
     """Header, metadata and tensors to a temp file in the target's directory, then one rename."""
     out_file.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out_file.parent, prefix=f".{out_file.name}.", suffix=".tmp")
+    os.fchmod(fd, shared_file_mode())  # mkstemp's 0600 would keep the exported model from the user's group
     os.close(fd)
     try:
         writer.write_header_to_file(path=Path(tmp))

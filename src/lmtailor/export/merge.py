@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lmtailor.errors import UserError
+from lmtailor.io import shared_dir_mode
 from lmtailor.export.run_rows import LABELS_FILE, TrainedRow
 from lmtailor.runtime import Runtime
 
@@ -55,7 +56,7 @@ def write_dir_atomically(target: Path, write: Callable[[Path], None], overwrite:
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
     try:
         write(tmp)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; an exported model is meant to be shared
+        os.chmod(tmp, shared_dir_mode())  # mkdtemp makes it private; an export is shared as the umask says
         if target.exists():  # overwrite: the old one goes only once the new one is whole
             old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
             os.rename(target, old / "x")

@@ -24,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lmtailor.io import write_json_atomic
+from lmtailor.io import shared_dir_mode, write_json_atomic
 from lmtailor.paths import cache_dir
 from lmtailor.retrieval.base import Hit, check_chunks, check_k
 from lmtailor.retrieval.chunking import Chunk
@@ -142,6 +142,7 @@ def _write(index, manifest: dict, final: Path) -> None:
 
     final.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
+    os.chmod(scratch, shared_dir_mode())  # mkdtemp's 0700 would outlive the rename
     try:
         faiss.write_index(index, str(scratch / INDEX_FILE))
         write_json_atomic(scratch / MANIFEST_FILE, manifest)  # last: its presence means the rest is whole

@@ -338,17 +338,20 @@ class EngineMixin:
             self._metrics["train"].update(loop["trl_train_metrics"])
 
     def _disk_full_message(self, run_dir: Path, step: int) -> str:
-        model = self.accelerator.unwrap_model(self.model)
-        peft = _is_peft(model)
-        weights = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad or not peft)
-        need = weights + ckpt.optimizer_state_bytes(self.optimizer)
+        from lmtailor.training.checkpoint_size import checkpoint_size
+
+        peft = _is_peft(self.accelerator.unwrap_model(self.model))
+        size = checkpoint_size(self, run_dir, peft)  # every file the checkpoint writes, in whole disk blocks
         free = shutil.disk_usage(run_dir).free if run_dir.exists() else 0
         previous = ckpt.complete_checkpoints(run_dir)
         kept = (f"the previous checkpoint {previous[-1].name} is intact" if previous
                 else "there is no earlier checkpoint")
+        parts = (f"{'adapter' if peft else 'model'} {_human_bytes(size.bytes('weights'))} + optimizer state "
+                 f"{_human_bytes(size.bytes('optimizer'))} + RNG, trainer and scheduler state, config and manifest "
+                 f"{_human_bytes(size.bytes() - size.bytes('weights') - size.bytes('optimizer'))}"
+                 + (f", in {_human_bytes(size.block)} disk blocks" if size.block > 1 else ""))
         return (f"no space left on the device while writing the checkpoint of step {step} to {run_dir}: a checkpoint "
-                f"needs about {_human_bytes(need)} ({'adapter' if peft else 'model'} {_human_bytes(weights)} + "
-                f"optimizer state {_human_bytes(need - weights)}) and {_human_bytes(free)} is free. The partial "
+                f"needs about {_human_bytes(size.on_disk())} ({parts}) and {_human_bytes(free)} is free. The partial "
                 f"checkpoint was removed and {kept}. Free some space (or put the run on a larger disk), lower "
                 "keep_checkpoints or raise checkpoint_steps, then continue with `lmtailor run --resume RUN_DIR`.")
 
