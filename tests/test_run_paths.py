@@ -157,3 +157,9 @@ def test_inside_accepts_paths_under_the_root_only(tmp_path):
             inside(tmp_path / "run", bad, where, "f")
     with pytest.raises(UserError, match="artifacts is not a mapping"):
         check_record({"row_id": "r", "artifacts": ["a"]}, Path("results/r.json"), tmp_path / "run")
+
+
+def test_resume_refuses_to_keep_a_record_scored_on_other_test_rows(tmp_path):
+    run, _ = _run(tmp_path, ROW, test_ids_sha256=ids_digest(["9"]))  # the run's splits.json tests row "2"
+    with pytest.raises(UserError, match=f"{ROW}.json was scored on other test rows"):
+        _finished_records(run, [SimpleNamespace(row_id=ROW)])
