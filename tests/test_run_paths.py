@@ -163,3 +163,12 @@ def test_resume_refuses_to_keep_a_record_scored_on_other_test_rows(tmp_path):
     run, _ = _run(tmp_path, ROW, test_ids_sha256=ids_digest(["9"]))  # the run's splits.json tests row "2"
     with pytest.raises(UserError, match=f"{ROW}.json was scored on other test rows"):
         _finished_records(run, [SimpleNamespace(row_id=ROW)])
+
+
+def test_resume_refuses_a_foreign_record_beside_the_planned_rows_before_training(tmp_path):
+    run, _ = _run(tmp_path, ROW)
+    write_json_atomic(run / "results" / "copied__m__s0.json",
+                      {**json.loads((run / "results" / f"{ROW}.json").read_text()), "row_id": "copied__m__s0",
+                       "test_ids_sha256": ids_digest(["9"])})
+    with pytest.raises(UserError, match="copied__m__s0.json was scored on other test rows"):
+        _finished_records(run, [SimpleNamespace(row_id=ROW)])

@@ -308,7 +308,21 @@ def _finished_records(run_dir: Path, rows: list[PlannedRow]) -> dict[str, dict]:
             _check_kept_record(run_dir, path, record)
             if record.get("status") == "ok":
                 done[row.row_id] = record
+    _check_other_records(run_dir, {row.row_id for row in rows})
     return done
+
+
+def _check_other_records(run_dir: Path, planned: set[str]) -> None:
+    """Records beside the planned rows' are summarised after every row too: refuse a foreign one before training, not
+    after the first row (one that cannot be read is left to the report, which names it)."""
+    for path in sorted((run_dir / "results").glob("*.json")):
+        if path.stem in planned:
+            continue
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        _check_kept_record(run_dir, path, record)
 
 
 def _check_kept_record(run_dir: Path, path: Path, record: dict) -> None:
