@@ -3,8 +3,8 @@
 The base is loaded in fp32 on the CPU (merging in half precision would round the folded update away), the adapter is
 applied with plain ``peft.PeftModel.from_pretrained`` (through ``models/safe_weights.py``: safetensors only) and
 checked to have loaded every saved weight, and ``merge_and_unload`` leaves an ordinary transformers model, saved as
-safetensors with the row's tokenizer (and a classifier's ``labels.json``). The directory is written under a temporary name beside the target and renamed, so a
-killed export never leaves a half-written model that looks whole.
+safetensors with the row's tokenizer (and a classifier's ``labels.json``). The directory is written under a temporary
+name beside the target and renamed, so a killed export never leaves a half-written model that looks whole.
 """
 
 from __future__ import annotations
