@@ -86,9 +86,19 @@ def test_export_refuses_a_crafted_record_and_leaves_outside_paths_alone(tmp_path
 @pytest.mark.parametrize("case", list(CRAFTED))
 def test_serve_refuses_a_crafted_record(tmp_path, case):
     run, victim, name, field = _crafted(tmp_path, case)
-    with pytest.raises(UserError) as e:
-        load_target(str(run), Runtime("cpu", "fp32", "test"), row=None)
-    assert f"{name}.json" in str(e.value) and field in str(e.value)
+    for row in (None, name):  # the only row, or chosen with --row
+        with pytest.raises(UserError) as e:
+            load_target(str(run), Runtime("cpu", "fp32", "test"), row=row)
+        assert f"{name}.json" in str(e.value) and field in str(e.value)
+    _untouched(victim)
+
+
+def test_the_issues_export_is_refused_through_the_command_line(tmp_path, capsys):
+    """The reproduction of issue 17: row_id "../../../../victim" with --merge --overwrite deleted the victim."""
+    run, victim, name, _ = _crafted(tmp_path, "row id walks up")
+    assert main(["export", str(run), "--merge", "--overwrite"]) == 2
+    out = " ".join(capsys.readouterr().out.split())
+    assert "row_id" in out and "Traceback" not in out
     _untouched(victim)
 
 
