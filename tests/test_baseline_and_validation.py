@@ -120,7 +120,7 @@ def _old_run(tmp_path, version):
             "schema_version": version, "row_id": f"{label}__m1__s0", "row_index": i, "label": label,
             "strategy": "prompt", "config": {"name": "prompt", "shots": 4 * i}, "model": "m1", "seed": 0,
             "train_size": 2, "train_size_requested": None, "status": "ok", "error": None, "test_rows": 2,
-            "test_ids_sha256": "t", "primary_metric": "accuracy",
+            "test_ids_sha256": ids_digest(["4", "5"]), "primary_metric": "accuracy",
             "metrics": [{"name": "accuracy", "value": score, "higher_is_better": True}],
             "score_details": {"per_row": [1.0, 0.0] if score == 0.5 else [1.0, 1.0]}, "details": {},
             "environment": {}, "meter": {"wall_s": 1.0, "peak_rss_bytes": 1, "phases": {}, "trainable_params": 0,

@@ -14,6 +14,7 @@ from lmtailor.report.analysis import break_even, compare_costs
 from lmtailor.report.deployment import DeploymentConfig, Serving, monthly_cost, serving_of
 from lmtailor.report.durations import human_duration
 from lmtailor.report.recommend import recommendation
+from lmtailor.tasks.held_out import ids_digest
 
 # --- durations ---------------------------------------------------------------------------------------------------
 
@@ -171,7 +172,7 @@ def _cli_record(row_id, index, label, strategy, score, train_usd, examples, wall
     return {"schema_version": 1, "row_id": row_id, "row_index": index, "label": label, "strategy": strategy,
             "config": {"name": strategy, "shots": 0}, "model": "m1", "seed": 0, "train_size": 4,
             "train_size_requested": None, "status": "ok", "error": None, "test_rows": examples,
-            "test_ids_sha256": "x", "environment": {}, "details": {}, "primary_metric": "accuracy",
+            "test_ids_sha256": ids_digest(["2"]), "environment": {}, "details": {}, "primary_metric": "accuracy",
             "metrics": [{"name": "accuracy", "value": score, "higher_is_better": True}],
             "meter": {"hardware": "cpu", "wall_s": wall, "peak_rss_bytes": 2**30, "trainable_params": 0,
                       "total_params": 10, "inference_latency_s_per_example": wall / examples,

@@ -569,6 +569,44 @@ def test_the_package_loads_no_pickles_and_runs_no_model_code_by_default():
     assert problems == []
 
 
+# Weight loads of PEFT, transformers and sentence-transformers: only models/safe_weights.py calls them, after its
+# safetensors-only check. Configs and tokenizers (AutoConfig, PeftConfig, AutoTokenizer) read JSON and vocabularies;
+# GGUF files (gguf_file=) are parsed by the gguf package: neither unpickles anything.
+WEIGHT_LOADS = {"from_pretrained", "from_encoder_decoder_pretrained", "from_single_file", "load_adapter",
+                "load_peft_weights", "SentenceTransformer", "CrossEncoder"}
+SAFE_LOADER = Path("lmtailor/models/safe_weights.py")
+
+
+def _loads_weights(call: ast.Call) -> bool:
+    func = call.func
+    name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+    if name not in WEIGHT_LOADS or any(k.arg == "gguf_file" for k in call.keywords):
+        return False
+    owner = _dotted(func.value) if isinstance(func, ast.Attribute) else ""
+    return not owner.endswith(("Config", "Tokenizer"))
+
+
+def test_every_weight_load_goes_through_the_safetensors_only_loader():
+    problems = [f"{path}:{call.lineno}: {ast.unparse(call.func)}(...) loads weights outside {SAFE_LOADER}; call "
+                "lmtailor.models.safe_weights (load_pretrained, load_peft_adapter, ...) instead"
+                for path, tree in _package_sources() if path != SAFE_LOADER
+                for call in _calls(tree) if _loads_weights(call)]
+    assert problems == []
+    # and the loader itself checks before each of its loads
+    loader = next(tree for path, tree in _package_sources() if path == SAFE_LOADER)
+    for fn in (n for n in loader.body if isinstance(n, ast.FunctionDef) and n.name.startswith("load_")):
+        calls = [c for c in _calls(fn) if _dotted(c.func) == "check_safe_weights" or _loads_weights(c)]
+        assert calls and _dotted(calls[0].func) == "check_safe_weights", fn.name
+
+
+def test_the_weight_load_guard_catches_what_it_looks_for():
+    calls = [stmt.value for stmt in ast.parse(
+        "PeftModel.from_pretrained(m, p)\nauto_class(h).from_pretrained(p)\nSentenceTransformer(p)\n"
+        "model.load_adapter(p)\nAutoConfig.from_pretrained(p)\nPeftConfig.from_pretrained(p)\n"
+        "AutoTokenizer.from_pretrained(p)\nAutoModelForCausalLM.from_pretrained(d, gguf_file=n)").body]
+    assert [_loads_weights(c) for c in calls] == [True, True, True, True, False, False, False, False]
+
+
 def test_the_guard_catches_what_it_looks_for():
     bad = ast.parse("torch.load(p)\ntorch.load(p, weights_only=False)\nAutoModel.from_pretrained(p, "
                     "trust_remote_code=True)\ntorch.load(p, weights_only=True)")

@@ -2,17 +2,19 @@
 
 from lmtailor.cli import main
 from lmtailor.io import write_json_atomic
+from lmtailor.tasks.held_out import ids_digest
 
 
-def _run(root, name, score, digest):
+def _run(root, name, score, test_id):
+    """A run of one LoRA row scored on the one test row ``test_id`` (runs with the same test_id share test rows)."""
     run = root / name
     write_json_atomic(run / "task.json", {"name": "t", "type": "classification", "instruction": "x", "labels": ["a"]})
     write_json_atomic(run / "splits.json", {"source": "d.jsonl", "seed": 0, "train": ["1"], "validation": [],
-                                            "test": ["2"], "learning_curve_subsets": {}})
+                                            "test": [test_id], "learning_curve_subsets": {}})
     ok = score is not None
     write_json_atomic(run / "results" / "lora__m__s0.json", {
         "row_id": "lora__m__s0", "row_index": 0, "label": "LoRA", "strategy": "finetune", "model": "m", "seed": 0,
-        "train_size": 1, "status": "ok" if ok else "failed", "test_ids_sha256": digest,
+        "train_size": 1, "status": "ok" if ok else "failed", "test_ids_sha256": ids_digest([test_id]),
         "error": None if ok else {"type": "RuntimeError", "message": "boom"},
         "metrics": [{"name": "accuracy", "value": score, "higher_is_better": True}] if ok else [],
         "primary_metric": "accuracy" if ok else None, "details": {},
@@ -34,7 +36,8 @@ def test_compare_says_when_runs_were_scored_on_different_test_rows(tmp_path, cap
     a, b = _run(tmp_path, "run-a", 0.75, "abc"), _run(tmp_path, "run-b", 0.5, "xyz")
     assert main(["compare", str(a), str(b)]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "Different test rows" in out and "run-a `abc`" in out and "run-b `xyz`" in out
+    assert "Different test rows" in out
+    assert f"run-a `{ids_digest(['abc'])}`" in out and f"run-b `{ids_digest(['xyz'])}`" in out
 
 
 def test_compare_refuses_a_directory_that_is_not_a_run(tmp_path, capsys):

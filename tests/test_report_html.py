@@ -14,6 +14,7 @@ from lmtailor.report.charts import ABSENT
 from lmtailor.report.html import render_html, write_report
 from lmtailor.report.markdown_report import cost_benefit_rows, render_markdown_report
 from lmtailor.report.results_json import build_results, load_records
+from lmtailor.tasks.held_out import ids_digest
 
 CHARTS = ["pareto", "learning_curves", "memory", "forgetting", "break_even"]
 TRAINED_ONLY = ["learning_curves", "forgetting", "break_even"]
@@ -57,6 +58,9 @@ TRAINED = [
             size=20, trainable=100),
     _record("lora__m1__s0", 6, "lora", "finetune", None, usd_train=0.0, per_1k=0.0, usd_total=0.0),
 ]
+
+
+TEST_DIGEST = ids_digest(["4", "5"])  # the digest of the test rows _run_dir writes to splits.json
 
 
 def _run_dir(path, records):
@@ -215,7 +219,7 @@ def test_cost_benefit_table_has_one_best_row_per_rung(full_run):
 
 def _scored_rows(record: dict, test: list[float], validation: list[float]) -> dict:
     """``record`` as version 2: per-row scores on the 2 test rows and the 1 validation row."""
-    return {**record, "schema_version": 2, "test_ids_sha256": "t",
+    return {**record, "schema_version": 2, "test_ids_sha256": TEST_DIGEST,
             "metrics": [{"name": "accuracy", "value": sum(test) / len(test), "higher_is_better": True}],
             "score_details": {"per_row": test},
             "validation": {"rows": 1, "ids_sha256": "v", "primary_metric": "accuracy",
@@ -284,7 +288,7 @@ def test_delta_vs_zero_shot_is_called_a_difference_by_the_paired_test_only(tmp_p
     """Δ vs zero-shot says what the paired bootstrap over the test rows says: differs, or within noise."""
     right = lambda k: [1.0] * k + [0.0] * (20 - k)  # noqa: E731 - right on the first k of 20 test rows
     def scored(record, k):
-        return {**record, "test_ids_sha256": "t", "score_details": {"per_row": right(k)},
+        return {**record, "test_ids_sha256": TEST_DIGEST, "score_details": {"per_row": right(k)},
                 "metrics": [{"name": "accuracy", "value": k / 20, "higher_is_better": True}]}
     # zero-shot right on rows 0-9, few-shot on 0-11: two rows apart, and a resample misses both with probability
     # 0.9^20 = 12 %: the interval starts at 0. Fine-tuned on 0-17: eight rows apart, all one way: differs.

@@ -15,6 +15,7 @@ from lmtailor.report.paired import compare_groups
 from lmtailor.report.results_json import build_results, load_records
 from lmtailor.tasks import TaskSpec
 from lmtailor.tasks.evaluator import evaluate
+from lmtailor.tasks.held_out import ids_digest
 
 # --- per-row scores from the evaluator ---------------------------------------------------------------------------
 
@@ -57,7 +58,7 @@ def _record(row_id, index, label, score, per_row=None, seed=0, model="m1", statu
         "metrics": [{"name": "accuracy", "value": score, "higher_is_better": True}] if ok else [],
         "primary_metric": "accuracy" if ok else None,
         "score_details": ({"n": len(per_row), "per_row": per_row} if per_row is not None else {"n": 4}),
-        "test_ids_sha256": "x1-x4",
+        "test_ids_sha256": ids_digest(["x1", "x2", "x3", "x4"]),  # _run_dir's test rows
         "details": details or {},
         "meter": {"wall_s": 1.0, "usd": {"train": 0.0, "total": 0.01, "inference_per_1k": 0.001}, "machine": QUIET},
     }

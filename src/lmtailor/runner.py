@@ -315,9 +315,33 @@ def _finished_records(run_dir: Path, rows: list[PlannedRow]) -> dict[str, dict]:
         path = run_dir / "results" / f"{row.row_id}.json"
         if path.is_file():
             record = json.loads(path.read_text(encoding="utf-8"))
+            _check_kept_record(run_dir, path, record)
             if record.get("status") == "ok":
                 done[row.row_id] = record
+    _check_other_records(run_dir, {row.row_id for row in rows})
     return done
+
+
+def _check_other_records(run_dir: Path, planned: set[str]) -> None:
+    """Records beside the planned rows' are summarised after every row too: refuse a foreign one before training, not
+    after the first row (one that cannot be read is left to the report, which names it)."""
+    for path in sorted((run_dir / "results").glob("*.json")):
+        if path.stem in planned:
+            continue
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        _check_kept_record(run_dir, path, record)
+
+
+def _check_kept_record(run_dir: Path, path: Path, record: dict) -> None:
+    """A record a resumed run keeps must be this run's: its row id and artifacts inside it, its test rows and task."""
+    from lmtailor.paths import check_record
+    from lmtailor.report.provenance import check_record_of_run, run_task, run_test_digest
+
+    check_record(record, path, run_dir)
+    check_record_of_run(path, record, run_test_digest(run_dir), run_task(run_dir))
 
 
 def _open_run(exp: Experiment, rows: list[PlannedRow], base_dir: Path, out_dir: Path | None,

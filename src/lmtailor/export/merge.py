@@ -1,10 +1,10 @@
 """Fold a row's PEFT adapter into its base model and save a standalone model directory, atomically.
 
 The base is loaded in fp32 on the CPU (merging in half precision would round the folded update away), the adapter is
-applied with plain ``peft.PeftModel.from_pretrained`` and checked to have loaded every saved weight, and
-``merge_and_unload`` leaves an ordinary transformers model, saved as safetensors with the row's tokenizer (and a
-classifier's ``labels.json``). The directory is written under a temporary name beside the target and renamed, so a
-killed export never leaves a half-written model that looks whole.
+applied with plain ``peft.PeftModel.from_pretrained`` (through ``models/safe_weights.py``: safetensors only) and
+checked to have loaded every saved weight, and ``merge_and_unload`` leaves an ordinary transformers model, saved as
+safetensors with the row's tokenizer (and a classifier's ``labels.json``). The directory is written under a temporary
+name beside the target and renamed, so a killed export never leaves a half-written model that looks whole.
 """
 
 from __future__ import annotations
@@ -128,9 +128,8 @@ def _check_adapter_loaded(peft_model, adapter_dir: Path, base: str) -> None:
 
 def load_adapted(row: TrainedRow, runtime: Runtime):
     """(PEFT model on the fp32 base, tokenizer, base reference): the row's model before merging."""
-    from peft import PeftModel
-
     from lmtailor.models import load_model, load_tokenizer
+    from lmtailor.models.safe_weights import load_peft_adapter
 
     base = base_reference(row)
     labels = row.labels
@@ -140,7 +139,7 @@ def load_adapted(row: TrainedRow, runtime: Runtime):
         loaded.model.config.id2label = dict(enumerate(labels))
         loaded.model.config.label2id = {label: i for i, label in enumerate(labels)}
     try:
-        model = PeftModel.from_pretrained(loaded.model, str(row.artifact))
+        model = load_peft_adapter(loaded.model, row.artifact)  # refuses a pickled adapter before PEFT opens it
     except (ValueError, KeyError, RuntimeError) as e:  # PEFT: target modules missing, shape mismatch, ...
         raise UserError(f"row {row.row_id}: the adapter in {row.artifact} does not fit the base model {base} "
                         f"({type(e).__name__}: {str(e)[:300]}). Is {base} the model the row trained on?") from e

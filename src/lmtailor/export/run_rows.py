@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lmtailor.errors import UserError
+from lmtailor.paths import check_record, inside
 
 ArtifactKind = Literal["adapter", "model"]
 ADAPTER_CONFIG = "adapter_config.json"
@@ -86,6 +87,8 @@ def read_records(run_dir: Path) -> list[dict[str, Any]]:
     if not paths:
         raise UserError(f"{run_dir}: no results/*.json; is this a run directory made by `lmtailor run`?")
     records = [json.loads(p.read_text(encoding="utf-8")) for p in paths]
+    for path, record in zip(paths, records):  # a row id builds output paths (export/<row_id>): never a crafted one
+        check_record(record, path, run_dir)
     return sorted(records, key=lambda r: (r.get("row_index", 0), r.get("row_id", "")))
 
 
@@ -93,8 +96,9 @@ def _artifact_path(run_dir: Path, record: dict[str, Any], name: str) -> Path | N
     value = (record.get("artifacts") or {}).get(name)
     if value is None:
         return None
-    path = Path(value)
-    return path if path.is_absolute() else Path(run_dir) / path
+    # a record is a file anyone can edit: its artifact must stay inside the run (export deletes and replaces paths)
+    where = Path(run_dir) / "results" / f"{record.get('row_id')}.json"
+    return inside(run_dir, value, where, f"artifacts.{name}")
 
 
 def _artifact(run_dir: Path, record: dict[str, Any]) -> tuple[ArtifactKind, Path] | None:

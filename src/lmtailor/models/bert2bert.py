@@ -95,6 +95,8 @@ def build_bert2bert(encoder_dir: Path, out_dir: Path, seed: int = 0) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, EncoderDecoderModel
 
+    from lmtailor.models.safe_weights import load_encoder_decoder, load_pretrained
+
     encoder_dir, out_dir = Path(encoder_dir), Path(out_dir)
     config = AutoConfig.from_pretrained(encoder_dir)
     if getattr(config, "is_encoder_decoder", False) or config.model_type not in ("bert", "roberta", "electra"):
@@ -105,10 +107,10 @@ def build_bert2bert(encoder_dir: Path, out_dir: Path, seed: int = 0) -> Path:
     with torch.random.fork_rng(devices=[]):  # the random cross-attention is the same on every machine
         torch.manual_seed(seed)
         # the decoder is loaded here rather than by from_encoder_decoder_pretrained, to learn which weights are new
-        decoder, info = AutoModelForCausalLM.from_pretrained(encoder_dir, config=config, dtype=torch.float32,
-                                                             output_loading_info=True)
-        model = EncoderDecoderModel.from_encoder_decoder_pretrained(
-            str(encoder_dir), None, decoder_model=decoder, dtype=torch.float32, tie_encoder_decoder=False)
+        decoder, info = load_pretrained(AutoModelForCausalLM, encoder_dir, config=config, dtype=torch.float32,
+                                        output_loading_info=True)
+        model = load_encoder_decoder(EncoderDecoderModel, encoder_dir, decoder_model=decoder, dtype=torch.float32,
+                                     tie_encoder_decoder=False)
     ids = {"decoder_start_token_id": tokenizer.cls_token_id, "bos_token_id": tokenizer.cls_token_id,
            "eos_token_id": tokenizer.sep_token_id, "pad_token_id": tokenizer.pad_token_id}
     for key, value in ids.items():

@@ -9,6 +9,7 @@ import torch
 
 from lmtailor.models.family import Family, Head, auto_class, check_head, detect_family, head_for
 from lmtailor.errors import UserError
+from lmtailor.models.safe_weights import load_pretrained
 from lmtailor.models.sources import resolve_model
 from lmtailor.runtime import Runtime
 
@@ -83,9 +84,9 @@ def load_model(ref: str, runtime: Runtime, head: Head | None = None, num_labels:
     placement = {} if quantization_config is None else {"quantization_config": quantization_config,
                                                          "device_map": {"": runtime.device}}
     try:
-        # use_safetensors: weights are read from safetensors only; a pickled .bin can run code when it is loaded
-        model = auto_class(head).from_pretrained(resolved.path, config=config, dtype=runtime.dtype,
-                                                 trust_remote_code=trust, use_safetensors=True, **placement)
+        # safetensors only (models/safe_weights.py): a pickled .bin can run code when it is loaded
+        model = load_pretrained(auto_class(head), resolved.path, config=config, dtype=runtime.dtype,
+                                trust_remote_code=trust, **placement)
     except OSError as e:
         if "safetensors" not in str(e):
             raise

@@ -4,7 +4,8 @@ Each run is summarised from its own records (``results_json.build_results``), so
 existed compare too. A configuration (label on a model) that also ran in the first run is tested against it with
 the report's one test of noise, the paired bootstrap over the test rows (report/paired.py) — only when both runs
 scored the same test rows; runs scored on different test rows are not comparable number for number, and the table
-says so instead of silently lining them up.
+says so instead of silently lining them up. Within each run, a record scored on other test rows or on another task
+than the run's own is refused (report/provenance.py), so every run's numbers are its own.
 """
 
 from __future__ import annotations
@@ -13,11 +14,16 @@ import json
 from pathlib import Path
 
 from lmtailor.report.paired import UNKNOWN, compare_groups
+from lmtailor.report.provenance import run_test_digest
 from lmtailor.report.results_json import build_results, load_records
 
 
 def _test_digest(run_dir: Path) -> str | None:
-    """The test rows' ids digest every record of the run carries (None when the run has no record)."""
+    """The digest of the run's test-row ids: from splits.json (every record agrees with it, load_records checks), else
+    from its first record (None when the run has neither)."""
+    digest = run_test_digest(run_dir)
+    if digest is not None:
+        return digest
     for path in sorted((run_dir / "results").glob("*.json")):
         return json.loads(path.read_text(encoding="utf-8")).get("test_ids_sha256")
     return None

@@ -12,7 +12,9 @@ from pathlib import Path
 
 from lmtailor.errors import UserError
 from lmtailor.io import write_text_atomic
+from lmtailor.paths import check_record
 from lmtailor.report import paired
+from lmtailor.report.provenance import check_record_of_run, run_task, run_test_digest
 from lmtailor.report.analysis import bootstrap_ci, data_required, mean_std, pareto_frontier
 from lmtailor.report.selection import VALIDATION, selection_block
 
@@ -42,10 +44,12 @@ def _read_json(path: Path, hint: str) -> dict:
 
 
 def load_records(run_dir: Path) -> list[dict]:
-    """Every row record of ``run_dir/results``, in plan order (row_index, then row_id)."""
+    """Every row record of ``run_dir/results``, in plan order (row_index, then row_id); a record whose row id, test
+    rows or task is not the run's is refused (report/provenance.py)."""
     folder = Path(run_dir) / "results"
     if not folder.is_dir():
         raise UserError(f"{folder} is missing: is {run_dir} a run directory written by `lmtailor run`?")
+    test_digest, task = run_test_digest(run_dir), run_task(run_dir)
     records = []
     for path in sorted(folder.glob("*.json")):
         record = _read_json(path, "")
@@ -53,6 +57,8 @@ def load_records(run_dir: Path) -> list[dict]:
         if missing:
             raise UserError(f"{path} lacks {missing}: it is not a row record of `lmtailor run`")
         _check_version(path, record)
+        check_record(record, path, Path(run_dir))
+        check_record_of_run(path, record, test_digest, task)
         records.append(record)
     return sorted(records, key=lambda r: (r.get("row_index", 0), r["row_id"]))
 

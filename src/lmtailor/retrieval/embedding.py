@@ -57,10 +57,10 @@ class Embedder:
     @cached_property
     def model(self):
         """The loaded SentenceTransformer (loaded on first use)."""
-        from sentence_transformers import SentenceTransformer
+        from lmtailor.models.safe_weights import load_sentence_transformer
 
         try:
-            return SentenceTransformer(self.path, device=self.device)
+            return load_sentence_transformer(self.path, device=self.device)
         except OSError as e:
             raise UserError(f"embedder {self.ref!r} ({self.path}) could not be loaded as a sentence-transformers "
                             f"model: {e}") from e

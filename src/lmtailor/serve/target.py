@@ -104,6 +104,9 @@ def _from_adapter(row, runtime: Runtime, name: str, what: str) -> ServedModel:
     from lmtailor.export.merge import base_reference, export_runtime, load_adapted
     from lmtailor.models.loading import family_of
 
+    from lmtailor.models.safe_weights import check_safe_weights
+
+    check_safe_weights(row.artifact, "adapter")  # a pickled adapter is refused before PEFT opens the directory
     peft_type = str(row.peft_config()["peft_type"])
     if row.labels:
         raise _refuse_encoder(what)

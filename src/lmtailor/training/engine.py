@@ -358,6 +358,9 @@ class EngineMixin:
     # --- loading ------------------------------------------------------------------------------------------------
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        from lmtailor.models.safe_weights import check_safe_weights
+
+        check_safe_weights(resume_from_checkpoint, "checkpoint")  # before transformers' fallback to a .bin
         model = model if model is not None else self.model
         adapter = Path(resume_from_checkpoint) / "adapter_model.safetensors"
         if _is_peft(model) and adapter.is_file():
