@@ -127,6 +127,34 @@ def test_a_real_surrogate_pair_is_text(server):
     assert status == 200 and reply["usage"]["completion_tokens"] == 2
 
 
+# --- requests that were 500s: an empty prompt, a temperature so small that logits / T overflow -------------------
+
+def test_empty_prompt_is_a_400(server):
+    # the tiny Llama adds no BOS token: "" is zero tokens, which generate cannot take (it was a 500)
+    body = b'{"model": "tiny", "prompt": "", "max_tokens": 2}'
+    error = _openai_error(*_post(server, "/v1/completions", body, _headers(server)), 400, "invalid_value")
+    assert error["param"] == "prompt" and "empty" in error["message"]
+    _still_serves(server)
+
+
+def test_text_part_without_text_is_a_400(server):
+    body = json.dumps({**GOOD, "messages": [{"role": "user", "content": [{"type": "text"}]}]}).encode()
+    error = _openai_error(*_post(server, "/v1/chat/completions", body, _headers(server)), 400,
+                          "missing_required_parameter")
+    assert error["param"] == "messages.0.content.0.text"
+
+
+def test_vanishing_temperature_decodes_greedily(server):
+    # logits / 1e-300 overflow float32 to inf and sampling failed (a 500); below 1e-5 the server decodes greedily
+    answers = []
+    for temperature in (0, 1e-300, 9e-6):
+        body = json.dumps({**GOOD, "max_tokens": 8, "temperature": temperature}).encode()
+        status, reply = _post(server, "/v1/chat/completions", body, _headers(server))
+        assert status == 200, reply
+        answers.append(reply["choices"][0]["message"]["content"])
+    assert answers[1] == answers[0] and answers[2] == answers[0]
+
+
 # --- content type: only JSON on POST (blind CSRF) -----------------------------------------------------------------
 
 @pytest.mark.parametrize("content_type", [None, "text/plain", "text/plain;charset=UTF-8",

@@ -26,8 +26,8 @@ from lmtailor.serve.engine import Engine, Job
 from lmtailor.serve.guard import HostRule, RequestGuard
 from lmtailor.serve.prompting import (answer_budget, chat_prompt_ids, completion_prompt_ids, response_constraint,
                                       stop_ids)
-from lmtailor.serve.protocol import (APIError, ChatRequest, CompletionRequest, ServeSettings, error_body,
-                                     parse_request, requested_max_tokens, stop_strings)
+from lmtailor.serve.protocol import (GREEDY_BELOW_TEMPERATURE, APIError, ChatRequest, CompletionRequest, ServeSettings,
+                                     error_body, parse_request, requested_max_tokens, stop_strings)
 from lmtailor.serve.responses import SSE_DONE, Reply, sse
 from lmtailor.serve.target import ServedModel
 
@@ -170,8 +170,9 @@ class _Generation:
             max_tokens = constraint.longest
         budget = answer_budget(self.served, len(prompt), max_tokens, self.settings.max_tokens_limit,
                                "messages" if chat else "prompt")
+        temperature = 1.0 if request.temperature is None else request.temperature  # OpenAI's default
         return Job(prompt, budget, stops, strings,
-                   temperature=1.0 if request.temperature is None else request.temperature,  # OpenAI's defaults
+                   temperature=0.0 if temperature < GREEDY_BELOW_TEMPERATURE else temperature,
                    top_p=1.0 if request.top_p is None else request.top_p, seed=request.seed, constraint=constraint)
 
     async def __call__(self, http: Request, chat: bool) -> Response:

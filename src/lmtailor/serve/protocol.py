@@ -22,6 +22,9 @@ DEFAULT_MAX_TOKENS_LIMIT = 512
 DEFAULT_MAX_BODY_BYTES = 1_000_000
 DEFAULT_BODY_TIMEOUT_S = 30.0  # the whole body, from the end of the headers: 1 MB at 33 KB/s
 MAX_STOP_STRINGS = 4  # as OpenAI
+# Below this a temperature decodes greedily (as vLLM): logits / T overflow float32 to inf (a 500) near 1e-38, and
+# long before that sampling is the argmax anyway.
+GREEDY_BELOW_TEMPERATURE = 1e-5
 
 
 @dataclass(frozen=True)
@@ -297,7 +300,10 @@ def message_text(message: Message, index: int) -> str:
         return content
     texts = []
     for j, part in enumerate(content):
-        if part.type != "text" or part.text is None:
+        if part.type == "text" and part.text is None:
+            raise APIError(400, f"'messages.{index}.content.{j}' is a text part without 'text'",
+                           f"messages.{index}.content.{j}.text", "missing_required_parameter")
+        if part.type != "text":
             raise APIError(400, f"'messages.{index}.content.{j}' is a {part.type!r} part, which is not supported: "
                                 "lmtailor serve takes text parts only", f"messages.{index}.content.{j}",
                            "unsupported_value")
