@@ -48,7 +48,7 @@ def server(served):
 def impatient_server(served):
     """A server giving request bodies 1 s (module-scoped: started before ``server_logs`` attaches its handler, since
     uvicorn's start-up reconfigures its own loggers)."""
-    with _server(served, body_timeout_s=1.0) as s:
+    with _server(served, read_timeout_s=1.0) as s:
         yield s
 
 
@@ -335,8 +335,46 @@ def test_slow_body_gets_a_408_and_its_connection_is_closed(impatient_server, ser
     assert head.startswith(b"HTTP/1.1 408"), answer
     assert b"connection: close" in head.lower()
     error = json.loads(body)["error"]
-    assert error["code"] == "request_timeout" and "1 s" in error["message"] and "--body-timeout" in error["message"]
+    assert error["code"] == "request_timeout" and "1 s" in error["message"] and "--read-timeout" in error["message"]
     assert elapsed < 9, elapsed  # well before the 10 s of dribbling were over
     _still_serves(server)
     assert [r.getMessage().split()[:3] for r in server_logs][0] == ["POST", "/v1/chat/completions", "408"]
     assert all(r.exc_info is None and r.levelno < logging.WARNING for r in server_logs), server_logs
+
+
+def test_headers_dribbled_or_never_sent_are_cut_off(impatient_server):
+    """uvicorn restarts its keep-alive timer on every byte: without the header deadline (1 s here) a client sending
+    a header byte every 0.1 s would keep its connection for the whole 10 s below, and one sending nothing forever."""
+    server = impatient_server
+    head = _request_head(server.port, 2)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as dribbling, \
+            socket.create_connection(("127.0.0.1", server.port), timeout=20) as idle:
+        start = time.monotonic()
+        closed_after = None
+        for i in range(100):
+            if select.select([dribbling], [], [], 0.1)[0]:
+                break
+            try:
+                dribbling.sendall(head[i:i + 1])
+            except OSError:  # closed while sending
+                break
+        try:
+            assert _read_all(dribbling) == b""  # closed without an answer: there was no request to answer
+        except ConnectionResetError:
+            pass
+        closed_after = time.monotonic() - start
+        assert closed_after < 9, closed_after
+        assert _read_all(idle) == b""  # the idle connection had the same deadline and is closed by now too
+    _still_serves(server)  # a request whose headers arrive at once is served as always
+
+
+def test_a_request_slower_than_the_deadline_is_not_cut_off(impatient_server):
+    """The header deadline stops once the headers are in: an answer taking longer than 1 s is still delivered."""
+    model = impatient_server.app.state.served.model
+    handle = model.register_forward_hook(lambda *_: time.sleep(0.3))  # 8 tokens: about 2.4 s
+    try:
+        body = json.dumps({**GOOD, "max_tokens": 8}).encode()
+        status, reply = _post(impatient_server, "/v1/chat/completions", body, _headers(impatient_server))
+        assert status == 200 and reply["usage"]["completion_tokens"] == 8
+    finally:
+        handle.remove()

@@ -103,7 +103,7 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
                 chunks.append(chunk)
     except TimeoutError:
         raise APIError(408, f"the request body did not arrive within {timeout_s:g} s ({size} bytes received); send "
-                            "it at once (--body-timeout sets the limit)", None, "request_timeout",
+                            "it at once (--read-timeout sets the limit)", None, "request_timeout",
                        headers=_CLOSE) from None
     return b"".join(chunks)
 
@@ -177,7 +177,7 @@ class _Generation:
 
     async def __call__(self, http: Request, chat: bool) -> Response:
         info = _info(http)
-        body = await read_body(http, self.settings.max_body_bytes, self.settings.body_timeout_s)
+        body = await read_body(http, self.settings.max_body_bytes, self.settings.read_timeout_s)
         request = parse_request(ChatRequest if chat else CompletionRequest, body)
         if request.model != self.settings.model_name:
             raise APIError(404, f"the model '{request.model}' does not exist: this server serves "

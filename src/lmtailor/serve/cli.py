@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from lmtailor.serve.protocol import (DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES,
+from lmtailor.serve.protocol import (DEFAULT_READ_TIMEOUT_S, DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES,
                                      DEFAULT_MAX_TOKENS_LIMIT)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -68,9 +68,10 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
                    help=f"largest max_tokens a request may ask for (default {DEFAULT_MAX_TOKENS_LIMIT})")
     p.add_argument("--max-body-bytes", type=_positive, default=DEFAULT_MAX_BODY_BYTES,
                    help=f"largest request body accepted, in bytes (default {DEFAULT_MAX_BODY_BYTES})")
-    p.add_argument("--body-timeout", type=_seconds, default=DEFAULT_BODY_TIMEOUT_S, metavar="SECONDS",
-                   help="a request body must have fully arrived this long after its headers, else 408 (default "
-                        f"{DEFAULT_BODY_TIMEOUT_S:g})")
+    p.add_argument("--read-timeout", type=_seconds, default=DEFAULT_READ_TIMEOUT_S, metavar="SECONDS",
+                   help="a request's headers must have arrived this long after the connection opened (or its "
+                        "previous answer), else the connection is closed, and its body this long after the headers, "
+                        f"else 408 (default {DEFAULT_READ_TIMEOUT_S:g})")
     p.add_argument("--allowed-hosts", type=_hosts, default=(), metavar="NAME[,NAME...]",
                    help="more Host header values to accept, e.g. the machine's DNS name or a reverse proxy's (* "
                         "accepts any). Always accepted: IP addresses of the bound address (any loopback address "
@@ -124,7 +125,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             runtime = replace(runtime, reason="set by --precision")
         served = load_target(args.target, runtime, row=args.row, name=args.model_name, backend=args.backend)
         settings = ServeSettings(served.name, api_key, args.max_batch, args.max_tokens_limit, args.max_body_bytes,
-                                 args.body_timeout, args.host, tuple(args.allowed_hosts))
+                                 args.read_timeout, args.host, tuple(args.allowed_hosts))
         app = create_app(served, settings)
         host, port = sock.getsockname()[:2]
         shown_host = f"[{host}]" if ":" in host else host
