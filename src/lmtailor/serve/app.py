@@ -2,8 +2,9 @@
 
 Requests first pass ``guard.py`` (a Host naming this server, a JSON content type on POST). Bodies are read by hand
 (size limit on the declared and the actual bytes, a deadline for the whole body) and validated by ``protocol.py``, so
-every bad request gets a 4xx in OpenAI's error shape, never FastAPI's 422; a client gone mid-upload is one log line. Prompts are tokenized in the thread pool and
-decoded by the engine's worker thread; handlers only await their request's event queue.
+every bad request gets a 4xx in OpenAI's error shape, never FastAPI's 422; a client gone mid-upload is one log line.
+Prompts are tokenized in the thread pool and decoded by the engine's worker thread; handlers only await their
+request's event queue.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ import argparse
 import logging
 import sys
 
-from lmtailor.serve.protocol import (DEFAULT_READ_TIMEOUT_S, DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES,
-                                     DEFAULT_MAX_TOKENS_LIMIT)
+from lmtailor.serve.protocol import (DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TOKENS_LIMIT,
+                                     DEFAULT_READ_TIMEOUT_S)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 

@@ -44,7 +44,8 @@ def normalize_host(name: str) -> str:
 
 
 def host_of(header: str) -> str | None:
-    """The host part of a ``Host`` header value (``name``, ``name:port``, ``[v6]``, ``[v6]:port``); None if malformed."""
+    """The host part of a ``Host`` value (``name``, ``name:port``, ``[v6]``, ``[v6]:port``), normalized; None if
+    malformed."""
     value = header.strip()
     if value.startswith("["):
         end = value.find("]")
