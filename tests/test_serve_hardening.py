@@ -378,3 +378,16 @@ def test_a_request_slower_than_the_deadline_is_not_cut_off(impatient_server):
         assert status == 200 and reply["usage"]["completion_tokens"] == 8
     finally:
         handle.remove()
+
+
+@pytest.mark.parametrize("bound, extra, described", [
+    ("127.0.0.1", (), "localhost and loopback addresses"),
+    ("::1", ("box.lan",), "localhost and loopback addresses, box.lan"),
+    ("0.0.0.0", (), "localhost and IP addresses"),
+    ("192.168.1.5", ("Box.Lan.",), "192.168.1.5, box.lan"),
+    ("127.0.0.1", ("*",), "any (--allowed-hosts *)"),
+])
+def test_host_rule_described_for_the_start_up_lines(bound, extra, described):
+    from lmtailor.serve.guard import HostRule
+
+    assert HostRule.of(bound, extra).describe() == described

@@ -80,6 +80,7 @@ def test_start_up_says_what_is_served_and_where(server):
     text = _output(server["stdout"])
     assert "tiny-llama" in text and "decoder-only" in text
     assert "dtype=fp32" in text and f"{server['url']}/v1" in text
+    assert "Host header: localhost and loopback addresses" in text
     assert KEY not in text
 
 

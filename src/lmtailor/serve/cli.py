@@ -110,6 +110,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from lmtailor.runtime import detect_runtime, set_threads
     from lmtailor.serve.app import create_app
     from lmtailor.serve.auth import check_bind, resolve_api_key
+    from lmtailor.serve.guard import HostRule
     from lmtailor.serve.protocol import ServeSettings
     from lmtailor.serve.server import bind_socket, run_server
     from lmtailor.serve.target import load_target
@@ -133,7 +134,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                      f"model name: {settings.model_name}; context {served.context_length or 'unknown'} tokens; "
                      f"batches of up to {settings.max_batch}; max_tokens up to {settings.max_tokens_limit}",
                      f"precision: {runtime.describe()}",
-                     f"API key: {'required (Authorization: Bearer ...)' if api_key else 'none (loopback only)'}",
+                     f"API key: {'required (Authorization: Bearer ...)' if api_key else 'none (loopback only)'}; "
+                     f"Host header: {HostRule.of(args.host, settings.allowed_hosts).describe()} (--allowed-hosts)",
                      f"OpenAI base URL: http://{shown_host}:{port}/v1  (health: http://{shown_host}:{port}/health)"):
             console.print(line, markup=False, highlight=False, soft_wrap=True)
         _log_requests_one_per_line()

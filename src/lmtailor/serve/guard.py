@@ -89,6 +89,19 @@ class HostRule:
         # an IP literal cannot be re-pointed by DNS: any one reaching the socket is this server
         return wildcard or (loopback and ip.is_loopback) or ip == bound_ip
 
+    def describe(self) -> str:
+        """The accepted Host values in words, for the start-up lines."""
+        if ANY_HOST in self.extra:
+            return "any (--allowed-hosts *)"
+        bound_ip = _ip(self.bound)
+        if self.bound == "localhost" or (bound_ip is not None and bound_ip.is_loopback):
+            names = ["localhost and loopback addresses"]
+        elif bound_ip in _WILDCARDS:
+            names = ["localhost and IP addresses"]
+        else:
+            names = [self.bound]
+        return ", ".join(names + list(self.extra))
+
 
 def _header(scope, name: bytes) -> list[str]:
     return [v.decode("latin-1") for k, v in scope.get("headers", ()) if k.lower() == name]
