@@ -315,7 +315,7 @@ def test_serve_with_the_llamacpp_backend_answers_like_transformers_on_the_same_w
     for backend in ("transformers", "llamacpp"):
         served = load_target(str(tiny_gguf_dir), runtime, name="m", backend=backend)
         assert served.backend == backend
-        with TestClient(create_app(served, ServeSettings("m"))) as client:
+        with TestClient(create_app(served, ServeSettings("m")), base_url="http://127.0.0.1") as client:
             whole = client.post("/v1/chat/completions", json=body).json()
             answers[backend] = whole["choices"][0]["message"]["content"]
             assert whole["usage"]["completion_tokens"] >= 1

@@ -22,6 +22,7 @@ from lmtailor.runtime import Runtime
 FP32 = Runtime("cpu", "fp32", "test")
 NAME = "noisy-llama"
 HELLO = [{"role": "user", "content": "Hello there"}]
+LOCAL = "http://127.0.0.1"  # TestClient's default Host, testserver, does not name a loopback server (guard.py)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def client(served):
     from lmtailor.serve.protocol import ServeSettings
 
     app = create_app(served, ServeSettings(NAME, max_tokens_limit=64, max_body_bytes=20_000))
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         yield c
 
 
@@ -256,7 +257,8 @@ def test_malformed_request_gets_openai_error_and_server_keeps_serving(client, pa
 
 def test_body_too_large_without_content_length_is_counted_as_read(client):
     chunks = (b'{"model": "' + b"x" * 1000 + b'", ' for _ in range(30))  # chunked: no Content-Length to trust
-    _error(client.post("/v1/completions", content=chunks), 413, "request_too_large")
+    _error(client.post("/v1/completions", content=chunks, headers={"content-type": "application/json"}), 413,
+           "request_too_large")
     assert client.post("/v1/chat/completions", json=GOOD).status_code == 200
 
 
@@ -323,7 +325,7 @@ def test_api_key_required_on_v1_routes_not_on_health(served, caplog):
     key = "s3cret-key-123"
     app = create_app(served, ServeSettings(NAME, api_key=key))
     caplog.set_level(logging.DEBUG)
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         assert c.get("/health").status_code == 200
         _error(c.get("/v1/models"), 401, "invalid_api_key")
         _error(c.get("/v1/models", headers={"Authorization": "Bearer wrong"}), 401, "invalid_api_key")
@@ -602,7 +604,7 @@ def _served_text(served, messages, max_tokens: int = 20) -> str:
     from lmtailor.serve.app import create_app
     from lmtailor.serve.protocol import ServeSettings
 
-    with TestClient(create_app(served, ServeSettings(served.name))) as c:
+    with TestClient(create_app(served, ServeSettings(served.name)), base_url=LOCAL) as c:
         body = {"model": served.name, "messages": messages, "max_tokens": max_tokens, "temperature": 0}
         reply = c.post("/v1/chat/completions", json=body)
         assert reply.status_code == 200, reply.text
@@ -694,7 +696,7 @@ def test_encoder_decoder_model(tiny_t5_dir):
 
     t5 = load_target(str(tiny_t5_dir), FP32, name="t5")
     assert t5.seq2seq
-    with TestClient(create_app(t5, ServeSettings("t5"))) as c:
+    with TestClient(create_app(t5, ServeSettings("t5")), base_url=LOCAL) as c:
         body = {"model": "t5", "prompt": "The quick brown fox", "max_tokens": 8, "temperature": 0}
         reply = c.post("/v1/completions", json=body).json()
         assert reply["usage"]["prompt_tokens"] == len(encode_source(t5.tokenizer, body["prompt"]))
@@ -720,8 +722,11 @@ def test_serve_help_lists_options():
     add_serve_parser(parser.add_subparsers())
     text = parser._subparsers._group_actions[0].choices["serve"].format_help()
     for option in ("--row", "--host", "--port", "--api-key", "--model-name", "--max-batch", "--max-tokens-limit",
-                   "--max-body-bytes", "--trust-remote-code"):
+                   "--max-body-bytes", "--read-timeout", "--allowed-hosts", "--trust-remote-code"):
         assert option in text
     args = parser.parse_args(["serve", "tiny-llama"])
-    assert (args.host, args.port, args.max_batch, args.max_tokens_limit, args.max_body_bytes) == (
-        "127.0.0.1", 8000, 8, 512, 1_000_000)
+    assert (args.host, args.port, args.max_batch, args.max_tokens_limit, args.max_body_bytes, args.read_timeout,
+            args.allowed_hosts) == ("127.0.0.1", 8000, 8, 512, 1_000_000, 30.0, ())
+    args = parser.parse_args(["serve", "tiny-llama", "--allowed-hosts", "box.lan, proxy.example", "--read-timeout",
+                              "2.5"])
+    assert (args.allowed_hosts, args.read_timeout) == (("box.lan", "proxy.example"), 2.5)

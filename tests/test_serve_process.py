@@ -80,6 +80,7 @@ def test_start_up_says_what_is_served_and_where(server):
     text = _output(server["stdout"])
     assert "tiny-llama" in text and "decoder-only" in text
     assert "dtype=fp32" in text and f"{server['url']}/v1" in text
+    assert "Host header: localhost and loopback addresses" in text
     assert KEY not in text
 
 
@@ -145,6 +146,36 @@ def test_one_log_line_per_request_without_the_key(server):
                               and "model=tiny-llama" in line for line in generation)
     assert any("stream=yes" in line for line in generation) and any("stream=no" in line for line in generation)
     assert KEY not in log
+
+
+def test_hostile_requests_get_4xx_and_a_disconnect_is_one_log_line(server):
+    """The process's own stderr: a client gone mid-upload is one line (499 client_gone), never a traceback."""
+    import requests
+
+    url, port = server["url"], int(server["url"].rsplit(":", 1)[1])
+    auth = {"Authorization": f"Bearer {KEY}"}
+    body = json.dumps({"model": "tiny-llama", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+    plain = requests.post(url + "/v1/chat/completions", data=body, headers={**auth, "Content-Type": "text/plain"},
+                          timeout=30)
+    assert plain.status_code == 415 and plain.json()["error"]["code"] == "unsupported_media_type"
+    rebound = requests.get(url + "/v1/models", headers={**auth, "Host": f"evil.example:{port}"}, timeout=30)
+    assert rebound.status_code == 400 and rebound.json()["error"]["code"] == "host_not_allowed"
+    surrogate = requests.post(url + "/v1/chat/completions", data=body.replace('"Hi"', '"\\udbff"'),
+                              headers={**auth, "Content-Type": "application/json"}, timeout=30)
+    assert surrogate.status_code == 400 and surrogate.json()["error"]["param"] == "messages.0.content"
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall((f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {KEY}\r\n"
+                   "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"model\"").encode())
+        time.sleep(0.3)
+    deadline = time.monotonic() + 10
+    while " 499 " not in _output(server["stderr"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert requests.get(url + "/health", timeout=5).status_code == 200  # a later line: the 499's is complete
+    log = _output(server["stderr"])
+    gone = [line for line in log.splitlines() if " 499 " in line]
+    assert len(gone) == 1 and "POST /v1/chat/completions 499" in gone[0] and gone[0].endswith("client_gone"), log
+    assert "Traceback" not in log and " 500 " not in log and "ERROR" not in log
 
 
 def test_sigterm_shuts_down_cleanly(server):

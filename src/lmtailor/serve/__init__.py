@@ -6,6 +6,7 @@
 - ``engine.py`` and ``rows.py``: the worker thread that batches requests through ``generate``, and the per-row
   stopping criteria and streamer that route each row's tokens to its request
 - ``auth.py``: loopback without a key, a bearer key elsewhere
+- ``guard.py``: what every request passes first: a Host naming this server (DNS rebinding), JSON on POST (CSRF)
 - ``app.py``: the FastAPI app (``create_app``); ``server.py``: uvicorn in the foreground or on a thread
 - ``cli.py``: the ``serve`` subcommand; ``process.py``: the server as a child process (tests, the load test)
 """

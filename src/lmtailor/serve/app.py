@@ -1,8 +1,10 @@
 """The FastAPI app: OpenAI's /v1/models, /v1/chat/completions and /v1/completions over one served model, and /health.
 
-Bodies are read by hand (size limit on the declared and the actual bytes) and validated by ``protocol.py``, so every
-bad request gets a 4xx in OpenAI's error shape, never FastAPI's 422. Prompts are tokenized in the thread pool and
-decoded by the engine's worker thread; handlers only await their request's event queue.
+Requests first pass ``guard.py`` (a Host naming this server, a JSON content type on POST). Bodies are read by hand
+(size limit on the declared and the actual bytes, a deadline for the whole body) and validated by ``protocol.py``, so
+every bad request gets a 4xx in OpenAI's error shape, never FastAPI's 422; a client gone mid-upload is one log line.
+Prompts are tokenized in the thread pool and decoded by the engine's worker thread; handlers only await their
+request's event queue.
 """
 
 from __future__ import annotations
@@ -18,13 +20,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from lmtailor.serve.auth import BearerAuth
 from lmtailor.serve.engine import Engine, Job
+from lmtailor.serve.guard import HostRule, RequestGuard
 from lmtailor.serve.prompting import (answer_budget, chat_prompt_ids, completion_prompt_ids, response_constraint,
                                       stop_ids)
-from lmtailor.serve.protocol import (APIError, ChatRequest, CompletionRequest, ServeSettings, error_body,
-                                     parse_request, requested_max_tokens, stop_strings)
+from lmtailor.serve.protocol import (GREEDY_BELOW_TEMPERATURE, APIError, ChatRequest, CompletionRequest, ServeSettings,
+                                     error_body, parse_request, requested_max_tokens, stop_strings)
 from lmtailor.serve.responses import SSE_DONE, Reply, sse
 from lmtailor.serve.target import ServedModel
 
@@ -62,40 +66,66 @@ class RequestLog:
             if "model" in info:
                 extra = (f" prompt_tokens={info.get('prompt_tokens', '-')} completion_tokens="
                          f"{info.get('completion_tokens', '-')} stream={'yes' if info.get('stream') else 'no'} "
-                         f"model={info['model']}{' client_gone' if info.get('cancelled') else ''}")
-            log.info("%s %s %d %.1fms%s", scope["method"], scope["path"], status[0], ms, extra)
+                         f"model={info['model']}")
+            if info.get("cancelled"):
+                extra += " client_gone"
+            log.info("%s %s %d %.1fms%s", scope["method"], _logged_path(scope), status[0], ms, extra)
+
+
+def _logged_path(scope) -> str:
+    """The path as the client sent it (still percent-encoded): a decoded %0A would forge a second log line."""
+    raw = scope.get("raw_path")
+    path = raw.decode("latin-1") if raw else scope["path"]
+    return path.encode("ascii", "backslashreplace").decode("ascii")
 
 
 def _info(request: Request) -> dict[str, Any]:
     return request.scope.setdefault(_LOG_KEY, {})
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 when its declared length or the bytes actually sent exceed ``limit``."""
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The request body, refused with 413 when its declared length or the bytes actually sent exceed ``limit``, and
+    with 408 when it has not all arrived ``timeout_s`` after the headers (a slow upload would hold its connection and
+    its handler forever). A client gone mid-body raises Starlette's ``ClientDisconnect`` (logged, not answered)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.strip().isdigit():
-            raise APIError(400, f"invalid Content-Length header {declared!r}", None, "invalid_request")
+            raise APIError(400, f"invalid Content-Length header {declared!r}", None, "invalid_request",
+                           headers=_CLOSE)
         if int(declared) > limit:
             raise _too_large(f"{int(declared)} bytes", limit)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(f"over {limit} bytes", limit)
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(f"over {limit} bytes", limit)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise APIError(408, f"the request body did not arrive within {timeout_s:g} s ({size} bytes received); send "
+                            "it at once (--read-timeout sets the limit)", None, "request_timeout",
+                       headers=_CLOSE) from None
     return b"".join(chunks)
+
+
+_CLOSE = {"Connection": "close"}  # the rest of the body is not read: the connection cannot carry another request
 
 
 def _too_large(size: str, limit: int) -> APIError:
     return APIError(413, f"the request body is {size}; this server takes at most {limit} bytes (--max-body-bytes)",
-                    None, "request_too_large")
+                    None, "request_too_large", headers=_CLOSE)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def api_error(_: Request, e: APIError) -> JSONResponse:
         return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, _: ClientDisconnect) -> Response:
+        _info(request)["cancelled"] = True  # one log line (RequestLog); nobody is left to read an answer
+        return Response(status_code=CLIENT_CLOSED)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
@@ -141,13 +171,14 @@ class _Generation:
             max_tokens = constraint.longest
         budget = answer_budget(self.served, len(prompt), max_tokens, self.settings.max_tokens_limit,
                                "messages" if chat else "prompt")
+        temperature = 1.0 if request.temperature is None else request.temperature  # OpenAI's default
         return Job(prompt, budget, stops, strings,
-                   temperature=1.0 if request.temperature is None else request.temperature,  # OpenAI's defaults
+                   temperature=0.0 if temperature < GREEDY_BELOW_TEMPERATURE else temperature,
                    top_p=1.0 if request.top_p is None else request.top_p, seed=request.seed, constraint=constraint)
 
     async def __call__(self, http: Request, chat: bool) -> Response:
         info = _info(http)
-        body = await read_body(http, self.settings.max_body_bytes)
+        body = await read_body(http, self.settings.max_body_bytes, self.settings.read_timeout_s)
         request = parse_request(ChatRequest if chat else CompletionRequest, body)
         if request.model != self.settings.model_name:
             raise APIError(404, f"the model '{request.model}' does not exist: this server serves "
@@ -250,7 +281,8 @@ def create_app(served: ServedModel, settings: ServeSettings) -> FastAPI:
 
     app = FastAPI(title="lmtailor serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine, app.state.served, app.state.settings = engine, served, settings
-    app.add_middleware(RequestLog)
+    app.add_middleware(RequestGuard, rule=HostRule.of(settings.host, settings.allowed_hosts))
+    app.add_middleware(RequestLog)  # added last: outermost, so the guard's refusals are logged too
     _install_error_handlers(app)
 
     def require_key(authorization: Annotated[str | None, Header()] = None) -> None:

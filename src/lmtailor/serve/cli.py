@@ -6,7 +6,8 @@ import argparse
 import logging
 import sys
 
-from lmtailor.serve.protocol import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TOKENS_LIMIT
+from lmtailor.serve.protocol import (DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TOKENS_LIMIT,
+                                     DEFAULT_READ_TIMEOUT_S)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -16,6 +17,20 @@ def _positive(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
     return number
+
+
+def _seconds(value: str) -> float:
+    number = float(value)
+    if not 0 < number < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {value}")
+    return number
+
+
+def _hosts(value: str) -> tuple[str, ...]:
+    names = tuple(h.strip() for h in value.split(",") if h.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("give one or more host names separated by commas, or * for any")
+    return names
 
 
 def _port(value: str) -> int:
@@ -53,6 +68,15 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
                    help=f"largest max_tokens a request may ask for (default {DEFAULT_MAX_TOKENS_LIMIT})")
     p.add_argument("--max-body-bytes", type=_positive, default=DEFAULT_MAX_BODY_BYTES,
                    help=f"largest request body accepted, in bytes (default {DEFAULT_MAX_BODY_BYTES})")
+    p.add_argument("--read-timeout", type=_seconds, default=DEFAULT_READ_TIMEOUT_S, metavar="SECONDS",
+                   help="a request's headers must have arrived this long after the connection opened (or its "
+                        "previous answer), else the connection is closed, and its body this long after the headers, "
+                        f"else 408 (default {DEFAULT_READ_TIMEOUT_S:g})")
+    p.add_argument("--allowed-hosts", type=_hosts, default=(), metavar="NAME[,NAME...]",
+                   help="more Host header values to accept, e.g. the machine's DNS name or a reverse proxy's (* "
+                        "accepts any). Always accepted: IP addresses of the bound address (any loopback address "
+                        "when bound to loopback, any address when bound to 0.0.0.0 or ::), localhost when loopback "
+                        "reaches the server, and the --host value; any other Host is refused (DNS rebinding)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="compute dtype (default auto: bf16 where the hardware does it natively, else fp32)")
     p.add_argument("--backend", choices=("transformers", "llamacpp"), default="transformers",
@@ -86,6 +110,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from lmtailor.runtime import detect_runtime, set_threads
     from lmtailor.serve.app import create_app
     from lmtailor.serve.auth import check_bind, resolve_api_key
+    from lmtailor.serve.guard import HostRule
     from lmtailor.serve.protocol import ServeSettings
     from lmtailor.serve.server import bind_socket, run_server
     from lmtailor.serve.target import load_target
@@ -100,7 +125,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if args.precision != "auto":
             runtime = replace(runtime, reason="set by --precision")
         served = load_target(args.target, runtime, row=args.row, name=args.model_name, backend=args.backend)
-        settings = ServeSettings(served.name, api_key, args.max_batch, args.max_tokens_limit, args.max_body_bytes)
+        settings = ServeSettings(served.name, api_key, args.max_batch, args.max_tokens_limit, args.max_body_bytes,
+                                 args.read_timeout, args.host, tuple(args.allowed_hosts))
         app = create_app(served, settings)
         host, port = sock.getsockname()[:2]
         shown_host = f"[{host}]" if ":" in host else host
@@ -108,7 +134,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                      f"model name: {settings.model_name}; context {served.context_length or 'unknown'} tokens; "
                      f"batches of up to {settings.max_batch}; max_tokens up to {settings.max_tokens_limit}",
                      f"precision: {runtime.describe()}",
-                     f"API key: {'required (Authorization: Bearer ...)' if api_key else 'none (loopback only)'}",
+                     f"API key: {'required (Authorization: Bearer ...)' if api_key else 'none (loopback only)'}; "
+                     f"Host header: {HostRule.of(args.host, settings.allowed_hosts).describe()} (--allowed-hosts)",
                      f"OpenAI base URL: http://{shown_host}:{port}/v1  (health: http://{shown_host}:{port}/health)"):
             console.print(line, markup=False, highlight=False, soft_wrap=True)
         _log_requests_one_per_line()

@@ -82,9 +82,11 @@ def completion_prompt_ids(served: ServedModel, prompt: str | list[str]) -> list[
                                 "request per prompt)", "prompt", "unsupported_value")
         prompt = prompt[0]
     with served.encode_lock:
-        if served.seq2seq:
-            return encode_source(served.tokenizer, prompt)
-        return tokenize_text(served.tokenizer, prompt)
+        ids = encode_source(served.tokenizer, prompt) if served.seq2seq else tokenize_text(served.tokenizer, prompt)
+    if not ids:  # an empty prompt for a model without a BOS token: nothing to continue from
+        raise APIError(400, "'prompt' is empty: this model adds no start token, so there is nothing to continue; "
+                            "send some text", "prompt", "invalid_value")
+    return ids
 
 
 def stop_ids(served: ServedModel, chat: bool) -> tuple[int, ...]:

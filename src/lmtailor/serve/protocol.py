@@ -9,6 +9,7 @@ probabilities, tools, penalties, several choices) are declared so that using the
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -19,7 +20,11 @@ ErrorType = Literal["invalid_request_error", "server_error"]
 DEFAULT_MAX_BATCH = 8
 DEFAULT_MAX_TOKENS_LIMIT = 512
 DEFAULT_MAX_BODY_BYTES = 1_000_000
+DEFAULT_READ_TIMEOUT_S = 30.0  # for the headers, then for the whole body (1 MB at 33 KB/s)
 MAX_STOP_STRINGS = 4  # as OpenAI
+# Below this a temperature decodes greedily (as vLLM): logits / T overflow float32 to inf (a 500) near 1e-38, and
+# long before that sampling is the argmax anyway.
+GREEDY_BELOW_TEMPERATURE = 1e-5
 
 
 @dataclass(frozen=True)
@@ -31,11 +36,15 @@ class ServeSettings:
     max_batch: int = DEFAULT_MAX_BATCH
     max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
+    host: str = "127.0.0.1"  # the bound address: which Host headers name this server (guard.HostRule)
+    allowed_hosts: tuple[str, ...] = ()  # --allowed-hosts: more names clients use; "*" turns the check off
 
     def __repr__(self) -> str:  # never print the key, even in a traceback
         key = "set" if self.api_key else None
         return (f"ServeSettings(model_name={self.model_name!r}, api_key={key}, max_batch={self.max_batch}, "
-                f"max_tokens_limit={self.max_tokens_limit}, max_body_bytes={self.max_body_bytes})")
+                f"max_tokens_limit={self.max_tokens_limit}, max_body_bytes={self.max_body_bytes}, "
+                f"read_timeout_s={self.read_timeout_s}, host={self.host!r}, allowed_hosts={self.allowed_hosts!r})")
 
 
 class APIError(Exception):
@@ -202,12 +211,40 @@ def parse_request(model: type[_Generation], body: bytes) -> Any:
         raise APIError(400, "the request body is nested too deeply to be a request", None, "invalid_json") from None
     if not isinstance(data, dict):
         raise APIError(400, f"the request body must be a JSON object, not {type(data).__name__}", None, "invalid_json")
+    _refuse_lone_surrogates(data)
     try:
         request = model.model_validate(data)
     except ValidationError as e:
         raise _validation_error(e) from None
     _refuse_unsupported(request)
     return request
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _refuse_lone_surrogates(data: dict[str, Any]) -> None:
+    """400 for a string (key or value) holding a lone surrogate: JSON's ``\\udbff`` escape parses to one, but it is
+    not Unicode text, so no tokenizer can take it nor can an answer quoting it be encoded."""
+    stack: list[tuple[tuple[str, ...], Any]] = [((), data)]
+    while stack:  # iterative: the body may nest as deeply as json.loads allowed
+        path, value = stack.pop()
+        if isinstance(value, str):
+            texts = [(path, value)]
+        elif isinstance(value, dict):
+            texts = [(path + (json.dumps(k)[1:-1],), k) for k in value]
+            stack.extend((path + (json.dumps(k)[1:-1],), v) for k, v in value.items())
+        elif isinstance(value, list):
+            texts = []
+            stack.extend((path + (str(i),), v) for i, v in enumerate(value))
+        else:
+            continue
+        for where, text in texts:
+            if (found := _SURROGATE.search(text)) is not None:
+                param = ".".join(where) or None
+                raise APIError(400, f"'{param}' holds a lone surrogate ({json.dumps(found.group())}), which is not "
+                                    "Unicode text: send UTF-8 text (a \\uD800-\\uDFFF escape must be half of a "
+                                    "surrogate pair)", param, "invalid_value")
 
 
 def _refuse_unsupported(request: _Generation) -> None:
@@ -263,7 +300,10 @@ def message_text(message: Message, index: int) -> str:
         return content
     texts = []
     for j, part in enumerate(content):
-        if part.type != "text" or part.text is None:
+        if part.type == "text" and part.text is None:
+            raise APIError(400, f"'messages.{index}.content.{j}' is a text part without 'text'",
+                           f"messages.{index}.content.{j}.text", "missing_required_parameter")
+        if part.type != "text":
             raise APIError(400, f"'messages.{index}.content.{j}' is a {part.type!r} part, which is not supported: "
                                 "lmtailor serve takes text parts only", f"messages.{index}.content.{j}",
                            "unsupported_value")

@@ -24,12 +24,58 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def with_header_deadline(protocol: type, seconds: float) -> type:
+    """uvicorn's HTTP protocol class, closing a connection whose next request's headers are not all in ``seconds``
+    after it opened or after its previous answer.
+
+    uvicorn has no such deadline (its keep-alive timer restarts on every byte): a client dribbling its headers would
+    hold the connection forever, and enough such clients every file descriptor. The body's deadline is the app's
+    (``app.read_body``). Only what both uvicorn protocols (h11, httptools) define is used: ``connection_made``,
+    ``on_response_complete``, ``connection_lost``, ``cycle`` (replaced when a request's headers are complete),
+    ``loop`` and ``transport``.
+    """
+
+    class HeaderDeadline(protocol):
+        _deadline = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm(None)
+
+        def on_response_complete(self) -> None:
+            answered = self.cycle  # before super(): it may start a pipelined request, whose headers are in
+            super().on_response_complete()
+            self._arm(answered)
+
+        def connection_lost(self, exc) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            super().connection_lost(exc)
+
+        def _arm(self, waiting_after) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            self._deadline = self.loop.call_later(seconds, self._expire, waiting_after)
+
+        def _expire(self, waiting_after) -> None:
+            if self.cycle is waiting_after and not self.transport.is_closing():  # no new request's headers yet
+                self.transport.close()
+
+    HeaderDeadline.__name__ = HeaderDeadline.__qualname__ = f"HeaderDeadline{protocol.__name__}"
+    return HeaderDeadline
+
+
 def _config(app, host: str, port: int):
     import uvicorn
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
+    from lmtailor.serve.protocol import DEFAULT_READ_TIMEOUT_S
+
+    settings = getattr(app.state, "settings", None)
+    seconds = getattr(settings, "read_timeout_s", DEFAULT_READ_TIMEOUT_S)
     # access_log off: the app logs one line per request itself, with latency and tokens (app.RequestLog)
     return uvicorn.Config(app, host=host, port=port, access_log=False, log_level="warning", lifespan="on",
-                          timeout_graceful_shutdown=10)
+                          timeout_graceful_shutdown=10, http=with_header_deadline(AutoHTTPProtocol, seconds))
 
 
 def run_server(app, sock: socket.socket) -> None:
