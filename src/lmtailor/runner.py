@@ -304,10 +304,23 @@ def _finished_records(run_dir: Path, rows: list[PlannedRow]) -> dict[str, dict]:
     for row in rows:
         path = run_dir / "results" / f"{row.row_id}.json"
         if path.is_file():
-            record = json.loads(path.read_text(encoding="utf-8"))
+            record = _earlier_record(path)
             if record.get("status") == "ok":
                 done[row.row_id] = record
     return done
+
+
+def _earlier_record(path: Path) -> dict:
+    """A row record an earlier part of the run wrote; a damaged one (truncated, binary) is named, not skipped."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot resume: {path} is not a readable row record ({type(e).__name__}: {e}); remove it "
+                        "and resume again to re-run that row") from None
+    if not isinstance(record, dict):
+        raise UserError(f"cannot resume: {path} holds a JSON {type(record).__name__}, not a row record; remove it "
+                        "and resume again to re-run that row")
+    return record
 
 
 def _open_run(exp: Experiment, rows: list[PlannedRow], base_dir: Path, out_dir: Path | None,
@@ -363,6 +376,9 @@ def run_experiment(exp: Experiment, base_dir: Path, out_dir: Path | None = None,
     precision_note = distributed.align_launcher_precision(runtime.precision)
     distributed.setup(cpu=runtime.hardware == "cpu")  # before any model loads; a no-op in one process
     rows = plan_rows(exp)
+    from lmtailor.models.remote_code import check_remote_code
+
+    check_remote_code([r.model_ref for r in rows], exp.runtime.trust_remote_code)  # before a run directory exists
     run_dir, done = distributed.on_main(lambda: _open_run(exp, rows, base_dir, out_dir, resume_dir))
     with distributed.rank_logging():
         handler = _attach_log_file(run_dir) if distributed.is_main_process() else None
