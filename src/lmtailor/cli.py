@@ -300,12 +300,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (UserError, UnknownNameError) as e:  # messages written for people: no traceback
-        console.print(f"error: {e}", style="red", markup=False, highlight=False)
+        console.print(f"error: {e}", style="red", markup=False, highlight=False, soft_wrap=True)  # one line: greppable
         return 2
     except OSError as e:  # a file or folder the user named cannot be read or written (read-only, full, missing)
         if args.verbose:
             raise
-        console.print(f"error: {os_error_message(e)}", style="red", markup=False, highlight=False)
+        console.print(f"error: {os_error_message(e)}", style="red", markup=False, highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:  # a second Ctrl-C during training, or one outside it: stop at once, quietly
         console.print("interrupted; an interrupted run continues with `lmtailor run --resume RUN_DIR`",

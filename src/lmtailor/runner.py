@@ -110,10 +110,26 @@ def resolve_task(exp: Experiment, defaults: dict, splits: DatasetSplits) -> Task
     labels = None
     if TASK_TYPES.get(task_type).output == "labels":
         labels = tuple(cfg.labels or defaults.get("labels") or sorted({e.target for e in splits.train}))
+        check_two_labels(exp, labels, splits)
         unknown = sorted({e.target for e in splits.test} - set(labels))
         if unknown:
             raise ConfigError(f"test targets {unknown[:5]} are not in task.labels; add them or fix the data")
     return TaskSpec(cfg.name or defaults.get("name") or exp.name, task_type, instruction, labels)
+
+
+def check_two_labels(exp: Experiment, labels: tuple[str, ...], splits: DatasetSplits) -> None:
+    """Refuse a classification task with fewer than two labels (in ``task.labels`` or in the rows): every model
+    would score accuracy 1.000 on it by always answering the one label, and the report would recommend one."""
+    seen = sorted({e.target for e in (*splits.train, *splits.validation, *splits.test)})
+    if exp.task.labels and len(set(exp.task.labels)) < 2:
+        where, one = "task.labels", sorted(set(exp.task.labels))
+    elif len(seen) < 2 or len(set(labels)) < 2:
+        where, one = f"{splits.source}, field {exp.data.target_field!r}", seen
+    else:
+        return
+    raise ConfigError(f"{where}: a classification task needs at least two labels, and this one has "
+                      f"{len(one)} ({', '.join(map(repr, one)) or 'none'}): every answer would be right, so "
+                      "every score would be 1.000. Add rows of the other labels, or set task.type: generation")
 
 
 def _ids_digest(ids: list[str]) -> str:
