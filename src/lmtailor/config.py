@@ -243,7 +243,8 @@ def validate_experiment(raw: dict, source: str = "<experiment>") -> Experiment:
     if exp is not None:
         problems += _api_model_problems(source, exp, strategies)
     if problems:
-        raise ConfigError("invalid experiment:\n  " + "\n  ".join(problems))
+        noun = "problem" if len(problems) == 1 else "problems"
+        raise ConfigError(f"{source}: invalid experiment ({len(problems)} {noun}):\n  " + "\n  ".join(problems))
     assert exp is not None
     exp.strategies = strategies
     return exp
