@@ -115,55 +115,83 @@ def _bomb() -> str:
     return "    peft_options:\n" + "\n".join(lines) + "\n"
 
 
-# Each case: (id, build(tmp_path, finished_run, read_only) -> argv, words the error line must hold)
+# Each case: (id, build(tmp_path, pytest's request, read_only) -> argv, words the error line must hold: the first
+# of them in the error line itself)
 CASES = [
     ("run into a read-only --out",
-     lambda t, r, ro: ["run", str(_experiment(t)), "--out", str(ro(t / "ro"))], ["error:", "ro", "Permission denied"]),
+     lambda t, rq, ro: ["run", str(_experiment(t)), "--out", str(ro(t / "ro"))],
+     ["error:", "{tmp}/ro/mistakes-", "Permission denied"]),
     ("report in a read-only run directory",
-     lambda t, r, ro: ["report", str(ro(_copy_run(r, t, lambda p: None)))], ["error:", "run", "Permission denied"]),
+     lambda t, rq, ro: ["report", str(ro(_copy_run(rq.getfixturevalue("finished_run"), t, lambda p: None)))],
+     ["error:", "{tmp}/run/", "Permission denied"]),
+    ("export --out into a read-only folder",
+     lambda t, rq, ro: ["export", str(_adapter_run(t, rq)), "--merge", "--out", str(ro(t / "ro") / "export")],
+     ["error:", "{tmp}/ro/export", "Permission denied"]),
     ("--set with unclosed brackets",
-     lambda t, r, ro: ["validate", str(_experiment(t)), "--set", "strategies.0.shots=[1,2"],
+     lambda t, rq, ro: ["validate", str(_experiment(t)), "--set", "strategies.0.shots=[1,2"],
      ["error:", "--set strategies.0.shots=[1,2", "not valid YAML"]),
     ("a binary file as the experiment",
-     lambda t, r, ro: ["validate", str(_binary(t / "model.bin"))], ["error:", "model.bin", "not a text file"]),
+     lambda t, rq, ro: ["validate", str(_binary(t / "model.bin"))], ["error:", "model.bin", "not a text file"]),
     ("lone surrogate in JSONL (validate)",
-     lambda t, r, ro: ["validate", str(_experiment(t, _surrogate_rows()))],
+     lambda t, rq, ro: ["validate", str(_experiment(t, _surrogate_rows()))],
      ["error:", "data.jsonl", "line 41, field 'input'", "lone surrogate"]),
     ("lone surrogate in JSONL (run)",
-     lambda t, r, ro: ["run", str(_experiment(t, _surrogate_rows())), "--out", str(t / "runs")],
+     lambda t, rq, ro: ["run", str(_experiment(t, _surrogate_rows())), "--out", str(t / "runs")],
      ["error:", "data.jsonl", "line 41, field 'input'", "lone surrogate"]),
     ("report on a binary row record",
-     lambda t, r, ro: ["report", str(_copy_run(r, t, lambda p: p.write_bytes(bytes(range(256)))))],
+     lambda t, rq, ro: ["report", str(_copy_run(rq.getfixturevalue("finished_run"), t, lambda p: p.write_bytes(bytes(range(256)))))],
      ["error:", "baseline__none__s0.json", "not a text file"]),
     ("report on status: weird",
-     lambda t, r, ro: ["report", str(_copy_run(r, t, _edit_record(status="weird")))],
+     lambda t, rq, ro: ["report", str(_copy_run(rq.getfixturevalue("finished_run"), t, _edit_record(status="weird")))],
      ["error:", "baseline__none__s0.json", "status is 'weird'"]),
     ("report on a string metric",
-     lambda t, r, ro: ["report", str(_copy_run(r, t, _edit_record(metric_value="high")))],
+     lambda t, rq, ro: ["report", str(_copy_run(rq.getfixturevalue("finished_run"), t, _edit_record(metric_value="high")))],
      ["error:", "baseline__none__s0.json", "metrics.0 (accuracy)", "'high' is not a number"]),
     ("resume with a truncated row record",
-     lambda t, r, ro: ["run", "--resume", str(_copy_run(r, t, lambda p: p.write_bytes(p.read_bytes()[:100])))],
+     lambda t, rq, ro: ["run", "--resume", str(_copy_run(rq.getfixturevalue("finished_run"), t, lambda p: p.write_bytes(p.read_bytes()[:100])))],
      ["error:", "baseline__none__s0.json", "not a readable row record"]),
     ("auto_map without trust_remote_code (validate)",
-     lambda t, r, ro: ["validate", str(_experiment(t, model=_remote_code_model(t), strategy="prompt"))],
+     lambda t, rq, ro: ["validate", str(_experiment(t, model=_remote_code_model(t), strategy="prompt"))],
      ["error:", "config.json has auto_map", "runtime.trust_remote_code"]),
     ("auto_map without trust_remote_code (run)",
-     lambda t, r, ro: ["run", str(_experiment(t, model=_remote_code_model(t), strategy="prompt")), "--out",
+     lambda t, rq, ro: ["run", str(_experiment(t, model=_remote_code_model(t), strategy="prompt")), "--out",
                        str(t / "runs")],
      ["error:", "config.json has auto_map", "runtime.trust_remote_code"]),
     ("a YAML bomb in peft_options",
-     lambda t, r, ro: ["validate", str(_experiment(t, strategy="finetune\n    method: lora\n" + _bomb()))],
+     lambda t, rq, ro: ["validate", str(_experiment(t, strategy="finetune\n    method: lora\n" + _bomb()))],
      ["error:", "exp.yaml", "strategies.0.peft_options", "expands to more than 100,000 values"]),
     ("an unknown peft_options key",
-     lambda t, r, ro: ["validate", str(_experiment(t, strategy="finetune\n    method: loha\n    peft_options: {nope: 1}"))],
+     lambda t, rq, ro: ["validate", str(_experiment(t, strategy="finetune\n    method: loha\n    peft_options: {nope: 1}"))],
      ["error:", "exp.yaml", "strategies.0", "nope is not a setting of PEFT's LoHaConfig", "rank_dropout"]),
     ("one label (validate)",
-     lambda t, r, ro: ["validate", str(_experiment(t, [dict(r, target="red") for r in ROWS]))],
+     lambda t, rq, ro: ["validate", str(_experiment(t, [dict(r, target="red") for r in ROWS]))],
      ["error:", "data.jsonl, field 'target'", "at least two labels"]),
     ("one label (run)",
-     lambda t, r, ro: ["run", str(_experiment(t, [dict(r, target="red") for r in ROWS])), "--out", str(t / "runs")],
+     lambda t, rq, ro: ["run", str(_experiment(t, [dict(r, target="red") for r in ROWS])), "--out", str(t / "runs")],
      ["error:", "data.jsonl, field 'target'", "at least two labels"]),
 ]
+
+
+def _adapter_run(folder: Path, request) -> Path:
+    """A run directory with one trained row: a LoRA adapter (random, untrained) on the tiny llama, as run_row saves."""
+    from peft import LoraConfig, get_peft_model
+
+    from colours import CPU
+    from lmtailor.models import load_model
+
+    request.getfixturevalue("tiny_llama_dir")
+    run, row = folder / "run", "lora__tiny-llama__s0"
+    adapter = run / "artifacts" / row / "adapter"
+    loaded = load_model("tiny-llama", CPU)
+    get_peft_model(loaded.model, LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM")).save_pretrained(
+        adapter)
+    loaded.tokenizer.save_pretrained(adapter)
+    (run / "results").mkdir()
+    (run / "results" / f"{row}.json").write_text(json.dumps({
+        "schema_version": 2, "row_id": row, "row_index": 0, "label": "LoRA", "strategy": "finetune",
+        "model": "tiny-llama", "status": "ok", "error": None, "metrics": [], "details": {"method": "lora"},
+        "artifacts": {"adapter": f"artifacts/{row}/adapter"}}))
+    return run
 
 
 def _binary(path: Path) -> Path:
@@ -186,14 +214,15 @@ def _remote_code_model(folder: Path) -> str:
 
 
 @pytest.mark.parametrize("build, words", [(b, w) for _, b, w in CASES], ids=[c[0] for c in CASES])
-def test_an_ordinary_mistake_is_one_error_line_and_exit_2(build, words, tmp_path, finished_run, read_only, capsys):
-    argv = build(tmp_path, finished_run, read_only)
+def test_an_ordinary_mistake_is_one_error_line_and_exit_2(build, words, tmp_path, request, read_only, capsys):
+    argv = build(tmp_path, request, read_only)
     code = main(argv)
     out, err = capsys.readouterr()
     assert code == 2, out + err
     assert "Traceback" not in out + err
     error_lines = [line for line in out.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1, out
+    words = [w.replace("{tmp}", str(tmp_path)) for w in words]
     assert words[1] in error_lines[0], error_lines[0]  # the error line itself names the file, row or key
     said = " ".join(out[out.index("error:"):].split())  # with what follows it: a data error's rows, one a line
     for word in words:
