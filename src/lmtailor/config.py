@@ -173,7 +173,7 @@ def _override_value(key: str, text: str) -> Any:
     except yaml.YAMLError as e:
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"--set {key}={text}: the value is not valid YAML ({problem}); quote it as a string "
-                          "(--set 'KEY=\"...\"') or close its brackets, e.g. strategies.0.shots=[1,2]") from None
+                          "(--set 'KEY=\"...\"') or close its brackets and quotes") from None
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:

@@ -49,9 +49,32 @@ def load_within_limits(text: str, loader_class: type, source: str) -> Any:
                 f"{source}: {'.'.join(path) or 'the document'} expands to more than {MAX_YAML_VALUES:,} values once "
                 "its aliases (*name) are replaced by their anchored blocks (&name), over the limit for an "
                 "experiment file; write the values out, or remove the aliases that repeat a block within a block")
-        return loader.construct_document(node)
+        value = loader.construct_document(node)
     finally:
         loader.dispose()
+    where = _lone_surrogate(value, [])
+    if where is not None:  # YAML's "\\udbff" escape: a value no file, log or tokenizer can take
+        raise YamlLimitError(f"{source}: {'.'.join(where[:-1]) or 'a value'} holds the lone surrogate escape "
+                             f"{where[-1]} (half of a UTF-16 pair, no character by itself); write the character "
+                             "itself, or both halves of its pair")
+    return value
+
+
+def _lone_surrogate(value: Any, path: list[str]) -> list[str] | None:
+    """Key path of the first string (key or value) that UTF-8 cannot encode, ending with the offending escape."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return [*path, ascii(value[e.start:e.end])[1:-1]]
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _lone_surrogate(key, path) if isinstance(key, str) else None
+        found = found or _lone_surrogate(item, [*path, str(key)])
+        if found is not None:
+            return found
+    return None
 
 
 def _children(node: yaml.Node) -> list[tuple[str, yaml.Node]]:

@@ -7,7 +7,6 @@ statistics function, or worse, in a number. Only what the report reads is checke
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ def check_record(path: Path, record: Any) -> None:
 
 
 def _check_metrics(path: Path, key: str, metrics: Any) -> None:
-    """Each metric: a name and a finite number (or null: not scored), optionally higher_is_better."""
+    """Each metric: a name and a number (or null: not scored), optionally higher_is_better."""
     if metrics is None:
         return
     if not isinstance(metrics, list):
@@ -46,8 +45,9 @@ def _check_metrics(path: Path, key: str, metrics: Any) -> None:
         if not isinstance(m, dict) or not isinstance(m.get("name"), str):
             raise UserError(f"{where}: expected an object with a name and a value; {FIX}")
         value = m.get("value")
+        # NaN is a number here: a metric undefined on the rows (results.json writes it as null)
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if value is not None and not (number and math.isfinite(value)):
+        if value is not None and not number:
             raise UserError(f"{where} ({m['name']}): value {value!r} is not a number; {FIX}")
         if not isinstance(m.get("higher_is_better", True), bool):
             raise UserError(f"{where} ({m['name']}): higher_is_better must be true or false; {FIX}")
