@@ -58,10 +58,10 @@ def test_boolean_labels_are_read_as_text_with_a_note_that_reaches_the_report(tmp
     assert note == ("d.jsonl: field 'target' holds numbers or booleans in 40 row(s), read as text "
                     "(e.g. line 1: True -> 'true')")
     (tmp_path / "splits.json").write_text(json.dumps({"warnings": prepared.warnings}), encoding="utf-8")
-    check = {c["check"]: c for c in honesty_checks(tmp_path, [])}["data used as given"]
+    check = {c["check"]: c for c in honesty_checks(tmp_path, [])}["data read and split without warnings"]
     assert check["ok"] is False and note in check["detail"]
     (tmp_path / "splits.json").write_text(json.dumps({"warnings": []}), encoding="utf-8")
-    assert {c["check"]: c for c in honesty_checks(tmp_path, [])}["data used as given"]["ok"] is True
+    assert {c["check"]: c for c in honesty_checks(tmp_path, [])}["data read and split without warnings"]["ok"] is True
 
 
 def test_validation_carved_from_a_training_file_names_the_labels_it_lacks(tmp_path):

@@ -363,8 +363,9 @@ def _data_warnings(splits: dict) -> dict:
     text; shown in the report so that none of them stays in a log the reader never opens."""
     warnings = [str(w) for w in splits.get("warnings") or []]
     if not warnings:
-        return _check("data used as given", True, "no rows dropped, no value read as text, every label stratified")
-    return _check("data used as given", False, f"{len(warnings)} warning(s) when the data was read and split: "
+        return _check("data read and split without warnings", True, "none in splits.json (rows dropped, values "
+                      "read as text, labels too small to stratify would be listed here)")
+    return _check("data read and split without warnings", False, f"{len(warnings)} warning(s), also in splits.json: "
                   + " | ".join(warnings))
 
 
@@ -384,6 +385,7 @@ def honesty_checks(run_dir: Path, records: list[dict]) -> list[dict]:
                        f"{NOT_VERIFIABLE}: {splits_path} is missing")
         corpora = _check("corpora hold no test row's text", False, f"{NOT_VERIFIABLE}: {splits_path} is missing")
         notes = []
-    checks = [leak, shown, corpora, *notes, _stand_ins(records), _truncation(records), _failures(records), _busy_machine(records)]
+    checks = [leak, shown, corpora, *notes, _stand_ins(records), _truncation(records), _failures(records),
+              _busy_machine(records)]
     parity = search_parity_check(records)  # only when a row was searched
     return checks + ([parity] if parity is not None else [])
