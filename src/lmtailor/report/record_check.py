@@ -23,9 +23,9 @@ def check_record(path: Path, record: Any) -> None:
     status = record.get("status")
     if status not in STATUSES:
         raise UserError(f"{path}: status is {status!r}, expected one of {', '.join(STATUSES)}; {FIX}")
-    if status == "failed" and not (isinstance(record.get("error"), dict)
-                                   and isinstance(record["error"].get("type"), str)):
-        raise UserError(f"{path}: a failed row needs error.type (the exception's name); {FIX}")
+    error = record.get("error")
+    if error is not None and not (isinstance(error, dict) and isinstance(error.get("type", ""), str)):
+        raise UserError(f"{path}: error must be an object with the exception's type and message; {FIX}")
     _check_metrics(path, "metrics", record.get("metrics"))
     validation = record.get("validation")
     if validation is not None:
