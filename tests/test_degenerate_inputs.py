@@ -119,3 +119,17 @@ def test_set_values_are_read_within_the_same_limits():
     # e = 1 + 10 * size(d), d = 1 + 10 * (1 + 10 * (1 + 10 * 11)) = 11111: e = 111111 > 100000
     with pytest.raises(YamlLimitError, match=r"--set strategies\.0\.peft_options: e expands"):
         apply_overrides({"strategies": [{"name": "finetune"}]}, [f"strategies.0.peft_options={value}"])
+
+
+def test_a_lone_surrogate_in_a_json_array_names_the_item_and_field(tmp_path):
+    from lmtailor.data.validate import DataError
+
+    rows = [{"input": f"row {i}", "target": ["red", "blue"][i % 2]} for i in range(10)]
+    text = json.dumps(rows).replace('"target": "blue"', '"target": "bl\\udbffue"', 1)  # item 2's target
+    (tmp_path / "d.json").write_text(text, encoding="utf-8")
+    with pytest.raises(DataError, match=r"item 2, field 'target': holds the lone surrogate escape \\udbff"):
+        prepare_data(DataConfig(source="d.json"), "classification", tmp_path)
+    (tmp_path / "d.json").write_text(json.dumps(rows).replace("row 3", "row \\ud83d\\ude00 3"), encoding="utf-8")
+    prepared = prepare_data(DataConfig(source="d.json"), "classification", tmp_path)  # a whole pair is a character
+    assert any(e.input == "row \U0001F600 3" for e in prepared.splits.train + prepared.splits.validation
+               + prepared.splits.test)

@@ -55,13 +55,19 @@ def _jsonl_records(lines: list[str | None], problems: Problems) -> list[Record]:
             problems.add(where, f"a JSON {type(obj).__name__}, not an object with fields",
                          'each line must be a JSON object, e.g. {"input": "...", "target": "..."}', row=number)
             continue
-        if not _lone_surrogates(obj, where, number, problems):
+        if not (_may_hold_surrogates(line) and _lone_surrogates(obj, where, number, problems)):
             records.append(Record(number, where, obj))
     return records
 
 
 SURROGATE_HINT = ("a \\uXXXX escape between \\ud800 and \\udfff is half of a UTF-16 pair and no character by itself: "
                   "write the character itself, or both halves of its pair (e.g. \\ud83d\\ude00), or remove it")
+
+
+def _may_hold_surrogates(text: str) -> bool:
+    """Whether JSON text has a ``\\uD800``-``\\uDFFF`` escape: the text itself is valid UTF-8, so only an escape can
+    make a lone surrogate (a cheap test before checking each field)."""
+    return "\\ud" in text.lower()
 
 
 def _lone_surrogates(obj: dict, where: str, number: int, problems: Problems) -> bool:
@@ -97,10 +103,10 @@ def _json_records(path: Path, lines: list[str | None], problems: Problems) -> li
         problems.add("", f"holds a JSON {type(data).__name__}, expected an array of row objects",
                      "write [{\"input\": ..., \"target\": ...}, ...], or one object per line in a .jsonl file")
         return []
-    records = []
+    records, escapes = [], _may_hold_surrogates(text)
     for number, obj in enumerate(data, 1):
         if isinstance(obj, dict):
-            if not _lone_surrogates(obj, f"item {number}", number, problems):
+            if not (escapes and _lone_surrogates(obj, f"item {number}", number, problems)):
                 records.append(Record(number, f"item {number}", obj))
         else:
             problems.add(f"item {number}", f"a JSON {type(obj).__name__}, not an object with fields", row=number)
