@@ -502,8 +502,22 @@ def test_peft_options_extend_the_config_and_unknown_ones_are_named(tiny_llama_di
     assert (loha.r, loha.alpha, loha.task_type) == (4, 8, "CAUSAL_LM")
     wrapped = wrap_for_training(model, _config(method="loha", peft_options={"r": 4}), "decoder-only")
     assert wrapped.peft_config["default"].target_modules == {"q_proj", "v_proj"}  # PEFT's LoHa default for llama
-    with pytest.raises(UserError, match="rank is not a setting of PEFT's LoraConfig"):
-        finetune_method("lora").peft_config(_config(method="lora", peft_options={"rank": 4}), model, "decoder-only")
+    with pytest.raises(ValidationError, match="rank is not a setting of PEFT's LoraConfig"):
+        _config(method="lora", peft_options={"rank": 4})  # refused by the config (so by validate), before a model
+
+
+@pytest.mark.parametrize("method, options, message", [
+    ("lora", {"use_rslora": True, "lora_rr": 3}, r"lora_rr \(did you mean lora_bias, lora_dropout\?\) is not a setting of "
+                                                   r"PEFT's LoraConfig \(method: lora\); its settings are: .*use_rslora"),
+    ("loha", {"r": 4, "nope": 1}, r"nope is not a setting of PEFT's LoHaConfig \(method: loha\); its settings are: "
+                                  r"alpha, .*r, rank_dropout"),
+    ("prompt-tuning", {"num_virtual_token": 3}, r"num_virtual_token \(did you mean num_virtual_tokens\?\) is not a "
+                                                r"setting of PEFT's PromptTuningConfig"),
+])
+def test_unknown_peft_options_are_refused_by_the_config_naming_the_valid_ones(method, options, message):
+    with pytest.raises(ValidationError, match=message):
+        _config(method=method, peft_options=options)
+    _config(method=method, peft_options={k: v for k, v in options.items() if k in ("use_rslora", "r")})  # known: ok
 
 
 def test_unsupported_families_and_unknown_target_defaults_are_clear_errors(tiny_t5_dir, tiny_bert_dir, tmp_path):

@@ -118,12 +118,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
     exp = _load(args.experiment, args.set)
     prepared = prepare_data(exp.data, exp.task.type or "", args.experiment.resolve().parent)
     task = resolve_task(exp, prepared.task_defaults, prepared.splits)
+    rows = plan_rows(exp)
+    from lmtailor.models.remote_code import check_remote_code
+
+    check_remote_code([r.model_ref for r in rows], exp.runtime.trust_remote_code)
     for w in prepared.warnings:
         console.print(f"[yellow]warning:[/] {w}")
     s = prepared.splits
     console.print(f"{args.experiment}: valid. Task {task.name} ({task.type}); "
                   f"{len(s.train)} train / {len(s.validation)} validation / {len(s.test)} test rows.")
-    for row in plan_rows(exp):
+    for row in rows:
         console.print(f"  row {row.row_id}: {row.label} on {row.model_ref}")
     return 0
 
@@ -215,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed so tests can check every command's --help)."""
     parser = argparse.ArgumentParser(prog="lmtailor", description="Run the model customization spectrum on your task "
                                      "and measure which rung pays.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", "--debug", dest="verbose", action="store_true",
+                        help="debug logging, and a traceback with every error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_experiment(p: argparse.ArgumentParser, positional: bool = True) -> None:
@@ -288,6 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def os_error_message(e: OSError) -> str:
+    """One line for a file-system error: the path, what the system said, and what to check (-v shows a traceback)."""
+    where = f"{e.filename}: " if e.filename else ""
+    return (f"{where}{e.strerror or e} (check that the path exists, is writable and that its disk has room; choose "
+            "another place with --out where the command has one; -v shows the traceback)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lmtailor`` console command."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -299,7 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (UserError, UnknownNameError) as e:  # messages written for people: no traceback
-        console.print(f"error: {e}", style="red", markup=False, highlight=False)
+        console.print(f"error: {e}", style="red", markup=False, highlight=False, soft_wrap=True)  # one line: greppable
+        return 2
+    except OSError as e:  # a file or folder the user named cannot be read or written (read-only, full, missing)
+        if args.verbose:
+            raise
+        console.print(f"error: {os_error_message(e)}", style="red", markup=False, highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:  # a second Ctrl-C during training, or one outside it: stop at once, quietly
         console.print("interrupted; an interrupted run continues with `lmtailor run --resume RUN_DIR`",

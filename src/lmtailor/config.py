@@ -19,6 +19,7 @@ from lmtailor.remote.settings import ApiSettings
 from lmtailor.report.deployment import DeploymentConfig
 from lmtailor.strategies import STRATEGIES, Budget, StrategyConfig
 from lmtailor.tasks import TASK_TYPES
+from lmtailor.yaml_limits import MAX_YAML_BYTES, load_within_limits
 
 
 class ConfigError(UserError, ValueError):
@@ -139,8 +140,9 @@ def read_yaml(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such experiment file")
+    text = _experiment_text(path)
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+        raw = load_within_limits(text, _UniqueKeyLoader, str(path))  # size, alias-expansion and depth limits
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
@@ -150,13 +152,37 @@ def read_yaml(path: Path) -> dict:
     return raw
 
 
+def _experiment_text(path: Path) -> str:
+    """The file's text; a file that is not UTF-8 text (a binary given by mistake) is a ``ConfigError``."""
+    size = path.stat().st_size
+    if size > MAX_YAML_BYTES:  # before reading it: a huge file given by mistake is refused without loading it
+        raise ConfigError(f"{path}: {size:,} bytes, over the {MAX_YAML_BYTES:,}-byte limit for an experiment file; "
+                          "is it the experiment file? (data go in data files named by data.source)")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text file (byte 0x{data[e.start]:02x} at offset {e.start} is not UTF-8); "
+                          "give the experiment's YAML file") from None
+
+
+def _override_value(key: str, text: str) -> Any:
+    """A ``--set`` value parsed as YAML, within the experiment file's limits; a parse error names the key."""
+    try:
+        return load_within_limits(text, _UniqueKeyLoader, f"--set {key}")
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"--set {key}={text}: the value is not valid YAML ({problem}); quote it as a string "
+                          "(--set 'KEY=\"...\"') or close its brackets and quotes") from None
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Apply ``key.path=value`` overrides (values parsed as YAML; list items by index, e.g. ``strategies.0.shots=8``)."""
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. strategies.0.shots=8")
-        value = yaml.safe_load(text) if text else ""
+        value = _override_value(key, text) if text else ""
         parts = key.split(".")
         node: Any = raw
         for depth, part in enumerate(parts):
@@ -217,7 +243,8 @@ def validate_experiment(raw: dict, source: str = "<experiment>") -> Experiment:
     if exp is not None:
         problems += _api_model_problems(source, exp, strategies)
     if problems:
-        raise ConfigError("invalid experiment:\n  " + "\n  ".join(problems))
+        noun = "problem" if len(problems) == 1 else "problems"
+        raise ConfigError(f"{source}: invalid experiment ({len(problems)} {noun}):\n  " + "\n  ".join(problems))
     assert exp is not None
     exp.strategies = strategies
     return exp

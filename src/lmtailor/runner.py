@@ -112,10 +112,26 @@ def resolve_task(exp: Experiment, defaults: dict, splits: DatasetSplits) -> Task
     labels = None
     if TASK_TYPES.get(task_type).output == "labels":
         labels = tuple(cfg.labels or defaults.get("labels") or sorted({e.target for e in splits.train}))
+        check_two_labels(exp, labels, splits)
         unknown = sorted({e.target for e in splits.test} - set(labels))
         if unknown:
             raise ConfigError(f"test targets {unknown[:5]} are not in task.labels; add them or fix the data")
     return TaskSpec(cfg.name or defaults.get("name") or exp.name, task_type, instruction, labels)
+
+
+def check_two_labels(exp: Experiment, labels: tuple[str, ...], splits: DatasetSplits) -> None:
+    """Refuse a classification task with fewer than two labels (in ``task.labels`` or in the rows): every model
+    would score accuracy 1.000 on it by always answering the one label, and the report would recommend one."""
+    seen = sorted({e.target for e in (*splits.train, *splits.validation, *splits.test)})
+    if exp.task.labels and len(set(exp.task.labels)) < 2:
+        where, one = "task.labels", sorted(set(exp.task.labels))
+    elif len(seen) < 2 or len(set(labels)) < 2:
+        where, one = f"{splits.source}, field {exp.data.target_field!r}", seen
+    else:
+        return
+    raise ConfigError(f"{where}: a classification task needs at least two labels, and this one has "
+                      f"{len(one)} ({', '.join(map(repr, one)) or 'none'}): every answer would be right, so "
+                      "every score would be 1.000. Add rows of the other labels, or set task.type: generation")
 
 
 def _ids_digest(ids: list[str]) -> str:
@@ -314,7 +330,7 @@ def _finished_records(run_dir: Path, rows: list[PlannedRow]) -> dict[str, dict]:
         restore_row(run_dir, row.row_id)  # a finished row whose record could not be written (unwritten_rows.py)
         path = run_dir / "results" / f"{row.row_id}.json"
         if path.is_file():
-            record = json.loads(path.read_text(encoding="utf-8"))
+            record = _earlier_record(path)
             _check_kept_record(run_dir, path, record)
             if record.get("status") == "ok":
                 done[row.row_id] = record
@@ -342,6 +358,19 @@ def _check_kept_record(run_dir: Path, path: Path, record: dict) -> None:
 
     check_record(record, path, run_dir)
     check_record_of_run(path, record, run_test_digest(run_dir), run_task(run_dir))
+
+
+def _earlier_record(path: Path) -> dict:
+    """A row record an earlier part of the run wrote; a damaged one (truncated, binary) is named, not skipped."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot resume: {path} is not a readable row record ({type(e).__name__}: {e}); remove it "
+                        "and resume again to re-run that row") from None
+    if not isinstance(record, dict):
+        raise UserError(f"cannot resume: {path} holds a JSON {type(record).__name__}, not a row record; remove it "
+                        "and resume again to re-run that row")
+    return record
 
 
 def _open_run(exp: Experiment, rows: list[PlannedRow], base_dir: Path, out_dir: Path | None,
@@ -400,6 +429,9 @@ def run_experiment(exp: Experiment, base_dir: Path, out_dir: Path | None = None,
     precision_note = distributed.align_launcher_precision(runtime.precision)
     distributed.setup(cpu=runtime.hardware == "cpu")  # before any model loads; a no-op in one process
     rows = plan_rows(exp)
+    from lmtailor.models.remote_code import check_remote_code
+
+    check_remote_code([r.model_ref for r in rows], exp.runtime.trust_remote_code)  # before a run directory exists
     lock = RunLock()  # taken by the main process only; the others follow it
     run_dir, done = distributed.on_main(lambda: _open_run(exp, rows, base_dir, out_dir, resume_dir, lock))
     with distributed.rank_logging():

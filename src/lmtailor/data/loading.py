@@ -55,8 +55,34 @@ def _jsonl_records(lines: list[str | None], problems: Problems) -> list[Record]:
             problems.add(where, f"a JSON {type(obj).__name__}, not an object with fields",
                          'each line must be a JSON object, e.g. {"input": "...", "target": "..."}', row=number)
             continue
-        records.append(Record(number, where, obj))
+        if not (_may_hold_surrogates(line) and _lone_surrogates(obj, where, number, problems)):
+            records.append(Record(number, where, obj))
     return records
+
+
+SURROGATE_HINT = ("a \\uXXXX escape between \\ud800 and \\udfff is half of a UTF-16 pair and no character by itself: "
+                  "write the character itself, or both halves of its pair (e.g. \\ud83d\\ude00), or remove it")
+
+
+def _may_hold_surrogates(text: str) -> bool:
+    """Whether JSON text has a ``\\uD800``-``\\uDFFF`` escape: the text itself is valid UTF-8, so only an escape can
+    make a lone surrogate (a cheap test before checking each field)."""
+    return "\\ud" in text.lower()
+
+
+def _lone_surrogates(obj: dict, where: str, number: int, problems: Problems) -> bool:
+    """Record a problem for each field whose text holds a lone surrogate (JSON lets ``\\udbff`` through; no UTF-8
+    writer, tokenizer or hash of the row can take it); True when there was one."""
+    found = False
+    for key, value in obj.items():
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as e:
+            bad = e.object[e.start:e.end]
+            problems.add(f"{where}, field {key!r}", f"holds the lone surrogate escape {ascii(bad)[1:-1]}, which is "
+                         "not a character", SURROGATE_HINT, row=number)
+            found = True
+    return found
 
 
 def _json_records(path: Path, lines: list[str | None], problems: Problems) -> list[Record]:
@@ -77,10 +103,11 @@ def _json_records(path: Path, lines: list[str | None], problems: Problems) -> li
         problems.add("", f"holds a JSON {type(data).__name__}, expected an array of row objects",
                      "write [{\"input\": ..., \"target\": ...}, ...], or one object per line in a .jsonl file")
         return []
-    records = []
+    records, escapes = [], _may_hold_surrogates(text)
     for number, obj in enumerate(data, 1):
         if isinstance(obj, dict):
-            records.append(Record(number, f"item {number}", obj))
+            if not (escapes and _lone_surrogates(obj, f"item {number}", number, problems)):
+                records.append(Record(number, f"item {number}", obj))
         else:
             problems.add(f"item {number}", f"a JSON {type(obj).__name__}, not an object with fields", row=number)
     return records
@@ -89,6 +116,21 @@ def _json_records(path: Path, lines: list[str | None], problems: Problems) -> li
 def _csv_records(lines: list[str | None], delimiter: str, problems: Problems) -> list[Record]:
     if problems:  # undecodable bytes: parsing the rest would only add noise
         return []
+    # csv's default 128 KB cell limit is no limit on what a row may hold (a long document); the file's length is.
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, sum(len(line) + 1 for line in lines)))
+    try:
+        return _csv_rows(lines, delimiter, problems)
+    except csv.Error as e:  # e.g. a quote opened and never closed, or a NUL byte
+        problems.add("", f"cannot be read as {'TSV' if delimiter == chr(9) else 'CSV'} ({e})",
+                     "check the quoting: a value with a delimiter, quote or line break must be in double quotes, "
+                     "with its own quotes doubled")
+        return []
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _csv_rows(lines: list[str], delimiter: str, problems: Problems) -> list[Record]:
     reader = csv.reader((line + "\n" for line in lines), delimiter=delimiter)
     header = next(reader, None)
     if not header:

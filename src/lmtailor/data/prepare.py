@@ -17,7 +17,7 @@ from lmtailor.data.config import DataConfig, source_kind
 from lmtailor.data.example import DatasetSplits, Example
 from lmtailor.data.leakage import content_record, drop_shared_inputs, dropped_warning
 from lmtailor.data.loading import load_file, load_hf
-from lmtailor.data.splits import cap_rows, split_rows
+from lmtailor.data.splits import cap_rows, split_rows, stratification_note
 from lmtailor.data.validate import DataError, drop_exact_duplicates, unique_ids, unseen_label_warnings
 
 SPLITS = ("train", "validation", "test")
@@ -116,17 +116,34 @@ def _split(cfg: DataConfig, loaded: _Loaded, stratify: bool) -> tuple[dict[str, 
     if loaded.pool is not None:
         rows, warnings = drop_exact_duplicates(loaded.pool)
         train, validation, test = split_rows(rows, cfg.test_fraction, cfg.validation_fraction, cfg.seed, stratify)
-        return {"train": train, "validation": validation, "test": test}, warnings
+        note = stratification_note(rows, cfg.test_fraction, cfg.validation_fraction) if stratify else None
+        return {"train": train, "validation": validation, "test": test}, warnings + ([note] if note else [])
     parts = dict(loaded.given)
+    warnings = []
     if "validation" not in parts:
         if cfg.validation_fraction > 0:
             kept, _, carved = split_rows(parts["train"], cfg.validation_fraction, 0.0, cfg.seed, stratify)
             kept_ids = {id(e) for e in kept}
             parts["train"] = [e for e in parts["train"] if id(e) in kept_ids]  # keep the file's order
             parts["validation"] = carved
+            if stratify:
+                warnings += _carved_note(parts["train"] + carved, carved)
         else:
             parts["validation"] = []
-    return {k: parts[k] for k in SPLITS}, []
+    return {k: parts[k] for k in SPLITS}, warnings
+
+
+def _carved_note(train: list[Example], carved: list[Example]) -> list[str]:
+    """Labels of the training file left without a validation row when validation was carved from it (one row: kept
+    for training)."""
+    labels = {e.target for e in train}
+    missing = sorted(labels - {e.target for e in carved})
+    if not missing:
+        return []
+    listed = ", ".join(repr(label) for label in missing[:5]) + (" ..." if len(missing) > 5 else "")
+    return [f"validation was carved from the training file by label: {len(missing)} of {len(labels)} labels have one "
+            f"training row, kept for training, so validation ({len(carved)} rows) has none of them: {listed}"
+            + ("; validation is EMPTY, so nothing is chosen on validation rows" if not carved else "")]
 
 
 def _cap_without_shared_inputs(parts: dict[str, list[Example]], caps: dict[str, int | None], seed: int,

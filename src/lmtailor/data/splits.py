@@ -67,6 +67,35 @@ def split_rows(rows: Sequence[Example], test_fraction: float, validation_fractio
     return hashed_order(train, seed), hashed_order(validation, seed), hashed_order(test, seed)
 
 
+def stratification_note(rows: Sequence[Example], test_fraction: float, validation_fraction: float) -> str | None:
+    """What a stratified split did with labels too small for their share of each split (None: every label has a row
+    in each split it is asked for). ``split_rows`` keeps such a label's rows in training first, then test: a label
+    with 2 rows puts 1 in test and 1 in training, one with 1 row keeps it in training, and none goes to validation;
+    with many small labels test gets far more than its share and validation may be empty, which users must be told."""
+    counts: dict[str, int] = defaultdict(int)
+    for e in rows:
+        counts[e.target] += 1
+    shares = {label: _allocate(n, test_fraction, validation_fraction) for label, n in counts.items()}
+    no_test = sorted(label for label, (t, _) in shares.items() if test_fraction > 0 and t == 0)
+    no_val = sorted(label for label, (_, v) in shares.items() if validation_fraction > 0 and v == 0)
+    if not no_test and not no_val:
+        return None
+    n = len(rows)
+    n_test, n_val = (sum(x[i] for x in shares.values()) for i in (0, 1))
+    small = sorted(set(no_test) | set(no_val))
+    listed = ", ".join(f"{label!r} ({counts[label]})" for label in small[:5])
+    listed += f" and {len(small) - 5} more" if len(small) > 5 else ""
+    note = (f"{len(small)} of {len(counts)} labels have too few rows to stratify into train / validation / test "
+            f"(3 needed for one row in each): {listed}. Their rows went to training first, then test (a label with 2 "
+            f"rows: 1 each), none to validation; {len(no_val)} label(s) have no validation row and {len(no_test)} "
+            f"no test row. Test holds {n_test} of {n} rows ({n_test / n:.0%}, asked {test_fraction:.0%}), validation "
+            f"{n_val} ({n_val / n:.0%}, asked {validation_fraction:.0%})")
+    if validation_fraction > 0 and n_val == 0:
+        note += ("; validation is EMPTY, so nothing is chosen on validation rows (the report chooses on the test "
+                 "rows and says so)")
+    return note + ". Add rows for the small labels, merge or drop them, or use task.type: generation"
+
+
 def _proportional(sizes: list[int], n: int) -> list[int]:
     """Share ``n`` among groups in proportion to their sizes (largest remainder), at least one each if ``n`` allows."""
     total = sum(sizes)

@@ -9,6 +9,7 @@ import torch
 
 from lmtailor.models.family import Family, Head, auto_class, check_head, detect_family, head_for
 from lmtailor.errors import UserError
+from lmtailor.models.remote_code import check_remote_code
 from lmtailor.models.safe_weights import load_pretrained
 from lmtailor.models.sources import resolve_model
 from lmtailor.runtime import Runtime
@@ -68,6 +69,8 @@ def load_model(ref: str, runtime: Runtime, head: Head | None = None, num_labels:
     trust = runtime.trust_remote_code  # off unless the experiment sets it; the run output says when it is on
     if resolved.source == "hub":
         download_hub_model(resolved.path, trust)
+    elif not trust:  # a local model with its own code: our message, not Transformers' ValueError
+        check_remote_code([resolved.path], trust)
     config = AutoConfig.from_pretrained(resolved.path, trust_remote_code=trust)
     family = detect_family(config)
     head = head_for(family, head)

@@ -358,6 +358,17 @@ def _busy_machine(records: list[dict]) -> dict:
                   f"row ran (busy above {BUSY_OTHER_CORES:g})")
 
 
+def _data_warnings(splits: dict) -> dict:
+    """The data warnings of the run (``splits.json``): rows dropped, labels too small to stratify, values read as
+    text; shown in the report so that none of them stays in a log the reader never opens."""
+    warnings = [str(w) for w in splits.get("warnings") or []]
+    if not warnings:
+        return _check("data read and split without warnings", True, "none in splits.json (rows dropped, values "
+                      "read as text, labels too small to stratify would be listed here)")
+    return _check("data read and split without warnings", False, f"{len(warnings)} warning(s), also in splits.json: "
+                  + " | ".join(warnings))
+
+
 def honesty_checks(run_dir: Path, records: list[dict]) -> list[dict]:
     """The report's honesty checks on ``run_dir`` (its ``splits.json`` and extra-rows files) and its ``records``."""
     run_dir = Path(run_dir)
@@ -367,11 +378,14 @@ def honesty_checks(run_dir: Path, records: list[dict]) -> list[dict]:
         leak = _training_leak(run_dir, splits, records)
         shown = _exemplars_and_retrieval(splits, records)
         corpora = _corpora(splits, records)
+        notes = [_data_warnings(splits)]
     else:
         leak = _check("test rows never seen in training", False, f"{NOT_VERIFIABLE}: {splits_path} is missing")
         shown = _check("test rows never used as exemplars or retrieved", False,
                        f"{NOT_VERIFIABLE}: {splits_path} is missing")
         corpora = _check("corpora hold no test row's text", False, f"{NOT_VERIFIABLE}: {splits_path} is missing")
-    checks = [leak, shown, corpora, _stand_ins(records), _truncation(records), _failures(records), _busy_machine(records)]
+        notes = []
+    checks = [leak, shown, corpora, *notes, _stand_ins(records), _truncation(records), _failures(records),
+              _busy_machine(records)]
     parity = search_parity_check(records)  # only when a row was searched
     return checks + ([parity] if parity is not None else [])

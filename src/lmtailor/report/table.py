@@ -153,7 +153,8 @@ def build_rows(records: list[dict]) -> list[TableRow]:
             forgetting=_forgetting(ok),
             training=_training_footprint(ok),
             status=("ok" if len(ok) == len(recs) else f"failed {len(recs) - len(ok)}/{len(recs)}: "
-                    + next(r["error"]["type"] for r in recs if r.get("status") != "ok"))
+                    + next((r.get("error") or {}).get("type", "no error recorded") for r in recs
+                           if r.get("status") != "ok"))
             + (f" ({note})" if (note := _extra_data_note(ok)) else "")
             + (f" ({note})" if (note := _api_cache_note(ok)) else "")
             + (f" ({note})" if (note := _cut_answers_note(ok)) else "")

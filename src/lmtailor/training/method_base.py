@@ -12,6 +12,7 @@ Importing this module is cheap (no torch, PEFT or transformers): the config vali
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +60,10 @@ class FinetuneMethod:
             raise UserError(f"padding_free applies to decoder-only models only; this model is {family} "
                             "(encoder inputs and seq2seq targets are padded per batch). Remove padding_free.")
 
+    def peft_config_class(self) -> type | None:
+        """PEFT's config class that ``peft_options`` extend (None: the method has none to check them against)."""
+        return None
+
     def quantization_config(self, runtime: "Runtime") -> Any:
         """The ``quantization_config`` to load the base model with (None: load it as usual)."""
         return None
@@ -80,12 +85,8 @@ def build_peft_config(config_class, defaults: dict[str, Any], cfg: "FinetuneConf
     """A PEFT config of ``config_class`` from ``defaults``, extended (and overridden) by ``cfg.peft_options``;
     unknown options and values PEFT refuses are UserErrors naming the option."""
     options = dict(cfg.peft_options)
+    check_peft_options(config_class, cfg)
     known = {f.name for f in dataclasses.fields(config_class)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise UserError(f"finetune.peft_options: {', '.join(unknown)} is not a setting of PEFT's "
-                        f"{config_class.__name__} (method: {cfg.method}); its settings are: "
-                        f"{', '.join(sorted(known - {'peft_type', 'task_type', 'auto_mapping'}))}")
     if "modules_to_save" in options and defaults.get("modules_to_save"):  # the head / fresh modules must still train
         options["modules_to_save"] = sorted(set(defaults["modules_to_save"]) | set(options["modules_to_save"] or []))
     kwargs = {k: v for k, v in {**defaults, **options}.items() if k in known}
@@ -94,6 +95,18 @@ def build_peft_config(config_class, defaults: dict[str, Any], cfg: "FinetuneConf
     except (TypeError, ValueError) as e:
         raise UserError(f"method: {cfg.method}: PEFT refused the config ({config_class.__name__}): {e}; check "
                         "finetune.peft_options and target_modules") from e
+
+
+def check_peft_options(config_class, cfg: "FinetuneConfig") -> None:
+    """Refuse ``peft_options`` keys that are not fields of ``config_class``, naming them and the valid ones."""
+    known = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(cfg.peft_options) - known)
+    if unknown:
+        near = sorted({m for k in unknown for m in difflib.get_close_matches(str(k), known, n=2, cutoff=0.6)})
+        hint = f" (did you mean {', '.join(near)}?)" if near else ""
+        raise UserError(f"finetune.peft_options: {', '.join(map(str, unknown))}{hint} is not a setting of PEFT's "
+                        f"{config_class.__name__} (method: {cfg.method}); its settings are: "
+                        f"{', '.join(sorted(known - {'peft_type', 'task_type', 'auto_mapping'}))}")
 
 
 def default_target_modules(model, mapping: dict[str, Any], method: str) -> list[str] | None:

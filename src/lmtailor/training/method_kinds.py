@@ -30,6 +30,11 @@ class LoraMethod(FinetuneMethod):
     use_dora: bool = False
     quantized: bool = False
 
+    def peft_config_class(self):
+        from peft import LoraConfig
+
+        return LoraConfig
+
     def check(self, cfg, family, runtime=None):
         super().check(cfg, family, runtime)
         if self.quantized and runtime is not None:
@@ -89,6 +94,11 @@ def check_qlora_runtime(runtime) -> None:
 class IA3Method(FinetuneMethod):
     """(IA)^3 (Liu et al. 2022): learnt vectors rescale keys, values and feed-forward activations."""
 
+    def peft_config_class(self):
+        from peft import IA3Config
+
+        return IA3Config
+
     def peft_config(self, cfg, model, family):
         from peft import IA3Config
         from peft.utils.constants import (TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as ff_mapping,
@@ -111,6 +121,11 @@ class PrefixMethod(FinetuneMethod):
 
     padding_free_ok: bool = False
 
+    def peft_config_class(self):
+        from peft import PrefixTuningConfig
+
+        return PrefixTuningConfig
+
     def peft_config(self, cfg, model, family):
         from peft import PrefixTuningConfig
 
@@ -129,6 +144,11 @@ class PromptTuningMethod(FinetuneMethod):
     """
 
     padding_free_ok: bool = False
+
+    def peft_config_class(self):
+        from peft import PromptTuningConfig
+
+        return PromptTuningConfig
 
     def peft_config(self, cfg, model, family):
         from peft import PromptTuningConfig
@@ -218,6 +238,11 @@ class PassThroughMethod(FinetuneMethod):
     """Any other PEFT method, by its PEFT type name, configured through ``peft_options``."""
 
     peft_type: str = ""
+
+    def peft_config_class(self):
+        from peft import PEFT_TYPE_TO_CONFIG_MAPPING
+
+        return PEFT_TYPE_TO_CONFIG_MAPPING[self.peft_type]
 
     def peft_config(self, cfg, model, family):
         from peft import PEFT_TYPE_TO_CONFIG_MAPPING

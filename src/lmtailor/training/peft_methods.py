@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from lmtailor.errors import UserError
 from lmtailor.registry import Registry
-from lmtailor.training.method_base import (FAMILIES, TASK_TYPE, FinetuneMethod, default_target_modules,
+from lmtailor.training.method_base import (FAMILIES, TASK_TYPE, FinetuneMethod, check_peft_options,
+                                           default_target_modules,
                                            fresh_modules, head_modules, peft_summary)
 from lmtailor.training.method_kinds import (AdapterMethod, FreezeMethod, FullMethod, IA3Method, LoraMethod,
                                             PrefixMethod, PromptTuningMethod, pass_through, save_adapters)
@@ -125,6 +126,9 @@ def check_method_settings(cfg: "FinetuneConfig") -> None:
         what = " and ".join(f"{group} settings ({', '.join(fields)})" for group, fields in groups.items())
         takes = ", ".join(method.settings) or "none of them"
         raise UserError(f"{what} do not apply to method: {cfg.method}; remove them (it takes: {takes})")
+    config_class = method.peft_config_class() if cfg.peft_options else None
+    if config_class is not None:  # unknown keys refused by validate, not only when the row runs
+        check_peft_options(config_class, cfg)
     if cfg.padding_free and not method.padding_free_ok:
         raise UserError(f"padding_free cannot be used with method: {cfg.method}: its virtual tokens are put before "
                         "the whole flattened batch, not before each row; remove padding_free")
