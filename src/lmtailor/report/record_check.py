@@ -16,7 +16,7 @@ STATUSES = ("ok", "failed")  # runner.run_row writes one of these
 FIX = "re-run the row (lmtailor run --resume RUN_DIR after removing the file) or restore the file from the run"
 
 
-def check_record(path: Path, record: Any) -> None:
+def check_record_fields(path: Path, record: Any) -> None:
     """Raise ``UserError`` naming ``path`` and the key when ``record`` is not a row record the report can read."""
     if not isinstance(record, dict):
         raise UserError(f"{path} holds a JSON {type(record).__name__}, not a row record (an object); {FIX}")

@@ -16,7 +16,7 @@ from lmtailor.paths import check_record
 from lmtailor.report import paired
 from lmtailor.report.provenance import check_record_of_run, run_task, run_test_digest
 from lmtailor.report.analysis import bootstrap_ci, data_required, mean_std, pareto_frontier
-from lmtailor.report.record_check import check_record
+from lmtailor.report.record_check import check_record_fields
 from lmtailor.report.selection import VALIDATION, selection_block
 
 # 2: validation scores per row and group, the selection block, group costs over finished seeds only, learning
@@ -57,7 +57,7 @@ def load_records(run_dir: Path) -> list[dict]:
     records = []
     for path in sorted(folder.glob("*.json")):
         record = _read_json(path, "")
-        check_record(path, record)  # status, metrics, error: what the report computes with
+        check_record_fields(path, record)  # status, metrics, error: what the report computes with
         missing = [k for k in ("row_id", "label", "model", "status") if k not in record]
         if missing:
             raise UserError(f"{path} lacks {missing}: it is not a row record of `lmtailor run`")
