@@ -357,3 +357,18 @@ def test_the_recommendation_says_whether_the_choice_beats_the_baseline_beyond_th
     assert close["choice"] == "rag | big"  # the best validation score; mid is the stated baseline
     assert "On the test rows it scores -10.0 pts against the baseline" in close["paragraph"]
     assert "within the noise, so these 20 rows do not tell the two apart on quality" in close["paragraph"]
+
+
+def test_a_row_too_short_for_the_cpu_counters_is_not_called_busy():
+    from lmtailor.measure.machine_load import TICK_S, counter_resolution_s, machine_was_busy
+
+    # The trivial baseline runs 1 ms; one 10 ms tick of another process's work reads as 10 cores on average. On 2
+    # cores the counters cannot resolve 2 ticks x (2 cores + this process) = 0.06 s, so 0.01 s of "other" is noise.
+    assert counter_resolution_s(2) == pytest.approx(6 * TICK_S)
+    short = {"cores": 2, "wall_s": 0.001, "other_cpu_s": 0.01, "other_cores_avg": 10.0, "busy_threshold_cores": 0.5}
+    assert machine_was_busy(short) is False
+    # a 10 s row beside a job that took one core (10 CPU-seconds) is busy; 4 CPU-seconds (0.4 cores) is not
+    assert machine_was_busy({**short, "wall_s": 10.0, "other_cpu_s": 10.0, "other_cores_avg": 1.0}) is True
+    assert machine_was_busy({**short, "wall_s": 10.0, "other_cpu_s": 4.0, "other_cores_avg": 0.4}) is False
+    # records that kept only the average are judged by it, as before
+    assert machine_was_busy({"other_cores_avg": 1.3, "busy_threshold_cores": 0.5}) is True

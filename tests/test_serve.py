@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from waiting import wait_for
 from lmtailor.errors import UserError
 from lmtailor.runtime import Runtime
 
@@ -492,17 +493,6 @@ def slow_served(served):
     handle.remove()
 
 
-def _wait_for(predicate, timeout_s: float = 10.0) -> bool:
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_client_hanging_up_cancels_its_row(slow_served):
     import requests
 
@@ -519,10 +509,10 @@ def test_client_hanging_up_cancels_its_row(slow_served):
             first = next(line for line in response.iter_lines() if line)
             assert first.startswith(b"data: ")
         # the stream's generator is cancelled with the connection, and the row with it
-        assert _wait_for(lambda: engine.cancelled == 1), engine.stats()
+        assert wait_for(lambda: engine.cancelled == 1), engine.stats()
         with pytest.raises(requests.exceptions.ReadTimeout):
             requests.post(url, json=body, timeout=0.5)  # non-streaming: noticed by polling for the disconnect
-        assert _wait_for(lambda: engine.cancelled == 2), engine.stats()
+        assert wait_for(lambda: engine.cancelled == 2), engine.stats()
         assert requests.get(server.url + "/health", timeout=5).json()["cancelled"] == 2
         short = requests.post(url, json={**body, "max_tokens": 2}, timeout=30)
         assert short.status_code == 200 and short.json()["usage"]["completion_tokens"] == 2

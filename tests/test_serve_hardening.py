@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from waiting import wait_for
 from lmtailor.runtime import Runtime
 
 NAME = "tiny"
@@ -288,20 +289,11 @@ def server_logs():
         logger.setLevel(level)
 
 
-def _wait_for(predicate, timeout_s: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_client_gone_mid_upload_is_one_log_line(server, server_logs):
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
         s.sendall(_request_head(server.port, 1000) + b'{"model": "tiny", "mess')  # 23 of the 1000 bytes promised
         time.sleep(0.3)
-    assert _wait_for(lambda: any(" 499 " in r.getMessage() for r in server_logs)), [r.getMessage() for r in server_logs]
+    assert wait_for(lambda: any(" 499 " in r.getMessage() for r in server_logs)), [r.getMessage() for r in server_logs]
     time.sleep(0.3)  # anything logged after the request line (a traceback from uvicorn) would arrive now
     lines = [r.getMessage() for r in server_logs]
     assert len(server_logs) == 1, lines
@@ -315,7 +307,7 @@ def test_client_gone_mid_upload_is_one_log_line(server, server_logs):
 def test_log_line_keeps_the_path_encoded(server, server_logs):
     status, _ = _post(server, "/v1/models/a%0A2026-01-01%20INFO%20forged", b"", _headers(server), "GET")
     assert status == 404
-    assert _wait_for(lambda: len(server_logs) == 1)
+    assert wait_for(lambda: len(server_logs) == 1)
     assert server_logs[0].getMessage().startswith("GET /v1/models/a%0A2026-01-01%20INFO%20forged 404 ")
 
 

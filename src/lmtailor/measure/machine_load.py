@@ -11,6 +11,11 @@ while the row ran. Half a core is well above an idle desktop's background (a few
 below one competing single-threaded job; with torch using every core, each core taken by another job slows the
 row's compute by about that share. The counters are the kernel's for the whole machine: in a container limited to
 fewer cores than its host, other containers' work counts too, so a flag there means "check", not "certainly slow".
+
+The kernel counts CPU time in clock ticks (10 ms), per core: over a row of a few milliseconds (the trivial baseline)
+one tick of anyone's work reads as several cores. Other processes' CPU time is therefore judged net of what the
+counters cannot resolve (two readings of every core's counter and of this process's), so a row too short to tell
+is never called busy.
 """
 
 from __future__ import annotations
@@ -22,6 +27,10 @@ from dataclasses import dataclass
 import psutil
 
 BUSY_OTHER_CORES = 0.5
+try:
+    TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")  # the granularity of the kernel's CPU-time counters
+except (AttributeError, ValueError, OSError):  # no sysconf (Windows): the usual 100 Hz
+    TICK_S = 0.01
 
 
 def _system_busy_seconds() -> float:
@@ -80,9 +89,20 @@ class LoadWatch:
         }
 
 
+def counter_resolution_s(cores: int | None) -> float:
+    """CPU seconds the counters cannot resolve in ``other_cpu_s``: one tick at each end, for every core's counter
+    (the system-wide sum) and for this process's."""
+    return 2 * TICK_S * ((cores or 1) + 1)
+
+
 def machine_was_busy(machine: dict | None) -> bool | None:
     """Whether other processes used more than ``BUSY_OTHER_CORES`` cores on average while the row ran (the
-    record's ``machine``); None when the record has no such measurement (written before it was kept)."""
+    record's ``machine``), net of the counters' resolution; None when the record has no such measurement (written
+    before it was kept)."""
     if not machine or machine.get("other_cores_avg") is None:
         return None
-    return machine["other_cores_avg"] > machine.get("busy_threshold_cores", BUSY_OTHER_CORES)
+    threshold = machine.get("busy_threshold_cores", BUSY_OTHER_CORES)
+    if machine.get("other_cpu_s") is None or not machine.get("wall_s"):
+        return machine["other_cores_avg"] > threshold
+    resolved = machine["other_cpu_s"] - counter_resolution_s(machine.get("cores"))
+    return resolved > threshold * machine["wall_s"]
