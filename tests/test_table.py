@@ -140,3 +140,6 @@ def test_status_counts_answers_cut_at_max_new_tokens_over_seeds():
     rows = {r.label: r for r in build_rows([a, b, clean])}
     assert rows["gen"].status == "ok (4/20 answers cut at max_new_tokens)"  # 3 + 1 of 10 + 10 test rows
     assert rows["other"].status == "ok"
+    # a row answers its validation rows in the same pass, and the count covers them: 3 + 1 of (10 + 6) x 2 answers
+    a["validation"] = b["validation"] = {"rows": 6}
+    assert {r.label: r for r in build_rows([a, b])}["gen"].status == "ok (4/32 answers cut at max_new_tokens)"

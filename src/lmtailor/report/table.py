@@ -259,7 +259,8 @@ def _cut_answers_note(records: list[dict]) -> str:
     """Say how many generated answers ran out of ``max_new_tokens`` (scored as cut), over the row's seeds."""
     from lmtailor.report.honesty import truncated_generations
 
-    counts = [(c, r.get("test_rows") or 0) for r in records
+    # a row answers its test and validation rows in one pass, and the count covers both
+    counts = [(c, (r.get("test_rows") or 0) + ((r.get("validation") or {}).get("rows") or 0)) for r in records
               if (c := truncated_generations(r.get("details") or {})) is not None]
     cut, answers = sum(c for c, _ in counts), sum(n for _, n in counts)
     return f"{cut}/{answers} answers cut at max_new_tokens" if cut else ""
