@@ -3,13 +3,15 @@
 longer training that more rows bring at the same ``epochs``.
 
 A pure function of result records. Scores are the cost-benefit table's (``build_rows``: mean over seeds); steps are
-the records' optimizer steps (a pre-training strategy's fine-tuning phase), averaged over the same seeds.
+the records' optimizer steps (a pre-training strategy's fine-tuning phase), averaged over the same seeds. Every gain
+is read with the report's one test of noise (report/paired.py: the paired bootstrap over the test rows).
 """
 
 from __future__ import annotations
 
 import statistics
 
+from lmtailor.report.paired import compare_groups, verdict_words
 from lmtailor.report.table import TableRow, build_rows
 
 _EXTRA_KEYS = ("augmented", "synthetic")
@@ -90,10 +92,18 @@ def _pts(a: float, b: float) -> str:
     return f"{(a - b) * 100:+.1f} pts"
 
 
+def _noise(recs_a: list[dict], recs_b: list[dict], by_id: dict[str, dict]) -> str:
+    """The report's one test of noise (the paired bootstrap over the test rows) on two groups, as a parenthesis."""
+    group = lambda recs: {"id": recs[0]["label"], "metric": recs[0].get("primary_metric"),  # noqa: E731
+                          "rows": [r["row_id"] for r in recs]}
+    return verdict_words(compare_groups(group(recs_a), group(recs_b), by_id, "test"))
+
+
 def extra_data_findings(records: list[dict]) -> list[str]:
     """Markdown lines: each extra-data row against its equal-steps control (or, without one, the step ratio to the
     plain row beside the gain); no lines when no row trained on extra data."""
     groups = _groups(records)
+    by_id = {r["row_id"]: r for r in records}
     table = {(r.label, r.model): r for r in build_rows(records)}
     controls = {(c["of_label"], key[1]): key for key, recs in groups.items() if (c := control_of(recs[0]))}
     lines = []
@@ -103,7 +113,7 @@ def extra_data_findings(records: list[dict]) -> list[str]:
         row = table.get(key)
         if row is None or row.score is None:
             continue
-        lines.append("- " + _finding(row, recs, groups, table, controls.get(key)))
+        lines.append("- " + _finding(row, recs, groups, table, controls.get(key), by_id))
     if not lines:
         return []
     return (["## Extra data against equal compute", "",
@@ -111,7 +121,8 @@ def extra_data_findings(records: list[dict]) -> list[str]:
              "trained on the original rows only for the same number of steps.", ""] + lines + [""])
 
 
-def _finding(row: TableRow, recs: list[dict], groups: dict, table: dict, control_key: tuple | None) -> str:
+def _finding(row: TableRow, recs: list[dict], groups: dict, table: dict, control_key: tuple | None,
+             by_id: dict[str, dict]) -> str:
     steps = _steps(recs)
     head = f"**{row.label}** ({row.metric} {row.score:.3f}, {_fmt_steps(steps) if steps else '?'} optimizer steps)"
     twin_key = _plain_twin(recs, groups)
@@ -122,11 +133,12 @@ def _finding(row: TableRow, recs: list[dict], groups: dict, table: dict, control
         real = _rows_count(groups[control_key], "train_rows")
         text = (f"{head}: {_pts(row.score, control.score)} over its equal-steps control {control.label} "
                 f"({control.score:.3f}, the same steps on {'the' if real is None else f'{real:.0f}'} original "
-                "rows): the gain of the extra rows themselves")
+                f"rows) {_noise(recs, groups[control_key], by_id)}: the effect of the extra rows themselves")
         if twin is not None and twin.score is not None:
             text += (f"; {_pts(row.score, twin.score)} over {twin.label} ({twin.score:.3f}"
                      + (f", {_fmt_steps(twin_steps)} steps" if twin_steps else "")
-                     + f"), of which {_pts(control.score, twin.score)} is training longer")
+                     + f"), of which {_pts(control.score, twin.score)} is training longer "
+                     + _noise(groups[control_key], groups[twin_key], by_id))
         return text + "."
     why = ("its control failed" if control_key else "its equal-steps control did not run" if _control_wanted(recs[0])
            else "its equal-steps control is off (control: false)")
