@@ -49,7 +49,8 @@ def load_tokenizer(path: str, trust_remote_code: bool = False, gguf_file: str | 
 
 
 def family_of(ref: str, trust_remote_code: bool = False) -> Family:
-    """The family of the model ``ref`` names: an alias says it; otherwise its config does (no weights loaded).
+    """The family's name for the model ``ref`` names: an alias says it; otherwise its config does (no weights
+    loaded). ``adapter_of`` gives the family's adapter (``models.families.family_of`` turns a name into one).
 
     ``trust_remote_code``: the experiment's ``runtime.trust_remote_code`` (a model with its own code needs it even to
     read its config)."""
