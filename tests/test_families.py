@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import typing
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -85,8 +86,8 @@ class ToyFamily(DecoderOnly):
                                            TINY_LLAMA.post_processor, TINY_LLAMA.config, TINY_LLAMA.chat_template),)
 
 
-@pytest.fixture
-def toy_family():
+@contextmanager
+def toy_family_registered():
     """Register the toy family the way a new family module would (one registry line), and remove it afterwards."""
     FAMILIES.register(ToyFamily.name, ToyFamily())
     try:
@@ -95,22 +96,21 @@ def toy_family():
         FAMILIES._entries.pop(ToyFamily.name)  # the registry has no public removal: families are added, not dropped
 
 
-def test_a_fourth_family_is_one_module_and_one_registry_line(toy_family):
+def test_a_fourth_family_is_one_module_and_one_registry_line():
     from lmtailor.measure import forgetting
     from lmtailor.models.tiny import build_tiny_tokenizer
 
-    toy = family_of("toy-family")
-    assert isinstance(toy, ToyFamily) and "toy-family" in FAMILIES.names()
-    # code that routes by family finds it: the forgetting probe reads its reason, tiny models build its architecture
-    probed = forgetting.probe(None, None, "toy-family")
-    assert probed["perplexity"] is None and probed["perplexity_note"] == "toy family: nothing to probe"
-    tokenizer = build_tiny_tokenizer("toy-llama")
-    assert tokenizer.chat_template == TINY_LLAMA.chat_template and tiny_architectures()["toy-llama"][0] is toy
-
-
-def test_the_toy_family_is_gone_after_its_test():
-    with pytest.raises(UnknownNameError):
+    with toy_family_registered():
+        toy = family_of("toy-family")
+        assert isinstance(toy, ToyFamily) and "toy-family" in FAMILIES.names()
+        # code that routes by family finds it: the forgetting probe reads its reason, tiny models build its model
+        probed = forgetting.probe(None, None, "toy-family")
+        assert probed["perplexity"] is None and probed["perplexity_note"] == "toy family: nothing to probe"
+        tokenizer = build_tiny_tokenizer("toy-llama")
+        assert tokenizer.chat_template == TINY_LLAMA.chat_template and tiny_architectures()["toy-llama"][0] is toy
+    with pytest.raises(UnknownNameError):  # gone again: no other test sees it
         family_of("toy-family")
+    assert "toy-llama" not in tiny_architectures()
 
 
 # Files that still compare family names, owned today by the helpers rewriting them (training methods; the

@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmtailor.models.families import FamilyAdapter, TinyArchitecture, tiny_architectures
-from lmtailor.models.families.decoder_only import CHATML_TEMPLATE  # noqa: F401  (its home before the families)
 
-TINY_VERSION = "v2"  # bump when the configs, corpus or tokenizer change, so cached builds are rebuilt
+# bump when the corpus, or a family's tiny architecture (models/families/), changes, so cached builds are rebuilt
+TINY_VERSION = "v2"
 VOCAB_SIZE = 512
 
 _ENGLISH = """\

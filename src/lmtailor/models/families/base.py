@@ -20,7 +20,8 @@ Perplexity = Literal["causal", "continuation"]
 @dataclass(frozen=True)
 class TinyArchitecture:
     """A tiny random test model of a family (``models/tiny.py`` builds it): its byte-level BPE tokenizer's special
-    tokens and post-processor, its transformers config, and its chat template."""
+    tokens and post-processor, its transformers config, and its chat template. Changing one changes the cached
+    build: bump ``models/tiny.py``'s ``TINY_VERSION``."""
 
     name: str  # "llama": the tiny model's name (alias ``tiny-<name>``)
     special_tokens: tuple[str, ...]  # in id order
