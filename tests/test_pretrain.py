@@ -137,9 +137,9 @@ def test_token_budget_plans_whole_steps_and_caps_passes():
     ("bart", "span-corruption", "not a T5-family"), ("bert", "auto", "is an encoder"),
 ])
 def test_objective_follows_the_family(family, requested, expected):
-    from lmtailor.models.tiny import _config, build_tiny_tokenizer
+    from lmtailor.models.tiny import build_tiny_tokenizer, tiny_config
 
-    config = _config(family, build_tiny_tokenizer(family))
+    config = tiny_config(family, build_tiny_tokenizer(family))
     if " " in expected:
         with pytest.raises(UserError, match=expected):
             resolve_objective(requested, config)

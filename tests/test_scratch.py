@@ -47,10 +47,10 @@ def test_human_counts():
 
 
 def _tiny_config(family: str):
-    from lmtailor.models.tiny import _config, build_tiny_tokenizer
+    from lmtailor.models.tiny import build_tiny_tokenizer, tiny_config
 
     tokenizer = build_tiny_tokenizer(family)
-    return _config(family, tokenizer), len(tokenizer)
+    return tiny_config(family, tokenizer), len(tokenizer)
 
 
 def _smollm_like():

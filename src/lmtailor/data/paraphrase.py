@@ -21,6 +21,7 @@ from lmtailor.data.formats import build_messages, encode_prompt, stop_token_ids,
 from lmtailor.errors import UserError
 from lmtailor.inference.generation import SamplingParams, generate_ids
 from lmtailor.inference.predict import pad_token_id
+from lmtailor.models.families import family_of, model_family
 from lmtailor.tasks.base import TaskSpec
 
 PARAPHRASE_INSTRUCTION = ("Paraphrase the input: say the same thing in different words, keeping its meaning. "
@@ -71,19 +72,25 @@ def _generator(cfg: AugmentConfig, ctx: AugmentContext) -> Any:
         raise UserError(f"augmentation method {cfg.method!r} generates text with a model: set augment.model to a "
                         "generation model (alias, local directory or hub id)")
     else:
-        from lmtailor.models.loading import family_of, load_model
+        from lmtailor.models.loading import adapter_of, load_model
         from lmtailor.runtime import detect_runtime
 
         runtime = ctx.runtime or detect_runtime()
-        if family_of(cfg.model, runtime.trust_remote_code) == "encoder":
+        if not adapter_of(cfg.model, runtime.trust_remote_code).generates_text:
             raise UserError(f"augment.model {cfg.model!r} is an encoder (BERT-like): it cannot generate text. Use a "
                             "decoder-only or encoder-decoder model for paraphrase and back-translation")
         lm = load_model(cfg.model, runtime)
     if not hasattr(lm, "model") or not hasattr(lm, "tokenizer"):
         raise TypeError("generator must be a LoadedModel (or have .model and .tokenizer)")
-    if getattr(lm, "family", None) == "encoder":
+    if not _generates_text(lm):
         raise UserError(f"the model given for {cfg.method} is an encoder (BERT-like): it cannot generate text")
     return lm
+
+
+def _generates_text(lm: Any) -> bool:
+    """Whether a generator's family has a language-model head (a generator that names no family is trusted)."""
+    family = getattr(lm, "family", None)
+    return family is None or family_of(family).generates_text
 
 
 def _prompts(tokenizer, seq2seq: bool, instruction: str, texts: Sequence[str],
@@ -103,7 +110,7 @@ def generate_texts(lm: Any, instruction: str, texts: Sequence[str], cfg: Augment
     if not texts:
         return []
     model, tokenizer = lm.model, lm.tokenizer
-    seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+    seq2seq = model_family(model).seq2seq
     prompts = _prompts(tokenizer, seq2seq, instruction, texts, cfg.max_input_tokens)
     stops = (tokenizer.eos_token_id,) if seq2seq else stop_token_ids(tokenizer)
     pad_id = pad_token_id(tokenizer)

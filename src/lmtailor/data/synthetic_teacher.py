@@ -83,10 +83,10 @@ class HFTeacher:
     """A loaded transformers model and its tokenizer as a teacher; prompts go through its chat template."""
 
     def __init__(self, model, tokenizer, ref: str, identity: str | None = None) -> None:
-        from lmtailor.models.family import detect_family
+        from lmtailor.models.families import model_family
 
-        self.family = detect_family(model.config)
-        if self.family == "encoder":
+        self.family = model_family(model)
+        if not self.family.generates_text:
             raise UserError(f"teacher {ref!r} is an encoder (no language-model head), so it cannot write text; "
                             "use a decoder-only or encoder-decoder model as the synthetic-data teacher")
         self.model, self.tokenizer, self.ref = model, tokenizer, ref
@@ -115,12 +115,12 @@ class HFTeacher:
     def _stop_ids(self) -> list[int]:
         from lmtailor.data.formats import stop_token_ids
 
-        if self.family == "encoder-decoder":
+        if self.family.seq2seq:  # the decoder's own sequence ends at eos
             return [self.tokenizer.eos_token_id]
         return list(stop_token_ids(self.tokenizer))
 
     def _encode(self, messages: list[dict]) -> list[int]:
-        if self.family == "encoder-decoder":  # no chat template: the turns' text is the encoder's source
+        if self.family.seq2seq:  # no chat template: the turns' text is the encoder's source
             from lmtailor.data.seq2seq_format import encode_source
 
             return encode_source(self.tokenizer, "\n\n".join(m["content"] for m in messages))
@@ -134,7 +134,7 @@ class HFTeacher:
         from lmtailor.inference.predict import pad_token_id
 
         ids = [self._encode(p) for p in prompts]
-        if sampling.reply_start and self.family != "encoder-decoder":  # a decoder's reply continues its prompt
+        if sampling.reply_start and not self.family.seq2seq:  # a decoder's reply continues its prompt
             start_ids = self.tokenizer(sampling.reply_start, add_special_tokens=False)["input_ids"]
             ids = [p + start_ids for p in ids]
             lead = sampling.reply_start

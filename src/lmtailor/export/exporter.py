@@ -116,12 +116,12 @@ def _auto_class_name(m: MergeResult) -> str:
     """The transformers auto class that loads the exported directory."""
     from transformers import AutoConfig
 
-    from lmtailor.models.family import auto_class, detect_family, head_for
+    from lmtailor.models.families import family_of
+    from lmtailor.models.family import auto_class
 
     if m.head:
         return auto_class(m.head).__name__
-    family = detect_family(AutoConfig.from_pretrained(m.path, trust_remote_code=False))
-    return auto_class(head_for(family, None)).__name__
+    return family_of(AutoConfig.from_pretrained(m.path, trust_remote_code=False)).auto_class().__name__
 
 
 def base_reference_or_note(row: TrainedRow) -> str:

@@ -70,12 +70,12 @@ def supported_message() -> str:
 
 def check_gguf_config(config, where: Path | str = "the model") -> GgufArchitecture:
     """The GGUF layout for ``config``; a clear error for encoders, encoder-decoders and unsupported layouts."""
-    from lmtailor.models.family import detect_family
+    from lmtailor.models.families import family_of
 
-    family = detect_family(config)
+    family = family_of(config)
     model_type = getattr(config, "model_type", "")
-    if family != "decoder-only":
-        raise UserError(f"GGUF export is for decoder-only models; {where} is {family} ({model_type}). llama.cpp "
+    if not family.gguf:
+        raise UserError(f"GGUF export is for decoder-only models; {where} is {family.name} ({model_type}). llama.cpp "
                         f"runs a few encoder-decoder models (T5): try {LLAMA_CPP_CONVERTER}")
     if model_type not in GGUF_ARCHITECTURES:
         raise UserError(f"GGUF export: model type {model_type!r} is not one lmtailor writes (supported: "

@@ -14,6 +14,7 @@ import torch
 
 from lmtailor.inference.virtual_tokens import (cache_keyword, computed_virtual_tokens, virtual_token_cache,
                                               virtual_token_count)
+from lmtailor.models.families import model_family
 
 
 @dataclass
@@ -133,7 +134,7 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, s
     """
     from transformers import GenerationConfig
 
-    seq2seq = getattr(model.config, "is_encoder_decoder", False)
+    seq2seq = model_family(model).seq2seq
     device = next(model.parameters()).device
     how = (dict(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
            if sampling is not None else dict(do_sample=False))

@@ -81,19 +81,18 @@ def _embedded_gguf(entry) -> Path:
 
 def check_decoder_only(model_ref: str) -> None:
     """Refuse encoders and encoder-decoders: llama.cpp here runs decoder-only GGUF models."""
-    from lmtailor.models.loading import family_of
+    from lmtailor.models.families import family_of
+    from lmtailor.models.loading import adapter_of
 
     path = Path(model_ref).expanduser()
     if path.is_file() and path.suffix == ".gguf":  # its metadata says: no need to convert the weights to ask
         from transformers import AutoConfig
 
-        from lmtailor.models.family import detect_family
-
-        family = detect_family(AutoConfig.from_pretrained(path.parent, gguf_file=path.name))
+        family = family_of(AutoConfig.from_pretrained(path.parent, gguf_file=path.name))
     else:
-        family = family_of(model_ref)
-    if family != "decoder-only":
-        raise UserError(f"backend: llamacpp runs decoder-only models; {model_ref} is {family}. Use "
+        family = adapter_of(model_ref)
+    if not family.gguf:
+        raise UserError(f"backend: llamacpp runs decoder-only models; {model_ref} is {family.name}. Use "
                         "backend: transformers for it")
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from lmtailor.models.families import model_family
+
 
 def _config(model):
     config = getattr(model, "active_peft_config", None)
@@ -30,7 +32,7 @@ def _peft_type(config) -> str:
 def virtual_token_count(model) -> int:
     """Virtual tokens a decoder-only prompt-learning PeftModel puts before its input (0 for any other model)."""
     config = _config(model)
-    if config is None or getattr(model.config, "is_encoder_decoder", False):
+    if config is None or model_family(model).seq2seq:
         return 0
     return int(config.num_virtual_tokens)
 

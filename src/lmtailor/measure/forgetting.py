@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from lmtailor.measure.probe_set import ChoiceItem, TextSet, general_choice_items, general_text_set
+from lmtailor.models.families import family_of
 
 PROBE_VERSION = 1
 PASSAGE_MAX_TOKENS = 128
@@ -38,8 +39,6 @@ PASSAGE_MAX_TOKENS = 128
 # with Gemma 3's 262k-entry vocabulary probes in smaller batches instead of running out of memory.
 LOGITS_BUDGET = 2**26
 INSTRUCTION = "Answer the question."
-NO_LM_HEAD = ("encoder classifier: its masked-LM head is replaced by a classification head over the task's labels, "
-              "so it has no distribution over text to take perplexity or choice likelihoods from")
 
 
 @dataclass
@@ -145,13 +144,17 @@ def _continuation_perplexity(model, tokenizer, passages, max_tokens, batch_size,
 
 def text_perplexity(model, tokenizer, family: str, passages: Sequence[str], max_tokens: int = PASSAGE_MAX_TOKENS,
                     batch_size: int = 8, on_row: Callable[[int], None] | None = None) -> Perplexity:
-    """Perplexity of a decoder-only (causal) or encoder-decoder (continuation) model over ``passages``."""
+    """Perplexity over ``passages`` the way the model's family defines it (``FamilyAdapter.perplexity``): causal for
+    decoder-only models, continuation for encoder-decoders."""
     on_row = on_row or (lambda n: None)
-    if family == "decoder-only":
-        return _causal_perplexity(model, tokenizer, passages, max_tokens, batch_size, on_row)
-    if family == "encoder-decoder":
-        return _continuation_perplexity(model, tokenizer, passages, max_tokens, batch_size, on_row)
-    raise ValueError(f"perplexity needs a decoder-only or encoder-decoder model, not {family!r}")
+    kind = family_of(family).perplexity
+    if kind is None:
+        raise ValueError(f"perplexity needs a model with a language-model head, not a {family} model")
+    return _PERPLEXITY[kind](model, tokenizer, passages, max_tokens, batch_size, on_row)
+
+
+# How each kind of perplexity a family declares is computed.
+_PERPLEXITY = {"causal": _causal_perplexity, "continuation": _continuation_perplexity}
 
 
 def _item_task(item: ChoiceItem):
@@ -168,7 +171,7 @@ def _choice_scores(model, tokenizer, family: str, items: Sequence[ChoiceItem]) -
 
     task = _item_task(items[0])
     pad_id = pad_token_id(tokenizer)
-    if family == "encoder-decoder":
+    if family_of(family).seq2seq:
         from lmtailor.data.seq2seq_format import encode_source, encode_target, source_text
         from lmtailor.inference.seq2seq import score_labels_seq2seq
 
@@ -205,14 +208,6 @@ def choice_accuracy(model, tokenizer, family: str, items: Sequence[ChoiceItem],
     return (correct / len(items) if items else None), by_kind
 
 
-def _not_applicable(family: str) -> str | None:
-    if family == "encoder":
-        return NO_LM_HEAD
-    if family not in ("decoder-only", "encoder-decoder"):
-        raise ValueError(f"unknown model family {family!r}; expected decoder-only, encoder-decoder or encoder")
-    return None
-
-
 def probe(model, tokenizer, family: str, runtime=None, budget=None, text_set: TextSet | None = None,
           items: Sequence[ChoiceItem] | None = None) -> dict:
     """Probe a model's general capability: perplexity on the general text set and accuracy on the general
@@ -229,7 +224,8 @@ def probe(model, tokenizer, family: str, runtime=None, budget=None, text_set: Te
         "passages": len(text_set.passages), "items": len(items), "perplexity": None, "accuracy": None,
     }
     started = time.perf_counter()
-    reason = _not_applicable(family)
+    adapter = family_of(family)  # an unknown family name is an error that suggests the nearest
+    reason = adapter.no_probe_reason
     if reason is not None:
         result.update(perplexity_note=reason, accuracy_note=reason, seconds=0.0)
         return result
@@ -243,8 +239,7 @@ def probe(model, tokenizer, family: str, runtime=None, budget=None, text_set: Te
         if text_set.passages:
             ppl = text_perplexity(model, tokenizer, family, text_set.passages,
                                   batch_size=getattr(budget, "eval_batch_size", 8), on_row=bar.update)
-            result.update(perplexity=ppl.value, perplexity_kind="causal" if family == "decoder-only" else
-                          "continuation (second half of each passage given the first)", scored_tokens=ppl.tokens,
+            result.update(perplexity=ppl.value, perplexity_kind=adapter.perplexity_kind, scored_tokens=ppl.tokens,
                           truncated_passages=ppl.truncated, max_tokens=PASSAGE_MAX_TOKENS)
         accuracy, by_kind = choice_accuracy(model, tokenizer, family, items, on_item=bar.update)
         result.update(accuracy=accuracy, correct=sum(c for c, _ in by_kind.values()), accuracy_by_kind=by_kind)
@@ -256,12 +251,13 @@ def probe(model, tokenizer, family: str, runtime=None, budget=None, text_set: Te
 
 
 def probe_model_ref(ref: str, runtime, budget=None) -> dict:
-    """Load the model ``ref`` names, probe it, free it. An encoder is not loaded: it has nothing to probe."""
-    from lmtailor.models import family_of, load_model
+    """Load the model ``ref`` names, probe it, free it. A family with nothing to probe (an encoder) is not loaded."""
+    from lmtailor.models import load_model
+    from lmtailor.models.loading import adapter_of
 
-    family = family_of(ref, runtime.trust_remote_code)
-    if family == "encoder":
-        return {"model": ref, **probe(None, None, family, runtime, budget)}
+    family = adapter_of(ref, runtime.trust_remote_code)
+    if family.no_probe_reason is not None:
+        return {"model": ref, **probe(None, None, family.name, runtime, budget)}
     started = time.perf_counter()
     loaded = load_model(ref, runtime)
     load_s = time.perf_counter() - started

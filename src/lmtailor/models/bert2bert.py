@@ -25,6 +25,7 @@ from pathlib import Path
 from lmtailor.errors import UserError
 from lmtailor.models.cache import build_once
 from lmtailor.models.embedded import file_sha256
+from lmtailor.models.families import family_of
 from lmtailor.paths import cache_dir
 
 log = logging.getLogger("lmtailor")
@@ -99,7 +100,7 @@ def build_bert2bert(encoder_dir: Path, out_dir: Path, seed: int = 0) -> Path:
 
     encoder_dir, out_dir = Path(encoder_dir), Path(out_dir)
     config = AutoConfig.from_pretrained(encoder_dir)
-    if getattr(config, "is_encoder_decoder", False) or config.model_type not in ("bert", "roberta", "electra"):
+    if family_of(config).seq2seq or config.model_type not in ("bert", "roberta", "electra"):
         raise UserError(f"{encoder_dir} holds a {config.model_type!r} model; a BERT2BERT warm start needs a "
                         "BERT-style encoder (bert, roberta, electra)")
     tokenizer = _bert2bert_tokenizer(encoder_dir)

@@ -14,8 +14,6 @@ from lmtailor.errors import UserError
 Family = Literal["decoder-only", "encoder-decoder", "encoder"]
 Head = Literal["causal-lm", "seq2seq-lm", "sequence-classification"]
 
-DEFAULT_HEAD: dict[str, Head | None] = {"decoder-only": "causal-lm", "encoder-decoder": "seq2seq-lm", "encoder": None}
-
 
 class UnsupportedModelError(UserError):
     """A model whose architecture lmtailor cannot use (e.g. a vision model), or a head it does not have."""
@@ -48,11 +46,6 @@ def detect_family(config) -> Family:
         f"model type {model_type!r} is not a text model lmtailor can use: it has no causal-LM, seq2seq-LM, "
         "masked-LM or sequence-classification class in transformers. Use a decoder-only (Llama, Qwen, SmolLM, "
         "Gemma), encoder-decoder (T5, BART) or encoder (BERT, MiniLM) model.")
-
-
-def head_for(family: Family, head: Head | None) -> Head | None:
-    """The head to load: the one asked for, or the family's default (None = the bare encoder)."""
-    return DEFAULT_HEAD[family] if head is None else head
 
 
 def check_head(config, head: Head | None) -> None:

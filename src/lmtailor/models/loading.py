@@ -7,7 +7,8 @@ from typing import Any, Literal
 
 import torch
 
-from lmtailor.models.family import Family, Head, auto_class, check_head, detect_family, head_for
+from lmtailor.models.families import FamilyAdapter, family_of as family_adapter
+from lmtailor.models.family import Family, Head, check_head, detect_family
 from lmtailor.errors import UserError
 from lmtailor.models.remote_code import check_remote_code
 from lmtailor.models.safe_weights import load_pretrained
@@ -26,6 +27,11 @@ class LoadedModel:
     path: str
     source: Literal["embedded", "local", "hub", "tiny"]
 
+    @property
+    def adapter(self) -> FamilyAdapter:
+        """The family's adapter (``models/families``): what this model can do and how."""
+        return family_adapter(self.family)
+
 
 def load_tokenizer(path: str, trust_remote_code: bool = False, gguf_file: str | None = None):
     """Load the tokenizer at ``path`` (from the GGUF file ``gguf_file`` in that folder, when given) and give it a pad
@@ -43,7 +49,8 @@ def load_tokenizer(path: str, trust_remote_code: bool = False, gguf_file: str | 
 
 
 def family_of(ref: str, trust_remote_code: bool = False) -> Family:
-    """The family of the model ``ref`` names: an alias says it; otherwise its config does (no weights loaded).
+    """The family's name for the model ``ref`` names: an alias says it; otherwise its config does (no weights
+    loaded). ``adapter_of`` gives the family's adapter (``models.families.family_of`` turns a name into one).
 
     ``trust_remote_code``: the experiment's ``runtime.trust_remote_code`` (a model with its own code needs it even to
     read its config)."""
@@ -54,6 +61,11 @@ def family_of(ref: str, trust_remote_code: bool = False) -> Family:
     if ref in MODEL_ALIASES:  # also spares converting an embedded GGUF just to read its config
         return MODEL_ALIASES.get(ref).family  # type: ignore[return-value]
     return detect_family(AutoConfig.from_pretrained(resolve_model(ref).path, trust_remote_code=trust_remote_code))
+
+
+def adapter_of(ref: str, trust_remote_code: bool = False) -> FamilyAdapter:
+    """The family adapter of the model ``ref`` names (``family_of``, then the ``FAMILIES`` registry)."""
+    return family_adapter(family_of(ref, trust_remote_code))
 
 
 def load_model(ref: str, runtime: Runtime, head: Head | None = None, num_labels: int | None = None,
@@ -73,7 +85,8 @@ def load_model(ref: str, runtime: Runtime, head: Head | None = None, num_labels:
         check_remote_code([resolved.path], trust)
     config = AutoConfig.from_pretrained(resolved.path, trust_remote_code=trust)
     family = detect_family(config)
-    head = head_for(family, head)
+    adapter = family_adapter(family)
+    head = adapter.head(head)
     check_head(config, head)
     if head == "sequence-classification" and num_labels is not None:
         config.num_labels = num_labels
@@ -88,7 +101,7 @@ def load_model(ref: str, runtime: Runtime, head: Head | None = None, num_labels:
                                                          "device_map": {"": runtime.device}}
     try:
         # safetensors only (models/safe_weights.py): a pickled .bin can run code when it is loaded
-        model = load_pretrained(auto_class(head), resolved.path, config=config, dtype=runtime.dtype,
+        model = load_pretrained(adapter.auto_class(head), resolved.path, config=config, dtype=runtime.dtype,
                                 trust_remote_code=trust, **placement)
     except OSError as e:
         if "safetensors" not in str(e):

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from lmtailor.errors import UserError
+from lmtailor.models.families import family_of
 
 TOLERANCE = 0.10  # a shape within 10% of the target counts as on target
 CHINCHILLA_TOKENS_PER_PARAM = 20  # Hoffmann et al. 2022: compute-optimal training uses ~20 tokens per parameter
@@ -127,7 +128,7 @@ def _family(config) -> _Family:
         return _Family(_read_t5, _write_t5, lambda c: c.d_kv * c.num_heads != c.d_model)
     if model_type in _BART_TYPES:
         return _Family(_read_bart, _write_bart)
-    if not getattr(config, "is_encoder_decoder", False) and all(hasattr(config, a) for a in _LLAMA_ATTRS):
+    if not family_of(config).seq2seq and all(hasattr(config, a) for a in _LLAMA_ATTRS):
         return _Family(_read_llama, _write_llama,
                        lambda c: _read_llama(c).head_dim * c.num_attention_heads != c.hidden_size)
     raise UserError(f"scratch: sizing knows Llama-style decoder configs (hidden_size, num_attention_heads, "
@@ -165,9 +166,7 @@ class SizedModel:
 
 
 def _model_class(config):
-    from lmtailor.models.family import auto_class, detect_family, head_for
-
-    return auto_class(head_for(detect_family(config), None))
+    return family_of(config).auto_class()
 
 
 def build_on_meta(config):

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from lmtailor.remote.settings import API_FAMILY
+from lmtailor.models.families import FAMILIES
 from lmtailor.report.paired import DIFFERS, UNKNOWN, WITHIN_NOISE, compare_groups
 from lmtailor.report.table import TableRow, fmt_usd, build_rows
 
@@ -147,7 +147,9 @@ def _families(family_of: dict, rows: list[TableRow], hib: bool, chooser: dict[tu
         if family is None:
             unknown.append(_name(row))
             continue
-        if family == API_FAMILY:  # an endpoint's architecture is not known: it cannot test an architecture rule
+        # not a registered family: an API endpoint (remote.settings.API_FAMILY), whose architecture is not known, so
+        # it cannot test an architecture rule
+        if family not in FAMILIES:
             notes.append(f"{_name(row)} is an API endpoint of unknown architecture: compared by score and cost in "
                          "the table, not by family.")
             continue
@@ -167,10 +169,10 @@ def _verdict(rule: Rule | None, task_type: str, ranked: list[_Best], pairs: _Pai
     if rule is None:
         return f"- **Rule of thumb**: none recorded for task type `{task_type}`, so there is nothing to check."
     head = f"- **Rule of thumb** for {task_type}: {rule.says}. "
-    mine = next((b for b in ranked if b.family == rule.expects), None)
+    mine = {b.family: b for b in ranked}.get(rule.expects)  # ranked holds one best row per family
     if mine is None:
         return head + f"This run **cannot tell**: it has no {rule.expects} row."
-    other = next(b for b in ranked if b.family != rule.expects)
+    other = next(b for b in ranked if b is not mine)
     diff = mine.signed - other.signed
     c = pairs.compare(mine.row, other.row)
     sign = 1.0 if hib else -1.0

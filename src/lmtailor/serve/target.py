@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lmtailor.errors import UserError
+from lmtailor.models.families import family_of
 from lmtailor.models.family import Family
 from lmtailor.runtime import Runtime
 
@@ -40,7 +41,7 @@ class ServedModel:
 
     @property
     def seq2seq(self) -> bool:
-        return self.family == "encoder-decoder"
+        return family_of(self.family).seq2seq
 
 
 class ClassifierNotServable(UserError):
@@ -85,13 +86,13 @@ def _served(model, tokenizer, family: Family, name: str, description: str) -> Se
 
 def _from_model(ref: str, runtime: Runtime, name: str, what: str | None = None) -> ServedModel:
     from lmtailor.models import load_model
-    from lmtailor.models.loading import family_of
+    from lmtailor.models.loading import family_of as family_name
 
     local = Path(ref).expanduser()
     if local.is_dir() and _is_classifier_dir(local):
         raise _refuse_encoder(what or ref)
-    family = family_of(ref, trust_remote_code=runtime.trust_remote_code)
-    if family == "encoder":
+    family = family_name(ref, trust_remote_code=runtime.trust_remote_code)
+    if not family_of(family).generates_text:
         raise _refuse_encoder(what or ref)
     loaded = load_model(ref, runtime)
     return _served(loaded.model, loaded.tokenizer, family, name, f"{what or ref} ({family}, {loaded.path})")
@@ -102,7 +103,7 @@ def _from_adapter(row, runtime: Runtime, name: str, what: str) -> ServedModel:
     from peft import PeftConfig
 
     from lmtailor.export.merge import base_reference, export_runtime, load_adapted
-    from lmtailor.models.loading import family_of
+    from lmtailor.models.loading import family_of as family_name
 
     from lmtailor.models.safe_weights import check_safe_weights
 
@@ -111,8 +112,8 @@ def _from_adapter(row, runtime: Runtime, name: str, what: str) -> ServedModel:
     if row.labels:
         raise _refuse_encoder(what)
     base = base_reference(row)
-    family = family_of(base, trust_remote_code=runtime.trust_remote_code)
-    if family == "encoder":
+    family = family_name(base, trust_remote_code=runtime.trust_remote_code)
+    if not family_of(family).generates_text:
         raise _refuse_encoder(f"{what} (base {base})")
     if PeftConfig.from_pretrained(str(row.artifact)).is_prompt_learning or peft_type in _NOT_MERGEABLE:
         model, tokenizer, base = load_adapted(row, runtime)

@@ -186,7 +186,7 @@ class PromptStrategy(Strategy):
             return self._run_llamacpp(ctx)
         with ctx.meter.phase("load"):
             loaded = load_model(ctx.model_ref, ctx.runtime)
-        if loaded.family == "encoder":
+        if not loaded.adapter.generates_text:
             raise UserError(f"{ctx.model_ref} is an encoder: it has no language-model head to prompt; fine-tune it as "
                             "a classifier (finetune) or prompt a decoder-only or encoder-decoder model")
         chooser = self._chooser(ctx)

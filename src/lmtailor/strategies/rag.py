@@ -33,6 +33,7 @@ from pydantic import Field, model_validator
 
 from lmtailor.data.example import Example
 from lmtailor.errors import UserError
+from lmtailor.models.families import model_family
 from lmtailor.strategies.base import RunContext, Strategy, StrategyConfig, StrategyOutput
 from lmtailor.strategies.prompt import (ExemplarChooser, check_prompt_knobs, prompt_label,
                                         refuse_remote_calibration)
@@ -296,7 +297,7 @@ class RagStrategy(Strategy):
 
         with ctx.meter.phase("load"):
             loaded = load_model(ctx.model_ref, ctx.runtime)
-        if loaded.family == "encoder":
+        if not loaded.adapter.generates_text:
             raise UserError(f"{ctx.model_ref} is an encoder: it cannot read passages and answer; use a decoder-only "
                             "or encoder-decoder model for rag")
         return loaded, None
@@ -313,7 +314,7 @@ class RagStrategy(Strategy):
         if limit is None:
             return cfg.max_context_tokens
         # What the model can read: its positions minus the row, the instruction and (decoder-only) the answer.
-        seq2seq = cfg.backend == "transformers" and model.config.is_encoder_decoder
+        seq2seq = cfg.backend == "transformers" and model_family(model).seq2seq
         room = limit - budget.max_input_tokens - 64 - (0 if seq2seq else budget.max_new_tokens)
         if room >= cfg.max_context_tokens:
             return cfg.max_context_tokens

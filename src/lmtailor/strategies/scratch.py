@@ -139,8 +139,8 @@ def _random_model(config, seed: int):
     """The model ``config`` describes, randomly initialised in fp32 (master weights) from ``seed``."""
     import torch
 
-    from lmtailor.models.family import auto_class, detect_family, head_for
+    from lmtailor.models.families import family_of as family_adapter
 
     with torch.random.fork_rng(devices=[]):  # the same initial weights for the same seed, whatever ran before
         torch.manual_seed(seed)
-        return auto_class(head_for(detect_family(config), None)).from_config(config, dtype=torch.float32)
+        return family_adapter(config).auto_class().from_config(config, dtype=torch.float32)
