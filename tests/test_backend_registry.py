@@ -15,12 +15,14 @@ import pytest
 
 from lmtailor.cli import main
 from lmtailor.errors import UserError
+from lmtailor.inference.answer import answer
 from lmtailor.inference.backends import BACKENDS, resolve_backend
 from lmtailor.inference.backends.base import Answers, PredictRequest, Predictor
 from lmtailor.measure.meter import Meter
-from lmtailor.strategies.base import RunContext
+from lmtailor.strategies.base import Budget, RunContext
+from lmtailor.tasks.base import TaskSpec
 
-from colours import LABELS, colour_rows
+from colours import LABELS, TASK, colour_rows
 
 
 class ColourReader(Predictor):
@@ -108,3 +110,30 @@ def test_backend_resolution_and_its_errors(fake_backend):
     BACKENDS.register("greedy", Greedy)
     with pytest.raises(UserError, match="claimed by the inference backends fake, greedy"):
         resolve_backend("fake:x")
+
+
+def test_the_mode_is_chosen_and_checked_once_before_the_backend_answers():
+    calls = []
+
+    class Recording(ColourReader):
+        def score_labels(self, request: PredictRequest, meter: Meter) -> Answers:
+            calls.append(("score_labels", request.mode))
+            return [], {}
+
+        def generate(self, request: PredictRequest, meter: Meter) -> Answers:
+            calls.append(("generate", request.mode))
+            return [], {}
+
+    echo = TaskSpec("echo", "generation", "Repeat the input.")
+    predictor, rows = Recording(), colour_rows(2, "r", 0)
+    answer(predictor, PredictRequest(TASK, rows, Budget()), Meter())  # classification: likelihood by default
+    answer(predictor, PredictRequest(echo, rows, Budget()), Meter())  # generation: generate
+    answer(predictor, PredictRequest(TASK, rows, Budget(), mode="constrained"), Meter())
+    assert calls == [("score_labels", "likelihood"), ("generate", "generate"), ("score_labels", "constrained")]
+    with pytest.raises(UserError, match="unknown scoring mode 'beam'"):
+        answer(predictor, PredictRequest(TASK, rows, Budget(), mode="beam"), Meter())
+    with pytest.raises(UserError, match="only scoring: likelihood gives"):
+        answer(predictor, PredictRequest(TASK, rows, Budget(), mode="constrained", calibrate=True), Meter())
+    with pytest.raises(UserError, match="has none; use scoring: generate"):
+        answer(predictor, PredictRequest(echo, rows, Budget(), mode="likelihood"), Meter())
+    assert len(calls) == 3  # refused before the backend was asked

@@ -18,7 +18,9 @@ from pydantic import Field, field_validator, model_validator
 from lmtailor.data.example import Example
 from lmtailor.data.exemplars import Exemplars, RowExemplars
 from lmtailor.errors import UserError
-from lmtailor.inference.backends import check_backend_name
+from lmtailor.inference.answer import answer
+from lmtailor.inference.backends import check_backend_name, open_predictor
+from lmtailor.inference.backends.base import PredictRequest
 from lmtailor.strategies.base import RunContext, Strategy, StrategyConfig, StrategyOutput
 
 
@@ -179,10 +181,6 @@ class PromptStrategy(Strategy):
         return exemplar_chooser(ctx, cfg.shots, cfg.exemplars, cfg.embedder, self.label())
 
     def run(self, ctx: RunContext) -> StrategyOutput:
-        from lmtailor.inference.answer import answer
-        from lmtailor.inference.backends import open_predictor
-        from lmtailor.inference.backends.base import PredictRequest
-
         cfg = self.config
         with ctx.meter.phase("load"):
             predictor = open_predictor(ctx.model_ref, cfg.backend, ctx)

@@ -33,7 +33,9 @@ from pydantic import Field, field_validator, model_validator
 
 from lmtailor.data.example import Example
 from lmtailor.errors import UserError
-from lmtailor.inference.backends import check_backend_name
+from lmtailor.inference.answer import answer
+from lmtailor.inference.backends import check_backend_name, open_predictor
+from lmtailor.inference.backends.base import PredictRequest
 from lmtailor.inference.context_limit import input_limit  # noqa: F401  (continued pre-training reads it here)
 from lmtailor.strategies.base import RunContext, Strategy, StrategyConfig, StrategyOutput
 from lmtailor.strategies.prompt import ExemplarChooser, check_prompt_knobs, prompt_label
@@ -182,8 +184,6 @@ class RagStrategy(Strategy):
         return True
 
     def run(self, ctx: RunContext) -> StrategyOutput:
-        from lmtailor.inference.backends import open_predictor
-
         cfg = self.config
         chooser = ExemplarChooser(ctx, cfg.shots, cfg.exemplars, cfg.embedder, self.label())
         with ctx.meter.phase("index"):
@@ -200,8 +200,6 @@ class RagStrategy(Strategy):
 
     def _run_with(self, ctx: RunContext, retriever, embedder, index_details: dict, predictor,
                   chooser: ExemplarChooser) -> StrategyOutput:
-        from lmtailor.inference.answer import answer
-        from lmtailor.inference.backends.base import PredictRequest
         from lmtailor.retrieval.context import assemble_context, with_passages
 
         cfg = self.config
