@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from lmtailor.data.formats import build_messages, encode_prompt, stop_token_ids
     from lmtailor.inference.generation import generate_ids
-    from lmtailor.inference.predict import pad_token_id, predict, prepare_inputs
+    from lmtailor.inference.hf_rows import pad_token_id, prepare_inputs
+    from lmtailor.inference.predict import predict
     from lmtailor.measure.meter import Meter
     from lmtailor.models import load_model
     from lmtailor.runtime import detect_runtime
@@ -235,12 +236,15 @@ def llamacpp_rows(model_ref: str, prompts, new: int, task, rows, budget, truth) 
                 "seconds": seconds, "rate": sum(map(len, mine)) / seconds, "unit": "tokens/s",
                 "note": f"same tokens as llama_cpp.Llama in {agree}/{n} rows"})
     try:
-        from lmtailor.inference.llamacpp_predict import predict_llamacpp
+        from lmtailor.inference.answer import answer
+        from lmtailor.inference.backends.base import PredictRequest
+        from lmtailor.inference.backends.llamacpp import LlamaCppPredictor
         from lmtailor.measure.meter import Meter
 
-        predict_llamacpp(engine, loaded.tokenizer, task, rows[:2], [], budget, Meter(), mode="likelihood")
-        (preds, _), seconds = timed(lambda: predict_llamacpp(engine, loaded.tokenizer, task, rows, [], budget,
-                                                             Meter(), mode="likelihood"))
+        predictor = LlamaCppPredictor(loaded)
+        answer(predictor, PredictRequest(task, rows[:2], budget, mode="likelihood"), Meter())
+        (preds, _), seconds = timed(lambda: answer(predictor, PredictRequest(task, rows, budget, mode="likelihood"),
+                                                   Meter()))
         out.insert(0, {"kind": "classify", "what": "lmtailor llama.cpp backend, likelihood", "seconds": seconds,
                        "rate": n / seconds, "unit": "examples/s",
                        "accuracy": sum(p == t for p, t in zip(preds, truth)) / n})

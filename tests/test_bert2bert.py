@@ -10,7 +10,7 @@ import torch
 
 from lmtailor.data.example import Example
 from lmtailor.data.seq2seq_format import encode_source, encode_target, source_text
-from lmtailor.inference.seq2seq import predict_seq2seq
+from lmtailor.inference.predict import predict
 from lmtailor.measure.meter import Meter
 from lmtailor.models import load_model
 from lmtailor.models.bert2bert import bert2bert_dir, bert2bert_path
@@ -133,7 +133,7 @@ def test_training_rows_do_not_repeat_the_decoder_start_token(b2b):
 @pytest.mark.parametrize("task, mode", [(GEN_TASK, "generate"), (TASK, "likelihood"), (TASK, "constrained")])
 def test_predict_seq2seq_runs_in_every_mode(b2b, task, mode):
     meter = Meter()
-    preds, details = predict_seq2seq(b2b.model, b2b.tokenizer, task, TEST, (), BUDGET, meter, mode=mode)
+    preds, details = predict(b2b.model, b2b.tokenizer, task, TEST, (), BUDGET, meter, mode=mode)
     assert len(preds) == len(TEST) and all(isinstance(p, str) for p in preds)
     if mode != "generate":
         assert set(preds) <= set(LABELS)
@@ -195,7 +195,7 @@ def test_full_fine_tuning_lowers_the_loss_and_the_model_reloads(b2b_dir, tmp_pat
     assert trained.trainable == trained.total
     reloaded = AutoModelForSeq2SeqLM.from_pretrained(trained.artifact, dtype=torch.float32)
     torch.testing.assert_close(_logits(reloaded, tok), _logits(trained.model, tok))
-    preds, details = predict_seq2seq(trained.model, tok, TASK, TEST, (), BUDGET, Meter(), mode="generate")
+    preds, details = predict(trained.model, tok, TASK, TEST, (), BUDGET, Meter(), mode="generate")
     assert details["truncated_generations"] == 0  # it learnt to end its answer with [SEP]
 
 
@@ -222,6 +222,6 @@ def test_minilm_bert2bert_builds_and_generates(monkeypatch):
     loaded = load_model("minilm-l6-bert2bert", CPU)
     assert loaded.family == "encoder-decoder" and loaded.source == "embedded" and is_complete(loaded.path)
     assert loaded.model.config.encoder.hidden_size == 384 and len(loaded.tokenizer) == 30522
-    preds, details = predict_seq2seq(loaded.model, loaded.tokenizer, GEN_TASK, TEST[:2], (), BUDGET, Meter(),
+    preds, details = predict(loaded.model, loaded.tokenizer, GEN_TASK, TEST[:2], (), BUDGET, Meter(),
                                      mode="generate")
     assert len(preds) == 2 and all(isinstance(p, str) for p in preds)

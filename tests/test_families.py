@@ -123,8 +123,6 @@ STILL_COMPARING = {
     "training/pretrain.py",
     "strategies/finetune.py",
     "strategies/continued_pretraining.py",
-    "inference/predict.py",
-    "inference/seq2seq.py",
 }
 # Where family names are the subject, not a branch: the adapters themselves and detection from the config.
 ADAPTERS = ("models/families/", "models/family.py")

@@ -154,7 +154,7 @@ def test_task_train_rows_are_retrieved_whole_and_shown_as_worked_examples(tiny_l
     from lmtailor.data.formats import build_messages
     import importlib
 
-    predict_module = importlib.import_module("lmtailor.inference.predict")  # the package re-exports the function
+    rag_module = importlib.import_module("lmtailor.strategies.rag")  # it asks its predictor through answer()
     from lmtailor.strategies.rag import RagConfig, RagStrategy
 
     # t0's input is 126 tiny-llama tokens, far longer than chunk_tokens=16: chunks would cut it from its answer.
@@ -163,13 +163,13 @@ def test_task_train_rows_are_retrieved_whole_and_shown_as_worked_examples(tiny_l
              Example("t2", "sort a list of numbers", "Sort it.")]
     test = [Example("x1", "socket0 connect address port", "Connect.")]
     seen = {}
-    real = predict_module.predict
+    real = rag_module.answer
 
-    def spy(model, tokenizer, task, rows, exemplars, budget, meter, **kw):
-        seen.update(task=task, rows=rows, exemplars=exemplars)
-        return real(model, tokenizer, task, rows, exemplars, budget, meter, **kw)
+    def spy(predictor, request, meter):
+        seen.update(task=request.task, rows=request.rows, exemplars=request.exemplars)
+        return real(predictor, request, meter)
 
-    monkeypatch.setattr(predict_module, "predict", spy)
+    monkeypatch.setattr(rag_module, "answer", spy)
     ctx = _ctx(tmp_path, test, GEN, train, str(tiny_llama_dir), Budget(max_input_tokens=160, max_new_tokens=4,
                                                                        eval_batch_size=4))
     cfg = RagConfig(name="rag", corpus="task:train", retriever="bm25", k=2, chunk_tokens=16, chunk_overlap=4,

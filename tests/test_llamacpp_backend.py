@@ -19,6 +19,8 @@ import torch
 from lmtailor.data.example import DatasetSplits, Example
 from lmtailor.data.formats import build_messages, encode_prompt, encode_prompt_completion, stop_token_ids
 from lmtailor.errors import UserError
+from lmtailor.inference.answer import answer
+from lmtailor.inference.backends.base import PredictRequest
 from lmtailor.inference.generation import generate_ids
 from lmtailor.inference.label_scoring import score_labels
 from lmtailor.inference.predict import predict
@@ -26,6 +28,16 @@ from lmtailor.measure.meter import Meter
 from lmtailor.strategies.base import Budget, RunContext
 
 from colours import CPU, TASK, colour_rows
+
+
+def predict_llamacpp(llm, tokenizer, task, rows, exemplars, budget, meter, mode=None, calibrate=False):
+    """The llama.cpp backend answering ``rows`` through the one mode dispatch (inference/answer.py)."""
+    from lmtailor.inference.backends.llamacpp import LlamaCppPredictor
+    from lmtailor.inference.llamacpp import LoadedLlamaCpp
+
+    predictor = LlamaCppPredictor(LoadedLlamaCpp(llm, tokenizer, "test"))
+    return answer(predictor, PredictRequest(task, rows, budget, exemplars, mode, calibrate=calibrate), meter)
+
 
 pytestmark = [pytest.mark.llamacpp, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -123,7 +135,6 @@ def test_decode_samples_reproducibly_and_stops_when_the_caller_says(engines):
 
 def test_likelihood_scores_equal_transformers_score_labels(engines):
     llm, hf, tokenizer = engines
-    from lmtailor.inference.llamacpp_predict import predict_llamacpp
 
     rows = colour_rows(5, "l", seed=4)
     shots = colour_rows(2, "s", seed=5)
@@ -144,7 +155,6 @@ def test_likelihood_scores_equal_transformers_score_labels(engines):
 
 def test_constrained_and_generate_modes_match_predict(engines):
     llm, hf, tokenizer = engines
-    from lmtailor.inference.llamacpp_predict import predict_llamacpp
 
     rows = colour_rows(4, "c", seed=6)
     budget = Budget(max_new_tokens=8)
@@ -227,10 +237,13 @@ def test_backend_is_a_validated_knob_of_prompt_and_rag():
     from lmtailor.strategies.prompt import PromptConfig
     from lmtailor.strategies.rag import RagConfig
 
-    assert PromptConfig(name="prompt").backend == "transformers"
+    assert PromptConfig(name="prompt").backend is None  # resolved from the model reference (inference/backends)
     assert RagConfig(name="rag", backend="llamacpp").backend == "llamacpp"
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, match="unknown inference backend 'vllm'.*Known: llamacpp, openai, "
+                                              "transformers"):
         PromptConfig(name="prompt", backend="vllm")
+    with pytest.raises(ValidationError, match="Did you mean 'llamacpp'"):
+        RagConfig(name="rag", backend="llama.cpp")
 
 
 # --- the embedded SmolLM2 Q4_1 GGUF against transformers fp32 ------------------------------------------------------
@@ -267,7 +280,6 @@ def test_smollm2_prompt_ids_equal_llama_cpp_chat_template(smol):
 
 @pytest.mark.integration
 def test_smollm2_q4_agrees_with_transformers_within_quantization_error(smol, capsys):
-    from lmtailor.inference.llamacpp_predict import predict_llamacpp
     from lmtailor.models import load_model
 
     hf = load_model(SMOL, CPU)
@@ -356,7 +368,6 @@ def test_a_bare_gguf_file_loads_without_converting_its_weights(tiny_gguf_dir, tm
 
 def test_calibration_and_per_row_exemplars_match_the_transformers_path(engines):
     from lmtailor.data.exemplars import RowExemplars
-    from lmtailor.inference.llamacpp_predict import predict_llamacpp
 
     llm, hf, tokenizer = engines
     rows = colour_rows(3, "k", seed=9)

@@ -18,16 +18,24 @@ import pytest
 
 from lmtailor.data.example import Example
 from lmtailor.data.synthetic_teacher import Sampling
+from lmtailor.inference.answer import answer
+from lmtailor.inference.backends.base import PredictRequest
+from lmtailor.inference.backends.openai_api import OpenAIPredictor
 from lmtailor.measure.meter import Meter
 from lmtailor.measure.pricing import ApiPrice, Pricing
 from lmtailor.remote.client import OpenAIEndpoint
-from lmtailor.remote.predict import predict_remote
 from lmtailor.remote.reference import parse_endpoint
 from lmtailor.remote.settings import ApiSettings
 from lmtailor.remote.teacher import RemoteTeacher
 from lmtailor.serve.process import LOOPBACK, free_port
 from lmtailor.strategies.base import Budget
 from lmtailor.tasks.base import TaskSpec
+
+
+def predict_remote(endpoint, task, rows, exemplars, budget, meter, mode=None):
+    """The API backend answering ``rows`` through the one mode dispatch (inference/answer.py)."""
+    return answer(OpenAIPredictor(endpoint), PredictRequest(task, rows, budget, exemplars, mode), meter)
+
 
 pytestmark = [pytest.mark.integration, pytest.mark.llamacpp]
 

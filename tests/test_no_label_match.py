@@ -21,7 +21,9 @@ from lmtailor.strategies.base import Budget
 from lmtailor.tasks.base import TaskSpec
 from lmtailor.tasks.classification import Classification
 
-predict_module = importlib.import_module("lmtailor.inference.predict")  # the package re-exports predict()
+# the modules whose generate_ids a test replaces: label-constrained decoding (both families), decoder-only generation
+hf_rows_module = importlib.import_module("lmtailor.inference.hf_rows")
+causal_module = importlib.import_module("lmtailor.inference.causal")
 TASK = TaskSpec("t", "classification", "Pick.", ("a", "b"))
 # label token ids: "a" = [5, 9, 3], "b" = [7, 3]; stops = last tokens = {3}. Nothing here reaches a stop early,
 # so the miss is given as [5, 9] (what decoding would return had 9 been a stop token too: a strict prefix).
@@ -42,7 +44,7 @@ def test_a_miss_is_no_label_not_label_zero():
 
 @pytest.mark.parametrize("model_dir", ["tiny_llama_dir", "tiny_t5_dir"])
 def test_transformers_constrained_miss_is_scored_wrong(monkeypatch, request, model_dir):
-    # predict() and predict_seq2seq() both decode label modes through constrained_labels. The real decoding runs,
+    # both families of the transformers backend decode label modes through hf_rows.constrained_labels. The real decoding runs,
     # then row x's answer is cut after its first token: every label ends on its stop token, so one token is a
     # strict prefix of a label, the miss decoding gives when it stops inside a label.
     from lmtailor.inference.predict import predict
@@ -50,13 +52,13 @@ def test_transformers_constrained_miss_is_scored_wrong(monkeypatch, request, mod
     from lmtailor.models import load_model
     from lmtailor.runtime import Runtime
 
-    real = predict_module.generate_ids
+    real = hf_rows_module.generate_ids
 
     def cut_first(*args, **kwargs):
         out = real(*args, **kwargs)
         return Generated([out.ids[0][:1]] + out.ids[1:], out.tokens)
 
-    monkeypatch.setattr(predict_module, "generate_ids", cut_first)
+    monkeypatch.setattr(hf_rows_module, "generate_ids", cut_first)
     loaded = load_model(str(request.getfixturevalue(model_dir)), Runtime("cpu", "fp32", "test"))
     predictions, details = predict(loaded.model, loaded.tokenizer, TASK, ROWS, (), Budget(), Meter(),
                                    mode="constrained")
@@ -129,7 +131,7 @@ def test_transformers_generation_counts_truncated_generations(monkeypatch, reque
     # max_new_tokens 2: row a ran out at 2 tokens with no stop (cut), row b stopped after one token
     # (seq2seq counts any full-length answer as cut, since BART forces eos at the limit: row b is one token there)
     answers = [[4, 4], [4, stop]] if not seq2seq else [[4, 4], [stop]]
-    monkeypatch.setattr(predict_module, "generate_ids", lambda *a, **k: Generated(answers, 0))
+    monkeypatch.setattr(causal_module, "generate_ids", lambda *a, **k: Generated(answers, 0))
     seq2seq_module = importlib.import_module("lmtailor.inference.seq2seq")
     monkeypatch.setattr(seq2seq_module, "generate_ids", lambda *a, **k: Generated(answers, 0))
     task = TaskSpec("echo", "generation", "Repeat the input.")

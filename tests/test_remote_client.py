@@ -17,17 +17,26 @@ import pytest
 from lmtailor.data.example import Example
 from lmtailor.data.synthetic_teacher import Sampling
 from lmtailor.errors import UserError
+from lmtailor.inference.answer import answer
+from lmtailor.inference.backends.base import PredictRequest
+from lmtailor.inference.backends.openai_api import OpenAIPredictor
 from lmtailor.measure.meter import Meter
 from lmtailor.measure.pricing import ApiPrice, Pricing
 from lmtailor.remote.cache import ResponseCache, request_key
 from lmtailor.remote.client import EndpointError, OpenAIEndpoint
-from lmtailor.remote.predict import parse_label, predict_remote
+from lmtailor.remote.predict import parse_label
 from lmtailor.remote.reference import is_loopback, is_remote, parse_endpoint
 from lmtailor.remote.settings import ApiSettings
 from lmtailor.remote.teacher import RemoteTeacher, prompt_seed
 from lmtailor.strategies.base import Budget
 from lmtailor.tasks.base import TaskSpec
 from lmtailor.tasks.classification import Classification
+
+
+def predict_remote(endpoint, task, rows, exemplars, budget, meter, mode=None):
+    """The API backend answering ``rows`` through the one mode dispatch (inference/answer.py)."""
+    return answer(OpenAIPredictor(endpoint), PredictRequest(task, rows, budget, exemplars, mode), meter)
+
 
 KEY_ENV = "LMTAILOR_TEST_API_KEY"
 TASK = TaskSpec("sentiment", "classification", "Classify the sentiment.", labels=("pos", "neg"))

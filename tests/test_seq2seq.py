@@ -13,7 +13,9 @@ from lmtailor.data.seq2seq_format import (build_sources, encode_source, encode_t
                                           source_text)
 from lmtailor.errors import UserError
 from lmtailor.inference.generation import generate_ids
-from lmtailor.inference.seq2seq import predict_seq2seq, score_labels_seq2seq
+from lmtailor.inference.backends.base import PredictRequest
+from lmtailor.inference.predict import predict
+from lmtailor.inference.seq2seq import score_labels_seq2seq, seq2seq_labels
 from lmtailor.measure.meter import Meter
 from lmtailor.models import load_model
 from lmtailor.runtime import Runtime
@@ -125,7 +127,7 @@ def test_likelihood_equals_one_forward_per_label(tiny, shots, normalize):
 @pytest.mark.parametrize("mode", ["likelihood", "constrained"])
 def test_label_modes_answer_with_a_label_and_count(tiny, mode):
     meter = Meter()
-    preds, details = predict_seq2seq(tiny.model, tiny.tokenizer, TASK, TEST, SHOTS, BUDGET, meter, mode=mode)
+    preds, details = predict(tiny.model, tiny.tokenizer, TASK, TEST, SHOTS, BUDGET, meter, mode=mode)
     assert len(preds) == len(TEST) and set(preds) <= set(LABELS)
     assert details["mode"] == mode and details["shots"] == 2
     assert meter.phases["inference"].tokens == details["tokens"] > 0
@@ -138,7 +140,7 @@ def test_label_modes_answer_with_a_label_and_count(tiny, mode):
 
 def test_generate_returns_text_and_batching_changes_nothing(tiny):
     meter = Meter()
-    preds, details = predict_seq2seq(tiny.model, tiny.tokenizer, GEN_TASK, TEST, (), BUDGET, meter)
+    preds, details = predict(tiny.model, tiny.tokenizer, GEN_TASK, TEST, (), BUDGET, meter)
     assert details["mode"] == "generate" and len(preds) == len(TEST)
     assert all(isinstance(p, str) for p in preds)  # an untrained model may stop at once: text is tested after FT
     tok = tiny.tokenizer
@@ -154,12 +156,12 @@ def test_generate_returns_text_and_batching_changes_nothing(tiny):
 
 def test_wrong_model_or_mode_is_a_clear_error(tiny, tiny_llama_dir):
     with pytest.raises(UserError, match="has none"):
-        predict_seq2seq(tiny.model, tiny.tokenizer, GEN_TASK, TEST, (), BUDGET, Meter(), mode="likelihood")
+        predict(tiny.model, tiny.tokenizer, GEN_TASK, TEST, (), BUDGET, Meter(), mode="likelihood")
     with pytest.raises(UserError, match="unknown scoring mode"):
-        predict_seq2seq(tiny.model, tiny.tokenizer, TASK, TEST, (), BUDGET, Meter(), mode="beam")
+        predict(tiny.model, tiny.tokenizer, TASK, TEST, (), BUDGET, Meter(), mode="beam")
     llama = load_model(str(tiny_llama_dir), CPU)
-    with pytest.raises(UserError, match="not an encoder-decoder"):
-        predict_seq2seq(llama.model, llama.tokenizer, TASK, TEST, (), BUDGET, Meter())
+    with pytest.raises(UserError, match="not an encoder-decoder"):  # the path itself refuses the wrong family
+        seq2seq_labels(llama.model, llama.tokenizer, PredictRequest(TASK, TEST, BUDGET, mode="likelihood"), Meter())
 
 
 # --- training ------------------------------------------------------------------------------------------------------
@@ -244,8 +246,8 @@ def test_lora_adapter_reloads_with_plain_peft_and_gives_the_same_logits(lora_run
     assert not torch.allclose(_logits(untuned, tok), expected, atol=1e-4)
     # the merged model, as the strategy would serve it, predicts like the adapter model
     merged = trained.model.merge_and_unload()
-    a, _ = predict_seq2seq(merged, tok, TASK, TEST, (), BUDGET, Meter())
-    b, _ = predict_seq2seq(reloaded, tok, TASK, TEST, (), BUDGET, Meter())
+    a, _ = predict(merged, tok, TASK, TEST, (), BUDGET, Meter())
+    b, _ = predict(reloaded, tok, TASK, TEST, (), BUDGET, Meter())
     assert a == b and set(a) <= set(LABELS)
 
 
@@ -260,15 +262,15 @@ def test_full_ft_lowers_the_loss_and_reloads(full_run):
     reloaded = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     torch.testing.assert_close(_logits(reloaded, tokenizer), _logits(trained.model.eval(), tok))
-    a, _ = predict_seq2seq(reloaded, tokenizer, TASK, TEST, (), BUDGET, Meter())
-    b, _ = predict_seq2seq(trained.model, tok, TASK, TEST, (), BUDGET, Meter())
+    a, _ = predict(reloaded, tokenizer, TASK, TEST, (), BUDGET, Meter())
+    b, _ = predict(trained.model, tok, TASK, TEST, (), BUDGET, Meter())
     assert a == b
 
 
 def test_a_tuned_model_generates_the_answer_text(full_run):
     _, _, trained, tok = full_run
     meter = Meter()
-    preds, details = predict_seq2seq(trained.model, tok, TASK, TEST, (), BUDGET, meter, mode="generate")
+    preds, details = predict(trained.model, tok, TASK, TEST, (), BUDGET, meter, mode="generate")
     assert sum(p in LABELS for p in preds) >= len(TEST) - 1  # it learnt to write a label and stop
     assert details["truncated_generations"] == 0
 

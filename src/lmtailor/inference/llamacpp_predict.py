@@ -1,4 +1,4 @@
-"""Predict test rows through llama.cpp: the contract and details of ``inference/predict.predict``, another engine.
+"""The llama.cpp backend's engine: the contract and details of the transformers decoder-only path, another engine.
 
 The prompts and label ids are lmtailor's (the Hugging Face tokenizer's), so both engines see the same tokens:
 
@@ -16,21 +16,18 @@ hardware processed; FLOPs are 2·N per token with N the GGUF's parameter count.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from lmtailor.data.example import Example
-from lmtailor.data.exemplars import Exemplars, shot_count
-from lmtailor.data.formats import build_messages, encode_prompt, encode_prompt_completion, stop_token_ids
-from lmtailor.inference.calibration import check_calibration, choose_labels, content_free_prompts
+from lmtailor.data.formats import stop_token_ids
+from lmtailor.inference.backends.base import Answers, PredictRequest
+from lmtailor.inference.calibration import choose_labels
+from lmtailor.inference.causal import chat_prompts, content_free, label_completion_ids
 from lmtailor.inference.generation import LabelTrie, count_truncated, labels_of_matches
 from lmtailor.inference.llamacpp import LlamaCppModel
-from lmtailor.inference.predict import Mode, check_mode, default_mode, prepare_inputs
 from lmtailor.measure.meter import Meter, estimate_flops
-from lmtailor.strategies.base import Budget
-from lmtailor.tasks.base import TaskSpec
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -52,49 +49,50 @@ def label_logps(model: LlamaCppModel, prompt: Sequence[int], labels: Sequence[Se
     return out
 
 
-def predict_llamacpp(model: LlamaCppModel, tokenizer, task: TaskSpec, rows: Sequence[Example],
-                     exemplars: Exemplars, budget: Budget, meter: Meter, mode: Mode | None = None,
-                     progress_desc: str = "", normalize: bool = False,
-                     calibrate: bool = False) -> tuple[list[str], dict]:
-    """Return a prediction per row (aligned with ``rows``) and details; counts tokens, rows and FLOPs into ``meter``.
+def llamacpp_generate(model: LlamaCppModel, tokenizer, request: PredictRequest, meter: Meter) -> Answers:
+    """Free greedy generation for each row; counts tokens, rows and FLOPs into ``meter``."""
+    _, _, prompts, details = chat_prompts(tokenizer, request)
+    details.update(model.describe())
+    if not request.rows:
+        return [], details
+    return _counted(model, request, meter, details,
+                    lambda bar: _generate(model, tokenizer, prompts, request.budget, bar, details))
 
-    ``exemplars``: shared, or a ``RowExemplars``; ``calibrate`` as for ``predict`` (likelihood mode)."""
-    mode = mode or default_mode(task)
-    check_mode(task, mode)
-    if calibrate:
-        check_calibration(mode)
-    texts, shots, cut_rows, cut_shots = prepare_inputs(tokenizer, task, rows, exemplars, budget.max_input_tokens)
-    details: dict = {"mode": mode, "rows": len(rows), "shots": shot_count(exemplars), "truncated_inputs": cut_rows,
-                     "truncated_exemplar_inputs": cut_shots, **model.describe()}
+
+def llamacpp_labels(model: LlamaCppModel, tokenizer, request: PredictRequest, meter: Meter) -> Answers:
+    """Each row's label by likelihood or constrained decoding (``request.mode``); counts into ``meter``."""
+    task, rows = request.task, request.rows
+    texts, shots, prompts, details = chat_prompts(tokenizer, request)
+    details.update(model.describe())
     if not rows:
         return [], details
-    prompts = [encode_prompt(tokenizer, build_messages(task, text, row_shots, row.meta))
-               for row, text, row_shots in zip(rows, texts, shots)]
-    details["prompt_tokens"] = {"mean": round(sum(map(len, prompts)) / len(prompts), 1), "max": max(map(len, prompts))}
+
+    def body(bar) -> list[str]:
+        label_ids = label_completion_ids(tokenizer, request, texts, shots)
+        if request.mode == "constrained":
+            return _constrained(model, task, prompts, label_ids, bar, details)
+        return _likelihood(model, task, prompts, label_ids, request.normalize, bar, details,
+                           [row.id for row in rows], content_free(tokenizer, request, shots))
+
+    return _counted(model, request, meter, details, body)
+
+
+def _counted(model: LlamaCppModel, request: PredictRequest, meter: Meter, details: dict,
+             body: Callable[[tqdm], list[str]]) -> Answers:
+    """Run ``body(bar) -> predictions`` under a progress bar; count what llama.cpp evaluated into ``meter``."""
     start = model.evaluated
-    bar = tqdm(total=len(rows), desc=progress_desc or f"{mode} (llama.cpp)", unit="row")
+    bar = tqdm(total=len(request.rows), desc=request.progress_desc or f"{request.mode} (llama.cpp)", unit="row")
     try:
-        if mode == "generate":
-            predictions = _generate(model, tokenizer, prompts, budget, bar, details)
-        else:
-            first = build_messages(task, texts[0], shots[0], rows[0].meta)
-            label_ids = [encode_prompt_completion(tokenizer, first, label)[1] for label in task.labels]
-            if mode == "likelihood":
-                cf = content_free_prompts(len(rows), lambda i, text: encode_prompt(
-                    tokenizer, build_messages(task, text, shots[i], rows[i].meta))) if calibrate else None
-                predictions = _likelihood(model, task, prompts, label_ids, normalize, bar, details,
-                                          [row.id for row in rows], cf)
-            else:
-                predictions = _constrained(model, task, prompts, label_ids, bar, details)
+        predictions = body(bar)
     finally:
         bar.close()
     tokens = model.evaluated - start
     meter.add_tokens("inference", tokens)
-    meter.add_examples("inference", len(rows))
+    meter.add_examples("inference", len(request.rows))
     meter.add_flops("inference", estimate_flops(model.n_params, tokens, "inference"))
     details["tokens"] = tokens
-    if "label_scores" in details:  # keyed by row id, like predict()
-        details["label_scores"] = dict(zip((row.id for row in rows), details["label_scores"]))
+    if "label_scores" in details:  # keyed by row id, as the transformers backend does
+        details["label_scores"] = dict(zip((row.id for row in request.rows), details["label_scores"]))
     return predictions, details
 
 

@@ -1,5 +1,5 @@
-"""Predict the test rows with an encoder-decoder model (T5, Flan-T5, BART): label likelihood, label-constrained
-greedy decoding, or free generation; the same contract and token accounting as ``inference.predict.predict``.
+"""The transformers backend's encoder-decoder path (T5, Flan-T5, BART): label likelihood, label-constrained greedy
+decoding, or free generation; the same contract and token accounting as the decoder-only path (``causal.py``).
 
 Token accounting (``meter.add_tokens("inference", n)``) counts the real tokens fed to the model: source tokens
 (padding excluded) into the encoder, plus the tokens the decoder reads (decoder start + answer minus its last
@@ -12,63 +12,67 @@ from typing import Callable, Sequence
 
 import torch
 
-from lmtailor.data.example import Example
-from lmtailor.data.exemplars import Exemplars, shot_count
+from lmtailor.data.exemplars import shot_count
 from lmtailor.data.seq2seq_format import build_sources, encode_source, encode_target, source_text
 from lmtailor.errors import UserError
-from lmtailor.inference.calibration import check_calibration, choose_labels, content_free_prompts
+from lmtailor.inference.backends.base import Answers, PredictRequest
+from lmtailor.inference.calibration import choose_labels, content_free_prompts
 from lmtailor.inference.generation import count_truncated, generate_ids, pad_batch
+from lmtailor.inference.hf_rows import constrained_labels, pad_token_id, run_rows
 from lmtailor.inference.label_scoring import LabelScores
-from lmtailor.inference.predict import (Mode, check_mode, constrained_labels, default_mode, pad_token_id,
-                                        run_rows)
 from lmtailor.measure.meter import Meter
-from lmtailor.strategies.base import Budget
-from lmtailor.tasks.base import TaskSpec
+from lmtailor.models.families import model_family
 
 
-def _check(model, task: TaskSpec, mode: str) -> None:
-    check_mode(task, mode)
-    if not getattr(model.config, "is_encoder_decoder", False):
-        raise UserError(f"{type(model).__name__} is not an encoder-decoder model; predict it with "
-                        "lmtailor.inference.predict.predict")
-
-
-def predict_seq2seq(model, tokenizer, task: TaskSpec, rows: Sequence[Example], exemplars: Exemplars,
-                    budget: Budget, meter: Meter, mode: Mode | None = None, progress_desc: str = "",
-                    normalize: bool = False, calibrate: bool = False) -> tuple[list[str], dict]:
-    """Return a prediction per row (aligned with ``rows``) and details; counts tokens and rows into ``meter``.
-
-    Exemplars (shared, or a ``RowExemplars``) go into each row's source text (few-shot in the input). ``normalize``
-    (likelihood mode) ranks labels by mean instead of summed token log-probability; ``calibrate`` (likelihood mode)
-    divides out the labels' prior measured on content-free inputs (``inference/calibration.py``).
-    """
-    mode = mode or default_mode(task)
-    _check(model, task, mode)
-    if calibrate:
-        check_calibration(mode)
-    sources = build_sources(tokenizer, task, rows, exemplars, budget.max_input_tokens)
-    details: dict = {"mode": mode, "rows": len(rows), "shots": shot_count(exemplars),
+def _sources(model, tokenizer, request: PredictRequest):
+    """Each row's source text (few-shot in the input), encoded; and the details every mode starts from."""
+    if not model_family(model).seq2seq:
+        raise UserError(f"{type(model).__name__} is not an encoder-decoder model; its predictor routes it to the "
+                        "decoder-only path (inference/backends/transformers.py)")
+    rows = request.rows
+    sources = build_sources(tokenizer, request.task, rows, request.exemplars, request.budget.max_input_tokens)
+    details: dict = {"mode": request.mode, "rows": len(rows), "shots": shot_count(request.exemplars),
                      "truncated_inputs": sources.truncated_inputs,
                      "truncated_exemplar_inputs": sources.truncated_exemplar_inputs}
+    encoded = [encode_source(tokenizer, text) for text in sources.texts]
+    if encoded:
+        details["prompt_tokens"] = {"mean": round(sum(map(len, encoded)) / len(encoded), 1),
+                                    "max": max(map(len, encoded))}
+    return sources, encoded, details
+
+
+def seq2seq_generate(model, tokenizer, request: PredictRequest, meter: Meter) -> Answers:
+    """Free greedy generation for each row; counts tokens and rows into ``meter``."""
+    _, encoded, details = _sources(model, tokenizer, request)
+    if not request.rows:
+        return [], details
+    pad_id = pad_token_id(tokenizer)
+    return run_rows(model, request.rows, meter, details, request.progress_desc or str(request.mode),
+                    lambda bar: _generate(model, tokenizer, encoded, request.budget, pad_id, bar, details))
+
+
+def seq2seq_labels(model, tokenizer, request: PredictRequest, meter: Meter) -> Answers:
+    """Each row's label by likelihood or constrained decoding (``request.mode``); counts into ``meter``.
+
+    ``calibrate`` scores content-free sources with each row's instruction and exemplars (``inference/calibration.py``).
+    """
+    task, rows = request.task, request.rows
+    sources, encoded, details = _sources(model, tokenizer, request)
     if not rows:
         return [], details
-    encoded = [encode_source(tokenizer, text) for text in sources.texts]
-    details["prompt_tokens"] = {"mean": round(sum(map(len, encoded)) / len(encoded), 1), "max": max(map(len, encoded))}
     pad_id = pad_token_id(tokenizer)
 
     def body(bar) -> tuple[list[str], int]:
-        if mode == "generate":
-            return _generate(model, tokenizer, encoded, budget, pad_id, bar, details)
         start = model.config.decoder_start_token_id
         label_ids = [encode_target(tokenizer, label, start) for label in task.labels]
-        if mode == "likelihood":
-            cf = content_free_prompts(len(rows), lambda i, text: encode_source(tokenizer, source_text(
-                task, text, sources.shots[i], rows[i].meta))) if calibrate else None
-            return _likelihood(model, task, encoded, label_ids, pad_id, bar, details, normalize,
-                               [row.id for row in rows], cf)
-        return constrained_labels(model, task, encoded, label_ids, budget, pad_id, bar, details)
+        if request.mode == "constrained":
+            return constrained_labels(model, task, encoded, label_ids, request.budget, pad_id, bar, details)
+        cf = content_free_prompts(len(rows), lambda i, text: encode_source(tokenizer, source_text(
+            task, text, sources.shots[i], rows[i].meta))) if request.calibrate else None
+        return _likelihood(model, task, encoded, label_ids, pad_id, bar, details, request.normalize,
+                           [row.id for row in rows], cf)
 
-    return run_rows(model, rows, meter, details, progress_desc or mode, body)
+    return run_rows(model, rows, meter, details, request.progress_desc or str(request.mode), body)
 
 
 def _likelihood(model, task, sources, label_ids, pad_id, bar, details, normalize, row_ids=(), cf=None):

@@ -1,4 +1,4 @@
-"""Predict the test rows with an OpenAI-compatible endpoint, the remote twin of ``inference/predict.predict``.
+"""The OpenAI-compatible API backend's engine: the remote twin of the transformers backend's paths.
 
 The prompts are the same messages (``build_messages``). What differs is what an HTTP endpoint offers:
 
@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, Sequence
 from tqdm.auto import tqdm
 
 from lmtailor.data.example import Example
-from lmtailor.data.exemplars import Exemplars, cut_exemplars, exemplars_per_row, shot_count
+from lmtailor.data.exemplars import cut_exemplars, exemplars_per_row, shot_count
 from lmtailor.data.formats import build_messages, format_of, raw_text
 from lmtailor.errors import UserError
+from lmtailor.inference.backends.base import Answers, PredictRequest
 from lmtailor.measure.meter import Meter
 from lmtailor.remote.client import ApiResult, OpenAIEndpoint
 from lmtailor.tasks.base import TaskSpec
@@ -111,6 +112,28 @@ def _named_label(text: str, labels: Sequence[str]) -> str | None:
     return kept.pop() if len(kept) == 1 else None
 
 
+def remote_labels(task: TaskSpec) -> tuple[str, ...]:
+    """The labels an answer must name: a classification task's, none for other tasks."""
+    return tuple(task.labels or ()) if task.type == "classification" else ()
+
+
+def default_remote_mode(task: TaskSpec) -> str:
+    """Constrained (a JSON answer limited to the labels) for a task with labels, generate otherwise."""
+    return "constrained" if remote_labels(task) else "generate"
+
+
+def check_remote_request(task: TaskSpec, mode: str, calibrate: bool, model_ref: str) -> None:
+    """Refuse calibration (an endpoint gives no label likelihoods), a classification task without labels, and a
+    scoring mode an endpoint cannot do."""
+    if calibrate:
+        raise UserError(f"calibrate: true needs every label's likelihood, which an API model ({model_ref}) does not "
+                        "give; remove calibrate for this model (set the strategy's models to the local ones it "
+                        "should run on)")
+    if task.type == "classification" and not task.labels:
+        raise UserError(f"task {task.name!r} is a classification task without labels; set task.labels")
+    check_remote_mode(task, mode)
+
+
 def check_remote_mode(task: TaskSpec, mode: str) -> None:
     """Refuse a scoring mode an endpoint cannot do, or a label mode on a task without labels."""
     if mode == "likelihood":
@@ -124,33 +147,29 @@ def check_remote_mode(task: TaskSpec, mode: str) -> None:
                         f"({task.type}) has none; use scoring: generate")
 
 
-def predict_remote(endpoint: OpenAIEndpoint, task: TaskSpec, rows: Sequence[Example], exemplars: Exemplars,
-                   budget: "Budget", meter: Meter, mode: str | None = None,
-                   progress_desc: str = "") -> tuple[list[str], dict]:
-    """Return a prediction per row (aligned with ``rows``) and details; meters every request into ``meter``.
+def predict_remote(endpoint: OpenAIEndpoint, request: PredictRequest, meter: Meter) -> Answers:
+    """Return a prediction per row (aligned with ``request.rows``) and details; meters every request into ``meter``.
 
-    ``exemplars``: shown before every row, or per row (a ``RowExemplars``)."""
-    labels = tuple(task.labels or ()) if task.type == "classification" else ()
-    if task.type == "classification" and not labels:
-        raise UserError(f"task {task.name!r} is a classification task without labels; set task.labels")
-    mode = mode or ("constrained" if labels else "generate")
-    check_remote_mode(task, mode)
+    Both modes send one request per row (``constrained`` asks for a JSON label under a schema, ``generate`` for free
+    text); on a task with labels, either answer is read as a label (``parse_label``)."""
+    task, rows, budget, mode = request.task, request.rows, request.budget, str(request.mode)
+    labels = remote_labels(task)
     cuts = [cut_to_approx_tokens(r.input, budget.max_input_tokens) for r in rows]
     texts, cut_rows = [text for text, _ in cuts], sum(cut for _, cut in cuts)
-    shots, cut_shots = cut_exemplars(exemplars_per_row(exemplars, len(rows)),
+    shots, cut_shots = cut_exemplars(exemplars_per_row(request.exemplars, len(rows)),
                                      lambda text: cut_to_approx_tokens(text, budget.max_input_tokens))
     if mode == "constrained":  # exemplars answer in the asked JSON
         shots = [[Example(ex.id, ex.input, json.dumps({"label": ex.target}, ensure_ascii=False), ex.meta)
                   for ex in row] for row in shots]
-    details: dict = {"mode": mode, "rows": len(rows), "shots": shot_count(exemplars), "truncated_inputs": cut_rows,
-                     "truncated_exemplar_inputs": cut_shots,
+    details: dict = {"mode": mode, "rows": len(rows), "shots": shot_count(request.exemplars),
+                     "truncated_inputs": cut_rows, "truncated_exemplar_inputs": cut_shots,
                      "input_cut_rule": f"{CHARS_PER_TOKEN} characters per token (no tokenizer for an API model)",
                      "endpoint": {"model": endpoint.model, "base_url": endpoint.base_url}}
     if not rows:
         return [], details
     bodies, max_tokens = _bodies(task, rows, texts, shots, labels, mode, budget)
     details["max_tokens"] = max_tokens
-    results = _send(endpoint, bodies, meter, details, progress_desc or mode)
+    results = _send(endpoint, bodies, meter, details, request.progress_desc or mode)
     if labels:
         predictions = _labels_of(results, rows, labels, details)
     else:

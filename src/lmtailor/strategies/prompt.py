@@ -13,11 +13,14 @@ from __future__ import annotations
 import random
 from typing import Literal, Sequence
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from lmtailor.data.example import Example
 from lmtailor.data.exemplars import Exemplars, RowExemplars
 from lmtailor.errors import UserError
+from lmtailor.inference.answer import answer
+from lmtailor.inference.backends import check_backend_name, open_predictor
+from lmtailor.inference.backends.base import PredictRequest
 from lmtailor.strategies.base import RunContext, Strategy, StrategyConfig, StrategyOutput
 
 
@@ -40,11 +43,14 @@ class PromptConfig(StrategyConfig):
                           "limited to the labels) or generate (free greedy text); default: likelihood for "
                           "classification (constrained for an openai: API model, which gives no label "
                           "likelihoods: a JSON answer limited to the labels), generate otherwise")
-    backend: Literal["transformers", "llamacpp"] = Field(
-        "transformers", description="inference engine: transformers (the model's weights in PyTorch) or llamacpp "
-                                    "(the model's GGUF file in llama.cpp: an embedded model that ships one, a .gguf "
-                                    "path, or a trained row after `lmtailor export --merge --gguf`); llamacpp runs "
-                                    "decoder-only models and needs the llamacpp extra")
+    backend: str | None = Field(
+        None, description="inference engine (a name in BACKENDS): transformers (the model's weights in PyTorch), "
+                          "llamacpp (the model's GGUF file in llama.cpp: an embedded model that ships one, a .gguf "
+                          "path, or a trained row after `lmtailor export --merge --gguf`; decoder-only models, the "
+                          "llamacpp extra) or openai; default: from the model reference (openai:MODEL@URL: the API, "
+                          "else transformers)")
+
+    _backend_known = field_validator("backend")(check_backend_name)
 
     @model_validator(mode="after")
     def _knobs_that_apply(self) -> "PromptConfig":
@@ -175,77 +181,22 @@ class PromptStrategy(Strategy):
         return exemplar_chooser(ctx, cfg.shots, cfg.exemplars, cfg.embedder, self.label())
 
     def run(self, ctx: RunContext) -> StrategyOutput:
-        from lmtailor.inference.predict import predict
-        from lmtailor.models import load_model
-        from lmtailor.remote.reference import is_remote
-
         cfg = self.config
-        if is_remote(ctx.model_ref) and cfg.backend == "transformers":
-            return self._run_remote(ctx)
-        if cfg.backend == "llamacpp":
-            return self._run_llamacpp(ctx)
         with ctx.meter.phase("load"):
-            loaded = load_model(ctx.model_ref, ctx.runtime)
-        if not loaded.adapter.generates_text:
-            raise UserError(f"{ctx.model_ref} is an encoder: it has no language-model head to prompt; fine-tune it as "
-                            "a classifier (finetune) or prompt a decoder-only or encoder-decoder model")
-        chooser = self._chooser(ctx)
-        ctx.meter.set_params(0, sum(p.numel() for p in loaded.model.parameters()) + chooser.serving_params())
-        with ctx.meter.phase("inference"):
-            exemplars = chooser.choose()
-            predictions, inference = predict(loaded.model, loaded.tokenizer, ctx.task, ctx.data.test, exemplars,
-                                             ctx.budget, ctx.meter, mode=cfg.scoring, calibrate=cfg.calibrate,
-                                             progress_desc=f"{self.label()} {ctx.model_ref}")
-        return StrategyOutput(predictions=predictions, details=self._details(chooser, exemplars, inference))
-
-    def _run_llamacpp(self, ctx: RunContext) -> StrategyOutput:
-        """Score or generate through llama.cpp on the model's GGUF (prompts from its Hugging Face tokenizer)."""
-        from lmtailor.inference.llamacpp import load_llamacpp
-        from lmtailor.inference.llamacpp_predict import predict_llamacpp
-
-        with ctx.meter.phase("load"):
-            loaded = load_llamacpp(ctx.model_ref)
+            predictor = open_predictor(ctx.model_ref, cfg.backend, ctx)
         try:
             chooser = self._chooser(ctx)
-            ctx.meter.set_params(0, loaded.model.n_params + chooser.serving_params())
+            if predictor.n_params is not None:  # an endpoint's are not known here
+                ctx.meter.set_params(0, predictor.n_params + chooser.serving_params())
             with ctx.meter.phase("inference"):
                 exemplars = chooser.choose()
-                predictions, inference = predict_llamacpp(loaded.model, loaded.tokenizer, ctx.task, ctx.data.test,
-                                                          exemplars, ctx.budget, ctx.meter, mode=self.config.scoring,
-                                                          calibrate=self.config.calibrate,
-                                                          progress_desc=f"{self.label()} {ctx.model_ref} (llama.cpp)")
+                request = PredictRequest(ctx.task, ctx.data.test, ctx.budget, exemplars, cfg.scoring,
+                                         calibrate=cfg.calibrate, progress_desc=f"{self.label()} {ctx.model_ref}")
+                predictions, inference = answer(predictor, request, ctx.meter)
         finally:
-            loaded.model.close()
-        details = self._details(chooser, exemplars, inference)
-        details["gguf"] = inference["gguf"]  # which file and weight type answered: Q4_1 is not the fp32 model
+            predictor.close()
+        details = {"shots": cfg.shots, "backend": predictor.name, **chooser.details(exemplars),
+                   "calibrate": cfg.calibrate, "scoring": inference["mode"],
+                   "truncated_inputs": inference["truncated_inputs"], "inference": inference, **predictor.describe()}
         return StrategyOutput(predictions=predictions, details=details)
 
-    def _details(self, chooser: ExemplarChooser, exemplars: Exemplars, inference: dict) -> dict:
-        return {"shots": self.config.shots, "backend": self.config.backend, **chooser.details(exemplars),
-                "calibrate": self.config.calibrate, "scoring": inference["mode"],
-                "truncated_inputs": inference["truncated_inputs"], "inference": inference}
-
-    def _run_remote(self, ctx: RunContext) -> StrategyOutput:
-        """Ask an OpenAI-compatible endpoint (``openai:MODEL@URL``); its bill comes from the responses' usage."""
-        from lmtailor.remote.client import OpenAIEndpoint
-        from lmtailor.remote.predict import predict_remote
-        from lmtailor.remote.reference import parse_endpoint
-
-        refuse_remote_calibration(self.config.calibrate, ctx.model_ref)
-        with ctx.meter.phase("load"):
-            endpoint = OpenAIEndpoint(parse_endpoint(ctx.model_ref), ctx.api)
-        chooser = self._chooser(ctx)
-        with ctx.meter.phase("inference"):
-            exemplars = chooser.choose()
-            predictions, inference = predict_remote(endpoint, ctx.task, ctx.data.test, exemplars, ctx.budget,
-                                                    ctx.meter, mode=self.config.scoring,
-                                                    progress_desc=f"{self.label()} {ctx.model_ref}")
-        return StrategyOutput(predictions=predictions, details=self._details(chooser, exemplars, inference))
-
-
-def refuse_remote_calibration(calibrate: bool, model_ref: str) -> None:
-    """An API model gives no label likelihoods, so there is nothing to calibrate: refuse rather than ignore it."""
-    if calibrate:
-        raise UserError(f"calibrate: true needs every label's likelihood, which an API model ({model_ref}) does not "
-                        "give; remove calibrate for this model (set the strategy's models to the local ones it "
-                        "should run on)")

@@ -29,14 +29,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from lmtailor.data.example import Example
 from lmtailor.errors import UserError
-from lmtailor.models.families import model_family
+from lmtailor.inference.answer import answer
+from lmtailor.inference.backends import check_backend_name, open_predictor
+from lmtailor.inference.backends.base import PredictRequest
+from lmtailor.inference.context_limit import input_limit  # noqa: F401  (continued pre-training reads it here)
 from lmtailor.strategies.base import RunContext, Strategy, StrategyConfig, StrategyOutput
-from lmtailor.strategies.prompt import (ExemplarChooser, check_prompt_knobs, prompt_label,
-                                        refuse_remote_calibration)
+from lmtailor.strategies.prompt import ExemplarChooser, check_prompt_knobs, prompt_label
 
 TASK_CORPUS = "task:train"
 
@@ -70,9 +72,12 @@ class RagConfig(StrategyConfig):
     scoring: Literal["likelihood", "constrained", "generate"] | None = Field(
         None, description="as for prompt: default likelihood for classification (constrained for an "
                           "openai: API model), generate otherwise")
-    backend: Literal["transformers", "llamacpp"] = Field(
-        "transformers", description="as for prompt: transformers, or llamacpp (the generator's GGUF file in "
-                                    "llama.cpp; decoder-only models; needs the llamacpp extra)")
+    backend: str | None = Field(
+        None, description="as for prompt: transformers, llamacpp (the generator's GGUF file in llama.cpp; "
+                          "decoder-only models; needs the llamacpp extra) or openai; default: from the model "
+                          "reference")
+
+    _backend_known = field_validator("backend")(check_backend_name)
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> "RagConfig":
@@ -98,15 +103,6 @@ def task_documents(train: list[Example], test: list[Example]) -> list:
     if not docs:
         raise UserError("corpus task:train is empty: every training row's input is also a test input")
     return docs
-
-
-def input_limit(model_or_config) -> int | None:
-    """How many input positions a model (or its config) has (None: no fixed limit, e.g. T5's relative positions)."""
-    config = getattr(model_or_config, "config", model_or_config)
-    config = getattr(config, "encoder", None) or config  # EncoderDecoderModel: the encoder reads the passages
-    if getattr(config, "relative_attention_num_buckets", None):  # T5
-        return None
-    return getattr(config, "max_position_embeddings", None)
 
 
 def corpus_documents(ctx: RunContext, corpus: str, text_field: str, id_field: str | None,
@@ -188,41 +184,33 @@ class RagStrategy(Strategy):
         return True
 
     def run(self, ctx: RunContext) -> StrategyOutput:
-        from lmtailor.remote.reference import is_remote
-
         cfg = self.config
-        if cfg.backend == "transformers" and is_remote(ctx.model_ref):
-            refuse_remote_calibration(cfg.calibrate, ctx.model_ref)
         chooser = ExemplarChooser(ctx, cfg.shots, cfg.exemplars, cfg.embedder, self.label())
         with ctx.meter.phase("index"):
             retriever, embedder, index_details, exclusions = self._build(ctx)
             chooser.set_up(embedder)  # exemplars: similar: the training pool, embedded by the same embedder
-        loaded, endpoint = self._generator(ctx)
+        with ctx.meter.phase("load"):  # the model that reads the passages
+            predictor = open_predictor(ctx.model_ref, cfg.backend, ctx)
         try:
-            out = self._run_with(ctx, retriever, embedder, index_details, loaded, endpoint, chooser)
+            out = self._run_with(ctx, retriever, embedder, index_details, predictor, chooser)
             out.details["corpus_exclusions"] = exclusions
             return out
         finally:
-            if cfg.backend == "llamacpp" and loaded is not None:
-                loaded.model.close()  # free llama.cpp's weights and context now, not at garbage collection
+            predictor.close()  # free e.g. llama.cpp's weights and context now, not at garbage collection
 
-    def _run_with(self, ctx: RunContext, retriever, embedder, index_details: dict, loaded, endpoint,
+    def _run_with(self, ctx: RunContext, retriever, embedder, index_details: dict, predictor,
                   chooser: ExemplarChooser) -> StrategyOutput:
         from lmtailor.retrieval.context import assemble_context, with_passages
 
         cfg = self.config
-        llamacpp = cfg.backend == "llamacpp"
-        if loaded is None:
-            n_params = None
-        else:
-            n_params = loaded.model.n_params if llamacpp else sum(p.numel() for p in loaded.model.parameters())
+        n_params = predictor.n_params  # None: an endpoint's, not known here
         if n_params is not None and (cfg.retriever != "bm25" or chooser.index is not None):
             n_params += sum(p.numel() for p in embedder.model.parameters())  # the embedder serves every query too
         if n_params is not None:
             ctx.meter.set_params(0, n_params)
         # An endpoint's tokenizer is not known here: its passages are measured in the embedder's tokens instead.
-        tokenizer = embedder.tokenizer if loaded is None else loaded.tokenizer
-        context_budget = self._context_budget(ctx, None if loaded is None else loaded.model)
+        tokenizer = embedder.tokenizer if predictor.tokenizer is None else predictor.tokenizer
+        context_budget = self._context_budget(ctx, predictor)
         task = ctx.task if self._worked_examples() else replace(
             ctx.task, instruction=ctx.task.instruction.rstrip() + " Use the numbered passages if they help.")
         with ctx.meter.phase("inference"):
@@ -235,26 +223,12 @@ class RagStrategy(Strategy):
             else:
                 rows, contexts, cut_inputs = self._augment(ctx, tokenizer, hits, context_budget,
                                                            assemble_context, with_passages)
-            desc = f"{self.label()} {ctx.model_ref}"
-            if loaded is None:
-                from lmtailor.remote.predict import predict_remote
-
-                # a row is at most one token per character: no rule of thumb cuts the passages fitted above
-                wide = replace(ctx.budget, max_input_tokens=max([ctx.budget.max_input_tokens]
-                                                                + [len(r.input) + 1 for r in rows]))
-                predictions, inference = predict_remote(endpoint, task, rows, exemplars, wide, ctx.meter,
-                                                        mode=cfg.scoring, progress_desc=desc)
-            else:
-                longest = max((len(tokenizer(r.input, add_special_tokens=False)["input_ids"]) for r in rows),
-                              default=0)
-                # predict() cuts inputs to max_input_tokens: widen it so the passages, already fitted, are not cut
-                wide = replace(ctx.budget, max_input_tokens=max(ctx.budget.max_input_tokens, longest + 1))
-                if llamacpp:
-                    from lmtailor.inference.llamacpp_predict import predict_llamacpp as predict
-                else:
-                    from lmtailor.inference.predict import predict
-                predictions, inference = predict(loaded.model, tokenizer, task, rows, exemplars, wide, ctx.meter,
-                                                 mode=cfg.scoring, progress_desc=desc, calibrate=cfg.calibrate)
+            # the predictor cuts inputs to max_input_tokens: widen it so the passages, already fitted, are not cut
+            longest = max((predictor.count_tokens(r.input) for r in rows), default=0)
+            wide = replace(ctx.budget, max_input_tokens=max(ctx.budget.max_input_tokens, longest + 1))
+            request = PredictRequest(task, rows, wide, exemplars, cfg.scoring, calibrate=cfg.calibrate,
+                                     progress_desc=f"{self.label()} {ctx.model_ref}")
+            predictions, inference = answer(predictor, request, ctx.meter)
         retrieved = [[h.chunk.doc_id for h in row_hits] for row_hits in hits]
         if self._worked_examples():  # the worked examples' inputs were cut like any exemplar's: count them there
             inference["truncated_exemplar_inputs"] = (inference.get("truncated_exemplar_inputs") or 0) + sum(
@@ -263,13 +237,12 @@ class RagStrategy(Strategy):
             "retriever": cfg.retriever, "k": cfg.k, "embedder": cfg.embedder if cfg.retriever != "bm25" else None,
             "index": index_details, "retrieval_s": round(retrieval_s, 3),
             "retrieval_ms_per_query": round(1000 * retrieval_s / max(1, len(hits)), 2),
-            "context": self._context_details(contexts, context_budget, loaded is None),
+            "context": self._context_details(contexts, context_budget, predictor.tokenizer is None),
             "retrieved_doc_ids": dict(zip((e.id for e in ctx.data.test), retrieved)),
             "shots": cfg.shots, **chooser.details(exemplars), "calibrate": cfg.calibrate, "scoring": inference["mode"],
-            "truncated_inputs": cut_inputs, "inference": inference, "backend": cfg.backend,
+            "truncated_inputs": cut_inputs, "inference": inference, "backend": predictor.name,
+            **predictor.describe(),
         }
-        if llamacpp:
-            details["gguf"] = inference["gguf"]  # which file and weight type answered
         if details["context"]["rows_with_cut_or_dropped"]:
             what = "worked examples" if self._worked_examples() else "passages"
             ctx.log.info("%s: %s cut or dropped to fit %d tokens in %d of %d rows (%d cut, %d dropped)",
@@ -278,44 +251,14 @@ class RagStrategy(Strategy):
         return StrategyOutput(predictions=predictions, details=details, retrieved_doc_ids=retrieved,
                               retrieval_k=cfg.k)
 
-    def _generator(self, ctx: RunContext):
-        """The model that reads the passages: (loaded model, None), or (None, endpoint) for openai:MODEL@URL."""
-        from lmtailor.remote.reference import is_remote
-
-        if is_remote(ctx.model_ref) and self.config.backend == "transformers":  # llamacpp refuses an endpoint
-            from lmtailor.remote.client import OpenAIEndpoint
-            from lmtailor.remote.reference import parse_endpoint
-
-            with ctx.meter.phase("load"):
-                return None, OpenAIEndpoint(parse_endpoint(ctx.model_ref), ctx.api)
-        if self.config.backend == "llamacpp":
-            from lmtailor.inference.llamacpp import load_llamacpp
-
-            with ctx.meter.phase("load"):
-                return load_llamacpp(ctx.model_ref), None
-        from lmtailor.models import load_model
-
-        with ctx.meter.phase("load"):
-            loaded = load_model(ctx.model_ref, ctx.runtime)
-        if not loaded.adapter.generates_text:
-            raise UserError(f"{ctx.model_ref} is an encoder: it cannot read passages and answer; use a decoder-only "
-                            "or encoder-decoder model for rag")
-        return loaded, None
-
-    def _context_budget(self, ctx: RunContext, model) -> int:
+    def _context_budget(self, ctx: RunContext, predictor) -> int:
         """``max_context_tokens``, lowered when a local model cannot read that much beside the row and its answer."""
         cfg, budget = self.config, ctx.budget
-        if model is None:
-            limit = None
-        elif cfg.backend == "llamacpp":  # the llama.cpp context holds passages, row, instruction and answer
-            limit = model.n_ctx
-        else:
-            limit = input_limit(model)
+        limit = predictor.input_limit  # a llama.cpp context holds passages, row, instruction and answer
         if limit is None:
             return cfg.max_context_tokens
         # What the model can read: its positions minus the row, the instruction and (decoder-only) the answer.
-        seq2seq = cfg.backend == "transformers" and model_family(model).seq2seq
-        room = limit - budget.max_input_tokens - 64 - (0 if seq2seq else budget.max_new_tokens)
+        room = limit - budget.max_input_tokens - 64 - (budget.max_new_tokens if predictor.answer_in_context else 0)
         if room >= cfg.max_context_tokens:
             return cfg.max_context_tokens
         if room < 16:
