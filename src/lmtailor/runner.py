@@ -209,14 +209,15 @@ def base_probe(ref: str, runtime: Runtime, exp: Experiment, run_dir: Path) -> di
     """The forgetting probe of the base model ``ref``: computed once per run, kept in ``probes/<model>.json``."""
     from lmtailor.measure import forgetting
 
-    path = RunDir(run_dir).probe_path(ref)
+    run = RunDir(run_dir)
+    path = run.probe_path(ref)
     if path.is_file():
-        cached = json.loads(path.read_text(encoding="utf-8"))
+        cached = run.read_json(path)
         if cached.get("model") == ref:
             return cached
-        path = RunDir(run_dir).probe_path(ref, hashlib.sha256(ref.encode()).hexdigest()[:8])  # slug clash
+        path = run.probe_path(ref, hashlib.sha256(ref.encode()).hexdigest()[:8])  # slug clash
         if path.is_file():
-            return json.loads(path.read_text(encoding="utf-8"))
+            return run.read_json(path)
     log.info("forgetting probe of the base model %s (once per run)", ref)
     result = forgetting.probe_model_ref(ref, runtime, exp.budget.to_budget())
     if distributed.is_main_process():  # every process probes (no one waits on another); one writes

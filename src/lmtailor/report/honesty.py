@@ -373,9 +373,8 @@ def _data_warnings(splits: dict) -> dict:
 def honesty_checks(run_dir: Path, records: list[dict]) -> list[dict]:
     """The report's honesty checks on ``run_dir`` (its ``splits.json`` and extra-rows files) and its ``records``."""
     run_dir = Path(run_dir)
-    splits_path = RunDir(run_dir).splits
-    if splits_path.is_file():
-        splits = json.loads(splits_path.read_text(encoding="utf-8"))
+    splits_path, splits = RunDir(run_dir).splits, RunDir(run_dir).read_splits()
+    if splits is not None:
         leak = _training_leak(run_dir, splits, records)
         shown = _exemplars_and_retrieval(splits, records)
         corpora = _corpora(splits, records)
