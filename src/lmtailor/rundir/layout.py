@@ -63,20 +63,68 @@ class RunDir:
         return cls(path)
 
     # --- where things are --------------------------------------------------------------------------------------
-    experiment = property(lambda self: self.path / "experiment.yaml", doc="the experiment as written (resume)")
-    run_meta = property(lambda self: self.path / "run.json", doc="the run's base directory")
-    config = property(lambda self: self.path / "config.yaml", doc="the experiment as run, defaults filled in")
-    splits = property(lambda self: self.path / "splits.json", doc="the split's ids, digests and data warnings")
-    task = property(lambda self: self.path / "task.json", doc="the task definition")
-    results = property(lambda self: self.path / "results", doc="the folder of row records")
-    results_json = property(lambda self: self.path / "results.json", doc="the deterministic summary")
-    results_md = property(lambda self: self.path / "results.md", doc="the table")
-    report_md = property(lambda self: self.path / "report.md", doc="the report, in Markdown")
-    report_html = property(lambda self: self.path / "report.html", doc="the report, in HTML")
-    lock = property(lambda self: self.path / "run.lock", doc="held while a process runs it (run_lock.py)")
-    log = property(lambda self: self.path / "run.log", doc="the run's log")
+    @property
+    def experiment(self) -> Path:
+        """``experiment.yaml``: the experiment as written (resume)."""
+        return self.path / "experiment.yaml"
+
+    @property
+    def run_meta(self) -> Path:
+        """``run.json``: the run's base directory."""
+        return self.path / "run.json"
+
+    @property
+    def config(self) -> Path:
+        """``config.yaml``: the experiment as run, defaults filled in."""
+        return self.path / "config.yaml"
+
+    @property
+    def splits(self) -> Path:
+        """``splits.json``: the split's ids, digests and data warnings."""
+        return self.path / "splits.json"
+
+    @property
+    def task(self) -> Path:
+        """``task.json``: the task definition."""
+        return self.path / "task.json"
+
+    @property
+    def results(self) -> Path:
+        """``results/``: the folder of row records."""
+        return self.path / "results"
+
+    @property
+    def results_json(self) -> Path:
+        """``results.json``: the deterministic summary."""
+        return self.path / "results.json"
+
+    @property
+    def results_md(self) -> Path:
+        """``results.md``: the table."""
+        return self.path / "results.md"
+
+    @property
+    def report_md(self) -> Path:
+        """``report.md``: the report, in Markdown."""
+        return self.path / "report.md"
+
+    @property
+    def report_html(self) -> Path:
+        """``report.html``: the report, in HTML."""
+        return self.path / "report.html"
+
+    @property
+    def lock(self) -> Path:
+        """``run.lock``: held while a process runs it (run_lock.py)."""
+        return self.path / "run.lock"
+
+    @property
+    def log(self) -> Path:
+        """``run.log``: the run's log."""
+        return self.path / "run.log"
 
     def record_path(self, row_id: str) -> Path:
+        """``results/<row>.json``: the row's record."""
         return self.results / f"{row_id}.json"
 
     def predictions_path(self, row_id: str, split: str = "test") -> Path:
@@ -85,6 +133,7 @@ class RunDir:
         return (folder if split == "test" else folder / split) / f"{row_id}.jsonl"
 
     def artifacts_dir(self, row_id: str) -> Path:
+        """``artifacts/<row>/``: what the row saved (adapter, model, checkpoints)."""
         return self.path / "artifacts" / row_id
 
     def stash_dir(self, row_id: str) -> Path:
@@ -100,6 +149,7 @@ class RunDir:
         return self.path / "probes" / f"{slug(model_ref)}{'-' + tag if tag else ''}.json"
 
     def export_dir(self, row_id: str) -> Path:
+        """``export/<row>/``: where ``lmtailor export`` puts a row's merged model and GGUF file by default."""
         return self.path / "export" / row_id
 
     @staticmethod
@@ -113,6 +163,7 @@ class RunDir:
         return self.results.is_dir()
 
     def record_files(self) -> list[Path]:
+        """The files of ``results/``, sorted by name (none when there is no such folder)."""
         return sorted(self.results.glob("*.json"))
 
     def read_json(self, path: Path, required: bool = True) -> Any:
