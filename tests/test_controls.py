@@ -81,7 +81,9 @@ def test_the_control_trains_the_data_rows_steps_on_the_original_rows(tiny_llama_
     # one epoch of (9 + made) rows in batches of batch_size, an optimizer step every `accumulation` batches
     assert data.details["steps"] == math.ceil(math.ceil(rows / batch_size) / accumulation)
     (tmp_path / "results").mkdir()
-    (tmp_path / "results" / "row1.json").write_text(json.dumps({"status": "ok", "details": data.details}))
+    (tmp_path / "results" / "row1.json").write_text(json.dumps({"row_id": "row1", "label": "LoRA + 2× EDA",
+                                                                "model": "tiny-llama", "status": "ok",
+                                                                "details": data.details}))
     control = EqualStepsControl(control_config(cfg, "LoRA + 2× EDA"), FinetuneStrategy, "row1", "LoRA + 2× EDA")
     ctx = _ctx(tmp_path)
     ctx.row_id, ctx.out_dir = "row2", tmp_path / "artifacts" / "row2"
@@ -99,7 +101,8 @@ def test_a_control_without_its_data_rows_steps_fails_clearly(tmp_path):
     with pytest.raises(UserError, match="record .* is missing"):
         control.run(_ctx(tmp_path))
     (tmp_path / "results").mkdir()
-    (tmp_path / "results" / "row1.json").write_text(json.dumps({"status": "failed", "details": {}}))
+    (tmp_path / "results" / "row1.json").write_text(json.dumps({"row_id": "row1", "label": "d", "model": "m",
+                                                                "status": "failed", "details": {}}))
     with pytest.raises(UserError, match="that row failed"):
         control.run(_ctx(tmp_path))
 

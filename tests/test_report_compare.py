@@ -5,10 +5,14 @@ from lmtailor.io import write_json_atomic
 from lmtailor.tasks.held_out import ids_digest
 
 
-def _run(root, name, score, test_id):
-    """A run of one LoRA row scored on the one test row ``test_id`` (runs with the same test_id share test rows)."""
+TASK = {"name": "t", "type": "classification", "instruction": "x", "labels": ["a"]}
+
+
+def _run(root, name, score, test_id, **task):
+    """A run of one LoRA row scored on the one test row ``test_id`` (runs with the same test_id share test rows);
+    ``task``: changes to its task.json."""
     run = root / name
-    write_json_atomic(run / "task.json", {"name": "t", "type": "classification", "instruction": "x", "labels": ["a"]})
+    write_json_atomic(run / "task.json", {**TASK, **task})
     write_json_atomic(run / "splits.json", {"source": "d.jsonl", "seed": 0, "train": ["1"], "validation": [],
                                             "test": [test_id], "learning_curve_subsets": {}})
     ok = score is not None
@@ -38,6 +42,27 @@ def test_compare_says_when_runs_were_scored_on_different_test_rows(tmp_path, cap
     out = " ".join(capsys.readouterr().out.split())
     assert "Different test rows" in out
     assert f"run-a `{ids_digest(['abc'])}`" in out and f"run-b `{ids_digest(['xyz'])}`" in out
+
+
+def test_compare_refuses_runs_of_different_tasks_naming_both_runs_and_each_field(tmp_path, capsys):
+    a = _run(tmp_path, "run-a", 0.75, "abc")
+    b = _run(tmp_path, "run-b", 0.5, "abc", instruction="y", labels=["a", "b"])  # same name and type
+    assert main(["compare", str(a), str(b), "--out", str(tmp_path / "compare.md")]) == 2
+    out = " ".join(capsys.readouterr().out.split()).replace(" ", "")
+    assert f"cannotcompare{a}and{b}".replace(" ", "") in out and "theirtasksdiffer" in out
+    assert "instruction:'x'inrun-a,'y'inrun-b" in out and "labels:['a']inrun-a,['a','b']inrun-b" in out
+    assert "name:" not in out and "type:" not in out  # only the fields that differ are named
+    assert not (tmp_path / "compare.md").exists()
+    c = _run(tmp_path, "run-c", 0.5, "abc", type="generation")
+    assert main(["compare", str(a), str(a), str(c)]) == 2  # any run against the first
+    assert "type:'classification'inrun-a,'generation'inrun-c" in "".join(capsys.readouterr().out.split())
+
+
+def test_compare_accepts_runs_of_the_same_task(tmp_path, capsys):
+    a, b = _run(tmp_path, "run-a", 0.75, "abc"), _run(tmp_path, "run-b", 0.5, "abc", labels=["a"])
+    assert main(["compare", str(a), str(b)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "| run-a | LoRA | m | accuracy 0.750 (1 seed)" in out and "| run-b | LoRA | m | accuracy 0.500 (1 seed)" in out
 
 
 def test_compare_refuses_a_directory_that_is_not_a_run(tmp_path, capsys):

@@ -16,7 +16,8 @@ import pytest
 
 from lmtailor.cli import main
 from lmtailor.errors import UserError
-from lmtailor.run_lock import LOCK_FILE, RunInUse, RunLock
+from lmtailor.run_lock import RunInUse, RunLock
+from lmtailor.rundir import RunDir
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 HOLDER = ("import sys, time\nfrom lmtailor.run_lock import RunLock\nlock = RunLock().acquire(sys.argv[1])\n"
@@ -45,12 +46,12 @@ def holder():
 
 def test_a_second_lock_is_refused_and_a_released_one_can_be_taken_again(tmp_path):
     first = RunLock().acquire(tmp_path)
-    assert (tmp_path / LOCK_FILE).read_text() == f"{os.getpid()}\n"
+    assert RunDir(tmp_path).lock.read_text() == f"{os.getpid()}\n"
     with pytest.raises(RunInUse) as caught:
         RunLock().acquire(tmp_path)  # flock locks belong to the open file: a second open conflicts even here
-    assert str(tmp_path / LOCK_FILE) in str(caught.value) and f"pid {os.getpid()}" in str(caught.value)
+    assert str(RunDir(tmp_path).lock) in str(caught.value) and f"pid {os.getpid()}" in str(caught.value)
     first.release()
-    assert (tmp_path / LOCK_FILE).read_text() == ""  # released: no pid claims it
+    assert RunDir(tmp_path).lock.read_text() == ""  # released: no pid claims it
     RunLock().acquire(tmp_path).release()
 
 
@@ -60,11 +61,11 @@ def test_the_lock_of_a_killed_process_is_taken_over(tmp_path, holder, caplog):
         RunLock().acquire(tmp_path)
     proc.send_signal(signal.SIGKILL)  # no chance to clean up: the file still names it, the kernel dropped the lock
     proc.wait()
-    assert (tmp_path / LOCK_FILE).read_text() == f"{proc.pid}\n"
+    assert RunDir(tmp_path).lock.read_text() == f"{proc.pid}\n"
     with caplog.at_level(logging.INFO, logger="lmtailor"):
         lock = RunLock().acquire(tmp_path)
     assert f"from pid {proc.pid}, which no longer holds it" in caplog.text
-    assert (tmp_path / LOCK_FILE).read_text() == f"{os.getpid()}\n"
+    assert RunDir(tmp_path).lock.read_text() == f"{os.getpid()}\n"
     lock.release()
 
 
@@ -93,12 +94,12 @@ def test_resume_of_a_run_in_use_is_refused_before_any_row_runs(tmp_path, holder,
     proc = holder(run_dir)
     assert main(["run", "--resume", str(run_dir)]) == 2
     out = " ".join(capsys.readouterr().out.split())
-    assert f"another lmtailor process (pid {proc.pid})" in out and str(run_dir / LOCK_FILE) in out
+    assert f"another lmtailor process (pid {proc.pid})" in out and str(RunDir(run_dir).lock) in out
     assert not (run_dir / "results").exists()  # nothing was (re)run
     proc.kill()
     proc.wait()
     assert main(["run", "--resume", str(run_dir)]) == 3  # the holder is gone: the resume runs (its one model row
-    assert (run_dir / LOCK_FILE).read_text() == ""  # fails: no such model) and releases the lock at the end
+    assert RunDir(run_dir).lock.read_text() == ""  # fails: no such model) and releases the lock at the end
 
 
 def test_a_new_run_holds_its_lock_from_before_it_can_be_resumed(tmp_path, monkeypatch):

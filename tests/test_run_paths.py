@@ -13,8 +13,8 @@ from lmtailor.cli import main
 from lmtailor.errors import UserError
 from lmtailor.export.exporter import export_row
 from lmtailor.io import write_json_atomic
-from lmtailor.paths import check_record, checked_row_id, inside
-from lmtailor.runner import _finished_records, _slug, plan_rows
+from lmtailor.paths import check_record, checked_row_id, inside, slug
+from lmtailor.runner import _finished_records, plan_rows
 from lmtailor.runtime import Runtime
 from lmtailor.serve.target import load_target
 from lmtailor.tasks.held_out import ids_digest
@@ -151,7 +151,7 @@ def test_row_ids_the_planner_writes_are_accepted(tmp_path):
     ids = [row.row_id for path in sorted(folder.glob("*.yaml")) for row in plan_rows(load_experiment(path))]
     assert ids and all(checked_row_id(i, Path("x.json")) == i for i in ids)
     # the slug keeps letters, digits and dots and turns the rest into "-": "../x" can only become "..-x"
-    assert _slug("../../x") == "..-..-x" and checked_row_id("..-..-x", Path("x.json")) == "..-..-x"
+    assert slug("../../x") == "..-..-x" and checked_row_id("..-..-x", Path("x.json")) == "..-..-x"
     for bad in ("..", ".", "a/b", "a\\b", "", "a" * 201, None, 3):
         with pytest.raises(UserError, match="x.json"):
             checked_row_id(bad, Path("x.json"))

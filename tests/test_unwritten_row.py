@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-import lmtailor.runner as runner
+import lmtailor.rundir.layout as layout
 from lmtailor.cli import main
 from lmtailor.errors import UserError
 from lmtailor.strategies.finetune import FinetuneStrategy
-from lmtailor.unwritten_rows import STASH_DIR, restore_row
+from lmtailor.rundir.layout import STASH_DIR
+from lmtailor.unwritten_rows import restore_row
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "tiny_llama_dir")
 
@@ -39,7 +40,7 @@ def _experiment(tmp_path: Path) -> Path:
 
 
 def test_a_trained_row_whose_record_cannot_be_written_is_not_trained_again(tmp_path, monkeypatch, capsys):
-    original = runner.write_text_atomic
+    original = layout.write_text_atomic
 
     def results_read_only(path, text):
         if Path(path).parent.name == "results":
@@ -47,7 +48,7 @@ def test_a_trained_row_whose_record_cannot_be_written_is_not_trained_again(tmp_p
         return original(path, text)
 
     with monkeypatch.context() as mp:
-        mp.setattr(runner, "write_text_atomic", results_read_only)
+        mp.setattr(layout, "write_text_atomic", results_read_only)
         assert main(["run", str(_experiment(tmp_path)), "--out", str(tmp_path / "runs")]) == 2
     (run_dir,) = (tmp_path / "runs").iterdir()
     (row_dir,) = [p for p in (run_dir / "artifacts").iterdir() if p.name.startswith("lora")]

@@ -12,6 +12,7 @@ from pathlib import Path
 from rich.console import Console
 
 from lmtailor.errors import UserError
+from lmtailor.rundir import RunDir
 
 console = Console(stderr=False)
 
@@ -57,10 +58,11 @@ def _print_results(run_dir: Path, title: str) -> None:
             console.print(f"- {note}", markup=False, highlight=False, soft_wrap=True)
     else:  # piped or captured: Markdown reads well as plain text and does not wrap at an assumed 80 columns
         console.print(results_markdown(records, title=title), markup=False, highlight=False, soft_wrap=True)
+    run = RunDir(run_dir)
     console.print(f"run directory: {run_dir}")
-    console.print(f"table: {run_dir / 'results.md'}")
-    if (run_dir / "report.html").is_file():
-        console.print(f"report: {run_dir / 'report.html'}")
+    console.print(f"table: {run.results_md}")
+    if run.report_html.is_file():
+        console.print(f"report: {run.report_html}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -139,11 +141,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     from lmtailor.report.table import results_markdown
 
     run_dir: Path = args.run_dir
-    if not any((run_dir / "results").glob("*.json")):
+    if not RunDir(run_dir).record_files():
         console.print(f"[red]{run_dir}: no results/*.json: is this a run directory made by `lmtailor run`?[/]")
         return 2
     records = load_records(run_dir)  # plan order, as the run wrote results.md; a broken file is named
-    write_text_atomic(run_dir / "results.md", results_markdown(records, title=run_dir.name))
+    write_text_atomic(RunDir(run_dir).results_md, results_markdown(records, title=run_dir.name))
     target = run_target(run_dir)
     overrides = {k: getattr(args, k) for k in ("quality_floor", "monthly_budget_usd", "requests_per_month", "baseline")
                  if getattr(args, k, None) is not None}
@@ -154,7 +156,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     # results.json: the same bytes the run wrote, from the same records; the report with the target as given now
     write_run_reports(run_dir, run_dir.name, target.model_copy(update=overrides))
     _print_results(run_dir, run_dir.name)
-    console.print(f"summary: {run_dir / 'results.json'}")
+    console.print(f"summary: {RunDir(run_dir).results_json}")
     return 0
 
 
@@ -178,7 +180,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from lmtailor.report.compare import compare_markdown
 
     for run_dir in args.run_dirs:
-        if not (run_dir / "results").is_dir():
+        if not RunDir(run_dir).has_results():
             raise UserError(f"{run_dir}: no results/ folder: is this a run directory made by `lmtailor run`?")
     text = compare_markdown(args.run_dirs)
     console.print(text, markup=False, highlight=False, soft_wrap=True)

@@ -2,7 +2,7 @@
 
 A run directory's records (``results/<row_id>.json``) are files a user can copy, edit or receive from someone else,
 so a name or path inside one is never trusted to build a path: ``checked_row_id`` accepts only what the runner's
-slugs produce (``runner._slug``: letters, digits, ``.``, ``-``, ``_``), and ``inside`` resolves a path (symlinks
+slugs produce (``slug``: letters, digits, ``.``, ``-``, ``_``), and ``inside`` resolves a path (symlinks
 followed) and refuses it unless it lies strictly inside the root it belongs to.
 """
 
@@ -16,9 +16,14 @@ import platformdirs
 
 from lmtailor.errors import UserError
 
-# runner.plan_rows joins slugs (runner._slug keeps [A-Za-z0-9.] and turns the rest into "-") with "__", "s<seed>"
+# runner.plan_rows joins slugs (``slug`` keeps [A-Za-z0-9.] and turns the rest into "-") with "__", "s<seed>"
 # and "-<k>"; nothing it writes holds a path separator, and a name of dots only would walk up a directory.
 _ROW_ID = re.compile(r"[A-Za-z0-9._-]{1,200}")
+
+
+def slug(text: str) -> str:
+    """``text`` as one lower-case path component: runs of anything but letters, digits and ``.`` become ``-``."""
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower()
 
 
 def cache_dir() -> Path:

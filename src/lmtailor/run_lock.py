@@ -18,13 +18,13 @@ from typing import IO
 
 from lmtailor.errors import UserError
 from lmtailor.io import shared_file_mode
+from lmtailor.rundir import RunDir
 
 try:
     import fcntl
 except ImportError:  # Windows: no flock; the run is not locked
     fcntl = None  # type: ignore[assignment]
 
-LOCK_FILE = "run.lock"
 log = logging.getLogger("lmtailor")
 
 
@@ -47,7 +47,7 @@ class RunLock:
         """Lock ``run_dir`` or raise ``RunInUse`` naming the lock file and the holder's pid; never waits."""
         if fcntl is None or self.held:
             return self
-        path = Path(run_dir) / LOCK_FILE
+        path = RunDir(run_dir).lock
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, shared_file_mode())
         except OSError as e:

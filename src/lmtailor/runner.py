@@ -13,10 +13,9 @@ import gc
 import hashlib
 import json
 import logging
-import re
 import time
 import traceback
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,43 +27,24 @@ from lmtailor.data.splits import nested_subsets
 from lmtailor.distributed_rows import agree_on_row, stop_if_out_of_step
 from lmtailor.environment import describe_environment
 from lmtailor.errors import TrainingInterrupted, UserError
-from lmtailor.io import json_text, jsonl_text, write_json_atomic, write_text_atomic
+from lmtailor.io import jsonl_text, write_json_atomic, write_text_atomic
 from lmtailor.measure.meter import Meter
 from lmtailor.report.results_json import write_results
 from lmtailor.report.table import results_markdown
+from lmtailor.row_plan import PlannedRow, unique_row_id
 from lmtailor.run_lock import RunLock
+from lmtailor.rundir import RunDir, RunRecord
+from lmtailor.rundir.layout import UnreadableRecord
+from lmtailor.rundir.provenance import task_identity
+from lmtailor.rundir.record import RecordTask
 from lmtailor.runtime import Runtime, detect_runtime, set_threads
-from lmtailor.strategies import STRATEGIES, RunContext, Strategy
+from lmtailor.strategies import STRATEGIES, RunContext
 from lmtailor.strategies.controls import add_equal_steps_controls
 from lmtailor.tasks import TASK_TYPES, TaskSpec
 from lmtailor.tasks.held_out import held_out_data, split_and_score
 from lmtailor.unwritten_rows import restore_row, stash_row
 
-# 2: every row is also scored on the validation rows (the record's ``validation``), and the baseline row exists.
-# Readers: report/results_json.READABLE_RECORD_VERSIONS.
-RESULT_SCHEMA_VERSION = 2
 log = logging.getLogger("lmtailor")
-
-
-@dataclass
-class PlannedRow:
-    """One strategy run: a configured strategy on one model, with an optional training-set size and a seed."""
-
-    row_id: str
-    strategy: Strategy
-    model_ref: str
-    seed: int
-    train_size: int | None
-    index: int = 0  # position in the plan: the table keeps the experiment file's order
-
-    @property
-    def label(self) -> str:
-        size = f" n={self.train_size}" if self.train_size is not None else ""
-        return self.strategy.label() + size
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower()
 
 
 def plan_rows(exp: Experiment) -> list[PlannedRow]:
@@ -89,12 +69,7 @@ def plan_rows(exp: Experiment) -> list[PlannedRow]:
             for size in sizes:
                 for seed in seeds:
                     row = PlannedRow("", cls(cfg), model, seed, size)
-                    base = f"{_slug(row.label)}__{_slug(model)}__s{seed}"
-                    row_id, k = base, 2
-                    while row_id in seen:
-                        row_id, k = f"{base}-{k}", k + 1
-                    seen.add(row_id)
-                    row.row_id, row.index = row_id, len(rows)
+                    row.row_id, row.index = unique_row_id(row, seen), len(rows)
                     rows.append(row)
     return add_equal_steps_controls(rows)  # strategies/controls.py: extra-data rows vs the same steps without
 
@@ -160,17 +135,17 @@ def run_row(row: PlannedRow, exp: Experiment, task: TaskSpec, splits: DatasetSpl
     data = held_out_data(splits if row.train_size is None else replace(splits, train=subsets[row.train_size]))
     meter = Meter(pricing=exp.pricing, hardware=runtime.hardware)
     ctx = RunContext(task=task, data=data, model_ref=row.model_ref, budget=exp.budget.to_budget(), seed=row.seed,
-                     meter=meter, out_dir=run_dir / "artifacts" / row.row_id, runtime=runtime, log=log,
+                     meter=meter, out_dir=RunDir(run_dir).artifacts_dir(row.row_id), runtime=runtime, log=log,
                      base_dir=base_dir, row_id=row.row_id, run_dir=run_dir, api=exp.api)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    record: dict = {"schema_version": RESULT_SCHEMA_VERSION, "row_id": row.row_id, "row_index": row.index,
-                    "label": row.label,
-                    "strategy": row.strategy.config.name, "config": row.strategy.config.model_dump(mode="json"),
-                    "model": row.model_ref, "seed": row.seed,
-                    "family": _family(row.model_ref, runtime.trust_remote_code) if row.strategy.uses_model() else None,
-                    "train_size": len(data.train),
-                    "train_size_requested": row.train_size, "task": {"name": task.name, "type": task.type},
-                    "test_rows": len(splits.test), "test_ids_sha256": _ids_digest([e.id for e in splits.test])}
+    record = RunRecord(row_id=row.row_id, row_index=row.index, label=row.label,
+                       strategy=row.strategy.config.name, config=row.strategy.config.model_dump(mode="json"),
+                       model=row.model_ref, seed=row.seed,
+                       family=_family(row.model_ref, runtime.trust_remote_code) if row.strategy.uses_model() else None,
+                       train_size=len(data.train),
+                       train_size_requested=row.train_size, task=RecordTask(name=task.name, type=task.type),
+                       test_rows=len(splits.test), test_ids_sha256=_ids_digest([e.id for e in splits.test]),
+                       status="failed")  # until it finishes
     predictions: list[str] | None = None
     output = None
     failed_at, checksum = None, None
@@ -188,7 +163,7 @@ def run_row(row: PlannedRow, exp: Experiment, task: TaskSpec, splits: DatasetSpl
                       artifacts={k: str(Path(v).relative_to(run_dir)) if Path(v).is_relative_to(run_dir) else str(v)
                                  for k, v in output.artifacts.items()})
         if output.tuned is not None and exp.forgetting:  # after the meter: the probe is not the strategy's cost
-            record["forgetting"] = probe_forgetting(output, row.model_ref, exp, runtime, run_dir)
+            record.forgetting = probe_forgetting(output, row.model_ref, exp, runtime, run_dir)
     except TrainingInterrupted:  # not a failure: the checkpoint is saved and `run --resume` continues the row
         raise
     except Exception as e:  # a failed row is kept and shown as failed, never dropped
@@ -201,29 +176,29 @@ def run_row(row: PlannedRow, exp: Experiment, task: TaskSpec, splits: DatasetSpl
     del output  # with it the tuned model, when the probe did not take it: free before the next row loads one
     gc.collect()
     # Outside the try: every process gets here whatever happened in its row, so none waits for one that failed.
-    record = agree_on_row(record, predictions, checksum, failed_at)
+    record = RunRecord.model_validate(agree_on_row(record.as_dict(), predictions, checksum, failed_at))
     distributed.on_main(lambda: _write_row(run_dir, record, splits, predictions))
-    return record
+    return record.as_dict()
 
 
-def _write_row(run_dir: Path, record: dict, splits: DatasetSplits, predictions: list[str] | None) -> None:
+def _write_row(run_dir: Path, record: RunRecord, splits: DatasetSplits, predictions: list[str] | None) -> None:
     """The test predictions in predictions/<row>.jsonl, the validation ones in predictions/validation/, then the
     record (last: it marks the row finished). Files that cannot be written are kept beside the row's artifact and
     the run stops (unwritten_rows.py), so ``run --resume`` does not train the row again."""
-    files = {}
+    answers = {}
     if predictions is not None:
         n = len(splits.test)
-        files[f"predictions/{record['row_id']}.jsonl"] = jsonl_text(
+        answers["test"] = jsonl_text(
             {"id": e.id, "target": e.target, "prediction": p} for e, p in zip(splits.test, predictions))
         if splits.validation:
-            files[f"predictions/validation/{record['row_id']}.jsonl"] = jsonl_text(
+            answers["validation"] = jsonl_text(
                 {"id": e.id, "target": e.target, "prediction": p} for e, p in zip(splits.validation, predictions[n:]))
-    files[f"results/{record['row_id']}.json"] = json_text(record)
+    run = RunDir(run_dir)
+    files = run.row_files(record, answers)
     try:
-        for rel, text in files.items():
-            write_text_atomic(run_dir / rel, text)
+        run.write_files(files)
     except OSError as e:
-        raise stash_row(run_dir, record["row_id"], files, e) from e
+        raise stash_row(run_dir, record.row_id, files, e) from e
 
 
 def _error(e: Exception) -> dict:
@@ -234,14 +209,15 @@ def base_probe(ref: str, runtime: Runtime, exp: Experiment, run_dir: Path) -> di
     """The forgetting probe of the base model ``ref``: computed once per run, kept in ``probes/<model>.json``."""
     from lmtailor.measure import forgetting
 
-    path = run_dir / "probes" / f"{_slug(ref)}.json"
+    run = RunDir(run_dir)
+    path = run.probe_path(ref)
     if path.is_file():
-        cached = json.loads(path.read_text(encoding="utf-8"))
+        cached = run.read_json(path)
         if cached.get("model") == ref:
             return cached
-        path = path.with_name(f"{_slug(ref)}-{hashlib.sha256(ref.encode()).hexdigest()[:8]}.json")  # slug clash
+        path = run.probe_path(ref, hashlib.sha256(ref.encode()).hexdigest()[:8])  # slug clash
         if path.is_file():
-            return json.loads(path.read_text(encoding="utf-8"))
+            return run.read_json(path)
     log.info("forgetting probe of the base model %s (once per run)", ref)
     result = forgetting.probe_model_ref(ref, runtime, exp.budget.to_budget())
     if distributed.is_main_process():  # every process probes (no one waits on another); one writes
@@ -285,17 +261,11 @@ def probe_forgetting(output, base_ref: str, exp: Experiment, runtime: Runtime, r
 
 def new_run_dir(exp: Experiment, out_dir: Path | None) -> Path:
     """Create a fresh run directory; runs never overwrite each other."""
-    root = Path(out_dir or exp.output_dir)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir, k = root / f"{_slug(exp.name)}-{stamp}", 2
-    while run_dir.exists():
-        run_dir, k = root / f"{_slug(exp.name)}-{stamp}-{k}", k + 1
-    run_dir.mkdir(parents=True)
-    return run_dir
+    return RunDir.create(Path(out_dir or exp.output_dir), exp.name).path
 
 
 def _attach_log_file(run_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(run_dir / "run.log", encoding="utf-8")
+    handler = logging.FileHandler(RunDir(run_dir).log, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for name in ("lmtailor", "transformers", "peft", "trl"):
         logging.getLogger(name).addHandler(handler)
@@ -305,19 +275,14 @@ def _attach_log_file(run_dir: Path) -> logging.Handler:
     return handler
 
 
-RESUME_FILE = "experiment.yaml"  # the experiment as written (set keys only): what `run --resume` reloads
-RUN_FILE = "run.json"
-
-
 def load_resumable(run_dir: Path) -> tuple[Experiment, Path]:
     """The experiment and base directory of an earlier run, for ``run_experiment(..., resume_dir=run_dir)``."""
-    run_dir = Path(run_dir)
-    path, meta = run_dir / RESUME_FILE, run_dir / RUN_FILE
-    if not path.is_file() or not meta.is_file():
-        raise UserError(f"{run_dir} is not a resumable run directory: it has no {RESUME_FILE} and {RUN_FILE} "
-                        "(written at the start of every run by `lmtailor run`); pass the directory `lmtailor run` "
-                        "printed")
-    return load_experiment(path), Path(json.loads(meta.read_text(encoding="utf-8"))["base_dir"])
+    run = RunDir(run_dir)
+    if not run.experiment.is_file() or not run.run_meta.is_file():
+        raise UserError(f"{run_dir} is not a resumable run directory: it has no {run.experiment.name} and "
+                        f"{run.run_meta.name} (written at the start of every run by `lmtailor run`); pass the "
+                        "directory `lmtailor run` printed")
+    return load_experiment(run.experiment), run.base_dir()
 
 
 def _finished_records(run_dir: Path, rows: list[PlannedRow]) -> dict[str, dict]:
@@ -325,52 +290,30 @@ def _finished_records(run_dir: Path, rows: list[PlannedRow]) -> dict[str, dict]:
 
     A failed row is run again (its error may have been the interruption's doing, or fixed since).
     """
+    run = RunDir(run_dir)
+    digest, task = run.test_digest(), task_identity(run.read_task())
     done = {}
     for row in rows:
         restore_row(run_dir, row.row_id)  # a finished row whose record could not be written (unwritten_rows.py)
-        path = run_dir / "results" / f"{row.row_id}.json"
-        if path.is_file():
-            record = _earlier_record(path)
-            _check_kept_record(run_dir, path, record)
-            if record.get("status") == "ok":
-                done[row.row_id] = record
-    _check_other_records(run_dir, {row.row_id for row in rows})
+        path = run.record_path(row.row_id)
+        if path.is_file():  # read as the report reads it: a damaged or foreign record is named, not skipped
+            record = run.read_record(path, digest, task)
+            if record.status == "ok":
+                done[row.row_id] = record.as_dict()
+    _check_other_records(run, {row.row_id for row in rows}, digest, task)
     return done
 
 
-def _check_other_records(run_dir: Path, planned: set[str]) -> None:
+def _check_other_records(run: RunDir, planned: set[str], digest: str | None, task: dict | None) -> None:
     """Records beside the planned rows' are summarised after every row too: refuse a foreign one before training, not
     after the first row (one that cannot be read is left to the report, which names it)."""
-    for path in sorted((run_dir / "results").glob("*.json")):
+    for path in run.record_files():
         if path.stem in planned:
             continue
         try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            run.read_record(path, digest, task)
+        except UnreadableRecord:
             continue
-        _check_kept_record(run_dir, path, record)
-
-
-def _check_kept_record(run_dir: Path, path: Path, record: dict) -> None:
-    """A record a resumed run keeps must be this run's: its row id and artifacts inside it, its test rows and task."""
-    from lmtailor.paths import check_record
-    from lmtailor.report.provenance import check_record_of_run, run_task, run_test_digest
-
-    check_record(record, path, run_dir)
-    check_record_of_run(path, record, run_test_digest(run_dir), run_task(run_dir))
-
-
-def _earlier_record(path: Path) -> dict:
-    """A row record an earlier part of the run wrote; a damaged one (truncated, binary) is named, not skipped."""
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"cannot resume: {path} is not a readable row record ({type(e).__name__}: {e}); remove it "
-                        "and resume again to re-run that row") from None
-    if not isinstance(record, dict):
-        raise UserError(f"cannot resume: {path} holds a JSON {type(record).__name__}, not a row record; remove it "
-                        "and resume again to re-run that row")
-    return record
 
 
 def _open_run(exp: Experiment, rows: list[PlannedRow], base_dir: Path, out_dir: Path | None,
@@ -382,8 +325,7 @@ def _open_run(exp: Experiment, rows: list[PlannedRow], base_dir: Path, out_dir: 
         return Path(resume_dir), _finished_records(Path(resume_dir), rows)
     run_dir = new_run_dir(exp, out_dir)
     lock.acquire(run_dir)
-    write_text_atomic(run_dir / RESUME_FILE, dump_experiment_as_written(exp))
-    write_json_atomic(run_dir / RUN_FILE, {"base_dir": str(Path(base_dir).resolve())})
+    RunDir(run_dir).write_start(dump_experiment_as_written(exp), base_dir)
     return run_dir, {}
 
 
@@ -391,10 +333,8 @@ def _write_run_files(run_dir: Path, exp: Experiment, task: TaskSpec, split_recor
     """The experiment as run, the splits and the task (main process only)."""
     if resuming:
         _check_same_splits(run_dir, split_record)
-    write_text_atomic(run_dir / "config.yaml", dump_experiment(exp))
-    write_json_atomic(run_dir / "splits.json", split_record)
-    write_json_atomic(run_dir / "task.json", {"name": task.name, "type": task.type,
-                                              "instruction": task.instruction, "labels": task.labels})
+    RunDir(run_dir).write_run_files(dump_experiment(exp), split_record, {
+        "name": task.name, "type": task.type, "instruction": task.instruction, "labels": task.labels})
 
 
 def _prepare(exp: Experiment, rows: list[PlannedRow], base_dir: Path
@@ -464,7 +404,7 @@ def run_experiment(exp: Experiment, base_dir: Path, out_dir: Path | None = None,
                          time.perf_counter() - t0)
                 # Rewritten after every row, so an interrupted run still leaves the table of what finished, and
                 # the machine-readable summary (`lmtailor report` rebuilds it byte for byte from results/).
-                distributed.on_main(lambda: (write_text_atomic(run_dir / "results.md",
+                distributed.on_main(lambda: (write_text_atomic(RunDir(run_dir).results_md,
                                                                results_markdown(records, title=exp.name)),
                                              write_results(run_dir)))
                 stop_if_out_of_step(records[-1], run_dir)
@@ -494,10 +434,9 @@ def _write_reports(run_dir: Path, exp: Experiment) -> None:
 
 def _check_same_splits(run_dir: Path, split_record: dict) -> None:
     """A resumed run must see the data the first part saw; a changed data file would mix two experiments."""
-    path = run_dir / "splits.json"
-    if not path.is_file():
+    before = RunDir(run_dir).read_splits()
+    if before is None:
         return
-    before = json.loads(path.read_text(encoding="utf-8"))
     changed = [k for k in ("train", "validation", "test") if before.get(k) != split_record.get(k)]
     if changed:
         raise UserError(f"cannot resume {run_dir}: the {', '.join(changed)} split(s) differ from the earlier part of "

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from lmtailor.errors import UserError
 from lmtailor.io import write_text_atomic
+from lmtailor.rundir import RunDir
 
-STASH_DIR = "unwritten-record"
 log = logging.getLogger("lmtailor")
 
 
@@ -26,7 +26,7 @@ class RowNotRecorded(UserError):
 
 
 def stash_dir(run_dir: Path, row_id: str) -> Path:
-    return Path(run_dir) / "artifacts" / row_id / STASH_DIR
+    return RunDir(run_dir).stash_dir(row_id)
 
 
 def stash_row(run_dir: Path, row_id: str, files: dict[str, str], error: OSError) -> RowNotRecorded:
@@ -41,7 +41,7 @@ def stash_row(run_dir: Path, row_id: str, files: dict[str, str], error: OSError)
                               f"make {run_dir} writable and run `lmtailor run --resume {run_dir}`: the row runs again")
     return RowNotRecorded(f"row {row_id} finished but its record could not be written ({type(error).__name__}: "
                           f"{error}). Its record and predictions are kept in {where} beside its artifact: make "
-                          f"{Path(run_dir) / 'results'} writable again and run `lmtailor run --resume {run_dir}`, "
+                          f"{RunDir(run_dir).results} writable again and run `lmtailor run --resume {run_dir}`, "
                           "which puts them in place without training the row again")
 
 
@@ -52,7 +52,7 @@ def restore_row(run_dir: Path, row_id: str) -> bool:
     if not where.is_dir():
         return False
     files = sorted((p for p in where.rglob("*") if p.is_file() and not p.name.startswith(".")),
-                   key=lambda p: p.relative_to(where).parts[0] == "results")  # the record, the completion mark, last
+                   key=lambda p: p.relative_to(where).parts[0] == RunDir(run_dir).results.name)  # the record last
     for path in files:
         rel = path.relative_to(where)
         try:

@@ -35,6 +35,7 @@ from lmtailor.errors import UserError
 from lmtailor.io import write_json_atomic, write_jsonl_atomic
 from lmtailor.measure.meter import Meter, estimate_flops
 from lmtailor.measure.setup_cost import SetupCost
+from lmtailor.rundir import RunDir
 from lmtailor.tasks.base import TaskSpec
 
 CACHE_FORMAT = "synthetic-v2"  # bump when prompts, parsing or filters change, so old caches are not reused
@@ -319,8 +320,9 @@ def load_cached(where: Path) -> SyntheticResult | None:
 
 def write_synthetic(run_dir: Path, row_id: str, result: SyntheticResult) -> dict[str, Path]:
     """Write ``synthetic/<row_id>.jsonl`` (kept rows with provenance) and ``synthetic/<row_id>.rejections.jsonl``."""
-    folder = Path(run_dir) / "synthetic"
-    paths = {"rows": folder / f"{row_id}.jsonl", "rejections": folder / f"{row_id}.rejections.jsonl"}
+    run = RunDir(run_dir)
+    paths = {"rows": run.extra_rows_path("synthetic", row_id),
+             "rejections": run.extra_rows_path("synthetic", row_id, ".rejections")}
     write_jsonl_atomic(paths["rows"], (example_record(r) for r in result.rows))
     write_jsonl_atomic(paths["rejections"], result.rejections)
     return paths

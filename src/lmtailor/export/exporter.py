@@ -18,6 +18,7 @@ from lmtailor.errors import UserError
 from lmtailor.export.gguf_export import GGUF_TYPES, GgufExport, check_gguf_config, export_gguf
 from lmtailor.export.merge import MergeResult, base_reference, export_runtime, merge_row
 from lmtailor.export.run_rows import TrainedRow, select_row
+from lmtailor.rundir import RunDir
 
 log = logging.getLogger("lmtailor")
 
@@ -34,12 +35,12 @@ class ExportResult:
 
 def default_out_dir(run_dir: Path, row_id: str) -> Path:
     """Where a row's exports go unless told otherwise: ``RUN_DIR/export/<row_id>``."""
-    return Path(run_dir) / "export" / row_id
+    return RunDir(run_dir).export_dir(row_id)
 
 
 def run_trusts_remote_code(run_dir: Path) -> bool:
     """The run's ``runtime.trust_remote_code`` (off unless the experiment set it)."""
-    path = Path(run_dir) / "config.yaml"
+    path = RunDir(run_dir).config
     if not path.is_file():
         return False
     config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lmtailor.errors import UserError
-from lmtailor.paths import check_record, inside
+from lmtailor.paths import inside
+from lmtailor.rundir import RunDir
 
 ArtifactKind = Literal["adapter", "model"]
 ADAPTER_CONFIG = "adapter_config.json"
@@ -81,15 +82,12 @@ class TrainedRow:
 
 
 def read_records(run_dir: Path) -> list[dict[str, Any]]:
-    """Every result record of ``run_dir``, in the experiment's order."""
-    run_dir = Path(run_dir)
-    paths = sorted((run_dir / "results").glob("*.json"))
-    if not paths:
+    """Every result record of ``run_dir``, in the experiment's order, read and checked as the report reads them (a
+    row id builds output paths, export/<row_id>: never a crafted one)."""
+    run = RunDir(run_dir)
+    if not run.record_files():
         raise UserError(f"{run_dir}: no results/*.json; is this a run directory made by `lmtailor run`?")
-    records = [json.loads(p.read_text(encoding="utf-8")) for p in paths]
-    for path, record in zip(paths, records):  # a row id builds output paths (export/<row_id>): never a crafted one
-        check_record(record, path, run_dir)
-    return sorted(records, key=lambda r: (r.get("row_index", 0), r.get("row_id", "")))
+    return [r.as_dict() for r in run.records()]
 
 
 def _artifact_path(run_dir: Path, record: dict[str, Any], name: str) -> Path | None:
@@ -97,7 +95,7 @@ def _artifact_path(run_dir: Path, record: dict[str, Any], name: str) -> Path | N
     if value is None:
         return None
     # a record is a file anyone can edit: its artifact must stay inside the run (export deletes and replaces paths)
-    where = Path(run_dir) / "results" / f"{record.get('row_id')}.json"
+    where = RunDir(run_dir).record_path(str(record.get("row_id")))
     return inside(run_dir, value, where, f"artifacts.{name}")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmtailor.config import ReportConfig
+from lmtailor.rundir import RunDir
 
 
 def write_run_reports(run_dir: Path, title: str, target: ReportConfig | None = None) -> Path:
@@ -31,8 +32,7 @@ def write_run_reports(run_dir: Path, title: str, target: ReportConfig | None = N
 
 def run_target(run_dir: Path) -> ReportConfig:
     """The ``report:`` block of the experiment a run directory was made with (defaults when it has none)."""
-    from lmtailor.runner import RESUME_FILE
     from lmtailor.config import load_experiment
 
-    path = Path(run_dir) / RESUME_FILE
+    path = RunDir(run_dir).experiment
     return load_experiment(path).report if path.is_file() else ReportConfig()

@@ -5,28 +5,44 @@ existed compare too. A configuration (label on a model) that also ran in the fir
 the report's one test of noise, the paired bootstrap over the test rows (report/paired.py) — only when both runs
 scored the same test rows; runs scored on different test rows are not comparable number for number, and the table
 says so instead of silently lining them up. Within each run, a record scored on other test rows or on another task
-than the run's own is refused (report/provenance.py), so every run's numbers are its own.
+than the run's own is refused (rundir/provenance.py), so every run's numbers are its own.
+
+Runs whose tasks differ (``task.json``: name, type, instruction, labels — what the models were asked and how they
+were scored) are refused, naming both runs and each field that differs: their scores measure different things.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from lmtailor.errors import UserError
 from lmtailor.report.paired import UNKNOWN, compare_groups
-from lmtailor.report.provenance import run_test_digest
 from lmtailor.report.results_json import build_results, load_records
+from lmtailor.rundir import RunDir
+
+TASK_FIELDS = ("name", "type", "instruction", "labels")  # everything task.json holds
 
 
-def _test_digest(run_dir: Path) -> str | None:
+def _test_digest(run_dir: Path, records: list[dict]) -> str | None:
     """The digest of the run's test-row ids: from splits.json (every record agrees with it, load_records checks), else
     from its first record (None when the run has neither)."""
-    digest = run_test_digest(run_dir)
+    digest = RunDir(run_dir).test_digest()
     if digest is not None:
         return digest
-    for path in sorted((run_dir / "results").glob("*.json")):
-        return json.loads(path.read_text(encoding="utf-8")).get("test_ids_sha256")
-    return None
+    return records[0].get("test_ids_sha256") if records else None
+
+
+def check_same_task(runs: list[tuple[Path, dict]]) -> None:
+    """Refuse runs whose task definitions differ from the first run's, naming both runs and the fields."""
+    first_dir, first = runs[0][0], runs[0][1]["task"]
+    for run_dir, summary in runs[1:]:
+        task = summary["task"]
+        differ = [f"{k}: {first.get(k)!r} in {first_dir.name}, {task.get(k)!r} in {run_dir.name}" for k in TASK_FIELDS
+                  if first.get(k) != task.get(k)]
+        if differ:
+            raise UserError(f"cannot compare {first_dir} and {run_dir}: their tasks differ (task.json: "
+                            f"{'; '.join(differ)}), so their scores measure different things. Compare runs of one "
+                            "task, or run the experiment again with the same task block")
 
 
 def _score(g: dict) -> str:
@@ -63,12 +79,10 @@ def compare_markdown(run_dirs: list[Path]) -> str:
     """One table of every (label, model) group of every run: score with its interval, seeds, costs, and the paired
     test against the same configuration in the first run."""
     runs = [(Path(d), build_results(Path(d))) for d in run_dirs]
+    check_same_task(runs)
     records = {d: {r["row_id"]: r for r in load_records(d)} for d, _ in runs}
-    digests = {d.name: _test_digest(d) for d, _ in runs}
+    digests = {d.name: _test_digest(d, list(records[d].values())) for d, _ in runs}
     lines = [f"# compare: {', '.join(d.name for d, _ in runs)}", ""]
-    tasks = {s["task"].get("name") for _, s in runs}
-    if len(tasks) > 1:
-        lines.append(f"**Different tasks** ({', '.join(sorted(str(t) for t in tasks))}): the scores do not compare.")
     if len(set(digests.values())) > 1:
         lines.append("**Different test rows**: these runs were scored on different test sets (test id digests "
                      + ", ".join(f"{name} `{digest}`" for name, digest in digests.items())

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from lmtailor.report.search_section import search_parity_check
+from lmtailor.rundir import RunDir
 
 NOT_VERIFIABLE = "not verifiable from the record"
 
@@ -37,7 +38,7 @@ def _extra_rows_files(run_dir: Path, record: dict) -> list[tuple[str, Path]]:
             continue
         named = Path(info["rows_file"]) if info.get("rows_file") else None
         # The recorded path is absolute; a run directory that was moved still has the file under its own name.
-        fallback = run_dir / kind / f"{record['row_id']}.jsonl"
+        fallback = RunDir(run_dir).extra_rows_path(kind, record["row_id"])
         found.append((kind, named if named is not None and named.is_file() else fallback))
     return found
 
@@ -372,9 +373,8 @@ def _data_warnings(splits: dict) -> dict:
 def honesty_checks(run_dir: Path, records: list[dict]) -> list[dict]:
     """The report's honesty checks on ``run_dir`` (its ``splits.json`` and extra-rows files) and its ``records``."""
     run_dir = Path(run_dir)
-    splits_path = run_dir / "splits.json"
-    if splits_path.is_file():
-        splits = json.loads(splits_path.read_text(encoding="utf-8"))
+    splits_path, splits = RunDir(run_dir).splits, RunDir(run_dir).read_splits()
+    if splits is not None:
         leak = _training_leak(run_dir, splits, records)
         shown = _exemplars_and_retrieval(splits, records)
         corpora = _corpora(splits, records)

@@ -18,6 +18,7 @@ from lmtailor.report.cost_notes import cost_notes
 from lmtailor.report.markdown_report import (RUNG_HEADERS, chart_options, cost_benefit_rows, deployment_note,
                                              detail_table, failed_rows, render_markdown_report, selection_line)
 from lmtailor.report.results_json import build_results, load_records
+from lmtailor.rundir import RunDir
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; margin: 2rem auto;
@@ -162,8 +163,9 @@ def write_report(run_dir: Path, title: str | None = None, recommendation: dict |
     records = load_records(run_dir) if records is None else records
     title = title or run_dir.name
     charts = all_charts(summary, records, **chart_options(report_cfg))
-    path = run_dir / "report.html"
+    run = RunDir(run_dir)
+    path = run.report_html
     write_text_atomic(path, render_html(summary, records, title, recommendation, honesty, report_cfg, charts=charts))
-    write_text_atomic(run_dir / "report.md", render_markdown_report(summary, records, title, recommendation, honesty,
-                                                                    report_cfg, charts=charts))
+    write_text_atomic(run.report_md, render_markdown_report(summary, records, title, recommendation, honesty,
+                                                            report_cfg, charts=charts))
     return path

@@ -17,6 +17,7 @@ from lmtailor.report.extra_data import extra_data_findings
 from lmtailor.report.table import TableRow, build_rows, fmt_usd, format_rows, headers
 from lmtailor.report.paired import compare_groups, verdict_words
 from lmtailor.report.selection import selection_sentence, selection_split
+from lmtailor.rundir import RunDir
 
 # "$ / month (as deployed)" is last so that the older columns keep their places
 # The rows every score is read against, before the spectrum's rungs: the trivial baseline (no model) and the
@@ -244,7 +245,7 @@ def chart_options(report_cfg) -> dict:
 
 def write_markdown_report(run_dir: Path, summary: dict, records: list[dict], title: str, **kwargs) -> Path:
     """Write ``run_dir/report.md`` atomically; keyword arguments as for ``render_markdown_report``."""
-    path = Path(run_dir) / "report.md"
+    path = RunDir(run_dir).report_md
     write_text_atomic(path, render_markdown_report(summary, records, title, **kwargs))
     return path
 

@@ -10,21 +10,15 @@ import json
 import math
 from pathlib import Path
 
-from lmtailor.errors import UserError
 from lmtailor.io import write_text_atomic
-from lmtailor.paths import check_record
 from lmtailor.report import paired
-from lmtailor.report.provenance import check_record_of_run, run_task, run_test_digest
 from lmtailor.report.analysis import bootstrap_ci, data_required, mean_std, pareto_frontier
-from lmtailor.report.record_check import check_record_fields
 from lmtailor.report.selection import VALIDATION, selection_block
+from lmtailor.rundir import RunDir
 
 # 2: validation scores per row and group, the selection block, group costs over finished seeds only, learning
 # curves' data required chosen on validation
 RESULTS_SUMMARY_VERSION = 2
-# Row-record versions this reader understands (runner.RESULT_SCHEMA_VERSION writes the newest): version 1 records
-# have no validation scores, so a report of them chooses on the test rows and says so.
-READABLE_RECORD_VERSIONS = (1, 2)
 DIGITS = 6  # derived numbers (means, std): enough for any metric, and free of float-summation noise in the text
 
 
@@ -35,46 +29,10 @@ def _num(x: float | None, digits: int | None = DIGITS) -> float | None:
     return round(x, digits) if digits is not None else x
 
 
-def _read_json(path: Path, hint: str) -> dict:
-    if not path.is_file():
-        raise UserError(f"{path} is missing; {hint}")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not a text file (byte offset {e.start} is not UTF-8); re-run that row or remove "
-                        "the file") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON (line {e.lineno}: {e.msg}); re-run that row or remove the file")
-
-
 def load_records(run_dir: Path) -> list[dict]:
-    """Every row record of ``run_dir/results``, in plan order (row_index, then row_id); a record whose row id, test
-    rows or task is not the run's is refused (report/provenance.py)."""
-    folder = Path(run_dir) / "results"
-    if not folder.is_dir():
-        raise UserError(f"{folder} is missing: is {run_dir} a run directory written by `lmtailor run`?")
-    test_digest, task = run_test_digest(run_dir), run_task(run_dir)
-    records = []
-    for path in sorted(folder.glob("*.json")):
-        record = _read_json(path, "")
-        check_record_fields(path, record)  # status, metrics, error: what the report computes with
-        missing = [k for k in ("row_id", "label", "model", "status") if k not in record]
-        if missing:
-            raise UserError(f"{path} lacks {missing}: it is not a row record of `lmtailor run`")
-        _check_version(path, record)
-        check_record(record, path, Path(run_dir))
-        check_record_of_run(path, record, test_digest, task)
-        records.append(record)
-    return sorted(records, key=lambda r: (r.get("row_index", 0), r["row_id"]))
-
-
-def _check_version(path: Path, record: dict) -> None:
-    """Refuse a record of a version this lmtailor cannot read, naming it; a record without one counts as 1."""
-    version = record.get("schema_version", 1)
-    if version not in READABLE_RECORD_VERSIONS:
-        raise UserError(f"{path} is a row record of schema_version {version!r}; this lmtailor reads versions "
-                        f"{', '.join(map(str, READABLE_RECORD_VERSIONS))}. Report it with the lmtailor that wrote it "
-                        "(its version is in the record's environment), or run the experiment again")
+    """Every row record of ``run_dir/results`` as the report reads it (a dict), in plan order; each is checked,
+    migrated to the current version, and refused when it is not the run's (``RunDir.read_record``)."""
+    return [r.as_dict() for r in RunDir(run_dir).records()]
 
 
 def _primary(record: dict) -> tuple[str | None, float | None, bool]:
@@ -230,10 +188,9 @@ def build_results(run_dir: Path) -> dict:
     """The deterministic summary of ``run_dir``: task, split sizes, rows (failed ones kept), groups over seeds,
     learning curves with data required, the quality-vs-cost Pareto frontier, and which split choices are made on
     (``selection``, see report/selection.py)."""
-    run_dir = Path(run_dir)
-    hint = "it is written by `lmtailor run` at the start of a run"
-    task = _read_json(run_dir / "task.json", hint)
-    splits = _read_json(run_dir / "splits.json", hint)
+    run = RunDir(run_dir)
+    task = run.read_json(run.task)
+    splits = run.read_json(run.splits)
     records = load_records(run_dir)
     rows = [_row(r) for r in records]
     groups = _groups(rows, records)
@@ -266,6 +223,6 @@ def write_results(run_dir: Path, summary: dict | None = None) -> Path:
     """Write ``run_dir/results.json`` atomically; the same run directory always gives the same bytes.
 
     ``summary``: ``build_results(run_dir)`` when the caller has it already (it reads every record)."""
-    path = Path(run_dir) / "results.json"
+    path = RunDir(run_dir).results_json
     write_text_atomic(path, render_results(summary if summary is not None else build_results(run_dir)))
     return path

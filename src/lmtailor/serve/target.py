@@ -19,6 +19,7 @@ from typing import Any
 from lmtailor.errors import UserError
 from lmtailor.models.families import family_of
 from lmtailor.models.family import Family
+from lmtailor.rundir import RunDir
 from lmtailor.runtime import Runtime
 
 _NOT_MERGEABLE = {"ADAPTION_PROMPT"}  # as export/merge.py: learns extra inputs, not weight updates
@@ -173,7 +174,7 @@ def _from_gguf(target: str, name: str) -> ServedModel:
 
 def _gguf_target(path: Path, target: str, row: str | None, name: str | None) -> ServedModel:
     """``--backend llamacpp``: a GGUF (embedded alias, .gguf path, folder with one), or a run row's exported one."""
-    if path.is_dir() and (path / "results").is_dir():
+    if path.is_dir() and RunDir(path).has_results():
         from lmtailor.export.exporter import default_out_dir
         from lmtailor.export.run_rows import select_row
 
@@ -195,7 +196,7 @@ def load_target(target: str, runtime: Runtime, row: str | None = None, name: str
     path = Path(target).expanduser()
     if backend == "llamacpp":
         return _gguf_target(path, target, row, name)
-    if path.is_dir() and (path / "results").is_dir():
+    if path.is_dir() and RunDir(path).has_results():
         return _from_run(path, row, runtime, name)
     if row is not None:
         raise UserError(f"--row picks a row of a run directory, but {target} is not one (it has no results/ folder)")

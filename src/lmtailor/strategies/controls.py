@@ -18,15 +18,14 @@ beside the gain (``report/extra_data.py``).
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lmtailor.errors import UserError
+from lmtailor.row_plan import PlannedRow, unique_row_id
+from lmtailor.rundir import RunDir
 from lmtailor.strategies.base import RunContext, Strategy, StrategyConfig, StrategyOutput
 
 if TYPE_CHECKING:
-    from lmtailor.runner import PlannedRow
     from lmtailor.strategies.finetune import FinetuneConfig
 
 
@@ -94,18 +93,19 @@ class EqualStepsControl(Strategy):
         return True
 
     def run(self, ctx: RunContext) -> StrategyOutput:
-        steps = self._steps(Path(ctx.run_dir) / "results" / f"{self.data_row_id}.json")
+        steps = self._steps(RunDir(ctx.run_dir))
         ctx.log.info("%s: %d optimizer steps on the %d original training rows, as %s took", self.label(), steps,
                      len(ctx.data.train), self.data_row_id)
         output = self.inner(_with_finetune(self.config, max_steps=steps)).run(ctx)
         output.details["control"] = {"of_row": self.data_row_id, "of_label": self.data_label, "max_steps": steps}
         return output
 
-    def _steps(self, path: Path) -> int:
+    def _steps(self, run: RunDir) -> int:
+        path = run.record_path(self.data_row_id)
         if not path.is_file():
             raise UserError(f"the control of row {self.data_row_id} needs that row's optimizer steps, but its record "
                             f"{path} is missing (the control runs after it); run the two rows together")
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = run.read_record(path).as_dict()
         steps = data_row_steps(record)
         if record.get("status") != "ok" or not steps:
             raise UserError(f"the control of row {self.data_row_id} cannot run: that row "
@@ -114,11 +114,9 @@ class EqualStepsControl(Strategy):
         return steps
 
 
-def add_equal_steps_controls(rows: list["PlannedRow"]) -> list["PlannedRow"]:
+def add_equal_steps_controls(rows: list[PlannedRow]) -> list[PlannedRow]:
     """``rows`` with an equal-steps control planned right after each row trained on extra data (ids unique,
     ``index`` renumbered in plan order)."""
-    from lmtailor.runner import PlannedRow, _slug
-
     seen = {r.row_id for r in rows}
     out: list[PlannedRow] = []
     for row in rows:
@@ -128,12 +126,7 @@ def add_equal_steps_controls(rows: list["PlannedRow"]) -> list["PlannedRow"]:
             continue
         control = EqualStepsControl(control_config(cfg, row.label), type(row.strategy), row.row_id, row.label)
         planned = PlannedRow("", control, row.model_ref, row.seed, row.train_size)
-        base = f"{_slug(planned.label)}__{_slug(row.model_ref)}__s{row.seed}"
-        row_id, k = base, 2
-        while row_id in seen:
-            row_id, k = f"{base}-{k}", k + 1
-        seen.add(row_id)
-        planned.row_id = row_id
+        planned.row_id = unique_row_id(planned, seen)
         out.append(planned)
     for i, row in enumerate(out):
         row.index = i

@@ -15,6 +15,7 @@ from lmtailor.data.augment import AugmentConfig
 from lmtailor.data.synthetic import SyntheticConfig
 from lmtailor.distributed import on_main
 from lmtailor.io import write_jsonl_atomic
+from lmtailor.rundir import RunDir
 from lmtailor.strategies.base import RunContext
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ def with_extra_rows(ctx: RunContext, augment: AugmentConfig | None, synthetic: S
             generator = SimpleNamespace(model=model, tokenizer=tokenizer)  # the model being trained rewrites
         result = make_augmented(real, augment, ctx.seed, ctx.task, generator, ctx.meter, splits=ctx.data,
                                 runtime=ctx.runtime)
-        path = ctx.run_dir / "augmented" / f"{ctx.row_id}.jsonl"
+        path = RunDir(ctx.run_dir).extra_rows_path("augmented", ctx.row_id)
         on_main(lambda: write_jsonl_atomic(path, (_record(r) for r in result.rows)))  # one writer per run
         details["augmented"] = {**result.stats, "rows_file": str(path)}
         ctx.log.info("augmentation (%s, %d×): %d rows added to %d real rows", augment.method, augment.factor,

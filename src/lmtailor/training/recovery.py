@@ -22,6 +22,7 @@ import torch
 from transformers import set_seed
 
 from lmtailor.errors import TrainingInterrupted, UserError
+from lmtailor.rundir import RunDir
 from lmtailor.training import checkpoint as ckpt
 from lmtailor.training.engine import EngineState
 
@@ -189,11 +190,8 @@ def _interrupted_message(trainer, engine: EngineState) -> str:
 
 def _run_dir_hint(checkpoint: Path | None) -> str:
     """The run directory holding ``checkpoint`` (``RUN/artifacts/<row>/[phase/]checkpoints/checkpoint-N``)."""
-    if checkpoint is not None:
-        for parent in checkpoint.parents:
-            if parent.name == "artifacts":
-                return str(parent.parent)
-    return "RUN_DIR"
+    run_dir = RunDir.of_artifact(checkpoint) if checkpoint is not None else None
+    return str(run_dir) if run_dir is not None else "RUN_DIR"
 
 
 def finish_checkpoints(trainer) -> None:

@@ -1,8 +1,10 @@
-"""The shape of a row record, checked when a report reads it: a hand-edited or damaged record is refused by name.
+"""The shape of a row record, checked on every read (``RunDir.read_record``): a hand-edited or damaged record is
+refused by name.
 
 The report computes means, intervals and costs from ``status``, ``metrics`` and ``error``; a record whose status is
 neither ``ok`` nor ``failed``, or whose metric value is a string, would otherwise end in a traceback deep inside a
-statistics function, or worse, in a number. Only what the report reads is checked; other fields pass as written.
+statistics function, or worse, in a number. These checks run first, on the JSON as read, so their messages say what
+the report needs; the ``RunRecord`` model then checks the other fields' types.
 """
 
 from __future__ import annotations

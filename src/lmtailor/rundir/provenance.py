@@ -10,34 +10,20 @@ side.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from lmtailor.errors import UserError
 from lmtailor.tasks.held_out import ids_digest
 
 
-def _read(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON ({e}); it is written by `lmtailor run` at the start of a run: "
-                        "restore it, or run the experiment again") from None
-    return value if isinstance(value, dict) else None
-
-
-def run_test_digest(run_dir: Path) -> str | None:
-    """The digest of the run's test-row ids (``splits.json``), or None when the run has no splits.json."""
-    splits = _read(Path(run_dir) / "splits.json")
+def digest_of_test_rows(splits: dict | None) -> str | None:
+    """The digest of the run's test-row ids (from its ``splits.json``), or None when the run has none."""
     test = (splits or {}).get("test")
     return ids_digest([str(i) for i in test]) if isinstance(test, list) else None
 
 
-def run_task(run_dir: Path) -> dict | None:
-    """The run's task name and type (``task.json``), or None when the run has no task.json."""
-    task = _read(Path(run_dir) / "task.json")
+def task_identity(task: dict | None) -> dict | None:
+    """The run's task name and type (from its ``task.json``), what every record repeats; None without one."""
     return None if task is None else {"name": task.get("name"), "type": task.get("type")}
 
 
