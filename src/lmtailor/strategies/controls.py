@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from lmtailor.errors import UserError
 from lmtailor.strategies.base import RunContext, Strategy, StrategyConfig, StrategyOutput
+from lmtailor.strategies.traits import StrategyTraits
 
 if TYPE_CHECKING:
     from lmtailor.runner import PlannedRow
@@ -92,6 +93,9 @@ class EqualStepsControl(Strategy):
 
     def uses_training_data(self) -> bool:
         return True
+
+    def traits(self) -> StrategyTraits:
+        return self.inner(self.config).traits()  # the data row's strategy, on the original rows only
 
     def run(self, ctx: RunContext) -> StrategyOutput:
         steps = self._steps(Path(ctx.run_dir) / "results" / f"{self.data_row_id}.json")

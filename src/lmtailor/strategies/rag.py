@@ -34,6 +34,7 @@ from pydantic import Field, model_validator
 from lmtailor.data.example import Example
 from lmtailor.errors import UserError
 from lmtailor.strategies.base import RunContext, Strategy, StrategyConfig, StrategyOutput
+from lmtailor.strategies.traits import StrategyTraits
 from lmtailor.strategies.prompt import (ExemplarChooser, check_prompt_knobs, prompt_label,
                                         refuse_remote_calibration)
 
@@ -139,6 +140,11 @@ class RagStrategy(Strategy):
 
     Config = RagConfig
     config: RagConfig
+    TRAITS = StrategyTraits(place="retrieval", use="prompted", rung="rag", data=("corpus",))
+
+    def traits(self) -> StrategyTraits:
+        shots = self.config.shots
+        return replace(self.TRAITS, data=("corpus", "exemplars"), exemplars=shots) if shots else self.TRAITS
 
     def default_label(self) -> str:
         cfg = self.config
