@@ -1,8 +1,8 @@
 """The report's charts: matplotlib figures rendered to inline SVG strings, deterministic byte for byte.
 
 Each chart function is a pure function of the run summary (``results_json.build_results``) and the row records
-(which say what each group's strategy is: ``report/traits.py``), and returns a ``Chart`` (SVG, caption, the plotted numbers as text lines for report.md) or None when the run has
-no data for it; ``ABSENT`` says why, for the page to print instead. Figures are built on ``matplotlib.figure.Figure``
+(which say what each group's strategy is: ``report/traits.py``), and returns a ``Chart`` (SVG, caption, the
+plotted numbers as text lines for report.md) or None when the run has no data for it; ``ABSENT`` says why, for the page to print instead. Figures are built on ``matplotlib.figure.Figure``
 directly (never pyplot, whose global figure registry would leak state between charts) inside an ``rc_context``
 with fixed settings, a fixed SVG hash salt and no date, so the same run always gives the same bytes.
 """
@@ -283,15 +283,16 @@ def break_even_pair(summary: dict, records: list[dict], baseline_label: str | No
     groups = [g for g in _score_groups(summary, None)
               if g["usd_train_mean"] is not None and g["usd_inference_per_1k_mean"] is not None]
     traits = group_traits(groups, records)
-    use = lambda g: traits[g["id"]].use if traits[g["id"]] else None  # noqa: E731
-    place = lambda g: traits[g["id"]].place if traits[g["id"]] else None  # noqa: E731
+
+    def of(uses: tuple[str, ...], place: str | None = None) -> list[dict]:
+        """The groups whose strategy is used as ``uses`` says (at ``place``), in plan order."""
+        return [g for g in groups if (t := traits[g["id"]]) is not None and t.use in uses and place in (None, t.place)]
+
     if baseline_label:
-        base = best_group([g for g in groups if g["label"] == baseline_label and use(g) in ("prompted", "trained")])
+        base = best_group([g for g in of(("prompted", "trained")) if g["label"] == baseline_label])
     else:
-        base = next((b for p in SPECTRUM if (b := best_group([g for g in groups if use(g) == "prompted"
-                                                              and place(g) == p]))), None)
-    trained = [g for g in groups if use(g) == "trained"]
-    tuned = best_group([g for g in trained if place(g) == "fine-tuning"]) or best_group(trained)
+        base = next((b for p in SPECTRUM if (b := best_group(of(("prompted",), p)))), None)
+    tuned = best_group(of(("trained",), "fine-tuning")) or best_group(of(("trained",)))
     return (base, tuned) if base and tuned else None
 
 

@@ -160,11 +160,14 @@ def _training_leak(run_dir: Path, splits: dict, records: list[dict]) -> dict:
 def _exemplars_and_retrieval(splits: dict, records: list[dict]) -> dict:
     test = {str(i) for i in splits.get("test") or []}
     # prompted rows (their exemplars) and floors answering with training rows (the nearest-neighbour vote records
-    # its neighbours as exemplars); a prompted row with a corpus retrieved documents too
+    # its neighbours as exemplars)
     traits = {r["row_id"]: traits_of(r) for r in records}
     uses = [r for r in records if (t := traits[r["row_id"]]) is not None and r.get("status") == "ok"
             and (t.use == "prompted" or (t.use == "floor" and "training rows" in t.data))]
-    retrieves = lambda r: traits[r["row_id"]].use == "prompted" and "corpus" in traits[r["row_id"]].data  # noqa: E731
+
+    def retrieves(r: dict) -> bool:  # a prompted row with a corpus: it retrieved documents too
+        return "corpus" in traits[r["row_id"]].data and traits[r["row_id"]].use == "prompted"
+
     if not uses:
         return _check("test rows never used as exemplars or retrieved", True, "no prompted or RAG row finished")
     digests, why_not = _content(splits)
