@@ -28,6 +28,15 @@ def test_every_registered_strategy_declares_its_traits(name):
     assert isinstance(declared, StrategyTraits), f"{name} declares no TRAITS"
 
 
+def test_a_strategy_that_declares_nothing_is_named_when_its_row_is_recorded():
+    class Silent(Strategy):
+        def run(self, ctx):
+            raise AssertionError("never run")
+
+    with pytest.raises(TypeError, match="strategy Silent declares no TRAITS"):
+        Silent(StrategyConfig(name="silent")).traits()
+
+
 def _traits(name: str, **config) -> StrategyTraits:
     cls = STRATEGIES.get(name)
     return cls(cls.Config.model_validate({"name": name, **config})).traits()

@@ -16,13 +16,13 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from lmtailor.errors import UserError
-from lmtailor.strategies import STRATEGIES
+from lmtailor.strategies import STRATEGIES, Strategy
 from lmtailor.strategies.traits import StrategyTraits
 
 
 def traits_of(record: dict) -> StrategyTraits | None:
-    """The traits of the record's strategy: stored in the record, else derived from its strategy and config;
-    None for a record of a strategy this lmtailor does not know (it then has no rung of its own)."""
+    """The traits of the record's strategy: stored in the record, else what its strategy declares for its config;
+    None for a record of a strategy this lmtailor does not know."""
     stored = record.get("traits")
     if stored is not None:
         try:
@@ -30,15 +30,15 @@ def traits_of(record: dict) -> StrategyTraits | None:
         except (ValueError, TypeError) as e:
             raise UserError(f"row {record.get('row_id')!r}: its record's traits cannot be read ({e}); re-run the "
                             "row, or delete the key to have them derived from its strategy") from None
-    return _declared(str(record.get("strategy")), json.dumps(record.get("config") or {}, sort_keys=True))
+    name = record.get("strategy")
+    if not isinstance(name, str) or name not in STRATEGIES:
+        return None  # a strategy this lmtailor does not know (a plugin not loaded): no rung of its own
+    return _declared(STRATEGIES.get(name), json.dumps(record.get("config") or {}, sort_keys=True))
 
 
 @lru_cache(maxsize=256)
-def _declared(name: str, config_json: str) -> StrategyTraits | None:
-    """What strategy ``name`` declares for this config (the class's own traits when the config cannot say)."""
-    if name not in STRATEGIES:
-        return None
-    cls = STRATEGIES.get(name)
+def _declared(cls: type[Strategy], config_json: str) -> StrategyTraits | None:
+    """What strategy class ``cls`` declares for this config (its own traits when the config cannot say)."""
     try:
         return cls(_as_stored(cls.Config, json.loads(config_json))).traits()
     except (AttributeError, TypeError, ValueError):
