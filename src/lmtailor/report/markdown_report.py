@@ -153,7 +153,8 @@ def cost_benefit_rows(summary: dict, records: list[dict], report_cfg=None) -> li
             rung, best["id"],
             fmt_usd(best["usd_train_mean"]) if best["usd_train_mean"] else "$0",
             fmt_usd(best["usd_inference_per_1k_mean"]), train, _duration(t.infer_s_per_1k if t else None),
-            _data_required(best, traits[best["id"]], summary, records), _spread(best), delta, _per_month(best, records, report_cfg)]))
+            _data_required(best, traits[best["id"]], summary, records), _spread(best), delta,
+            _per_month(best, records, report_cfg)]))
     return rows
 
 

@@ -205,7 +205,8 @@ class ContinuedPretrainingStrategy(Strategy):
 
     Config = ContinuedPretrainingConfig
     config: ContinuedPretrainingConfig
-    TRAITS = StrategyTraits(place="continued-pretraining", use="trained", rung="continued-pretraining", data=("corpus", "training rows"))
+    TRAITS = StrategyTraits(place="continued-pretraining", use="trained", rung="continued-pretraining",
+                            data=("corpus", "training rows"))
 
     def default_label(self) -> str:
         phase = "LoRA" if self.config.method == "lora" else "full"
