@@ -1,11 +1,11 @@
 """The report's charts: matplotlib figures rendered to inline SVG strings, deterministic byte for byte.
 
-Each chart function is a pure function of the run summary (``results_json.build_results``) and the row records
-(which say what each group's strategy is: ``report/traits.py``), and returns a ``Chart`` (SVG, caption, the
-plotted numbers as text lines for report.md) or None when the run has no data for it; ``ABSENT`` says why, for the
-page to print instead. Figures are built on ``matplotlib.figure.Figure`` directly (never pyplot, whose global
-figure registry would leak state between charts) inside an ``rc_context`` with fixed settings, a fixed SVG hash
-salt and no date, so the same run always gives the same bytes.
+Each chart function is a pure function of the run summary (``results_json.build_results``) and the row records,
+and returns a ``Chart`` (SVG, caption, the plotted numbers as text lines for report.md) or None when the run has
+no data for it; ``ABSENT`` says why, for the page to print instead. Figures are built on ``matplotlib.figure.Figure``
+directly (never pyplot, whose global figure registry would leak state between charts) inside an ``rc_context``
+with fixed settings, a fixed SVG hash salt and no date, so the same run always gives the same bytes.
+The records also say what each group's strategy is (``report/traits.py``).
 """
 
 from __future__ import annotations
