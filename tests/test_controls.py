@@ -136,7 +136,8 @@ def _records(with_control: bool = True) -> list[dict]:
 
 def test_findings_split_the_gain_between_the_extra_rows_and_the_longer_training():
     from lmtailor.report.extra_data import extra_data_findings
-    from lmtailor.report.table import build_rows, results_markdown
+    from lmtailor.report.table import results_markdown
+    from lmtailor.report.table_rows import build_rows
 
     lines = extra_data_findings(_records())
     finding = next(line for line in lines if line.startswith("- "))
@@ -156,7 +157,7 @@ def test_findings_split_the_gain_between_the_extra_rows_and_the_longer_training(
 
 def test_without_a_control_the_step_ratio_stands_beside_the_gain():
     from lmtailor.report.extra_data import extra_data_findings
-    from lmtailor.report.table import build_rows
+    from lmtailor.report.table_rows import build_rows
 
     records = _records(with_control=False)
     finding = next(line for line in extra_data_findings(records) if line.startswith("- "))

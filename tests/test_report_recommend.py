@@ -135,7 +135,8 @@ RAG = _group("rag | big", "rag", 0.90, [0.88, 0.92], per_1k=3.0, train=1.0)
 
 
 def _records(*groups):
-    return [{"row_id": r, "status": "ok"} for g in groups for r in g["rows"]]
+    # the report reads what a group's strategy is from its records (report/traits.py)
+    return [{"row_id": r, "status": "ok", "strategy": g["strategy"]} for g in groups for r in g["rows"]]
 
 
 def test_fine_tuned_small_model_meeting_the_floor_is_chosen_with_its_payback():
@@ -189,7 +190,8 @@ def _scored(gid, strategy, test_rows, val_rows, per_1k, train):
     """A group and its one record, scored row by row on 20 test and 20 validation rows."""
     label, model = gid.split(" | ")
     row_id = f"{label}__{model}__s0"
-    record = {"row_id": row_id, "status": "ok", "test_ids_sha256": "t", "score_details": {"per_row": test_rows},
+    record = {"row_id": row_id, "status": "ok", "strategy": strategy, "test_ids_sha256": "t",
+              "score_details": {"per_row": test_rows},
               "validation": {"ids_sha256": "v", "score_details": {"per_row": val_rows}}}
     group = _group(gid, strategy, sum(test_rows) / 20, list(bootstrap_ci(test_rows)), per_1k, train, rows=[row_id])
     group.update(validation_score_mean=sum(val_rows) / 20, validation_ci95=list(bootstrap_ci(val_rows)))

@@ -1,4 +1,5 @@
-from lmtailor.report.table import build_rows, results_markdown
+from lmtailor.report.table import results_markdown
+from lmtailor.report.table_rows import build_rows
 
 
 def _record(label, model, score, strategy="prompt", shots=0, status="ok", seed=0, train_s=0.0):
@@ -130,7 +131,7 @@ def test_training_footprint_column_lines_up_with_the_trained_rows_only():
 
 
 def test_status_counts_answers_cut_at_max_new_tokens_over_seeds():
-    from lmtailor.report.table import build_rows
+    from lmtailor.report.table_rows import build_rows
 
     a, b = _record("gen", "m", 0.3, seed=0), _record("gen", "m", 0.4, seed=1)
     a["details"] = {"inference": {"truncated_generations": 3}}

@@ -140,6 +140,7 @@ def run_row(row: PlannedRow, exp: Experiment, task: TaskSpec, splits: DatasetSpl
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     record = RunRecord(row_id=row.row_id, row_index=row.index, label=row.label,
                        strategy=row.strategy.config.name, config=row.strategy.config.model_dump(mode="json"),
+                       traits=row.strategy.traits().to_record(),  # what the report reads, never the name
                        model=row.model_ref, seed=row.seed,
                        family=_family(row.model_ref, runtime.trust_remote_code) if row.strategy.uses_model() else None,
                        train_size=len(data.train),

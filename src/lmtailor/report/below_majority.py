@@ -20,7 +20,16 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-PROMPTED = ("prompt", "rag")
+from lmtailor.report.traits import traits_of
+
+
+def _prompted(record: dict) -> bool:
+    return (traits := traits_of(record)) is not None and traits.use == "prompted"
+
+
+def _fixed_rule(record: dict) -> bool:
+    """The trivial baseline's row (a floor that uses no data: the majority class on a label task)."""
+    return (traits := traits_of(record)) is not None and traits.fixed_rule
 
 
 def _accuracy(record: dict) -> float | None:
@@ -35,9 +44,9 @@ def _mean(values: list[float]) -> float | None:
 
 def majority_rate(records: list[dict]) -> tuple[float, str] | None:
     """The majority-class rate on the test rows and where it comes from, or None when the run cannot tell."""
-    baseline = [a for r in records if r.get("strategy") == "baseline" and (a := _accuracy(r)) is not None]
+    baseline = [a for r in records if _fixed_rule(r) and (a := _accuracy(r)) is not None]
     if baseline:
-        label = next(r["label"] for r in records if r.get("strategy") == "baseline")
+        label = next(r["label"] for r in records if _fixed_rule(r))
         return _mean(baseline), f"the rate is the score of the majority-class baseline row ({label})"
     for r in records:
         per_class = (r.get("score_details") or {}).get("per_class")
@@ -83,7 +92,7 @@ def below_majority_notes(records: list[dict]) -> list[str]:
     rate, source = floor
     groups: OrderedDict[tuple[str, str], list[dict]] = OrderedDict()
     for r in records:
-        if r.get("strategy") in PROMPTED and _accuracy(r) is not None:
+        if _prompted(r) and _accuracy(r) is not None:
             groups.setdefault((r["label"], r["model"]), []).append(r)
     notes = []
     for (label, model), recs in groups.items():

@@ -5,6 +5,7 @@ and returns a ``Chart`` (SVG, caption, the plotted numbers as text lines for rep
 no data for it; ``ABSENT`` says why, for the page to print instead. Figures are built on ``matplotlib.figure.Figure``
 directly (never pyplot, whose global figure registry would leak state between charts) inside an ``rc_context``
 with fixed settings, a fixed SVG hash salt and no date, so the same run always gives the same bytes.
+The records also say what each group's strategy is (``report/traits.py``).
 """
 
 from __future__ import annotations
@@ -20,11 +21,9 @@ from matplotlib.figure import Figure
 
 from lmtailor.report.analysis import break_even, cumulative_cost
 from lmtailor.report.selection import best_of, selection_split
-from lmtailor.report.table import TableRow, build_rows
-
-PROMPTED = ("prompt", "rag")  # strategies that use a model as it is: the baselines
-TRAINED = ("finetune", "continued-pretraining", "scratch")
-RUNGS = PROMPTED + TRAINED  # the customization spectrum, cheapest first
+from lmtailor.report.table_rows import TableRow, build_rows
+from lmtailor.report.traits import group_traits
+from lmtailor.strategies.traits import SPECTRUM
 
 # Okabe-Ito: readable by colour-blind readers and in grey print.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
@@ -117,11 +116,11 @@ def _score_groups(summary: dict, metric: str | None) -> list[dict]:
     return [g for g in summary.get("groups", []) if g["score_mean"] is not None and g["metric"] == metric]
 
 
-def best_group(groups: list[dict], strategies: tuple[str, ...], split: str | None = None) -> dict | None:
-    """The best group among those of ``strategies`` (direction-aware), chosen on ``split``'s scores: validation
-    unless some of them has none (report/selection.py); ties: the first in plan order. Its test score is what the
-    report shows, so a rung of many configurations does not report the best of them on the test rows."""
-    found = [g for g in groups if g["strategy"] in strategies and g["score_mean"] is not None]
+def best_group(groups: list[dict], split: str | None = None) -> dict | None:
+    """The best of ``groups`` (direction-aware), chosen on ``split``'s scores: validation unless some of them has
+    none (report/selection.py); ties: the first in plan order. Its test score is what the report shows, so a rung of
+    many configurations does not report the best of them on the test rows."""
+    found = [g for g in groups if g["score_mean"] is not None]
     return best_of(found, split or selection_split(found)) if found else None
 
 
@@ -162,14 +161,17 @@ def pareto_chart(summary: dict) -> Chart | None:
 
 # --- 2. learning curves ------------------------------------------------------------------------------------------
 
-def learning_curves_chart(summary: dict) -> Chart | None:
-    """Quality against training-set size, one line per trained strategy; prompted groups as horizontal lines."""
+def learning_curves_chart(summary: dict, records: list[dict]) -> Chart | None:
+    """Quality against training-set size, one line per trained strategy; groups that learn nothing from the
+    training rows (prompted rows, the trivial baseline) as horizontal lines."""
     curves = summary.get("learning_curves") or []
     if not curves:
         return None
     metric, higher = curves[0]["metric"], curves[0]["higher_is_better"]
     curves = [c for c in curves if c["metric"] == metric]
-    baselines = [g for g in _score_groups(summary, metric) if g["strategy"] in PROMPTED + ("baseline",)]
+    groups = _score_groups(summary, metric)
+    traits = group_traits(groups, records)
+    baselines = [g for g in groups if (t := traits[g["id"]]) is not None and not t.learns]
 
     def draw(fig, axes):
         ax = axes[0]
@@ -270,20 +272,28 @@ def forgetting_chart(records: list[dict]) -> Chart | None:
 
 # --- 5. break-even -----------------------------------------------------------------------------------------------
 
-def break_even_pair(summary: dict, baseline_label: str | None = None) -> tuple[dict, dict] | None:
+def break_even_pair(summary: dict, records: list[dict], baseline_label: str | None = None
+                    ) -> tuple[dict, dict] | None:
     """(prompted baseline group, best fine-tuned group) for the break-even, or None when either is missing.
 
     The baseline is the group labelled ``baseline_label`` (``report.baseline``; the best-scoring one when several
-    models ran it), else the best prompted group; the other side is the best fine-tuned group (any trained
-    strategy when nothing was fine-tuned). Both need a training cost and an inference cost.
+    models ran it; never a floor), else the best prompted group of the cheapest place on the spectrum that has one
+    (prompting, then retrieval); the other side is the best fine-tuned group (any trained strategy when nothing was
+    fine-tuned). Both need a training cost and an inference cost. ``records`` say what each group is.
     """
     groups = [g for g in _score_groups(summary, None)
               if g["usd_train_mean"] is not None and g["usd_inference_per_1k_mean"] is not None]
+    traits = group_traits(groups, records)
+
+    def of(uses: tuple[str, ...], place: str | None = None) -> list[dict]:
+        """The groups whose strategy is used as ``uses`` says (at ``place``), in plan order."""
+        return [g for g in groups if (t := traits[g["id"]]) is not None and t.use in uses and place in (None, t.place)]
+
     if baseline_label:
-        base = best_group([g for g in groups if g["label"] == baseline_label], RUNGS)
+        base = best_group([g for g in of(("prompted", "trained")) if g["label"] == baseline_label])
     else:
-        base = best_group(groups, ("prompt",)) or best_group(groups, ("rag",))
-    tuned = best_group(groups, ("finetune",)) or best_group(groups, TRAINED)
+        base = next((b for p in SPECTRUM if (b := best_group(of(("prompted",), p)))), None)
+    tuned = best_group(of(("trained",), "fine-tuning")) or best_group(of(("trained",)))
     return (base, tuned) if base and tuned else None
 
 
@@ -311,11 +321,11 @@ def break_even_chart(summary: dict, requests_per_month: int = 100_000, baseline_
     """Cumulative cost against requests served for the prompted baseline and the best fine-tuned group, with the
     crossing point (``analysis.break_even``) marked and the caption saying which is cheaper on each side of it
     (``analysis.compare_costs``: all four sign cases). ``records`` and ``deployment`` price self-hosted groups
-    as deployed (``report/deployment.py``)."""
+    as deployed (``report/deployment.py``) and say what each group is: without them there is no pair."""
     from lmtailor.report.analysis import compare_costs
     from lmtailor.report.durations import human_duration
 
-    pair = break_even_pair(summary, baseline_label)
+    pair = break_even_pair(summary, records or [], baseline_label)
     if pair is None:
         return None
     base, tuned = pair
@@ -370,7 +380,7 @@ def all_charts(summary: dict, records: list[dict], requests_per_month: int = 100
     """Every chart of the report in page order, as ``(key, chart or None)``; ``ABSENT[key]`` explains a None."""
     return [
         ("pareto", pareto_chart(summary)),
-        ("learning_curves", learning_curves_chart(summary)),
+        ("learning_curves", learning_curves_chart(summary, records)),
         ("memory", memory_chart(records)),
         ("forgetting", forgetting_chart(records)),
         ("break_even", break_even_chart(summary, requests_per_month, baseline_label, records, deployment)),

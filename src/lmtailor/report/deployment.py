@@ -32,6 +32,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from lmtailor.report.traits import traits_of
+
 HOURS_PER_MONTH = 730.0  # 365.25 days × 24 hours / 12 months, rounded as cloud price sheets do
 
 
@@ -83,7 +85,7 @@ class MonthlyCost:
 def serving_of(records: list[dict]) -> Serving | None:
     """The serving facts of a group's finished records (its seeds), None when none finished with an inference
     measurement. Throughput is the seeds' test rows over their inference wall time, summed."""
-    if records and all(r.get("strategy") == "baseline" for r in records):
+    if records and all((t := traits_of(r)) is not None and t.fixed_rule for r in records):
         # The trivial baseline (strategies/baseline.py) is a fixed rule with no model: it rides on whatever already
         # serves the application, so it is priced at $0, not at an always-on instance of its own.
         return Serving("rule", "cpu", None, None, None) if any(r.get("status") == "ok" for r in records) else None

@@ -11,47 +11,15 @@ from __future__ import annotations
 
 import statistics
 
+from lmtailor.report.extra_data_rows import (control_of, finetune_details, fmt_steps, label_model_groups,
+                                             optimizer_steps, plain_twin, trained_on_extra_data)
 from lmtailor.report.paired import compare_groups, verdict_words
-from lmtailor.report.table import TableRow, build_rows
-
-_EXTRA_KEYS = ("augmented", "synthetic")
-
-
-def _finetune_details(record: dict) -> dict:
-    details = record.get("details") or {}
-    return details["finetune"] if isinstance(details.get("finetune"), dict) else details
-
-
-def trained_on_extra_data(record: dict) -> bool:
-    """Whether the row's training rows included augmented or synthetic ones."""
-    return any(isinstance(_finetune_details(record).get(k), dict) for k in _EXTRA_KEYS)
-
-
-def control_of(record: dict) -> dict | None:
-    """A control row's link to its data row (``of_row``, ``of_label``, ``max_steps``), else None."""
-    control = (record.get("details") or {}).get("control")
-    return control if isinstance(control, dict) else None
-
-
-def _steps(records: list[dict]) -> float | None:
-    steps = [s for r in records if r.get("status") == "ok"
-             and isinstance(s := _finetune_details(r).get("steps"), (int, float))]
-    return statistics.fmean(steps) if steps else None
+from lmtailor.report.table_rows import TableRow, build_rows
 
 
 def _rows_count(records: list[dict], key: str) -> float | None:
-    values = [v for r in records if r.get("status") == "ok" and isinstance(v := _finetune_details(r).get(key), int)]
+    values = [v for r in records if r.get("status") == "ok" and isinstance(v := finetune_details(r).get(key), int)]
     return statistics.fmean(values) if values else None
-
-
-def _plain_config(record: dict) -> dict:
-    """The record's config without its label and extra data: what a plain twin's config must equal."""
-    config = {k: v for k, v in (record.get("config") or {}).items() if k not in ("label", "models")}
-    if isinstance(config.get("finetune"), dict):  # a copy: the record itself is left as it is
-        config["finetune"] = {k: v for k, v in config["finetune"].items() if k not in ("augment", "synthetic")}
-    for key in ("augment", "synthetic"):
-        config.pop(key, None)
-    return config
 
 
 def _control_wanted(record: dict) -> bool:
@@ -59,33 +27,6 @@ def _control_wanted(record: dict) -> bool:
     config = record.get("config") or {}
     block = config["finetune"] if isinstance(config.get("finetune"), dict) else config
     return any(isinstance(b := block.get(k), dict) and b.get("control", True) for k in ("augment", "synthetic"))
-
-
-def _key(record: dict) -> tuple[str, str]:
-    return record["label"], record["model"]
-
-
-def _groups(records: list[dict]) -> dict[tuple[str, str], list[dict]]:
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for r in records:
-        groups.setdefault(_key(r), []).append(r)
-    return groups
-
-
-def _plain_twin(data: list[dict], groups: dict[tuple[str, str], list[dict]]) -> tuple[str, str] | None:
-    """The group trained the same way on the original rows only, with no step override (the plain row)."""
-    first = data[0]
-    want = (first.get("strategy"), first.get("train_size_requested"), _plain_config(first))
-    for key, recs in groups.items():
-        r = recs[0]
-        if (key[1] == first["model"] and not trained_on_extra_data(r) and control_of(r) is None
-                and (r.get("strategy"), r.get("train_size_requested"), _plain_config(r)) == want):
-            return key
-    return None
-
-
-def _fmt_steps(steps: float) -> str:
-    return f"{steps:.0f}" if steps == round(steps) else f"{steps:.1f}"
 
 
 def _pts(a: float, b: float) -> str:
@@ -102,7 +43,7 @@ def _noise(recs_a: list[dict], recs_b: list[dict], by_id: dict[str, dict]) -> st
 def extra_data_findings(records: list[dict]) -> list[str]:
     """Markdown lines: each extra-data row against its equal-steps control (or, without one, the step ratio to the
     plain row beside the gain); no lines when no row trained on extra data."""
-    groups = _groups(records)
+    groups = label_model_groups(records)
     by_id = {r["row_id"]: r for r in records}
     table = {(r.label, r.model): r for r in build_rows(records)}
     controls = {(c["of_label"], key[1]): key for key, recs in groups.items() if (c := control_of(recs[0]))}
@@ -123,11 +64,11 @@ def extra_data_findings(records: list[dict]) -> list[str]:
 
 def _finding(row: TableRow, recs: list[dict], groups: dict, table: dict, control_key: tuple | None,
              by_id: dict[str, dict]) -> str:
-    steps = _steps(recs)
-    head = f"**{row.label}** ({row.metric} {row.score:.3f}, {_fmt_steps(steps) if steps else '?'} optimizer steps)"
-    twin_key = _plain_twin(recs, groups)
+    steps = optimizer_steps(recs)
+    head = f"**{row.label}** ({row.metric} {row.score:.3f}, {fmt_steps(steps) if steps else '?'} optimizer steps)"
+    twin_key = plain_twin(recs, groups)
     twin = table.get(twin_key) if twin_key else None
-    twin_steps = _steps(groups[twin_key]) if twin_key else None
+    twin_steps = optimizer_steps(groups[twin_key]) if twin_key else None
     control = table.get(control_key) if control_key else None
     if control is not None and control.score is not None:
         real = _rows_count(groups[control_key], "train_rows")
@@ -136,7 +77,7 @@ def _finding(row: TableRow, recs: list[dict], groups: dict, table: dict, control
                 f"rows) {_noise(recs, groups[control_key], by_id)}: the effect of the extra rows themselves")
         if twin is not None and twin.score is not None:
             text += (f"; {_pts(row.score, twin.score)} over {twin.label} ({twin.score:.3f}"
-                     + (f", {_fmt_steps(twin_steps)} steps" if twin_steps else "")
+                     + (f", {fmt_steps(twin_steps)} steps" if twin_steps else "")
                      + f"), of which {_pts(control.score, twin.score)} is training longer "
                      + _noise(groups[control_key], groups[twin_key], by_id))
         return text + "."
@@ -144,31 +85,9 @@ def _finding(row: TableRow, recs: list[dict], groups: dict, table: dict, control
            else "its equal-steps control is off (control: false)")
     if twin is not None and twin.score is not None and steps and twin_steps:
         return (f"{head}: {_pts(row.score, twin.score)} over {twin.label} with {steps / twin_steps:.1f}x its "
-                f"optimizer steps ({_fmt_steps(steps)} vs {_fmt_steps(twin_steps)}); {why}, so the gain mixes the "
+                f"optimizer steps ({fmt_steps(steps)} vs {fmt_steps(twin_steps)}); {why}, so the gain mixes the "
                 "extra rows and the longer training.")
     total, real = _rows_count(recs, "train_rows_total"), _rows_count(recs, "real_rows")
     rows = f" on {total:.0f} training rows ({real:.0f} original)" if total and real else ""
     return (f"{head}{rows}: no row trained on the original rows alone to compare with, and {why}; at the same "
             "epochs the extra rows also bring more optimizer steps.")
-
-
-def step_ratio_note(records: list[dict], all_records: list[dict]) -> str:
-    """The table's status note for an extra-data row without a control ("4.9x the optimizer steps of LoRA") or for
-    a control ("control: 120 optimizer steps"); "" otherwise."""
-    if not records:
-        return ""
-    control = control_of(records[0])
-    if control is not None:
-        steps = _steps(records)
-        return f"control: {_fmt_steps(steps)} optimizer steps, original rows only" if steps else ""
-    if not trained_on_extra_data(records[0]):
-        return ""
-    if any((c := control_of(r)) and c.get("of_label") == records[0]["label"] and r["model"] == records[0]["model"]
-           for r in all_records):
-        return ""
-    groups = _groups(all_records)
-    twin_key = _plain_twin(records, groups)
-    steps, twin_steps = _steps(records), _steps(groups[twin_key]) if twin_key else None
-    if not (steps and twin_steps):
-        return ""
-    return f"{steps / twin_steps:.1f}x the optimizer steps of {twin_key[0]}"

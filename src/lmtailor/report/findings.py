@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 from lmtailor.models.families import FAMILIES
 from lmtailor.report.paired import DIFFERS, UNKNOWN, WITHIN_NOISE, compare_groups
-from lmtailor.report.table import TableRow, fmt_usd, build_rows
+from lmtailor.report.table_rows import TableRow, build_rows, fmt_usd
+from lmtailor.report.traits import traits_of
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,7 @@ def _task_findings(records: list[dict]) -> list[str]:
     metric = ok["primary_metric"] if ok else "-"
     hib = next((m.get("higher_is_better", True) for m in (ok or {}).get("metrics", []) if m["name"] == metric), True)
     family_of = _family_of(records)
-    trivial = {(r["label"], r["model"]) for r in records if r.get("strategy") == "baseline"}
+    trivial = {(r["label"], r["model"]) for r in records if (t := traits_of(r)) is not None and t.fixed_rule}
     rows = [r for r in rows if (r.label, r.model) not in trivial]  # no model, no family: the floor is elsewhere
     validation = _validation_means(records)
     scored = [(r.label, r.model) for r in rows if r.score is not None]

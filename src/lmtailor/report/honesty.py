@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from lmtailor.report.search_section import search_parity_check
+from lmtailor.report.traits import traits_of
 from lmtailor.rundir import RunDir
 
 NOT_VERIFIABLE = "not verifiable from the record"
@@ -159,7 +160,15 @@ def _training_leak(run_dir: Path, splits: dict, records: list[dict]) -> dict:
 
 def _exemplars_and_retrieval(splits: dict, records: list[dict]) -> dict:
     test = {str(i) for i in splits.get("test") or []}
-    uses = [r for r in records if r.get("strategy") in ("prompt", "rag", "nearest") and r.get("status") == "ok"]
+    # prompted rows (their exemplars) and floors answering with training rows (the nearest-neighbour vote records
+    # its neighbours as exemplars)
+    traits = {r["row_id"]: traits_of(r) for r in records}
+    uses = [r for r in records if (t := traits[r["row_id"]]) is not None and r.get("status") == "ok"
+            and (t.use == "prompted" or (t.use == "floor" and "training rows" in t.data))]
+
+    def retrieves(r: dict) -> bool:  # a prompted row with a corpus: it retrieved documents too
+        return "corpus" in traits[r["row_id"]].data and traits[r["row_id"]].use == "prompted"
+
     if not uses:
         return _check("test rows never used as exemplars or retrieved", True, "no prompted or RAG row finished")
     digests, why_not = _content(splits)
@@ -193,7 +202,7 @@ def _exemplars_and_retrieval(splits: dict, records: list[dict]) -> dict:
             if hit:
                 problems.append(f"{r['row_id']} used test rows as exemplars: {_ids(hit)}")
             by_content(r["row_id"], "exemplars", details["exemplar_ids"])
-        if r.get("strategy") == "rag":
+        if retrieves(r):
             retrieved = details.get("retrieved_doc_ids")
             if not isinstance(retrieved, dict):
                 unknown.append(f"{r['row_id']} (retrieved documents)")
@@ -210,7 +219,7 @@ def _exemplars_and_retrieval(splits: dict, records: list[dict]) -> dict:
         detail += "; " + "; ".join(problems)
     if unknown:
         detail += f"; {NOT_VERIFIABLE} for {', '.join(unknown)}"
-    if any(r.get("strategy") == "rag" for r in uses):
+    if any(retrieves(r) for r in uses):
         detail += " (documents of other corpora: see the corpora check)"
     return _check("test rows never used as exemplars or retrieved", not problems and not unknown, detail)
 

@@ -11,18 +11,18 @@ from pathlib import Path
 
 from lmtailor.io import write_text_atomic
 from lmtailor.report.below_majority import below_majority_notes
-from lmtailor.report.charts import ABSENT, RUNGS, Chart, all_charts, best_group
+from lmtailor.report.charts import ABSENT, Chart, all_charts, best_group
 from lmtailor.report.cost_notes import cost_notes
 from lmtailor.report.extra_data import extra_data_findings
-from lmtailor.report.table import TableRow, build_rows, fmt_usd, format_rows, headers
+from lmtailor.report.table import format_rows, headers
+from lmtailor.report.table_rows import TableRow, build_rows, fmt_usd
 from lmtailor.report.paired import compare_groups, verdict_words
 from lmtailor.report.selection import selection_sentence, selection_split
+from lmtailor.report.traits import group_traits, rungs_in_order, traits_of
 from lmtailor.rundir import RunDir
+from lmtailor.strategies.traits import StrategyTraits
 
 # "$ / month (as deployed)" is last so that the older columns keep their places
-# The rows every score is read against, before the spectrum's rungs: the trivial baseline (no model) and the
-# nearest-neighbour vote (an embedder, no language model).
-FLOORS = ("baseline", "nearest")
 RUNG_HEADERS = ["rung", "best configuration", "$ train", "$ / 1k inferences", "train time", "inference / 1k",
                 "data required", "metric (spread)", "Δ vs zero-shot", "$ / month (as deployed)"]
 
@@ -50,19 +50,19 @@ def _spread(group: dict) -> str:
     return text + f" ({group['seeds']} seed{'s' if group['seeds'] != 1 else ''})"
 
 
-def _data_required(group: dict, summary: dict, records: list[dict]) -> str:
-    """Smallest training-set size reaching 95 % of the rung's best (from its learning curve), else what it used."""
+def _data_required(group: dict, traits: StrategyTraits, summary: dict, records: list[dict]) -> str:
+    """Smallest training-set size reaching 95 % of the rung's best (from its learning curve), else what it used
+    (``traits``: the group's)."""
     for curve in summary.get("learning_curves") or []:
         if curve["model"] == group["model"] and (group["label"] == curve["label"]
                                                  or group["label"].startswith(curve["label"] + " n=")):
             return f"{curve['data_required']} examples (95 % of best, on {curve.get('data_required_on', 'test')})"
     recs = [r for r in records if r["row_id"] in group["rows"]]
-    if group["strategy"] == "prompt":
-        shots = (recs[0].get("config") or {}).get("shots", 0) if recs else 0
-        return f"{shots} exemplars" if shots else "none (zero-shot)"
-    if group["strategy"] == "rag":
-        return "none trained (retrieval corpus)"
-    if group["strategy"] == "baseline":
+    if traits.use == "prompted":
+        if "corpus" in traits.data:
+            return "none trained (retrieval corpus)"
+        return f"{traits.exemplars} exemplars" if traits.exemplars else "none (zero-shot)"
+    if traits.fixed_rule:
         return "none (a fixed rule)"
     sizes = sorted({r.get("train_size") for r in recs if r.get("train_size") is not None})
     return f"{sizes[-1]} examples (one size run)" if sizes else "-"
@@ -70,8 +70,7 @@ def _data_required(group: dict, summary: dict, records: list[dict]) -> str:
 
 def _zero_shot_group(groups: list[dict], records: list[dict], model: str) -> dict | None:
     """The zero-shot prompt group of ``model`` (the Δ column's reference), if it finished."""
-    zero_shot_rows = {r["row_id"] for r in records
-                      if r.get("strategy") == "prompt" and (r.get("config") or {}).get("shots", 0) == 0}
+    zero_shot_rows = {r["row_id"] for r in records if (t := traits_of(r)) is not None and t.zero_shot}
     return next((g for g in groups if g["model"] == model and set(g["rows"]) & zero_shot_rows), None)
 
 
@@ -127,7 +126,8 @@ def selection_line(summary: dict) -> str:
 
 def cost_benefit_rows(summary: dict, records: list[dict], report_cfg=None) -> list[RungRow]:
     """One row per rung that finished: its best group on the run's main metric (chosen on the validation rows,
-    report/selection.py), with its test score, costs and data; the floors first (the trivial baseline, and the
+    report/selection.py), with its test score, costs and data; rungs in the order of the spectrum, as the rows'
+    strategies declare it (``report/traits.py``): the floors first (the trivial baseline, and the
     nearest-neighbour vote when the run has one).
     ``report_cfg`` (a ``ReportConfig``) sets the volume and deployment of the monthly cost.
 
@@ -137,9 +137,10 @@ def cost_benefit_rows(summary: dict, records: list[dict], report_cfg=None) -> li
     split = (summary.get("selection") or {}).get("split") or selection_split(groups)
     by_id = {r["row_id"]: r for r in records}
     table = {(r.label, r.model): r for r in build_rows(records)}
+    traits = group_traits(groups, records)
     rows = []
-    for rung in FLOORS + RUNGS:
-        best = best_group(groups, (rung,), split)
+    for rung in rungs_in_order(list(traits.values())):
+        best = best_group([g for g in groups if (gt := traits[g["id"]]) is not None and gt.rung == rung], split)
         if best is None:
             continue
         t: TableRow | None = table.get((best["label"], best["model"]))
@@ -148,12 +149,13 @@ def cost_benefit_rows(summary: dict, records: list[dict], report_cfg=None) -> li
         if delta != "-" and zero_shot is not None and zero_shot is not best:
             # one definition of noise: the paired bootstrap over the test rows both were scored on
             delta += " " + verdict_words(compare_groups(best, zero_shot, by_id, "test"))
-        train = "-" if rung == "prompt" and not (t and t.train_s) else _duration(t.train_s if t else None)
+        train = _duration(t.train_s if t else None)  # "-" for a row that trained nothing
         rows.append(RungRow(rung, best["id"], [
             rung, best["id"],
             fmt_usd(best["usd_train_mean"]) if best["usd_train_mean"] else "$0",
             fmt_usd(best["usd_inference_per_1k_mean"]), train, _duration(t.infer_s_per_1k if t else None),
-            _data_required(best, summary, records), _spread(best), delta, _per_month(best, records, report_cfg)]))
+            _data_required(best, traits[best["id"]], summary, records), _spread(best), delta,
+            _per_month(best, records, report_cfg)]))
     return rows
 
 

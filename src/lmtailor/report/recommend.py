@@ -32,6 +32,7 @@ from lmtailor.report.deployment import DeploymentConfig, group_serving, instance
 from lmtailor.report.durations import DAY, human_duration
 from lmtailor.report.paired import DIFFERS, UNKNOWN, compare_groups, significantly_worse
 from lmtailor.report.selection import VALIDATION, best_of, selection_score, selection_sentence, selection_split
+from lmtailor.report.traits import group_traits
 
 
 def _target(target: Any, name: str, default: Any = None) -> Any:
@@ -85,10 +86,14 @@ def _annotate(groups: list[dict], records: list[dict], split: str) -> list[dict]
     best = best_of(out, split)
     for g in out:
         g["worse_than_best"] = False if g is best else significantly_worse(g, best, by_id, split)
-        if g.get("strategy") == "baseline":
-            g["beaten_by"] = [o["id"] for o in out if o.get("strategy") != "baseline"
-                              and significantly_worse(g, o, by_id, split)]
+        if _fixed_rule(g):
+            g["beaten_by"] = [o["id"] for o in out if not _fixed_rule(o) and significantly_worse(g, o, by_id, split)]
     return out
+
+
+def _fixed_rule(g: dict) -> bool:
+    """Whether the group is the trivial baseline's (a floor that uses no data: ``_with_serving`` attached traits)."""
+    return g.get("_traits") is not None and g["_traits"].fixed_rule
 
 
 def _better(a: float, b: float, higher: bool) -> bool:
@@ -216,7 +221,8 @@ def _baseline(groups: list[dict], all_groups: list[dict], label: str | None) -> 
         note = f"the stated baseline {label!r} has no finished row; "
     else:
         note = ""
-    prompted = [g for g in groups if g.get("strategy") == "prompt"]
+    prompted = [g for g in groups if (t := g.get("_traits")) is not None and t.use == "prompted"
+                and t.place == "prompting"]
     if not prompted:
         return None, note + "no prompted row to compare with"
     higher = prompted[0]["higher_is_better"]
@@ -365,11 +371,14 @@ def recommendation(summary: dict, records: list[dict], target: Any) -> dict:
 
 def _with_serving(summary: dict, records: list[dict], deployment: DeploymentConfig | dict) -> dict:
     """A copy of ``summary`` whose groups carry their serving facts (``_serving``) and the deployment, so that
-    ``_monthly`` prices them as deployed; the caller's summary (written to results.json) is left as it is."""
+    ``_monthly`` prices them as deployed, and their strategy's traits (``_traits``, ``report/traits.py``); the
+    caller's summary (written to results.json) is left as it is."""
     if isinstance(deployment, dict):
         deployment = DeploymentConfig.model_validate(deployment)
     serving = group_serving(summary.get("groups", []), records)
-    groups = [{**g, "_serving": serving.get(g["id"]), "_deployment": deployment} for g in summary.get("groups", [])]
+    traits = group_traits(summary.get("groups", []), records)
+    groups = [{**g, "_serving": serving.get(g["id"]), "_deployment": deployment, "_traits": traits[g["id"]]}
+              for g in summary.get("groups", [])]
     return {**summary, "groups": groups}
 
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-TRAINED = ("finetune", "continued-pretraining", "scratch")
-PROMPTED = ("prompt", "rag")
+from lmtailor.report.traits import traits_of
 
 
 @dataclass
@@ -77,8 +76,9 @@ def search_parity_check(records: list[dict]) -> dict | None:
     searched = [r["row_id"] for r in ok_rows if _search_of(r) is not None]
     if not searched:
         return None
-    hand_set = [r["row_id"] for r in ok_rows if r.get("strategy") in TRAINED and _search_of(r) is None]
-    prompted = [r["row_id"] for r in ok_rows if r.get("strategy") in PROMPTED]
+    use = {r["row_id"]: t.use if (t := traits_of(r)) is not None else None for r in ok_rows}
+    hand_set = [r["row_id"] for r in ok_rows if use[r["row_id"]] == "trained" and _search_of(r) is None]
+    prompted = [r["row_id"] for r in ok_rows if use[r["row_id"]] == "prompted"]
     prompted_note = (f"; the prompted rows ({', '.join(prompted)}) are not searched either (their settings are "
                      "the ones written)") if prompted else ""
     name = "trained rows tuned alike (all searched, or all hand-set)"

@@ -17,6 +17,7 @@ from lmtailor.data.example import DatasetSplits
 from lmtailor.measure.meter import Meter
 from lmtailor.remote.settings import ApiSettings
 from lmtailor.runtime import Runtime
+from lmtailor.strategies.traits import StrategyTraits
 from lmtailor.tasks.base import TaskSpec
 
 
@@ -83,6 +84,7 @@ class Strategy(ABC):
     """One rung of the spectrum. Subclasses set ``Config`` and implement ``run``."""
 
     Config: ClassVar[type[StrategyConfig]] = StrategyConfig
+    TRAITS: ClassVar[StrategyTraits | None] = None  # what it is (strategies/traits.py); every strategy declares it
 
     def __init__(self, config: StrategyConfig) -> None:
         self.config = config
@@ -93,6 +95,13 @@ class Strategy(ABC):
 
     def default_label(self) -> str:
         return self.config.name
+
+    def traits(self) -> StrategyTraits:
+        """What this configured strategy is (the record's ``traits``); override where the knobs change them."""
+        if self.TRAITS is None:
+            raise TypeError(f"strategy {type(self).__name__} declares no TRAITS (strategies/traits.py): the report "
+                            "could not place its rows; see docs/ARCHITECTURE.md, How to add a strategy")
+        return self.TRAITS
 
     def uses_seed(self) -> bool:
         """Whether results depend on the seed; deterministic runs (zero-shot scoring) are run once, not per seed."""

@@ -21,6 +21,7 @@ from pydantic import Field
 
 from lmtailor.data.example import Example
 from lmtailor.strategies.base import RunContext, Strategy, StrategyConfig, StrategyOutput
+from lmtailor.strategies.traits import StrategyTraits
 from lmtailor.tasks import TASK_TYPES
 
 NO_MODEL = "none"  # the model column of the baseline row: it uses no model
@@ -56,6 +57,8 @@ class BaselineStrategy(Strategy):
 
     Config = BaselineConfig
     config: BaselineConfig
+    # A fixed rule: it counts the training rows' labels, fits nothing, and is read as using no data.
+    TRAITS = StrategyTraits(place="floor", use="floor", rung="baseline")
 
     def default_label(self) -> str:
         return "baseline"

@@ -24,6 +24,7 @@ from pydantic import Field, field_validator, model_validator
 from lmtailor.errors import UserError
 from lmtailor.strategies.base import Budget, RunContext, Strategy, StrategyConfig, StrategyOutput
 from lmtailor.strategies.finetune import FinetuneConfig, FinetuneStrategy
+from lmtailor.strategies.traits import StrategyTraits, with_extra_data
 
 _LORA_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "target_modules")
 _NOISE_FIELDS = ("noise_density", "mean_noise_span_length")
@@ -204,6 +205,8 @@ class ContinuedPretrainingStrategy(Strategy):
 
     Config = ContinuedPretrainingConfig
     config: ContinuedPretrainingConfig
+    TRAITS = StrategyTraits(place="continued-pretraining", use="trained", rung="continued-pretraining",
+                            data=("corpus", "training rows"))
 
     def default_label(self) -> str:
         phase = "LoRA" if self.config.method == "lora" else "full"
@@ -211,6 +214,9 @@ class ContinuedPretrainingStrategy(Strategy):
 
     def uses_training_data(self) -> bool:
         return True
+
+    def traits(self) -> StrategyTraits:
+        return with_extra_data(self.TRAITS, self.config.finetune.augment, self.config.finetune.synthetic)
 
     def run(self, ctx: RunContext) -> StrategyOutput:
         from lmtailor.models import family_of, load_model

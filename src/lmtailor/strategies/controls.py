@@ -24,6 +24,7 @@ from lmtailor.errors import UserError
 from lmtailor.row_plan import PlannedRow, unique_row_id
 from lmtailor.rundir import RunDir
 from lmtailor.strategies.base import RunContext, Strategy, StrategyConfig, StrategyOutput
+from lmtailor.strategies.traits import StrategyTraits
 
 if TYPE_CHECKING:
     from lmtailor.strategies.finetune import FinetuneConfig
@@ -91,6 +92,9 @@ class EqualStepsControl(Strategy):
 
     def uses_training_data(self) -> bool:
         return True
+
+    def traits(self) -> StrategyTraits:
+        return self.inner(self.config).traits()  # the data row's strategy, on the original rows only
 
     def run(self, ctx: RunContext) -> StrategyOutput:
         steps = self._steps(RunDir(ctx.run_dir))

@@ -20,6 +20,7 @@ from lmtailor.data.synthetic import SyntheticConfig
 from lmtailor.errors import UserError
 from lmtailor.measure.meter import Meter
 from lmtailor.strategies.base import RunContext, Strategy, StrategyConfig, StrategyOutput
+from lmtailor.strategies.traits import StrategyTraits, with_extra_data
 from lmtailor.tasks.base import TaskSpec
 from lmtailor.training.peft_methods import check_method_settings, finetune_method, method_label
 from lmtailor.training.search_space import SearchConfig, check_search
@@ -167,6 +168,7 @@ class FinetuneStrategy(Strategy):
 
     Config = FinetuneConfig
     config: FinetuneConfig
+    TRAITS = StrategyTraits(place="fine-tuning", use="trained", rung="finetune", data=("training rows",))
 
     def default_label(self) -> str:
         from lmtailor.strategies.extra_data import extra_data_label
@@ -178,6 +180,9 @@ class FinetuneStrategy(Strategy):
 
     def uses_training_data(self) -> bool:
         return True
+
+    def traits(self) -> StrategyTraits:
+        return with_extra_data(self.TRAITS, self.config.augment, self.config.synthetic)
 
     def run(self, ctx: RunContext) -> StrategyOutput:
         from lmtailor.models import family_of, load_model

@@ -26,6 +26,7 @@ from pydantic import Field
 from lmtailor.data.example import Example
 from lmtailor.errors import UserError
 from lmtailor.strategies.base import RunContext, Strategy, StrategyConfig, StrategyOutput
+from lmtailor.strategies.traits import StrategyTraits
 from lmtailor.tasks import TASK_TYPES
 
 
@@ -50,6 +51,7 @@ class NearestStrategy(Strategy):
 
     Config = NearestConfig
     config: NearestConfig
+    TRAITS = StrategyTraits(place="floor", use="floor", rung="nearest", data=("training rows",))
 
     def default_label(self) -> str:
         return "nearest" if self.config.k is None else f"{self.config.k}-nearest"

@@ -11,6 +11,7 @@ divides out the labels' prior measured on content-free inputs (``inference/calib
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from typing import Literal, Sequence
 
 from pydantic import Field, field_validator, model_validator
@@ -22,6 +23,7 @@ from lmtailor.inference.answer import answer
 from lmtailor.inference.backends import check_backend_name, open_predictor
 from lmtailor.inference.backends.base import PredictRequest
 from lmtailor.strategies.base import RunContext, Strategy, StrategyConfig, StrategyOutput
+from lmtailor.strategies.traits import StrategyTraits
 
 
 class PromptConfig(StrategyConfig):
@@ -165,9 +167,14 @@ class PromptStrategy(Strategy):
 
     Config = PromptConfig
     config: PromptConfig
+    TRAITS = StrategyTraits(place="prompting", use="prompted", rung="prompt")
 
     def default_label(self) -> str:
         return prompt_label(self.config.shots, self.config.exemplars, self.config.calibrate)
+
+    def traits(self) -> StrategyTraits:
+        shots = self.config.shots  # 0: zero-shot, the reference of the report's "Δ vs zero-shot"
+        return replace(self.TRAITS, data=("exemplars",), exemplars=shots) if shots else self.TRAITS
 
     def uses_seed(self) -> bool:
         # zero-shot scoring and nearest-row exemplars are deterministic: one run says it all

@@ -39,6 +39,7 @@ from lmtailor.inference.backends.base import PredictRequest
 from lmtailor.inference.context_limit import input_limit  # noqa: F401  (continued pre-training reads it here)
 from lmtailor.strategies.base import RunContext, Strategy, StrategyConfig, StrategyOutput
 from lmtailor.strategies.prompt import ExemplarChooser, check_prompt_knobs, prompt_label
+from lmtailor.strategies.traits import StrategyTraits
 
 TASK_CORPUS = "task:train"
 
@@ -136,6 +137,11 @@ class RagStrategy(Strategy):
 
     Config = RagConfig
     config: RagConfig
+    TRAITS = StrategyTraits(place="retrieval", use="prompted", rung="rag", data=("corpus",))
+
+    def traits(self) -> StrategyTraits:
+        shots = self.config.shots
+        return replace(self.TRAITS, data=("corpus", "exemplars"), exemplars=shots) if shots else self.TRAITS
 
     def default_label(self) -> str:
         cfg = self.config

@@ -23,6 +23,7 @@ from lmtailor.strategies.continued_pretraining import (PretrainingConfig, check_
                                                        fine_tune_after, load_pretraining_corpus, pretrain_details,
                                                        record_pretraining, resolve_block_size)
 from lmtailor.strategies.finetune import FinetuneConfig, FinetuneStrategy
+from lmtailor.strategies.traits import StrategyTraits, with_extra_data
 
 # A small model from random weights takes a larger step than a pre-trained one may: 1e-3 is nanoGPT's rate for its
 # small character model and the usual peak for models of 10-100M parameters; weight decay 0.1 as in GPT-3/LLaMA.
@@ -65,6 +66,7 @@ class ScratchStrategy(Strategy):
 
     Config = ScratchConfig
     config: ScratchConfig
+    TRAITS = StrategyTraits(place="pretraining", use="trained", rung="scratch", data=("corpus", "training rows"))
 
     def default_label(self) -> str:
         target = self.config.target_params()
@@ -73,6 +75,9 @@ class ScratchStrategy(Strategy):
 
     def uses_training_data(self) -> bool:
         return True
+
+    def traits(self) -> StrategyTraits:
+        return with_extra_data(self.TRAITS, self.config.finetune.augment, self.config.finetune.synthetic)
 
     def run(self, ctx: RunContext) -> StrategyOutput:
         from transformers import AutoConfig
