@@ -19,10 +19,10 @@ from lmtailor.data.augment import (AUGMENT_METHODS, AugmentConfig, augment, augm
                                    stable_seed)
 from lmtailor.data.eda import (EDA_OPS, EdaContext, Words, random_deletion, random_insertion, random_swap,
                                synonym_replacement)
-from lmtailor.data.example import DatasetSplits, Example
+from lmtailor.core.example import DatasetSplits, Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.data.lexicon import STOP_WORDS, MappingLexicon, load_wordnet, wordnet_dir
 from lmtailor.errors import UserError
-from lmtailor.tasks.base import TaskSpec
 
 SENTENCE = "The quick brown fox jumps over the lazy dog near the old river bank"
 TASK = TaskSpec("sentiment", "classification", "Classify the review.", ("positive", "negative"))
@@ -206,7 +206,7 @@ def test_each_op_is_seeded(op):
 def test_rows_are_the_same_in_another_process():
     """Seeds come from sha256, not Python's salted hash: a fresh interpreter with another hash seed agrees."""
     code = ("import json; from lmtailor.data.augment import AugmentConfig, augment_rows; "
-            "from lmtailor.data.example import Example; from lmtailor.tasks.base import TaskSpec; "
+            "from lmtailor.core.example import Example; from lmtailor.core.task_spec import TaskSpec; "
             f"rows = [Example(i, t, y) for i, t, y in {[(r.id, r.input, r.target) for r in ROWS]!r}]; "
             f"task = TaskSpec('s', 'classification', 'c', ('positive', 'negative')); "
             "print(json.dumps([[r.id, r.input] for r in augment_rows(rows, AugmentConfig(factor=4), 5, task)]))")

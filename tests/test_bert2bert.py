@@ -8,7 +8,9 @@ import random
 import pytest
 import torch
 
-from lmtailor.data.example import Example
+from lmtailor.core.budget import Budget
+from lmtailor.core.example import Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.data.seq2seq_format import encode_source, encode_target, source_text
 from lmtailor.inference.seq2seq import predict_seq2seq
 from lmtailor.measure.meter import Meter
@@ -16,9 +18,7 @@ from lmtailor.models import load_model
 from lmtailor.models.bert2bert import bert2bert_dir, bert2bert_path
 from lmtailor.models.cache import COMPLETE_MARKER, is_complete
 from lmtailor.runtime import Runtime
-from lmtailor.strategies.base import Budget
 from lmtailor.strategies.finetune import FinetuneConfig
-from lmtailor.tasks.base import TaskSpec
 
 CPU = Runtime("cpu", "fp32", "tests run in fp32 on the CPU")
 LABELS = ("red", "green", "light blue sky")

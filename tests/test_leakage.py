@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from lmtailor.data.example import DatasetSplits, Example
+from lmtailor.core.budget import Budget
+from lmtailor.core.context import RunContext
+from lmtailor.core.example import DatasetSplits, Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.data.leakage import NORMALISATION, row_digest, rows_fingerprint
 from lmtailor.measure.meter import Meter
-from lmtailor.retrieval.exclusion import exclude_held_out
 from lmtailor.retrieval.corpus import Document
+from lmtailor.retrieval.exclusion import exclude_held_out
 from lmtailor.runtime import Runtime
-from lmtailor.strategies.base import Budget, RunContext
-from lmtailor.tasks.base import TaskSpec
 
 LONG_INPUT = "The quick brown fox jumps over the lazy dog while the farmer sleeps."
 GEN = TaskSpec("sum", "generation", "Summarize.")

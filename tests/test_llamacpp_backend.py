@@ -16,14 +16,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmtailor.data.example import DatasetSplits, Example
+from lmtailor.core.budget import Budget
+from lmtailor.core.context import RunContext
+from lmtailor.core.example import DatasetSplits, Example
 from lmtailor.data.formats import build_messages, encode_prompt, encode_prompt_completion, stop_token_ids
 from lmtailor.errors import UserError
 from lmtailor.inference.generation import generate_ids
 from lmtailor.inference.label_scoring import score_labels
 from lmtailor.inference.predict import predict
 from lmtailor.measure.meter import Meter
-from lmtailor.strategies.base import Budget, RunContext
 
 from colours import CPU, TASK, colour_rows
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import pytest
 
-from lmtailor.data.example import Example
+from lmtailor.core.example import Example
 import importlib
 
 from lmtailor.inference.generation import (NO_LABEL, Generated, LabelTrie, count_truncated,
                                            labels_of_matches)
+from lmtailor.core.budget import Budget
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.inference.llamacpp_predict import _constrained, _generate
-from lmtailor.strategies.base import Budget
-from lmtailor.tasks.base import TaskSpec
 from lmtailor.tasks.classification import Classification
 
 predict_module = importlib.import_module("lmtailor.inference.predict")  # the package re-exports predict()

@@ -9,16 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from lmtailor.data.example import DatasetSplits, Example
+from lmtailor.core.budget import Budget
+from lmtailor.core.context import RunContext
+from lmtailor.core.example import DatasetSplits, Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.data.synthetic import generate_synthetic
 from lmtailor.measure.meter import Meter
 from lmtailor.measure.pricing import Pricing
 from lmtailor.measure.setup_cost import SetupCost
 from lmtailor.models.cache import build_once
 from lmtailor.runtime import Runtime
-from lmtailor.strategies.base import Budget, RunContext
 from lmtailor.strategies.rag import RagConfig, RagStrategy
-from lmtailor.tasks.base import TaskSpec
 
 # $3600 an hour is $1 a second: a second of time shows as a dollar
 PRICING = Pricing(cpu_usd_per_hour=3600.0)

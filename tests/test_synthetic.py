@@ -10,14 +10,14 @@ from types import SimpleNamespace
 
 import pytest
 
+from lmtailor.core.example import Example
 from lmtailor.data import synthetic_filters as sf
-from lmtailor.data.example import Example
 from lmtailor.data.synthetic import (SyntheticConfig, build_prompt, generate_synthetic, load_cached,
                                      write_synthetic)
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.data.synthetic_teacher import Completion, HFTeacher, Sampling, weights_digest
 from lmtailor.errors import UserError
 from lmtailor.measure.meter import Meter
-from lmtailor.tasks.base import TaskSpec
 
 SENTIMENT = TaskSpec("sentiment", "classification", "Classify the sentiment of the review.", ("pos", "neg"))
 TRAIN = [

@@ -11,13 +11,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from lmtailor.core.api_settings import ApiSettings
+from lmtailor.core.budget import Budget
 from lmtailor.data.config import DataConfig
 from lmtailor.errors import UserError
 from lmtailor.measure.pricing import Pricing
 from lmtailor.registry import UnknownNameError
-from lmtailor.remote.settings import ApiSettings
 from lmtailor.report.deployment import DeploymentConfig
-from lmtailor.strategies import STRATEGIES, Budget, StrategyConfig
+from lmtailor.strategies import STRATEGIES, StrategyConfig
 from lmtailor.tasks import TASK_TYPES
 from lmtailor.yaml_limits import MAX_YAML_BYTES, load_within_limits
 

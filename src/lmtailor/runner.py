@@ -22,7 +22,9 @@ from pathlib import Path
 
 from lmtailor import distributed
 from lmtailor.config import ConfigError, Experiment, dump_experiment, dump_experiment_as_written, load_experiment
-from lmtailor.data.example import DatasetSplits
+from lmtailor.core.context import RunContext
+from lmtailor.core.example import DatasetSplits
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.data.prepare import prepare_data, split_content
 from lmtailor.data.splits import nested_subsets
 from lmtailor.distributed_rows import agree_on_row, stop_if_out_of_step
@@ -34,9 +36,9 @@ from lmtailor.report.results_json import write_results
 from lmtailor.report.table import results_markdown
 from lmtailor.run_lock import RunLock
 from lmtailor.runtime import Runtime, detect_runtime, set_threads
-from lmtailor.strategies import STRATEGIES, RunContext, Strategy
+from lmtailor.strategies import STRATEGIES, Strategy
 from lmtailor.strategies.controls import add_equal_steps_controls
-from lmtailor.tasks import TASK_TYPES, TaskSpec
+from lmtailor.tasks import TASK_TYPES
 from lmtailor.tasks.held_out import held_out_data, split_and_score
 from lmtailor.unwritten_rows import restore_row, stash_row
 

@@ -28,10 +28,10 @@ from typing import Any, Callable, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from lmtailor.data.example import DatasetSplits, Example
+from lmtailor.core.example import DatasetSplits, Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.errors import UserError
 from lmtailor.registry import Registry
-from lmtailor.tasks.base import TaskSpec
 
 #: name -> ``fn(rows, cfg, ctx) -> list[Candidate]``; adding a method is a module plus one line here.
 AUGMENT_METHODS: Registry[Callable[..., list["Candidate"]]] = Registry("augmentation method")

@@ -22,8 +22,8 @@ from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
 
+from lmtailor.core.example import Example
 from lmtailor.data.augment import AugmentConfig, AugmentContext, Candidate, stable_seed
-from lmtailor.data.example import Example
 from lmtailor.data.lexicon import STOP_WORDS, Lexicon, load_wordnet
 from lmtailor.registry import Registry
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lmtailor.core.example import DatasetSplits, Example
 from lmtailor.data.config import DataConfig, source_kind
-from lmtailor.data.example import DatasetSplits, Example
 from lmtailor.data.leakage import content_record, drop_shared_inputs, dropped_warning
 from lmtailor.data.loading import load_file, load_hf
 from lmtailor.data.splits import cap_rows, split_rows, stratification_note

@@ -31,12 +31,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from lmtailor.data.example import Example
+from lmtailor.core.example import Example
 from lmtailor.data.exemplars import Exemplars, cut_exemplars, exemplars_per_row
 from lmtailor.data.formats import (build_messages, check_format, instruction_for, raw_text, row_exemplars, shows_labels,
                                    truncate_text)
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.errors import UserError
-from lmtailor.tasks.base import TaskSpec
 
 
 def _header(task: TaskSpec, meta: Mapping[str, Any] | None = None) -> str:

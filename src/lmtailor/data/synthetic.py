@@ -28,14 +28,14 @@ from typing import Sequence
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
+from lmtailor.core.example import Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.data import synthetic_filters as sf
-from lmtailor.data.example import Example
 from lmtailor.data.synthetic_teacher import Completion, Sampling, Teacher
 from lmtailor.errors import UserError
 from lmtailor.io import write_json_atomic, write_jsonl_atomic
 from lmtailor.measure.meter import Meter, estimate_flops
 from lmtailor.measure.setup_cost import SetupCost
-from lmtailor.tasks.base import TaskSpec
 
 CACHE_FORMAT = "synthetic-v2"  # bump when prompts, parsing or filters change, so old caches are not reused
 log = logging.getLogger("lmtailor")

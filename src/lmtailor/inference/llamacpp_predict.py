@@ -21,7 +21,9 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from lmtailor.data.example import Example
+from lmtailor.core.budget import Budget
+from lmtailor.core.example import Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.data.exemplars import Exemplars, shot_count
 from lmtailor.data.formats import build_messages, encode_prompt, encode_prompt_completion, stop_token_ids
 from lmtailor.inference.calibration import check_calibration, choose_labels, content_free_prompts
@@ -29,8 +31,6 @@ from lmtailor.inference.generation import LabelTrie, count_truncated, labels_of_
 from lmtailor.inference.llamacpp import LlamaCppModel
 from lmtailor.inference.predict import Mode, check_mode, default_mode, prepare_inputs
 from lmtailor.measure.meter import Meter, estimate_flops
-from lmtailor.strategies.base import Budget
-from lmtailor.tasks.base import TaskSpec
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from lmtailor.data.example import Example
+from lmtailor.core.example import Example
 from lmtailor.data.exemplars import Exemplars, shot_count
 from lmtailor.data.seq2seq_format import build_sources, encode_source, encode_target, source_text
 from lmtailor.errors import UserError
@@ -21,9 +21,9 @@ from lmtailor.inference.generation import count_truncated, generate_ids, pad_bat
 from lmtailor.inference.label_scoring import LabelScores
 from lmtailor.inference.predict import (Mode, check_mode, constrained_labels, default_mode, pad_token_id,
                                         run_rows)
+from lmtailor.core.budget import Budget
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.measure.meter import Meter
-from lmtailor.strategies.base import Budget
-from lmtailor.tasks.base import TaskSpec
 
 
 def _check(model, task: TaskSpec, mode: str) -> None:

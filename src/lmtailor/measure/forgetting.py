@@ -155,7 +155,7 @@ def text_perplexity(model, tokenizer, family: str, passages: Sequence[str], max_
 
 
 def _item_task(item: ChoiceItem):
-    from lmtailor.tasks.base import TaskSpec
+    from lmtailor.core.task_spec import TaskSpec
 
     return TaskSpec("general-probe", "classification", INSTRUCTION, labels=item.choices)
 

@@ -88,7 +88,7 @@ def _same_content(ids, digests: dict[str, str], test: dict[str, str]) -> tuple[l
 
 def _rows_file_digests(path: Path) -> list[tuple[str, str]]:
     """(id, content digest) of every row in an augmented / synthetic rows file."""
-    from lmtailor.data.example import Example
+    from lmtailor.core.example import Example
     from lmtailor.data.leakage import row_digest
 
     out = []

@@ -26,7 +26,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from lmtailor.data.example import Example
+from lmtailor.core.example import Example
 from lmtailor.data.leakage import NORMALISATION, normalize_text, row_digest, rows_fingerprint
 from lmtailor.retrieval.corpus import Document
 

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from lmtailor.data.example import Example
+from lmtailor.core.example import Example
 from lmtailor.data.exemplars import RowExemplars
 from lmtailor.errors import UserError
 

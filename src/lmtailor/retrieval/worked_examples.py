@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from lmtailor.data.example import Example
+from lmtailor.core.example import Example
 from lmtailor.data.formats import truncate_text
 from lmtailor.retrieval.base import Hit
 from lmtailor.retrieval.chunking import Chunk

@@ -43,8 +43,8 @@ def _chat_turns(messages: Sequence[Message]) -> list[dict[str, str]]:
 
 def _seq2seq_source(turns: list[dict[str, str]]) -> str:
     """Flan-style source text: system text first, earlier turns as Input/Answer pairs, then the last user turn."""
+    from lmtailor.core.task_spec import TaskSpec
     from lmtailor.data.seq2seq_format import source_text
-    from lmtailor.tasks.base import TaskSpec
 
     system = "\n\n".join(t["content"] for t in turns if t["role"] == "system")
     dialogue = [t for t in turns if t["role"] != "system"]

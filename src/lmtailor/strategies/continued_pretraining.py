@@ -21,8 +21,11 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from lmtailor.core.budget import Budget
+from lmtailor.core.context import RunContext
+from lmtailor.core.strategy_output import StrategyOutput
 from lmtailor.errors import UserError
-from lmtailor.strategies.base import Budget, RunContext, Strategy, StrategyConfig, StrategyOutput
+from lmtailor.strategies.base import Strategy, StrategyConfig
 from lmtailor.strategies.finetune import FinetuneConfig, FinetuneStrategy
 
 _LORA_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "target_modules")

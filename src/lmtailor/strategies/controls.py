@@ -22,8 +22,10 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lmtailor.core.context import RunContext
+from lmtailor.core.strategy_output import StrategyOutput
 from lmtailor.errors import UserError
-from lmtailor.strategies.base import RunContext, Strategy, StrategyConfig, StrategyOutput
+from lmtailor.strategies.base import Strategy, StrategyConfig
 
 if TYPE_CHECKING:
     from lmtailor.runner import PlannedRow

@@ -11,14 +11,14 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from lmtailor.core.context import RunContext
 from lmtailor.data.augment import AugmentConfig
 from lmtailor.data.synthetic import SyntheticConfig
 from lmtailor.distributed import on_main
 from lmtailor.io import write_jsonl_atomic
-from lmtailor.strategies.base import RunContext
 
 if TYPE_CHECKING:
-    from lmtailor.data.example import Example
+    from lmtailor.core.example import Example
 
 
 def extra_data_label(augment: AugmentConfig | None, synthetic: SyntheticConfig | None) -> str:

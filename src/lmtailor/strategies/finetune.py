@@ -15,12 +15,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from lmtailor.core.context import RunContext
+from lmtailor.core.strategy_output import StrategyOutput
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.data.augment import AugmentConfig
 from lmtailor.data.synthetic import SyntheticConfig
 from lmtailor.errors import UserError
 from lmtailor.measure.meter import Meter
-from lmtailor.strategies.base import RunContext, Strategy, StrategyConfig, StrategyOutput
-from lmtailor.tasks.base import TaskSpec
+from lmtailor.strategies.base import Strategy, StrategyConfig
 from lmtailor.training.peft_methods import check_method_settings, finetune_method, method_label
 from lmtailor.training.search_space import SearchConfig, check_search
 

@@ -23,9 +23,11 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from lmtailor.data.example import Example
+from lmtailor.core.context import RunContext
+from lmtailor.core.example import Example
+from lmtailor.core.strategy_output import StrategyOutput
 from lmtailor.errors import UserError
-from lmtailor.strategies.base import RunContext, Strategy, StrategyConfig, StrategyOutput
+from lmtailor.strategies.base import Strategy, StrategyConfig
 from lmtailor.tasks import TASK_TYPES
 
 

@@ -15,10 +15,12 @@ from typing import Literal, Sequence
 
 from pydantic import Field, model_validator
 
-from lmtailor.data.example import Example
+from lmtailor.core.context import RunContext
+from lmtailor.core.example import Example
+from lmtailor.core.strategy_output import StrategyOutput
 from lmtailor.data.exemplars import Exemplars, RowExemplars
 from lmtailor.errors import UserError
-from lmtailor.strategies.base import RunContext, Strategy, StrategyConfig, StrategyOutput
+from lmtailor.strategies.base import Strategy, StrategyConfig
 
 
 class PromptConfig(StrategyConfig):

@@ -31,9 +31,11 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from lmtailor.data.example import Example
+from lmtailor.core.context import RunContext
+from lmtailor.core.example import Example
+from lmtailor.core.strategy_output import StrategyOutput
 from lmtailor.errors import UserError
-from lmtailor.strategies.base import RunContext, Strategy, StrategyConfig, StrategyOutput
+from lmtailor.strategies.base import Strategy, StrategyConfig
 from lmtailor.strategies.prompt import (ExemplarChooser, check_prompt_knobs, prompt_label,
                                         refuse_remote_calibration)
 

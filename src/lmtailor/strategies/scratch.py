@@ -16,9 +16,11 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from lmtailor.core.context import RunContext
+from lmtailor.core.strategy_output import StrategyOutput
 from lmtailor.errors import UserError
 from lmtailor.models.sizing import CHINCHILLA_TOKENS_PER_PARAM, human_count, parse_param_count
-from lmtailor.strategies.base import RunContext, Strategy, StrategyOutput
+from lmtailor.strategies.base import Strategy
 from lmtailor.strategies.continued_pretraining import (PretrainingConfig, check_generative, check_objective_knobs,
                                                        fine_tune_after, load_pretraining_corpus, pretrain_details,
                                                        record_pretraining, resolve_block_size)

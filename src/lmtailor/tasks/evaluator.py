@@ -10,8 +10,9 @@ metric.
 
 from __future__ import annotations
 
-from lmtailor.data.example import Example
-from lmtailor.tasks import TASK_TYPES, TaskSpec
+from lmtailor.core.example import Example
+from lmtailor.core.task_spec import TaskSpec
+from lmtailor.tasks import TASK_TYPES
 from lmtailor.tasks.base import Metric
 
 

@@ -34,9 +34,9 @@ from lmtailor.training.search_space import Range, resolve_space
 if TYPE_CHECKING:
     import optuna
 
-    from lmtailor.strategies.base import RunContext
+    from lmtailor.core.context import RunContext
+    from lmtailor.core.task_spec import TaskSpec
     from lmtailor.strategies.finetune import FinetuneConfig, FinetuneStrategy
-    from lmtailor.tasks.base import TaskSpec
 
 log = logging.getLogger("lmtailor")
 _INT_SETTINGS = {"max_steps", "batch_size", "gradient_accumulation_steps", "lora_r", "lora_alpha",
@@ -142,7 +142,7 @@ def run_search(strategy: "FinetuneStrategy", ctx: "RunContext", task: "TaskSpec"
     """Search the row's settings on its training and validation rows; return the chosen ones and every trial."""
     import optuna
 
-    from lmtailor.data.example import DatasetSplits
+    from lmtailor.core.example import DatasetSplits
     from lmtailor.strategies.finetune import FinetuneStrategy
     from lmtailor.training.common import summarize_log
     from lmtailor.training.engine import NonFiniteTraining

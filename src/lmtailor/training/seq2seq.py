@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 
-from lmtailor.data.example import Example
+from lmtailor.core.budget import Budget
+from lmtailor.core.example import Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.data.seq2seq_format import encode_training_row
 from lmtailor.errors import UserError
 from lmtailor.runtime import Runtime
-from lmtailor.strategies.base import Budget
-from lmtailor.tasks.base import TaskSpec
 from lmtailor.training.common import common_training_args, count_params, train_and_save, use_loss_bar
 from lmtailor.training.engine import engine_trainer_class
 from lmtailor.training.peft_methods import save_override, wrap_for_training
