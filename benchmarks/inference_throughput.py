@@ -91,11 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     from lmtailor.core.budget import Budget
-    from lmtailor.data.formats import build_messages, encode_prompt, stop_token_ids
     from lmtailor.inference.generation import generate_ids
     from lmtailor.inference.predict import pad_token_id, predict, prepare_inputs
     from lmtailor.measure.meter import Meter
     from lmtailor.models import load_model
+    from lmtailor.prompting.formats import build_messages, encode_prompt, stop_token_ids
     from lmtailor.runtime import detect_runtime
 
     max_input = 96

@@ -91,7 +91,7 @@ def cycles(graph: Graph) -> list[frozenset[str]]:
 
 
 def package_graph(graph: Graph, depth: int = 2) -> Graph:
-    """Collapse a module graph to packages (``lmtailor.data.formats`` -> ``lmtailor.data`` at depth 2)."""
+    """Collapse a module graph to packages (``lmtailor.prompting.formats`` -> ``lmtailor.data`` at depth 2)."""
     packages: Graph = defaultdict(set)
     for source, targets in graph.items():
         a = ".".join(source.split(".")[:depth])

@@ -11,12 +11,12 @@ import torch
 from lmtailor.core.budget import Budget
 from lmtailor.core.example import Example
 from lmtailor.core.task_spec import TaskSpec
-from lmtailor.data.seq2seq_format import encode_source, encode_target, source_text
 from lmtailor.inference.seq2seq import predict_seq2seq
 from lmtailor.measure.meter import Meter
 from lmtailor.models import load_model
 from lmtailor.models.bert2bert import bert2bert_dir, bert2bert_path
 from lmtailor.models.cache import COMPLETE_MARKER, is_complete
+from lmtailor.prompting.seq2seq_format import encode_source, encode_target, source_text
 from lmtailor.runtime import Runtime
 from lmtailor.strategies.finetune import FinetuneConfig
 

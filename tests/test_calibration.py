@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from lmtailor.core.example import Example
-from lmtailor.data.exemplars import RowExemplars
-from lmtailor.data.formats import build_messages, encode_prompt, encode_prompt_completion
 from lmtailor.errors import UserError
+from lmtailor.prompting.exemplars import RowExemplars
+from lmtailor.prompting.formats import build_messages, encode_prompt, encode_prompt_completion
 from lmtailor.inference.calibration import (CONTENT_FREE_INPUTS, ContentFreePrompts, calibrate, content_free_log_prior,
                                             content_free_prompts)
 from lmtailor.core.budget import Budget

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from lmtailor.core.example import Example
-from lmtailor.data.formats import (build_messages, encode_prompt, encode_prompt_completion, render, stop_token_ids,
-                                   truncate_text)
+from lmtailor.prompting.formats import (build_messages, encode_prompt, encode_prompt_completion, render,
+                                        stop_token_ids, truncate_text)
 from lmtailor.core.task_spec import TaskSpec
 from lmtailor.models import load_tokenizer
 

@@ -8,12 +8,12 @@ import torch
 from lmtailor.core.budget import Budget
 from lmtailor.core.example import Example
 from lmtailor.core.task_spec import TaskSpec
-from lmtailor.data.formats import build_messages, encode_prompt, encode_prompt_completion, stop_token_ids
 from lmtailor.inference.generation import LabelTrie, generate_ids
 from lmtailor.inference.label_scoring import common_prefix_len, naive_label_scores, score_labels
 from lmtailor.inference.predict import predict
 from lmtailor.measure.meter import Meter
 from lmtailor.models import load_model
+from lmtailor.prompting.formats import build_messages, encode_prompt, encode_prompt_completion, stop_token_ids
 from lmtailor.runtime import Runtime
 
 CPU = Runtime("cpu", "fp32", "test")

@@ -152,7 +152,7 @@ def test_pydoc_twins_of_a_test_rows_document_are_left_out(tmp_path, monkeypatch)
 
 def test_task_train_rows_are_retrieved_whole_and_shown_as_worked_examples(tiny_llama_dir, tmp_path, monkeypatch,
                                                                           one_torch_thread):
-    from lmtailor.data.formats import build_messages
+    from lmtailor.prompting.formats import build_messages
     import importlib
 
     predict_module = importlib.import_module("lmtailor.inference.predict")  # the package re-exports the function
@@ -192,8 +192,8 @@ def test_task_train_rows_are_retrieved_whole_and_shown_as_worked_examples(tiny_l
 
 
 def test_a_rows_own_worked_examples_follow_the_drawn_shots_in_every_layout():
-    from lmtailor.data.formats import build_messages
-    from lmtailor.data.seq2seq_format import source_text
+    from lmtailor.prompting.formats import build_messages
+    from lmtailor.prompting.seq2seq_format import source_text
     from lmtailor.remote.predict import _bodies
 
     shot, own = Example("s", "shared input", "S"), Example("t", "own input", "T")

@@ -117,10 +117,10 @@ def test_count_truncated_by_hand():
 
 @pytest.mark.parametrize("model_dir", ["tiny_llama_dir", "tiny_t5_dir"])
 def test_transformers_generation_counts_truncated_generations(monkeypatch, request, model_dir):
-    from lmtailor.data.formats import stop_token_ids
     from lmtailor.inference.predict import predict
     from lmtailor.measure.meter import Meter
     from lmtailor.models import load_model
+    from lmtailor.prompting.formats import stop_token_ids
     from lmtailor.runtime import Runtime
 
     loaded = load_model(str(request.getfixturevalue(model_dir)), Runtime("cpu", "fp32", "test"))

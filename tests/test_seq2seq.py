@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lmtailor.core.example import Example
-from lmtailor.data.seq2seq_format import (build_sources, encode_source, encode_target, encode_training_row,
+from lmtailor.prompting.seq2seq_format import (build_sources, encode_source, encode_target, encode_training_row,
                                           source_text)
 from lmtailor.core.budget import Budget
 from lmtailor.core.task_spec import TaskSpec

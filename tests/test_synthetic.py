@@ -349,7 +349,7 @@ def tiny_teacher(tiny_llama_dir, one_torch_thread):
 
 
 def test_tiny_llama_teacher_runs_end_to_end(tiny_teacher, tmp_path):
-    from lmtailor.data.formats import encode_prompt
+    from lmtailor.prompting.formats import encode_prompt
 
     cfg = _config(teacher="tiny-llama", rows=2, max_attempts=4, max_new_tokens=12, max_input_tokens=64)
     with Meter() as meter:

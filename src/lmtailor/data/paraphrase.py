@@ -2,7 +2,7 @@
 generation model lmtailor can load (decoder-only through its chat or plain template, encoder-decoder through the
 Flan-style source text).
 
-Prompts are built by the same code as task prompts (``data/formats.py``, ``data/seq2seq_format.py``), with the
+Prompts are built by the same code as task prompts (``prompting/formats.py``, ``prompting/seq2seq_format.py``), with the
 augmentation instruction as the task instruction. With ``temperature`` 0 decoding is greedy (``generate_ids``);
 above 0 it samples (needed for more than one new row per input) with torch's RNG seeded per batch inside
 ``fork_rng``, so the global RNG is left as it was and the same seed gives the same texts. Time, tokens and the
@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from lmtailor.core.example import Example
 from lmtailor.core.task_spec import TaskSpec
 from lmtailor.data.augment import AugmentConfig, AugmentContext, Candidate, stable_seed
-from lmtailor.data.formats import build_messages, encode_prompt, stop_token_ids, truncate_text
+from lmtailor.prompting.formats import build_messages, encode_prompt, stop_token_ids, truncate_text
 from lmtailor.errors import UserError
 from lmtailor.inference.generation import SamplingParams, generate_ids
 from lmtailor.inference.predict import pad_token_id
@@ -91,7 +91,7 @@ def _prompts(tokenizer, seq2seq: bool, instruction: str, texts: Sequence[str],
     spec = TaskSpec("augment", "generation", instruction)
     cut = [truncate_text(tokenizer, t, max_input_tokens)[0] for t in texts]
     if seq2seq:
-        from lmtailor.data.seq2seq_format import encode_source, source_text
+        from lmtailor.prompting.seq2seq_format import encode_source, source_text
 
         return [encode_source(tokenizer, source_text(spec, t)) for t in cut]
     return [encode_prompt(tokenizer, build_messages(spec, t)) for t in cut]

@@ -22,7 +22,7 @@ from lmtailor.data.validate import DataError, drop_exact_duplicates, unique_ids,
 
 SPLITS = ("train", "validation", "test")
 
-# The task instruction recorded for data whose rows carry their own (data/formats.py shows each row its own).
+# The task instruction recorded for data whose rows carry their own (prompting/formats.py shows each row its own).
 OWN_INSTRUCTIONS = {"alpaca": "(each row's own instruction, data.format: alpaca)",
                     "messages": "(each row's own conversation, data.format: messages)"}
 

@@ -107,13 +107,13 @@ class HFTeacher:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def truncate(self, text: str, max_tokens: int) -> str:
-        from lmtailor.data.formats import truncate_text
+        from lmtailor.prompting.formats import truncate_text
 
         return truncate_text(self.tokenizer, text, max_tokens)[0]
 
     @cached_property
     def _stop_ids(self) -> list[int]:
-        from lmtailor.data.formats import stop_token_ids
+        from lmtailor.prompting.formats import stop_token_ids
 
         if self.family == "encoder-decoder":
             return [self.tokenizer.eos_token_id]
@@ -121,10 +121,10 @@ class HFTeacher:
 
     def _encode(self, messages: list[dict]) -> list[int]:
         if self.family == "encoder-decoder":  # no chat template: the turns' text is the encoder's source
-            from lmtailor.data.seq2seq_format import encode_source
+            from lmtailor.prompting.seq2seq_format import encode_source
 
             return encode_source(self.tokenizer, "\n\n".join(m["content"] for m in messages))
-        from lmtailor.data.formats import encode_prompt
+        from lmtailor.prompting.formats import encode_prompt
 
         return encode_prompt(self.tokenizer, messages)
 

@@ -1,6 +1,6 @@
 """llama.cpp (through llama-cpp-python) as an inference engine for decoder-only models stored as GGUF files.
 
-The engine takes lmtailor's own prompt token ids (``data/formats.encode_prompt`` with the model's Hugging Face
+The engine takes lmtailor's own prompt token ids (``prompting/formats.encode_prompt`` with the model's Hugging Face
 tokenizer), never text: prompts, labels and stop tokens are then the same ids for both engines. For SmolLM2 the ids
 equal what llama.cpp's own chat formatter (the GGUF's Jinja template, ``llama_chat_format.Jinja2ChatFormatter``)
 and tokenizer give, which ``tests/test_llamacpp_backend.py`` checks.

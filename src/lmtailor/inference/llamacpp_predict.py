@@ -24,13 +24,13 @@ from tqdm.auto import tqdm
 from lmtailor.core.budget import Budget
 from lmtailor.core.example import Example
 from lmtailor.core.task_spec import TaskSpec
-from lmtailor.data.exemplars import Exemplars, shot_count
-from lmtailor.data.formats import build_messages, encode_prompt, encode_prompt_completion, stop_token_ids
 from lmtailor.inference.calibration import check_calibration, choose_labels, content_free_prompts
 from lmtailor.inference.generation import LabelTrie, count_truncated, labels_of_matches
 from lmtailor.inference.llamacpp import LlamaCppModel
 from lmtailor.inference.predict import Mode, check_mode, default_mode, prepare_inputs
 from lmtailor.measure.meter import Meter, estimate_flops
+from lmtailor.prompting.exemplars import Exemplars, shot_count
+from lmtailor.prompting.formats import build_messages, encode_prompt, encode_prompt_completion, stop_token_ids
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

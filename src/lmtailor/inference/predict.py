@@ -16,13 +16,14 @@ from tqdm.auto import tqdm
 from lmtailor.core.budget import Budget
 from lmtailor.core.example import Example
 from lmtailor.core.task_spec import TaskSpec
-from lmtailor.data.exemplars import Exemplars, cut_exemplars, exemplars_per_row, shot_count
-from lmtailor.data.formats import build_messages, encode_prompt, encode_prompt_completion, stop_token_ids, truncate_text
 from lmtailor.errors import UserError
 from lmtailor.inference.calibration import check_calibration, choose_labels, content_free_prompts
 from lmtailor.inference.generation import LabelTrie, count_truncated, generate_ids, labels_of_matches
 from lmtailor.inference.label_scoring import score_labels, score_prompt_groups
 from lmtailor.measure.meter import Meter
+from lmtailor.prompting.exemplars import Exemplars, cut_exemplars, exemplars_per_row, shot_count
+from lmtailor.prompting.formats import (build_messages, encode_prompt, encode_prompt_completion, stop_token_ids,
+                                        truncate_text)
 
 Mode = Literal["likelihood", "constrained", "generate"]
 MODES: tuple[str, ...] = ("likelihood", "constrained", "generate")

@@ -13,12 +13,12 @@ from typing import Callable, Sequence
 import torch
 
 from lmtailor.core.example import Example
-from lmtailor.data.exemplars import Exemplars, shot_count
-from lmtailor.data.seq2seq_format import build_sources, encode_source, encode_target, source_text
 from lmtailor.errors import UserError
 from lmtailor.inference.calibration import check_calibration, choose_labels, content_free_prompts
 from lmtailor.inference.generation import count_truncated, generate_ids, pad_batch
 from lmtailor.inference.label_scoring import LabelScores
+from lmtailor.prompting.exemplars import Exemplars, shot_count
+from lmtailor.prompting.seq2seq_format import build_sources, encode_source, encode_target, source_text
 from lmtailor.inference.predict import (Mode, check_mode, constrained_labels, default_mode, pad_token_id,
                                         run_rows)
 from lmtailor.core.budget import Budget

@@ -30,10 +30,10 @@ from tqdm.auto import tqdm
 
 from lmtailor.core.example import Example
 from lmtailor.core.task_spec import TaskSpec
-from lmtailor.data.exemplars import Exemplars, cut_exemplars, exemplars_per_row, shot_count
-from lmtailor.data.formats import build_messages, format_of, raw_text
 from lmtailor.errors import UserError
 from lmtailor.measure.meter import Meter
+from lmtailor.prompting.exemplars import Exemplars, cut_exemplars, exemplars_per_row, shot_count
+from lmtailor.prompting.formats import build_messages, format_of, raw_text
 from lmtailor.remote.client import ApiResult, OpenAIEndpoint
 
 if TYPE_CHECKING:

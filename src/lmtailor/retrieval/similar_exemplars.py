@@ -18,8 +18,8 @@ from typing import Sequence
 import numpy as np
 
 from lmtailor.core.example import Example
-from lmtailor.data.exemplars import RowExemplars
 from lmtailor.errors import UserError
+from lmtailor.prompting.exemplars import RowExemplars
 
 
 class SimilarExemplars:

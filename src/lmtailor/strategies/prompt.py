@@ -18,8 +18,8 @@ from pydantic import Field, model_validator
 from lmtailor.core.context import RunContext
 from lmtailor.core.example import Example
 from lmtailor.core.strategy_output import StrategyOutput
-from lmtailor.data.exemplars import Exemplars, RowExemplars
 from lmtailor.errors import UserError
+from lmtailor.prompting.exemplars import Exemplars, RowExemplars
 from lmtailor.strategies.base import Strategy, StrategyConfig
 
 

@@ -327,7 +327,7 @@ class RagStrategy(Strategy):
         return room
 
     def _augment(self, ctx: RunContext, tokenizer, hits, context_budget: int, assemble, with_passages):
-        from lmtailor.data.formats import truncate_text
+        from lmtailor.prompting.formats import truncate_text
 
         rows, contexts, cut_inputs = [], [], 0
         name = "Question" if ctx.task.type == "qa" else "Input"
@@ -343,7 +343,7 @@ class RagStrategy(Strategy):
 
     def _with_examples(self, ctx: RunContext, tokenizer, hits, context_budget: int):
         """Each test row with the training rows retrieved for it as its own worked examples (whole rows)."""
-        from lmtailor.data.formats import truncate_text
+        from lmtailor.prompting.formats import truncate_text
         from lmtailor.retrieval.worked_examples import fit_worked_examples, with_worked_examples
 
         train = {e.id: e for e in ctx.data.train}

@@ -24,10 +24,10 @@ from tqdm.auto import tqdm
 from lmtailor.core.budget import Budget
 from lmtailor.core.example import Example
 from lmtailor.core.task_spec import TaskSpec
-from lmtailor.data.formats import truncate_text
 from lmtailor.errors import UserError
 from lmtailor.io import write_json_atomic
 from lmtailor.measure.meter import Meter
+from lmtailor.prompting.formats import truncate_text
 from lmtailor.runtime import Runtime
 from lmtailor.training.common import common_training_args, count_params, train_and_save, use_loss_bar
 from lmtailor.training.engine import engine_trainer_class

@@ -17,8 +17,8 @@ from datasets import Dataset
 from lmtailor.core.budget import Budget
 from lmtailor.core.example import Example
 from lmtailor.core.task_spec import TaskSpec
-from lmtailor.data.formats import build_messages, encode_prompt_completion, truncate_text
 from lmtailor.errors import UserError
+from lmtailor.prompting.formats import build_messages, encode_prompt_completion, truncate_text
 
 
 @dataclass

@@ -148,7 +148,7 @@ class ObjectiveCollator:
                                         rng)
         labels = [*self.prefix, *labels, *self.suffix]
         if self.decoder_start_id is not None and labels[:1] == [self.decoder_start_id]:
-            labels = labels[1:]  # the decoder is fed it first anyway (see data/seq2seq_format.encode_target)
+            labels = labels[1:]  # the decoder is fed it first anyway (see prompting/seq2seq_format.encode_target)
         return {"input_ids": [*self.prefix, *inputs, *self.suffix], "labels": labels}
 
     def _keyed_rng(self, feature: dict) -> np.random.Generator | None:
