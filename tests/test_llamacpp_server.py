@@ -16,17 +16,17 @@ import time
 
 import pytest
 
+from lmtailor.augmentation.remote_teacher import RemoteTeacher
+from lmtailor.augmentation.synthetic_teacher import Sampling
 from lmtailor.core.api_settings import ApiSettings
 from lmtailor.core.budget import Budget
 from lmtailor.core.example import Example
 from lmtailor.core.task_spec import TaskSpec
-from lmtailor.data.synthetic_teacher import Sampling
 from lmtailor.measure.meter import Meter
 from lmtailor.measure.pricing import ApiPrice, Pricing
 from lmtailor.remote.client import OpenAIEndpoint
 from lmtailor.remote.predict import predict_remote
 from lmtailor.remote.reference import parse_endpoint
-from lmtailor.remote.teacher import RemoteTeacher
 from lmtailor.serve.process import LOOPBACK, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.llamacpp]

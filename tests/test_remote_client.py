@@ -14,11 +14,12 @@ from typing import Callable
 
 import pytest
 
+from lmtailor.augmentation.remote_teacher import RemoteTeacher, prompt_seed
+from lmtailor.augmentation.synthetic_teacher import Sampling
 from lmtailor.core.api_settings import ApiSettings
 from lmtailor.core.budget import Budget
 from lmtailor.core.example import Example
 from lmtailor.core.task_spec import TaskSpec
-from lmtailor.data.synthetic_teacher import Sampling
 from lmtailor.errors import UserError
 from lmtailor.measure.meter import Meter
 from lmtailor.measure.pricing import ApiPrice, Pricing
@@ -26,7 +27,6 @@ from lmtailor.remote.cache import ResponseCache, request_key
 from lmtailor.remote.client import EndpointError, OpenAIEndpoint
 from lmtailor.remote.predict import parse_label, predict_remote
 from lmtailor.remote.reference import is_loopback, is_remote, parse_endpoint
-from lmtailor.remote.teacher import RemoteTeacher, prompt_seed
 from lmtailor.tasks.classification import Classification
 
 KEY_ENV = "LMTAILOR_TEST_API_KEY"

@@ -10,12 +10,12 @@ from types import SimpleNamespace
 
 import pytest
 
+from lmtailor.augmentation import synthetic_filters as sf
 from lmtailor.core.example import Example
-from lmtailor.data import synthetic_filters as sf
-from lmtailor.data.synthetic import (SyntheticConfig, build_prompt, generate_synthetic, load_cached,
+from lmtailor.augmentation.synthetic import (SyntheticConfig, build_prompt, generate_synthetic, load_cached,
                                      write_synthetic)
+from lmtailor.augmentation.synthetic_teacher import Completion, HFTeacher, Sampling, weights_digest
 from lmtailor.core.task_spec import TaskSpec
-from lmtailor.data.synthetic_teacher import Completion, HFTeacher, Sampling, weights_digest
 from lmtailor.errors import UserError
 from lmtailor.measure.meter import Meter
 

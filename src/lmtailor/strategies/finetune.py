@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from lmtailor.augmentation.augment import AugmentConfig
+from lmtailor.augmentation.synthetic import SyntheticConfig
 from lmtailor.core.context import RunContext
 from lmtailor.core.strategy_output import StrategyOutput
 from lmtailor.core.task_spec import TaskSpec
-from lmtailor.data.augment import AugmentConfig
-from lmtailor.data.synthetic import SyntheticConfig
 from lmtailor.errors import UserError
 from lmtailor.measure.meter import Meter
 from lmtailor.strategies.base import Strategy, StrategyConfig

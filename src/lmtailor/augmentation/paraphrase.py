@@ -15,13 +15,13 @@ from typing import Any, Sequence
 
 from tqdm.auto import tqdm
 
+from lmtailor.augmentation.augment import AugmentConfig, AugmentContext, Candidate, stable_seed
 from lmtailor.core.example import Example
 from lmtailor.core.task_spec import TaskSpec
-from lmtailor.data.augment import AugmentConfig, AugmentContext, Candidate, stable_seed
-from lmtailor.prompting.formats import build_messages, encode_prompt, stop_token_ids, truncate_text
 from lmtailor.errors import UserError
 from lmtailor.inference.generation import SamplingParams, generate_ids
 from lmtailor.inference.predict import pad_token_id
+from lmtailor.prompting.formats import build_messages, encode_prompt, stop_token_ids, truncate_text
 
 PARAPHRASE_INSTRUCTION = ("Paraphrase the input: say the same thing in different words, keeping its meaning. "
                           "Reply with the paraphrase only.")

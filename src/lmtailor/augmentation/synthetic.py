@@ -28,10 +28,10 @@ from typing import Sequence
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
+from lmtailor.augmentation import synthetic_filters as sf
+from lmtailor.augmentation.synthetic_teacher import Completion, Sampling, Teacher
 from lmtailor.core.example import Example
 from lmtailor.core.task_spec import TaskSpec
-from lmtailor.data import synthetic_filters as sf
-from lmtailor.data.synthetic_teacher import Completion, Sampling, Teacher
 from lmtailor.errors import UserError
 from lmtailor.io import write_json_atomic, write_jsonl_atomic
 from lmtailor.measure.meter import Meter, estimate_flops
