@@ -21,7 +21,11 @@ from lmtailor.core.task_spec import TaskSpec
 from lmtailor.errors import UserError
 from lmtailor.inference.generation import SamplingParams, generate_ids
 from lmtailor.inference.predict import pad_token_id
+from lmtailor.measure.meter import estimate_flops
+from lmtailor.models.loading import family_of, load_model
 from lmtailor.prompting.formats import build_messages, encode_prompt, stop_token_ids, truncate_text
+from lmtailor.prompting.seq2seq_format import encode_source, source_text
+from lmtailor.runtime import detect_runtime
 
 PARAPHRASE_INSTRUCTION = ("Paraphrase the input: say the same thing in different words, keeping its meaning. "
                           "Reply with the paraphrase only.")
@@ -71,9 +75,6 @@ def _generator(cfg: AugmentConfig, ctx: AugmentContext) -> Any:
         raise UserError(f"augmentation method {cfg.method!r} generates text with a model: set augment.model to a "
                         "generation model (alias, local directory or hub id)")
     else:
-        from lmtailor.models.loading import family_of, load_model
-        from lmtailor.runtime import detect_runtime
-
         runtime = ctx.runtime or detect_runtime()
         if family_of(cfg.model, runtime.trust_remote_code) == "encoder":
             raise UserError(f"augment.model {cfg.model!r} is an encoder (BERT-like): it cannot generate text. Use a "
@@ -91,8 +92,6 @@ def _prompts(tokenizer, seq2seq: bool, instruction: str, texts: Sequence[str],
     spec = TaskSpec("augment", "generation", instruction)
     cut = [truncate_text(tokenizer, t, max_input_tokens)[0] for t in texts]
     if seq2seq:
-        from lmtailor.prompting.seq2seq_format import encode_source, source_text
-
         return [encode_source(tokenizer, source_text(spec, t)) for t in cut]
     return [encode_prompt(tokenizer, build_messages(spec, t)) for t in cut]
 
@@ -118,8 +117,6 @@ def generate_texts(lm: Any, instruction: str, texts: Sequence[str], cfg: Augment
         bar.close()
         model.train(was_training)
     if meter is not None:
-        from lmtailor.measure.meter import estimate_flops
-
         meter.add_tokens("data", out.tokens)
         meter.add_flops("data", estimate_flops(sum(p.numel() for p in model.parameters()), out.tokens, "inference"))
     return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in out.ids]

@@ -36,6 +36,7 @@ from lmtailor.errors import UserError
 from lmtailor.io import write_json_atomic, write_jsonl_atomic
 from lmtailor.measure.meter import Meter, estimate_flops
 from lmtailor.measure.setup_cost import SetupCost
+from lmtailor.paths import cache_dir
 
 CACHE_FORMAT = "synthetic-v2"  # bump when prompts, parsing or filters change, so old caches are not reused
 log = logging.getLogger("lmtailor")
@@ -110,8 +111,6 @@ def cache_key(task: TaskSpec, train_rows: Sequence[Example], forbidden_rows: Seq
 
 def default_cache_root() -> Path:
     """Where synthetic results are cached: ``cache_dir()/synthetic``."""
-    from lmtailor.paths import cache_dir
-
     return cache_dir() / "synthetic"
 
 

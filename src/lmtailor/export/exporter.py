@@ -18,6 +18,8 @@ from lmtailor.errors import UserError
 from lmtailor.export.gguf_export import GGUF_TYPES, GgufExport, check_gguf_config, export_gguf
 from lmtailor.export.merge import MergeResult, base_reference, export_runtime, merge_row
 from lmtailor.export.run_rows import TrainedRow, select_row
+from lmtailor.models import resolve_model
+from lmtailor.models.family import auto_class, detect_family, head_for
 
 log = logging.getLogger("lmtailor")
 
@@ -49,8 +51,6 @@ def run_trusts_remote_code(run_dir: Path) -> bool:
 def _check_gguf_possible(row: TrainedRow) -> None:
     """Fail before a slow merge when the row's model cannot become a GGUF file anyway."""
     from transformers import AutoConfig
-
-    from lmtailor.models import resolve_model
 
     if row.labels:
         raise UserError(f"row {row.row_id} is an encoder classifier (a head over labels, no language-model head): "
@@ -115,8 +115,6 @@ def describe(result: ExportResult) -> list[str]:
 def _auto_class_name(m: MergeResult) -> str:
     """The transformers auto class that loads the exported directory."""
     from transformers import AutoConfig
-
-    from lmtailor.models.family import auto_class, detect_family, head_for
 
     if m.head:
         return auto_class(m.head).__name__

@@ -26,6 +26,12 @@ import numpy as np
 
 from lmtailor.errors import UserError
 from lmtailor.inference.generation import SamplingParams
+from lmtailor.models.cache import build_once
+from lmtailor.models.embedded import EMBEDDED_MODELS
+from lmtailor.models.family import detect_family
+from lmtailor.models.loading import family_of, load_tokenizer
+from lmtailor.paths import cache_dir
+from lmtailor.remote.reference import is_remote
 
 INSTALL_HINT = ("install the llamacpp extra: `make .venv/.lmtailor-llamacpp-installed`, or "
                 "CMAKE_ARGS=\"-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON\" "
@@ -45,8 +51,6 @@ def import_llama_cpp():
 
 def gguf_for(model_ref: str) -> Path:
     """The GGUF file llama.cpp runs for ``model_ref``; a UserError saying how to get one when there is none."""
-    from lmtailor.models.embedded import EMBEDDED_MODELS
-
     for entry in EMBEDDED_MODELS:
         if entry.alias == model_ref and entry.gguf is not None:
             return _embedded_gguf(entry)
@@ -67,9 +71,6 @@ def gguf_for(model_ref: str) -> Path:
 
 def _embedded_gguf(entry) -> Path:
     """An embedded model's GGUF file: in its package, or assembled once into the cache (gemma3-270m's parts)."""
-    from lmtailor.models.cache import build_once
-    from lmtailor.paths import cache_dir
-
     gguf = entry.gguf
     pkg = entry.require_installed()
     if (pkg / gguf.file_name).is_file():
@@ -81,13 +82,9 @@ def _embedded_gguf(entry) -> Path:
 
 def check_decoder_only(model_ref: str) -> None:
     """Refuse encoders and encoder-decoders: llama.cpp here runs decoder-only GGUF models."""
-    from lmtailor.models.loading import family_of
-
     path = Path(model_ref).expanduser()
     if path.is_file() and path.suffix == ".gguf":  # its metadata says: no need to convert the weights to ask
         from transformers import AutoConfig
-
-        from lmtailor.models.family import detect_family
 
         family = detect_family(AutoConfig.from_pretrained(path.parent, gguf_file=path.name))
     else:
@@ -234,9 +231,6 @@ class LoadedLlamaCpp:
 
 def load_llamacpp(model_ref: str, n_ctx: int | None = None) -> LoadedLlamaCpp:
     """Load ``model_ref``'s GGUF into llama.cpp and its Hugging Face tokenizer (for prompts, labels, stop ids)."""
-    from lmtailor.models.loading import load_tokenizer
-    from lmtailor.remote.reference import is_remote
-
     if is_remote(model_ref):
         raise UserError(f"{model_ref} is an API endpoint: backend: llamacpp runs local GGUF files; drop the backend "
                         "setting for an openai: model")

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 import torch
 
+from lmtailor.measure.meter import tooling
 from lmtailor.models.family import Family, Head, auto_class, check_head, detect_family, head_for
 from lmtailor.errors import UserError
 from lmtailor.models.remote_code import check_remote_code
@@ -112,8 +113,6 @@ def download_hub_model(repo_id: str, trust_remote_code: bool = False) -> None:
     """Download a hub model's files into the hub cache once, as tool set-up: a deployment has its weights already,
     so the download is kept out of the row's time and $ (``measure.meter.tooling``) and recorded apart."""
     from huggingface_hub import snapshot_download, try_to_load_from_cache
-
-    from lmtailor.measure.meter import tooling
 
     if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
         return  # downloaded before (a partial download is completed by from_pretrained, inside the row's load)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from lmtailor.errors import UserError
+from lmtailor.models.family import auto_class, detect_family, head_for
 
 TOLERANCE = 0.10  # a shape within 10% of the target counts as on target
 CHINCHILLA_TOKENS_PER_PARAM = 20  # Hoffmann et al. 2022: compute-optimal training uses ~20 tokens per parameter
@@ -165,8 +166,6 @@ class SizedModel:
 
 
 def _model_class(config):
-    from lmtailor.models.family import auto_class, detect_family, head_for
-
     return auto_class(head_for(detect_family(config), None))
 
 

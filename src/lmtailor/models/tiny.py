@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lmtailor.paths import cache_dir
+
 TINY_VERSION = "v2"  # bump when the configs, corpus or tokenizer change, so cached builds are rebuilt
 TINY_FAMILIES = ("llama", "t5", "bart", "bert")
 VOCAB_SIZE = 512
@@ -147,7 +149,6 @@ def _config(family: str, tokenizer):
 def tiny_model_dir(family: str) -> Path:
     """Return the cached tiny ``family`` model directory (seed 0), building it atomically on first use."""
     from lmtailor.models.cache import build_once
-    from lmtailor.paths import cache_dir
 
     if family not in TINY_FAMILIES:
         raise ValueError(f"unknown tiny model family {family!r}; choose one of {', '.join(TINY_FAMILIES)}")

@@ -7,6 +7,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from lmtailor.measure.meter import SETUP_PHASES
+from lmtailor.report.below_majority import below_majority_notes
+from lmtailor.report.cost_notes import cost_notes
+from lmtailor.report.honesty import truncated_generations
 
 
 @dataclass
@@ -257,8 +260,6 @@ def _api_cache_note(records: list[dict]) -> str:
 
 def _cut_answers_note(records: list[dict]) -> str:
     """Say how many generated answers ran out of ``max_new_tokens`` (scored as cut), over the row's seeds."""
-    from lmtailor.report.honesty import truncated_generations
-
     # a row answers its test and validation rows in one pass, and the count covers both
     counts = [(c, (r.get("test_rows") or 0) + ((r.get("validation") or {}).get("rows") or 0)) for r in records
               if (c := truncated_generations(r.get("details") or {})) is not None]
@@ -296,9 +297,7 @@ def format_rows(rows: list[TableRow]) -> list[list[str]]:
 
 def results_markdown(records: list[dict], title: str = "results") -> str:
     """The cost-benefit table as Markdown, with the facts a reader needs to trust it."""
-    from lmtailor.report.cost_notes import cost_notes
     from lmtailor.report.extra_data import extra_data_findings
-    from lmtailor.report.below_majority import below_majority_notes
     from lmtailor.report.findings import architecture_findings  # findings builds on this module's rows
 
     table_rows = build_rows(records)

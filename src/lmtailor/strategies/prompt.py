@@ -20,6 +20,10 @@ from lmtailor.core.example import Example
 from lmtailor.core.strategy_output import StrategyOutput
 from lmtailor.errors import UserError
 from lmtailor.prompting.exemplars import Exemplars, RowExemplars
+from lmtailor.remote.client import OpenAIEndpoint
+from lmtailor.remote.predict import predict_remote
+from lmtailor.remote.reference import is_remote, parse_endpoint
+from lmtailor.retrieval.similar_exemplars import SimilarExemplars
 from lmtailor.strategies.base import Strategy, StrategyConfig
 
 
@@ -104,7 +108,6 @@ class ExemplarChooser:
         if self.how != "similar" or not self.shots:
             return
         from lmtailor.retrieval.embedding import Embedder
-        from lmtailor.retrieval.similar_exemplars import SimilarExemplars
 
         embedder = embedder or Embedder(self.embedder_ref)
         self.index = SimilarExemplars(usable_pool(self.ctx.data.train, self.ctx.data.test), embedder)
@@ -179,7 +182,6 @@ class PromptStrategy(Strategy):
     def run(self, ctx: RunContext) -> StrategyOutput:
         from lmtailor.inference.predict import predict
         from lmtailor.models import load_model
-        from lmtailor.remote.reference import is_remote
 
         cfg = self.config
         if is_remote(ctx.model_ref) and cfg.backend == "transformers":
@@ -229,10 +231,6 @@ class PromptStrategy(Strategy):
 
     def _run_remote(self, ctx: RunContext) -> StrategyOutput:
         """Ask an OpenAI-compatible endpoint (``openai:MODEL@URL``); its bill comes from the responses' usage."""
-        from lmtailor.remote.client import OpenAIEndpoint
-        from lmtailor.remote.predict import predict_remote
-        from lmtailor.remote.reference import parse_endpoint
-
         refuse_remote_calibration(self.config.calibrate, ctx.model_ref)
         with ctx.meter.phase("load"):
             endpoint = OpenAIEndpoint(parse_endpoint(ctx.model_ref), ctx.api)

@@ -19,12 +19,15 @@ from pydantic import Field, field_validator
 from lmtailor.core.context import RunContext
 from lmtailor.core.strategy_output import StrategyOutput
 from lmtailor.errors import UserError
-from lmtailor.models.sizing import CHINCHILLA_TOKENS_PER_PARAM, human_count, parse_param_count
+from lmtailor.models import family_of, load_tokenizer, resolve_model
+from lmtailor.models.family import auto_class, detect_family, head_for
+from lmtailor.models.sizing import CHINCHILLA_TOKENS_PER_PARAM, human_count, parse_param_count, size_model
 from lmtailor.strategies.base import Strategy
 from lmtailor.strategies.continued_pretraining import (PretrainingConfig, check_generative, check_objective_knobs,
                                                        fine_tune_after, load_pretraining_corpus, pretrain_details,
                                                        record_pretraining, resolve_block_size)
 from lmtailor.strategies.finetune import FinetuneConfig, FinetuneStrategy
+from lmtailor.training.peft_methods import finetune_method
 
 # A small model from random weights takes a larger step than a pre-trained one may: 1e-3 is nanoGPT's rate for its
 # small character model and the usual peak for models of 10-100M parameters; weight decay 0.1 as in GPT-3/LLaMA.
@@ -79,8 +82,6 @@ class ScratchStrategy(Strategy):
     def run(self, ctx: RunContext) -> StrategyOutput:
         from transformers import AutoConfig
 
-        from lmtailor.models import family_of, load_tokenizer, resolve_model
-        from lmtailor.training.peft_methods import finetune_method
         from lmtailor.training.pretrain import ensure_sentinels, resolve_objective, run_pretraining
 
         cfg = self.config
@@ -116,8 +117,6 @@ class ScratchStrategy(Strategy):
 
     def _size(self, ctx: RunContext, base_config, vocab_size: int):
         """Size the model: the requested parameters, or Chinchilla's tokens / 20 (at least the smallest model)."""
-        from lmtailor.models.sizing import size_model
-
         cfg = self.config
         target = cfg.target_params()
         chosen_by = "params"
@@ -140,8 +139,6 @@ class ScratchStrategy(Strategy):
 def _random_model(config, seed: int):
     """The model ``config`` describes, randomly initialised in fp32 (master weights) from ``seed``."""
     import torch
-
-    from lmtailor.models.family import auto_class, detect_family, head_for
 
     with torch.random.fork_rng(devices=[]):  # the same initial weights for the same seed, whatever ran before
         torch.manual_seed(seed)
