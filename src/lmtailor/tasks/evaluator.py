@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from lmtailor.core.example import Example
 from lmtailor.core.task_spec import TaskSpec
-from lmtailor.retrieval.metrics import retrieval_metrics
 from lmtailor.tasks import TASK_TYPES
 from lmtailor.tasks.base import Metric
 from lmtailor.tasks.generation import _tokenizer
 from lmtailor.tasks.qa import _alternatives, token_f1
+from lmtailor.tasks.retrieval_metrics import retrieval_metrics
 
 
 def evaluate(task: TaskSpec, test: list[Example], predictions: list[str],
