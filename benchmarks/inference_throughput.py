@@ -90,14 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     from bench_env import commit
     from tqdm.auto import tqdm
 
-    from lmtailor.data.formats import build_messages, encode_prompt, stop_token_ids
+    from lmtailor.core.budget import Budget
     from lmtailor.inference.generation import generate_ids
     from lmtailor.inference.hf_rows import pad_token_id, prepare_inputs
     from lmtailor.inference.predict import predict
     from lmtailor.measure.meter import Meter
     from lmtailor.models import load_model
+    from lmtailor.prompting.formats import build_messages, encode_prompt, stop_token_ids
     from lmtailor.runtime import detect_runtime
-    from lmtailor.strategies.base import Budget
 
     max_input = 96
     task, rows = build_rows(args.rows, max_input)

@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 
 from lmtailor.config import load_experiment
-from lmtailor.data.formats import build_messages, encode_prompt, encode_prompt_completion
 from lmtailor.data.prepare import prepare_data
 from lmtailor.inference.hf_rows import pad_token_id, prepare_inputs
 from lmtailor.inference.label_scoring import common_prefix_len, score_labels
 from lmtailor.models import load_model
+from lmtailor.prompting.formats import build_messages, encode_prompt, encode_prompt_completion
 from lmtailor.runner import resolve_task
 from lmtailor.runtime import Runtime
 from lmtailor.strategies.prompt import draw_exemplars

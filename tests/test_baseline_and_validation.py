@@ -7,12 +7,12 @@ import logging
 import pytest
 
 from lmtailor.config import validate_experiment
-from lmtailor.data.example import DatasetSplits, Example
+from lmtailor.core.context import RunContext
+from lmtailor.core.example import DatasetSplits, Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.measure.meter import Meter
 from lmtailor.runner import plan_rows
-from lmtailor.strategies import RunContext
 from lmtailor.strategies.baseline import BaselineConfig, BaselineStrategy, first_sentence, majority_label
-from lmtailor.tasks import TaskSpec
 from lmtailor.tasks.held_out import held_out_data, ids_digest, split_and_score
 
 CLASSES = TaskSpec("t", "classification", "Which?", ("red", "green", "blue"))

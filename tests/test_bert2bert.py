@@ -8,17 +8,17 @@ import random
 import pytest
 import torch
 
-from lmtailor.data.example import Example
-from lmtailor.data.seq2seq_format import encode_source, encode_target, source_text
+from lmtailor.core.budget import Budget
+from lmtailor.core.example import Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.inference.predict import predict
 from lmtailor.measure.meter import Meter
 from lmtailor.models import load_model
 from lmtailor.models.bert2bert import bert2bert_dir, bert2bert_path
 from lmtailor.models.cache import COMPLETE_MARKER, is_complete
+from lmtailor.prompting.seq2seq_format import encode_source, encode_target, source_text
 from lmtailor.runtime import Runtime
-from lmtailor.strategies.base import Budget
 from lmtailor.strategies.finetune import FinetuneConfig
-from lmtailor.tasks.base import TaskSpec
 
 CPU = Runtime("cpu", "fp32", "tests run in fp32 on the CPU")
 LABELS = ("red", "green", "light blue sky")

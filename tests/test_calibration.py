@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from lmtailor.data.example import Example
-from lmtailor.data.exemplars import RowExemplars
-from lmtailor.data.formats import build_messages, encode_prompt, encode_prompt_completion
+from lmtailor.core.budget import Budget
+from lmtailor.core.example import Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.errors import UserError
 from lmtailor.inference.calibration import (CONTENT_FREE_INPUTS, ContentFreePrompts, calibrate, content_free_log_prior,
                                             content_free_prompts)
@@ -17,9 +17,9 @@ from lmtailor.inference.label_scoring import naive_label_scores
 from lmtailor.inference.predict import predict
 from lmtailor.measure.meter import Meter
 from lmtailor.models import load_model
+from lmtailor.prompting.exemplars import RowExemplars
+from lmtailor.prompting.formats import build_messages, encode_prompt, encode_prompt_completion
 from lmtailor.runtime import Runtime
-from lmtailor.strategies.base import Budget
-from lmtailor.tasks.base import TaskSpec
 
 CPU = Runtime("cpu", "fp32", "test")
 TASK = TaskSpec("colours", "classification", "Which colour word does the text contain?",

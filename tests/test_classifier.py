@@ -10,23 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmtailor.data.example import Example
+from lmtailor.core.budget import Budget
+from lmtailor.core.example import Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.errors import UserError
 from lmtailor.measure.meter import Meter
 from lmtailor.models import load_model
 from lmtailor.runtime import Runtime
-from lmtailor.strategies.base import Budget
 from lmtailor.strategies.finetune import FinetuneConfig
-from lmtailor.tasks.base import TaskSpec
-from lmtailor.training.classifier import (
-    LABELS_FILE,
-    ClassifierTrained,
-    classifier_args,
-    learning_rate,
-    lora_config,
-    predict_classifier,
-    train_classifier,
-)
+from lmtailor.training.classifier import (LABELS_FILE, ClassifierTrained, classifier_args, learning_rate, lora_config,
+                                          predict_classifier, train_classifier)
 from lmtailor.training.common import summarize_log
 
 LABELS = ("red", "green", "blue")

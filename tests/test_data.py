@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from lmtailor.core.example import Example
 from lmtailor.data.config import DataConfig
-from lmtailor.data.example import Example
 from lmtailor.data.inspect import inspect_data
 from lmtailor.data.prepare import prepare_data
 from lmtailor.data.splits import cap_rows, nested_subsets, split_rows

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from lmtailor.config import ConfigError, apply_overrides, read_yaml
+from lmtailor.core.example import Example
 from lmtailor.data.config import DataConfig
-from lmtailor.data.example import Example
 from lmtailor.data.prepare import prepare_data
 from lmtailor.data.splits import split_rows, stratification_note
 from lmtailor.report.honesty import honesty_checks

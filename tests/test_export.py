@@ -71,8 +71,9 @@ def leftovers(parent: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def run_dir(tiny_llama_dir, tmp_path_factory) -> Path:
     """A run directory: a real LoRA finetune row on tiny-llama, a full-model row, a prompt row and a failed row."""
+    from lmtailor.core.budget import Budget
+    from lmtailor.core.context import RunContext
     from lmtailor.measure.meter import Meter
-    from lmtailor.strategies.base import Budget, RunContext
     from lmtailor.strategies.finetune import FinetuneConfig, FinetuneStrategy
 
     run = tmp_path_factory.mktemp("run")

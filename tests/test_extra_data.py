@@ -8,13 +8,14 @@ import random
 
 import pytest
 
-from lmtailor.data.example import DatasetSplits, Example
+from lmtailor.core.budget import Budget
+from lmtailor.core.context import RunContext
+from lmtailor.core.example import DatasetSplits, Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.errors import UserError
 from lmtailor.measure.meter import Meter
 from lmtailor.runtime import Runtime
-from lmtailor.strategies.base import Budget, RunContext
 from lmtailor.strategies.finetune import FinetuneConfig, FinetuneStrategy
-from lmtailor.tasks.base import TaskSpec
 
 LABELS = ("red", "green", "blue")
 TASK = TaskSpec("colours", "classification", "Which colour word does the text contain?", LABELS)

@@ -10,14 +10,16 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from lmtailor.data.example import DatasetSplits, Example
+from lmtailor.core.budget import Budget
+from lmtailor.core.context import RunContext
+from lmtailor.core.example import DatasetSplits, Example
+from lmtailor.core.strategy_output import StrategyOutput
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.errors import UserError
 from lmtailor.measure.meter import Meter
 from lmtailor.runtime import Runtime
 from lmtailor.strategies import STRATEGIES
-from lmtailor.strategies.base import Budget, RunContext, StrategyOutput
 from lmtailor.strategies.finetune import FinetuneConfig, FinetuneStrategy
-from lmtailor.tasks.base import TaskSpec
 
 from colours import CPU, LABELS, TASK, colour_splits
 

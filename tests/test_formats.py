@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from lmtailor.data.example import Example
-from lmtailor.data.formats import (build_messages, encode_prompt, encode_prompt_completion, render, stop_token_ids,
-                                   truncate_text)
+from lmtailor.core.example import Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.models import load_tokenizer
-from lmtailor.tasks.base import TaskSpec
+from lmtailor.prompting.formats import (build_messages, encode_prompt, encode_prompt_completion, render, stop_token_ids,
+                                        truncate_text)
 
 TASK = TaskSpec("colours", "classification", "Which colour word does the text contain?", ("red", "green", "blue"))
 

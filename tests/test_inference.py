@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmtailor.data.example import Example
-from lmtailor.data.formats import build_messages, encode_prompt, encode_prompt_completion, stop_token_ids
+from lmtailor.core.budget import Budget
+from lmtailor.core.example import Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.inference.generation import LabelTrie, generate_ids
 from lmtailor.inference.label_scoring import common_prefix_len, naive_label_scores, score_labels
 from lmtailor.inference.predict import predict
 from lmtailor.measure.meter import Meter
 from lmtailor.models import load_model
+from lmtailor.prompting.formats import build_messages, encode_prompt, encode_prompt_completion, stop_token_ids
 from lmtailor.runtime import Runtime
-from lmtailor.strategies.base import Budget
-from lmtailor.tasks.base import TaskSpec
 
 CPU = Runtime("cpu", "fp32", "test")
 # Labels of different token lengths, so the batched label pass is right-padded.

@@ -12,19 +12,19 @@ from pathlib import Path
 
 import pytest
 
+from lmtailor.core.budget import Budget
+from lmtailor.core.example import Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.data.config import DataConfig
-from lmtailor.data.example import Example
-from lmtailor.data.formats import build_messages, encode_prompt, encode_prompt_completion, render
 from lmtailor.data.loading import load_file
 from lmtailor.data.prepare import prepare_data
-from lmtailor.data.seq2seq_format import source_text
 from lmtailor.data.validate import DataError
 from lmtailor.errors import UserError
 from lmtailor.models import load_tokenizer
+from lmtailor.prompting.formats import build_messages, encode_prompt, encode_prompt_completion, render
+from lmtailor.prompting.seq2seq_format import source_text
 from lmtailor.runtime import Runtime
-from lmtailor.strategies.base import Budget
 from lmtailor.strategies.finetune import FinetuneConfig
-from lmtailor.tasks.base import TaskSpec
 from lmtailor.training.dataset import build_sft_rows
 
 FORMATS = ("chat", "alpaca", "plain")

@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from lmtailor.data.example import DatasetSplits, Example
+from lmtailor.core.budget import Budget
+from lmtailor.core.context import RunContext
+from lmtailor.core.example import DatasetSplits, Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.data.leakage import NORMALISATION, row_digest, rows_fingerprint
 from lmtailor.measure.meter import Meter
-from lmtailor.retrieval.exclusion import exclude_held_out
 from lmtailor.retrieval.corpus import Document
+from lmtailor.retrieval.exclusion import exclude_held_out
 from lmtailor.runtime import Runtime
-from lmtailor.strategies.base import Budget, RunContext
-from lmtailor.tasks.base import TaskSpec
 
 LONG_INPUT = "The quick brown fox jumps over the lazy dog while the farmer sleeps."
 GEN = TaskSpec("sum", "generation", "Summarize.")
@@ -151,7 +152,7 @@ def test_pydoc_twins_of_a_test_rows_document_are_left_out(tmp_path, monkeypatch)
 
 def test_task_train_rows_are_retrieved_whole_and_shown_as_worked_examples(tiny_llama_dir, tmp_path, monkeypatch,
                                                                           one_torch_thread):
-    from lmtailor.data.formats import build_messages
+    from lmtailor.prompting.formats import build_messages
     import importlib
 
     rag_module = importlib.import_module("lmtailor.strategies.rag")  # it asks its predictor through answer()
@@ -191,8 +192,8 @@ def test_task_train_rows_are_retrieved_whole_and_shown_as_worked_examples(tiny_l
 
 
 def test_a_rows_own_worked_examples_follow_the_drawn_shots_in_every_layout():
-    from lmtailor.data.formats import build_messages
-    from lmtailor.data.seq2seq_format import source_text
+    from lmtailor.prompting.formats import build_messages
+    from lmtailor.prompting.seq2seq_format import source_text
     from lmtailor.remote.predict import _bodies
 
     shot, own = Example("s", "shared input", "S"), Example("t", "own input", "T")

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmtailor.data.example import DatasetSplits, Example
-from lmtailor.data.formats import build_messages, encode_prompt, encode_prompt_completion, stop_token_ids
+from lmtailor.core.budget import Budget
+from lmtailor.core.context import RunContext
+from lmtailor.core.example import DatasetSplits, Example
 from lmtailor.errors import UserError
 from lmtailor.inference.answer import answer
 from lmtailor.inference.backends.base import PredictRequest
@@ -25,7 +26,7 @@ from lmtailor.inference.generation import generate_ids
 from lmtailor.inference.label_scoring import score_labels
 from lmtailor.inference.predict import predict
 from lmtailor.measure.meter import Meter
-from lmtailor.strategies.base import Budget, RunContext
+from lmtailor.prompting.formats import build_messages, encode_prompt, encode_prompt_completion, stop_token_ids
 
 from colours import CPU, TASK, colour_rows
 
@@ -367,7 +368,8 @@ def test_a_bare_gguf_file_loads_without_converting_its_weights(tiny_gguf_dir, tm
 
 
 def test_calibration_and_per_row_exemplars_match_the_transformers_path(engines):
-    from lmtailor.data.exemplars import RowExemplars
+    from lmtailor.inference.llamacpp_predict import predict_llamacpp
+    from lmtailor.prompting.exemplars import RowExemplars
 
     llm, hf, tokenizer = engines
     rows = colour_rows(3, "k", seed=9)

@@ -16,8 +16,12 @@ import time
 
 import pytest
 
-from lmtailor.data.example import Example
-from lmtailor.data.synthetic_teacher import Sampling
+from lmtailor.augmentation.remote_teacher import RemoteTeacher
+from lmtailor.augmentation.synthetic_teacher import Sampling
+from lmtailor.core.api_settings import ApiSettings
+from lmtailor.core.budget import Budget
+from lmtailor.core.example import Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.inference.answer import answer
 from lmtailor.inference.backends.base import PredictRequest
 from lmtailor.inference.backends.openai_api import OpenAIPredictor
@@ -25,11 +29,7 @@ from lmtailor.measure.meter import Meter
 from lmtailor.measure.pricing import ApiPrice, Pricing
 from lmtailor.remote.client import OpenAIEndpoint
 from lmtailor.remote.reference import parse_endpoint
-from lmtailor.remote.settings import ApiSettings
-from lmtailor.remote.teacher import RemoteTeacher
 from lmtailor.serve.process import LOOPBACK, free_port
-from lmtailor.strategies.base import Budget
-from lmtailor.tasks.base import TaskSpec
 
 
 def predict_remote(endpoint, task, rows, exemplars, budget, meter, mode=None):

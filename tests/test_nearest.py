@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from lmtailor.config import validate_experiment
-from lmtailor.data.example import DatasetSplits, Example
+from lmtailor.core.budget import Budget
+from lmtailor.core.context import RunContext
+from lmtailor.core.example import DatasetSplits, Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.errors import UserError
 from lmtailor.measure.meter import Meter
 from lmtailor.runtime import Runtime
-from lmtailor.strategies.base import Budget, RunContext
 from lmtailor.strategies.nearest import NearestConfig, NearestStrategy, vote
-from lmtailor.tasks.base import TaskSpec
 
 # Hand-made unit vectors: "x" along the first axis, "y" along the second.
 VECTORS = {"x": [1.0, 0.0], "x again": [1.0, 0.0], "y": [0.0, 1.0], "mostly x": [0.8, 0.6],

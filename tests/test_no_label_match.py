@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import pytest
 
-from lmtailor.data.example import Example
 import importlib
-
-from lmtailor.inference.generation import (NO_LABEL, Generated, LabelTrie, count_truncated,
-                                           labels_of_matches)
+from lmtailor.core.budget import Budget
+from lmtailor.core.example import Example
+from lmtailor.core.task_spec import TaskSpec
+from lmtailor.inference.generation import NO_LABEL, Generated, LabelTrie, count_truncated, labels_of_matches
 from lmtailor.inference.llamacpp_predict import _constrained, _generate
-from lmtailor.strategies.base import Budget
-from lmtailor.tasks.base import TaskSpec
 from lmtailor.tasks.classification import Classification
 
 # the modules whose generate_ids a test replaces: label-constrained decoding (both families), decoder-only generation
@@ -119,10 +117,10 @@ def test_count_truncated_by_hand():
 
 @pytest.mark.parametrize("model_dir", ["tiny_llama_dir", "tiny_t5_dir"])
 def test_transformers_generation_counts_truncated_generations(monkeypatch, request, model_dir):
-    from lmtailor.data.formats import stop_token_ids
     from lmtailor.inference.predict import predict
     from lmtailor.measure.meter import Meter
     from lmtailor.models import load_model
+    from lmtailor.prompting.formats import stop_token_ids
     from lmtailor.runtime import Runtime
 
     loaded = load_model(str(request.getfixturevalue(model_dir)), Runtime("cpu", "fp32", "test"))

@@ -16,11 +16,13 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from lmtailor.data.example import DatasetSplits
+from lmtailor.core.budget import Budget
+from lmtailor.core.context import RunContext
+from lmtailor.core.example import DatasetSplits
+from lmtailor.core.strategy_output import StrategyOutput
 from lmtailor.errors import UserError
 from lmtailor.measure.meter import Meter
 from lmtailor.runtime import Runtime
-from lmtailor.strategies.base import Budget, RunContext, StrategyOutput
 from lmtailor.strategies.finetune import FinetuneConfig, FinetuneStrategy
 from lmtailor.training.peft_methods import FINETUNE_METHODS, artifact_kind, finetune_method, wrap_for_training
 

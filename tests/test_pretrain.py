@@ -14,10 +14,12 @@ from pydantic import ValidationError
 
 from lmtailor.data.packing import (noise_span_counts, pack_documents, random_spans_noise_mask, span_corruption,
                                    span_corruption_lengths, text_infilling)
+from lmtailor.core.budget import Budget
+from lmtailor.core.context import RunContext
+from lmtailor.core.strategy_output import StrategyOutput
 from lmtailor.errors import UserError
 from lmtailor.measure.meter import Meter
 from lmtailor.strategies import STRATEGIES
-from lmtailor.strategies.base import Budget, RunContext, StrategyOutput
 from lmtailor.strategies.continued_pretraining import ContinuedPretrainingConfig, ContinuedPretrainingStrategy
 from lmtailor.training.pretrain import ObjectiveCollator, plan_steps, resolve_objective
 

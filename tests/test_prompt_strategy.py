@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from lmtailor.data.example import DatasetSplits, Example
+from lmtailor.core.budget import Budget
+from lmtailor.core.context import RunContext
+from lmtailor.core.example import DatasetSplits, Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.errors import UserError
 from lmtailor.measure.meter import Meter
 from lmtailor.runtime import Runtime
-from lmtailor.strategies.base import Budget, RunContext
 from lmtailor.strategies.prompt import PromptConfig, PromptStrategy, draw_exemplars
-from lmtailor.tasks.base import TaskSpec
 
 TRAIN = [Example(f"t{i}", f"text {i}", ["a", "b", "c"][i % 3]) for i in range(30)]
 

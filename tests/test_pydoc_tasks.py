@@ -8,14 +8,14 @@ from collections import Counter
 import pytest
 from pydantic import ValidationError
 
+from lmtailor.core.example import Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.data import pydoc_qa, pydoc_summary
 from lmtailor.data.builtin import BUILTIN_DATASETS
-from lmtailor.data.example import Example
 from lmtailor.data.pydoc_module import extract_objects
 from lmtailor.data.pydoc_qa import PydocQaOptions, gold_document_text
 from lmtailor.data.pydoc_summary import PydocSummaryOptions, is_copied, split_docstring
 from lmtailor.data.validate import DataError
-from lmtailor.tasks import TaskSpec
 from lmtailor.tasks.evaluator import evaluate
 
 

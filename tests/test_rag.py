@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from lmtailor.data.example import DatasetSplits, Example
+from lmtailor.core.budget import Budget
+from lmtailor.core.context import RunContext
+from lmtailor.core.example import DatasetSplits, Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.errors import UserError
 from lmtailor.measure.meter import Meter
 from lmtailor.retrieval.base import Hit
@@ -15,9 +18,7 @@ from lmtailor.retrieval.chunking import Chunk
 from lmtailor.retrieval.context import assemble_context, with_passages
 from lmtailor.runtime import Runtime
 from lmtailor.strategies import STRATEGIES
-from lmtailor.strategies.base import Budget, RunContext
 from lmtailor.strategies.rag import RagConfig, RagStrategy, task_documents
-from lmtailor.tasks.base import TaskSpec
 from lmtailor.tasks.evaluator import evaluate
 
 DOCS = {

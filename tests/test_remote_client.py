@@ -14,8 +14,12 @@ from typing import Callable
 
 import pytest
 
-from lmtailor.data.example import Example
-from lmtailor.data.synthetic_teacher import Sampling
+from lmtailor.augmentation.remote_teacher import RemoteTeacher, prompt_seed
+from lmtailor.augmentation.synthetic_teacher import Sampling
+from lmtailor.core.api_settings import ApiSettings
+from lmtailor.core.budget import Budget
+from lmtailor.core.example import Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.errors import UserError
 from lmtailor.inference.answer import answer
 from lmtailor.inference.backends.base import PredictRequest
@@ -26,10 +30,6 @@ from lmtailor.remote.cache import ResponseCache, request_key
 from lmtailor.remote.client import EndpointError, OpenAIEndpoint
 from lmtailor.remote.predict import parse_label
 from lmtailor.remote.reference import is_loopback, is_remote, parse_endpoint
-from lmtailor.remote.settings import ApiSettings
-from lmtailor.remote.teacher import RemoteTeacher, prompt_seed
-from lmtailor.strategies.base import Budget
-from lmtailor.tasks.base import TaskSpec
 from lmtailor.tasks.classification import Classification
 
 

@@ -6,14 +6,14 @@ import json
 
 import pytest
 
-from lmtailor.data.example import Example
+from lmtailor.core.example import Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.io import write_json_atomic
 from lmtailor.report.analysis import bootstrap_ci
 from lmtailor.report.honesty import honesty_checks
-from lmtailor.report.recommend import recommendation
 from lmtailor.report.paired import compare_groups
+from lmtailor.report.recommend import recommendation
 from lmtailor.report.results_json import build_results, load_records
-from lmtailor.tasks import TaskSpec
 from lmtailor.tasks.evaluator import evaluate
 from lmtailor.tasks.held_out import ids_digest
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from lmtailor.core.context import RunContext
 from lmtailor.measure.meter import Meter
-from lmtailor.strategies.base import RunContext
 from lmtailor.strategies.finetune import FinetuneStrategy
 from lmtailor.training import engine
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from lmtailor.data.example import Example
-from lmtailor.tasks import TASK_TYPES, TaskSpec
+from lmtailor.core.example import Example
+from lmtailor.core.task_spec import TaskSpec
+from lmtailor.tasks import TASK_TYPES
 from lmtailor.tasks.evaluator import evaluate
 from lmtailor.tasks.generation import Generation, bleu_chrf, rouge
 from lmtailor.tasks.qa import Qa, exact_match, normalize_answer, token_f1

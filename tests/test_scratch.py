@@ -10,11 +10,12 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from lmtailor.core.budget import Budget
+from lmtailor.core.context import RunContext
 from lmtailor.errors import UserError
 from lmtailor.measure.meter import Meter
 from lmtailor.models.sizing import count_params, human_count, parse_param_count, size_model
 from lmtailor.strategies import STRATEGIES
-from lmtailor.strategies.base import Budget, RunContext
 from lmtailor.strategies.scratch import ScratchConfig, ScratchStrategy
 
 from colours import CPU, TASK, colour_splits

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from lmtailor.core.budget import Budget
+from lmtailor.core.context import RunContext
 from lmtailor.measure.meter import SETUP_PHASES, Meter
-from lmtailor.strategies.base import Budget, RunContext
 from lmtailor.strategies.finetune import FinetuneConfig, FinetuneStrategy
 from lmtailor.training import search as search_module
 from lmtailor.training.search_space import DEFAULT_SPACES, default_space, resolve_space

@@ -8,20 +8,20 @@ from dataclasses import replace
 import pytest
 import torch
 
-from lmtailor.data.example import Example
-from lmtailor.data.seq2seq_format import (build_sources, encode_source, encode_target, encode_training_row,
-                                          source_text)
+from lmtailor.core.budget import Budget
+from lmtailor.core.example import Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.errors import UserError
-from lmtailor.inference.generation import generate_ids
 from lmtailor.inference.backends.base import PredictRequest
+from lmtailor.inference.generation import generate_ids
 from lmtailor.inference.predict import predict
 from lmtailor.inference.seq2seq import score_labels_seq2seq, seq2seq_labels
 from lmtailor.measure.meter import Meter
 from lmtailor.models import load_model
+from lmtailor.prompting.seq2seq_format import (build_sources, encode_source, encode_target, encode_training_row,
+                                               source_text)
 from lmtailor.runtime import Runtime
-from lmtailor.strategies.base import Budget
 from lmtailor.strategies.finetune import FinetuneConfig
-from lmtailor.tasks.base import TaskSpec
 
 CPU = Runtime("cpu", "fp32", "tests run in fp32 on the CPU")
 LABELS = ("red", "green", "light blue sky")  # different token lengths, so the label batch is padded

@@ -72,7 +72,7 @@ def _reference(served, prompt: list[int], max_tokens: int) -> tuple[list[int], s
 
 
 def _chat_prompt(served, messages) -> list[int]:
-    from lmtailor.data.formats import encode_prompt
+    from lmtailor.prompting.formats import encode_prompt
 
     return encode_prompt(served.tokenizer, messages)
 
@@ -147,7 +147,7 @@ def test_chat_streaming_equals_non_streaming_and_reference(client, served):
 
 
 def test_completions_streaming_equals_non_streaming(client, served):
-    from lmtailor.data.formats import tokenize_text
+    from lmtailor.prompting.formats import tokenize_text
 
     body = {"model": NAME, "prompt": "The quick brown fox", "max_tokens": 25, "temperature": 0}
     reply = client.post("/v1/completions", json=body).json()
@@ -264,7 +264,7 @@ def test_body_too_large_without_content_length_is_counted_as_read(client):
 
 
 def test_context_check_counts_prompt_and_answer_tokens(served, client):
-    from lmtailor.data.formats import tokenize_text
+    from lmtailor.prompting.formats import tokenize_text
 
     text = "a b " * 240
     n = len(tokenize_text(served.tokenizer, text))
@@ -369,8 +369,8 @@ def test_api_key_from_environment(monkeypatch):
 def test_one_batch_keeps_each_rows_limits_and_text(served):
     """Eight jobs queued before the worker starts are decoded as one batch; each row keeps its own max_tokens and
     stop strings, and its text is the text it gets alone."""
-    from lmtailor.data.formats import encode_prompt
     from lmtailor.inference.predict import pad_token_id
+    from lmtailor.prompting.formats import encode_prompt
     from lmtailor.serve.engine import Engine, Job
     from lmtailor.serve.prompting import stop_ids
 
@@ -679,7 +679,7 @@ def test_encoder_models_are_refused(tiny_bert_dir):
 def test_encoder_decoder_model(tiny_t5_dir):
     from fastapi.testclient import TestClient
 
-    from lmtailor.data.seq2seq_format import encode_source
+    from lmtailor.prompting.seq2seq_format import encode_source
     from lmtailor.serve.app import create_app
     from lmtailor.serve.protocol import ServeSettings
     from lmtailor.serve.target import load_target

@@ -9,16 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from lmtailor.data.example import DatasetSplits, Example
-from lmtailor.data.synthetic import generate_synthetic
+from lmtailor.augmentation.synthetic import generate_synthetic
+from lmtailor.core.budget import Budget
+from lmtailor.core.context import RunContext
+from lmtailor.core.example import DatasetSplits, Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.measure.meter import Meter
 from lmtailor.measure.pricing import Pricing
 from lmtailor.measure.setup_cost import SetupCost
 from lmtailor.models.cache import build_once
 from lmtailor.runtime import Runtime
-from lmtailor.strategies.base import Budget, RunContext
 from lmtailor.strategies.rag import RagConfig, RagStrategy
-from lmtailor.tasks.base import TaskSpec
 
 # $3600 an hour is $1 a second: a second of time shows as a dollar
 PRICING = Pricing(cpu_usd_per_hour=3600.0)
@@ -87,7 +88,7 @@ class _SlowTeacher:
         return " ".join(text.split()[:max_tokens])
 
     def complete(self, prompts, sampling):
-        from lmtailor.data.synthetic_teacher import Completion
+        from lmtailor.augmentation.synthetic_teacher import Completion
 
         time.sleep(0.1)
         return [Completion(f"Input: a brand new review number {i} of the place\nOutput: pos", prompt_tokens=20,
@@ -95,7 +96,7 @@ class _SlowTeacher:
 
 
 def test_synthetic_rows_from_the_cache_are_charged_what_the_teacher_cost(tmp_path):
-    from lmtailor.data.synthetic import SyntheticConfig
+    from lmtailor.augmentation.synthetic import SyntheticConfig
 
     task = TaskSpec("sentiment", "classification", "Label the review.", ("pos", "neg"))
     train = [Example(f"tr-{i}", f"a real review of the restaurant number {i}", "pos" if i % 2 else "neg")

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 
 from lmtailor.config import ConfigError, validate_experiment
-from lmtailor.data.example import DatasetSplits, Example
+from lmtailor.core.budget import Budget
+from lmtailor.core.context import RunContext
+from lmtailor.core.example import DatasetSplits, Example
 from lmtailor.errors import UserError
 from lmtailor.measure.meter import Meter
 from lmtailor.retrieval.similar_exemplars import SimilarExemplars
 from lmtailor.runtime import Runtime
-from lmtailor.strategies.base import Budget, RunContext
 from lmtailor.strategies.prompt import PromptConfig, PromptStrategy
 from lmtailor.strategies.rag import RagConfig
 
@@ -74,8 +75,8 @@ TASK_ROWS = [("the red river", "red"), ("a green field", "green"), ("red sunset"
 
 def test_prompt_run_with_similar_exemplars_never_shows_a_test_row(tiny_llama_dir, tiny_st_dir, tmp_path,
                                                                   one_torch_thread):
+    from lmtailor.core.task_spec import TaskSpec
     from lmtailor.retrieval.embedding import Embedder
-    from lmtailor.tasks.base import TaskSpec
 
     task = TaskSpec("colour", "classification", "Which colour?", ("red", "green"))
     train = [Example(f"t{i}", text, label) for i, (text, label) in enumerate(TASK_ROWS)]
@@ -105,7 +106,7 @@ def test_prompt_run_with_similar_exemplars_never_shows_a_test_row(tiny_llama_dir
 
 
 def test_calibrating_an_api_model_is_refused_before_any_request(tmp_path):
-    from lmtailor.tasks.base import TaskSpec
+    from lmtailor.core.task_spec import TaskSpec
 
     task = TaskSpec("colour", "classification", "Which colour?", ("red", "green"))
     rows = [Example("t0", "red", "red")]

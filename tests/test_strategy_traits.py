@@ -12,10 +12,12 @@ import pytest
 from pydantic import Field
 
 from lmtailor.config import validate_experiment
+from lmtailor.core.context import RunContext
+from lmtailor.core.strategy_output import StrategyOutput
 from lmtailor.errors import UserError
 from lmtailor.report.traits import rungs_in_order, traits_of
 from lmtailor.strategies import STRATEGIES
-from lmtailor.strategies.base import RunContext, Strategy, StrategyConfig, StrategyOutput
+from lmtailor.strategies.base import Strategy, StrategyConfig
 from lmtailor.strategies.baseline import majority_label
 from lmtailor.strategies.traits import StrategyTraits
 

@@ -10,14 +10,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from lmtailor.data import synthetic_filters as sf
-from lmtailor.data.example import Example
-from lmtailor.data.synthetic import (SyntheticConfig, build_prompt, generate_synthetic, load_cached,
-                                     write_synthetic)
-from lmtailor.data.synthetic_teacher import Completion, HFTeacher, Sampling, weights_digest
+from lmtailor.augmentation import synthetic_filters as sf
+from lmtailor.augmentation.synthetic import (SyntheticConfig, build_prompt, generate_synthetic, load_cached,
+                                             write_synthetic)
+from lmtailor.augmentation.synthetic_teacher import Completion, HFTeacher, Sampling, weights_digest
+from lmtailor.core.example import Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.errors import UserError
 from lmtailor.measure.meter import Meter
-from lmtailor.tasks.base import TaskSpec
 
 SENTIMENT = TaskSpec("sentiment", "classification", "Classify the sentiment of the review.", ("pos", "neg"))
 TRAIN = [
@@ -349,7 +349,7 @@ def tiny_teacher(tiny_llama_dir, one_torch_thread):
 
 
 def test_tiny_llama_teacher_runs_end_to_end(tiny_teacher, tmp_path):
-    from lmtailor.data.formats import encode_prompt
+    from lmtailor.prompting.formats import encode_prompt
 
     cfg = _config(teacher="tiny-llama", rows=2, max_attempts=4, max_new_tokens=12, max_input_tokens=64)
     with Meter() as meter:

@@ -1,7 +1,7 @@
 import pytest
 
-from lmtailor.data.example import Example
-from lmtailor.tasks import TaskSpec
+from lmtailor.core.example import Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.tasks.classification import Classification
 from lmtailor.tasks.evaluator import evaluate
 from lmtailor.tasks.generation import Generation

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmtailor.strategies.base import Budget
+from lmtailor.core.budget import Budget
 from lmtailor.strategies.finetune import FinetuneConfig
 
 from colours import CPU, TASK, colour_splits

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from lmtailor.strategies.base import Budget
+from lmtailor.core.budget import Budget
 from lmtailor.strategies.finetune import FinetuneConfig, FinetuneStrategy
 
 from colours import CPU, TASK, colour_splits

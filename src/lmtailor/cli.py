@@ -11,7 +11,13 @@ from pathlib import Path
 
 from rich.console import Console
 
-from lmtailor.errors import UserError
+from lmtailor.distributed import is_main_process
+from lmtailor.errors import TrainingInterrupted, UserError
+from lmtailor.exit_codes import HELP as EXIT_CODES, failed_rows_line, run_exit_code
+from lmtailor.export.cli import add_export_parser
+from lmtailor.io import write_text_atomic
+from lmtailor.registry import UnknownNameError
+from lmtailor.report.below_majority import below_majority_notes
 from lmtailor.rundir import RunDir
 
 console = Console(stderr=False)
@@ -45,7 +51,6 @@ def _load(path: Path, overrides: list[str]):
 
 
 def _print_results(run_dir: Path, title: str) -> None:
-    from lmtailor.report.below_majority import below_majority_notes
     from lmtailor.report.findings import architecture_findings
     from lmtailor.report.results_json import load_records
     from lmtailor.report.table import results_markdown, results_rich_table
@@ -66,7 +71,6 @@ def _print_results(run_dir: Path, title: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from lmtailor.errors import TrainingInterrupted
     from lmtailor.runner import load_resumable, run_experiment
 
     resume = getattr(args, "resume", None)
@@ -84,8 +88,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     except TrainingInterrupted as e:  # a checkpoint is saved: not an error, but the run did not finish
         console.print(str(e), style="yellow", markup=False, highlight=False)
         return 130
-    from lmtailor.distributed import is_main_process
-    from lmtailor.exit_codes import failed_rows_line, run_exit_code
     from lmtailor.report.results_json import load_records
 
     if not is_main_process():  # under accelerate launch / torchrun, one process prints the table and decides
@@ -135,7 +137,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from lmtailor.io import write_text_atomic
     from lmtailor.report.build import run_target, write_run_reports
     from lmtailor.report.results_json import load_records
     from lmtailor.report.table import results_markdown
@@ -176,7 +177,6 @@ def _deployment(current, changes: dict):
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from lmtailor.io import write_text_atomic
     from lmtailor.report.compare import compare_markdown
 
     for run_dir in args.run_dirs:
@@ -231,8 +231,6 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                        help="override a key of the experiment file, e.g. strategies.0.shots=8 (repeatable)")
 
-    from lmtailor.exit_codes import HELP as EXIT_CODES
-
     p = sub.add_parser("run", help="run an experiment file and print the cost-benefit table", epilog=EXIT_CODES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("experiment", type=Path, nargs="?", default=None, help="experiment YAML file")
@@ -278,7 +276,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="also write the table to this Markdown file")
     p.set_defaults(func=cmd_compare)
 
-    from lmtailor.export.cli import add_export_parser
     from lmtailor.serve.cli import add_serve_parser
 
     add_export_parser(sub)
@@ -307,8 +304,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
-    from lmtailor.errors import UserError
-    from lmtailor.registry import UnknownNameError
 
     try:
         return args.func(args)

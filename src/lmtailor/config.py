@@ -11,13 +11,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from lmtailor.core.api_settings import ApiSettings
+from lmtailor.core.budget import Budget
 from lmtailor.data.config import DataConfig
 from lmtailor.errors import UserError
-from lmtailor.measure.pricing import Pricing
+from lmtailor.measure.pricing import Pricing, unpriced_api_problem
 from lmtailor.registry import UnknownNameError
-from lmtailor.remote.settings import ApiSettings
+from lmtailor.remote.reference import is_remote, parse_endpoint
 from lmtailor.report.deployment import DeploymentConfig
-from lmtailor.strategies import STRATEGIES, Budget, StrategyConfig
+from lmtailor.strategies import STRATEGIES, StrategyConfig
 from lmtailor.tasks import TASK_TYPES
 from lmtailor.yaml_limits import MAX_YAML_BYTES, load_within_limits
 
@@ -252,8 +254,6 @@ def validate_experiment(raw: dict, source: str = "<experiment>") -> Experiment:
 
 def _api_model_problems(source: str, exp: Experiment, strategies: list[StrategyConfig]) -> list[str]:
     """``openai:MODEL@URL`` references that do not parse, or that a strategy needing weights would run on."""
-    from lmtailor.remote.reference import is_remote, parse_endpoint
-
     problems = []
     for i, ref in enumerate(exp.models):
         if is_remote(ref):
@@ -277,8 +277,6 @@ def _api_model_problems(source: str, exp: Experiment, strategies: list[StrategyC
 
 def _remote_refs(value: Any, where: str) -> list[tuple[str, str]]:
     """(key path, reference) of every openai:MODEL@URL string in a config value (a teacher, a generator...)."""
-    from lmtailor.remote.reference import is_remote
-
     if isinstance(value, str):
         return [(where, value)] if is_remote(value) else []
     if isinstance(value, dict):
@@ -290,9 +288,6 @@ def _remote_refs(value: Any, where: str) -> list[tuple[str, str]]:
 
 def _unpriced_api_problems(source: str, exp: Experiment, strategies: list[StrategyConfig]) -> list[str]:
     """API models with no price: they would be billed $0 without a word (measure/pricing.py)."""
-    from lmtailor.measure.pricing import unpriced_api_problem
-    from lmtailor.remote.reference import parse_endpoint
-
     refs = _remote_refs(list(exp.models), "models")
     for i, cfg in enumerate(strategies):
         refs += _remote_refs(cfg.model_dump(mode="json"), f"strategies.{i}")

@@ -21,14 +21,21 @@ from pathlib import Path
 
 from lmtailor import distributed
 from lmtailor.config import ConfigError, Experiment, dump_experiment, dump_experiment_as_written, load_experiment
-from lmtailor.data.example import DatasetSplits
+from lmtailor.core.context import RunContext
+from lmtailor.core.example import DatasetSplits
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.data.prepare import prepare_data, split_content
 from lmtailor.data.splits import nested_subsets
 from lmtailor.distributed_rows import agree_on_row, stop_if_out_of_step
 from lmtailor.environment import describe_environment
 from lmtailor.errors import TrainingInterrupted, UserError
 from lmtailor.io import jsonl_text, write_json_atomic, write_text_atomic
+from lmtailor.measure import forgetting
 from lmtailor.measure.meter import Meter
+from lmtailor.models import detect_family, family_of
+from lmtailor.models.remote_code import check_remote_code
+from lmtailor.remote.reference import is_remote
+from lmtailor.remote.settings import API_FAMILY
 from lmtailor.report.results_json import write_results
 from lmtailor.report.table import results_markdown
 from lmtailor.row_plan import PlannedRow, unique_row_id
@@ -38,9 +45,10 @@ from lmtailor.rundir.layout import UnreadableRecord
 from lmtailor.rundir.provenance import task_identity
 from lmtailor.rundir.record import RecordTask
 from lmtailor.runtime import Runtime, detect_runtime, set_threads
-from lmtailor.strategies import STRATEGIES, RunContext
+from lmtailor.strategies import STRATEGIES
+from lmtailor.strategies.baseline import NO_MODEL, BaselineConfig
 from lmtailor.strategies.controls import add_equal_steps_controls
-from lmtailor.tasks import TASK_TYPES, TaskSpec
+from lmtailor.tasks import TASK_TYPES
 from lmtailor.tasks.held_out import held_out_data, split_and_score
 from lmtailor.unwritten_rows import restore_row, stash_row
 
@@ -53,8 +61,6 @@ def plan_rows(exp: Experiment) -> list[PlannedRow]:
     The trivial baseline (strategies/baseline.py) is planned once, last, unless the strategies list it already or
     ``trivial_baseline`` is false; a strategy that runs no model is planned once, on no model.
     """
-    from lmtailor.strategies.baseline import NO_MODEL, BaselineConfig
-
     rows: list[PlannedRow] = []
     seen: set[str] = set()
     configs = exp.strategy_configs()
@@ -114,10 +120,6 @@ def _ids_digest(ids: list[str]) -> str:
 
 
 def _family(ref: str, trust_remote_code: bool = False) -> str | None:
-    from lmtailor.models import family_of
-    from lmtailor.remote.reference import is_remote
-    from lmtailor.remote.settings import API_FAMILY
-
     if is_remote(ref):  # an OpenAI-compatible endpoint: its weights and architecture are not ours to read
         return API_FAMILY
     try:
@@ -208,8 +210,6 @@ def _error(e: Exception) -> dict:
 
 def base_probe(ref: str, runtime: Runtime, exp: Experiment, run_dir: Path) -> dict:
     """The forgetting probe of the base model ``ref``: computed once per run, kept in ``probes/<model>.json``."""
-    from lmtailor.measure import forgetting
-
     run = RunDir(run_dir)
     path = run.probe_path(ref)
     if path.is_file():
@@ -232,9 +232,6 @@ def probe_forgetting(output, base_ref: str, exp: Experiment, runtime: Runtime, r
 
     A probe that fails leaves its error here and the row stands: the row's result does not depend on the probe.
     """
-    from lmtailor.measure import forgetting
-    from lmtailor.models import detect_family
-
     started = time.perf_counter()
     result: dict = {"base_model": base_ref}
     model, tokenizer = output.tuned
@@ -370,7 +367,6 @@ def run_experiment(exp: Experiment, base_dir: Path, out_dir: Path | None = None,
     precision_note = distributed.align_launcher_precision(runtime.precision)
     distributed.setup(cpu=runtime.hardware == "cpu")  # before any model loads; a no-op in one process
     rows = plan_rows(exp)
-    from lmtailor.models.remote_code import check_remote_code
 
     check_remote_code([r.model_ref for r in rows], exp.runtime.trust_remote_code)  # before a run directory exists
     lock = RunLock()  # taken by the main process only; the others follow it

@@ -1,5 +1,1 @@
-"""Loading, validation, splits, instruction formats and built-in datasets."""
-
-from lmtailor.data.example import DatasetSplits, Example
-
-__all__ = ["DatasetSplits", "Example"]
+"""Loading, validation, splits and built-in datasets (the row types are in ``lmtailor.core.example``)."""

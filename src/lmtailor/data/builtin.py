@@ -11,7 +11,7 @@ from typing import Callable
 
 from pydantic import BaseModel
 
-from lmtailor.data.example import Example
+from lmtailor.core.example import Example
 from lmtailor.registry import Registry
 
 

@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from lmtailor.data.builtin import BUILTIN_DATASETS
+
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 
 
@@ -104,7 +106,6 @@ class DataConfig(BaseModel):
             if self.options:
                 raise ValueError("data.options only apply to builtin: sources; remove them")
             return
-        from lmtailor.data.builtin import BUILTIN_DATASETS
 
         name = self.builtin_name()
         if name not in BUILTIN_DATASETS:

@@ -22,7 +22,7 @@ import json
 import unicodedata
 from typing import Iterable, Sequence
 
-from lmtailor.data.example import Example
+from lmtailor.core.example import Example
 from lmtailor.data.validate import request_key
 
 NORMALISATION = "nfkc+casefold+whitespace+edge-punctuation/v1"

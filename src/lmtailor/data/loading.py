@@ -12,7 +12,7 @@ import csv
 import json
 from pathlib import Path
 
-from lmtailor.data.example import Example
+from lmtailor.core.example import Example
 from lmtailor.data.row_formats import row_reader
 from lmtailor.data.validate import DataError, Problems, Record, records_to_examples
 

@@ -13,16 +13,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lmtailor.core.example import DatasetSplits, Example
+from lmtailor.data.builtin import BUILTIN_DATASETS
 from lmtailor.data.config import DataConfig, source_kind
-from lmtailor.data.example import DatasetSplits, Example
 from lmtailor.data.leakage import content_record, drop_shared_inputs, dropped_warning
 from lmtailor.data.loading import load_file, load_hf
 from lmtailor.data.splits import cap_rows, split_rows, stratification_note
 from lmtailor.data.validate import DataError, drop_exact_duplicates, unique_ids, unseen_label_warnings
+from lmtailor.tasks import TASK_TYPES
 
 SPLITS = ("train", "validation", "test")
 
-# The task instruction recorded for data whose rows carry their own (data/formats.py shows each row its own).
+# The task instruction recorded for data whose rows carry their own (prompting/formats.py shows each row its own).
 OWN_INSTRUCTIONS = {"alpaca": "(each row's own instruction, data.format: alpaca)",
                     "messages": "(each row's own conversation, data.format: messages)"}
 
@@ -76,8 +78,6 @@ def _load_files(cfg: DataConfig, base_dir: Path) -> _Loaded:
 
 
 def _load_builtin(cfg: DataConfig) -> _Loaded:
-    from lmtailor.data.builtin import BUILTIN_DATASETS
-
     dataset = BUILTIN_DATASETS.get(cfg.builtin_name()).load(cfg.options)
     return _Loaded(description=dataset.description, pool=dataset.rows, defaults=dict(dataset.task_defaults),
                    files=list(dataset.files))
@@ -107,8 +107,6 @@ def _load(cfg: DataConfig, base_dir: Path) -> _Loaded:
 
 
 def _uses_labels(task_type: str) -> bool:
-    from lmtailor.tasks import TASK_TYPES
-
     return task_type in TASK_TYPES and TASK_TYPES.get(task_type).output == "labels"
 
 

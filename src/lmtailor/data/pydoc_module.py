@@ -21,8 +21,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from lmtailor.core.example import Example
 from lmtailor.data.builtin import BuiltinDataset, BuiltinSpec
-from lmtailor.data.example import Example
 from lmtailor.data.validate import DataError
 from lmtailor.io import write_jsonl_atomic
 from lmtailor.paths import cache_dir

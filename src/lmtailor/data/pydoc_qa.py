@@ -30,8 +30,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from lmtailor.core.example import Example
 from lmtailor.data.builtin import BuiltinDataset, BuiltinSpec
-from lmtailor.data.example import Example
 from lmtailor.data.pydoc_module import cache_path, extract_objects
 from lmtailor.data.validate import DataError
 

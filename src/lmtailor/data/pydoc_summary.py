@@ -19,8 +19,8 @@ from collections import Counter
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from lmtailor.core.example import Example
 from lmtailor.data.builtin import BuiltinDataset, BuiltinSpec
-from lmtailor.data.example import Example
 from lmtailor.data.leakage import normalize_text
 from lmtailor.data.pydoc_module import cache_path, extract_objects
 from lmtailor.data.validate import DataError

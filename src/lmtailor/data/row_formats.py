@@ -3,7 +3,7 @@
 - ``fields``: ``data.input_field`` and ``data.target_field`` hold the input and the answer.
 - ``alpaca``: ``instruction``, ``input`` (optional, may be empty) and ``output``, as in Stanford Alpaca's
   ``alpaca_data.json``. The row's instruction travels in ``meta["instruction"]`` and replaces ``task.instruction``
-  when the row is rendered (``data/formats.py``). A row with an empty input is a request that needs no context: its
+  when the row is rendered (``prompting/formats.py``). A row with an empty input is a request that needs no context: its
   instruction becomes the input and ``meta["instruction"]`` is "" (Alpaca's no-input prompt), so that every row
   has a non-empty input to split, de-duplicate and retrieve on.
 - ``messages``: a list of ``{"role", "content"}`` turns, the chat layout of TRL and the OpenAI API: an optional

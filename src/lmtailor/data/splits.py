@@ -12,7 +12,7 @@ import math
 from collections import defaultdict
 from typing import Sequence
 
-from lmtailor.data.example import Example
+from lmtailor.core.example import Example
 from lmtailor.data.validate import DataError
 
 

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from lmtailor.data.example import Example
+from lmtailor.core.example import Example
 from lmtailor.errors import UserError
 
 MAX_PROBLEMS = 10

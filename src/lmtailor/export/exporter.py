@@ -18,6 +18,8 @@ from lmtailor.errors import UserError
 from lmtailor.export.gguf_export import GGUF_TYPES, GgufExport, check_gguf_config, export_gguf
 from lmtailor.export.merge import MergeResult, base_reference, export_runtime, merge_row
 from lmtailor.export.run_rows import TrainedRow, select_row
+from lmtailor.models import resolve_model
+from lmtailor.models.family import auto_class
 from lmtailor.rundir import RunDir
 
 log = logging.getLogger("lmtailor")
@@ -50,8 +52,6 @@ def run_trusts_remote_code(run_dir: Path) -> bool:
 def _check_gguf_possible(row: TrainedRow) -> None:
     """Fail before a slow merge when the row's model cannot become a GGUF file anyway."""
     from transformers import AutoConfig
-
-    from lmtailor.models import resolve_model
 
     if row.labels:
         raise UserError(f"row {row.row_id} is an encoder classifier (a head over labels, no language-model head): "
@@ -118,8 +118,6 @@ def _auto_class_name(m: MergeResult) -> str:
     from transformers import AutoConfig
 
     from lmtailor.models.families import family_of
-    from lmtailor.models.family import auto_class
-
     if m.head:
         return auto_class(m.head).__name__
     return family_of(AutoConfig.from_pretrained(m.path, trust_remote_code=False)).auto_class().__name__

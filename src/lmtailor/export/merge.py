@@ -21,6 +21,7 @@ from typing import Any, Callable
 from lmtailor.errors import UserError
 from lmtailor.io import shared_dir_mode
 from lmtailor.export.run_rows import LABELS_FILE, TrainedRow
+from lmtailor.models.safe_weights import load_peft_adapter
 from lmtailor.runtime import Runtime
 
 log = logging.getLogger("lmtailor")
@@ -129,7 +130,6 @@ def _check_adapter_loaded(peft_model, adapter_dir: Path, base: str) -> None:
 def load_adapted(row: TrainedRow, runtime: Runtime):
     """(PEFT model on the fp32 base, tokenizer, base reference): the row's model before merging."""
     from lmtailor.models import load_model, load_tokenizer
-    from lmtailor.models.safe_weights import load_peft_adapter
 
     base = base_reference(row)
     labels = row.labels

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from lmtailor.data.example import Example
-from lmtailor.data.exemplars import shot_count
-from lmtailor.data.formats import build_messages, encode_prompt, encode_prompt_completion, stop_token_ids
+from lmtailor.core.example import Example
 from lmtailor.inference.backends.base import Answers, PredictRequest
 from lmtailor.inference.calibration import choose_labels, content_free_prompts
 from lmtailor.inference.generation import count_truncated, generate_ids
 from lmtailor.inference.hf_rows import constrained_labels, pad_token_id, prepare_inputs, run_rows
 from lmtailor.inference.label_scoring import score_labels, score_prompt_groups
 from lmtailor.measure.meter import Meter
+from lmtailor.prompting.exemplars import shot_count
+from lmtailor.prompting.formats import build_messages, encode_prompt, encode_prompt_completion, stop_token_ids
 
 
 def chat_prompts(tokenizer, request: PredictRequest) -> tuple[list[str], list[list[Example]], list[list[int]], dict]:

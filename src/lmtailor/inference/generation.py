@@ -1,6 +1,6 @@
 """Generation (greedy, constrained to a label set, or sampled) in padded batches through HF ``generate``.
 
-Prompts arrive as token ids (``lmtailor.data.formats`` made them), so padding is done here: on the left, with an
+Prompts arrive as token ids (``lmtailor.prompting.formats`` made them), so padding is done here: on the left, with an
 attention mask, which ``generate`` turns into the right position ids. Rows are batched in order of prompt length
 to waste little on padding, and answers are returned in the rows' order.
 """

@@ -8,13 +8,13 @@ from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
 
-from lmtailor.data.example import Example
-from lmtailor.data.exemplars import Exemplars, cut_exemplars, exemplars_per_row
-from lmtailor.data.formats import truncate_text
+from lmtailor.core.budget import Budget
+from lmtailor.core.example import Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.inference.generation import LabelTrie, generate_ids, labels_of_matches
 from lmtailor.measure.meter import Meter
-from lmtailor.strategies.base import Budget
-from lmtailor.tasks.base import TaskSpec
+from lmtailor.prompting.exemplars import Exemplars, cut_exemplars, exemplars_per_row
+from lmtailor.prompting.formats import truncate_text
 
 
 def prepare_inputs(tokenizer, task: TaskSpec, rows: Sequence[Example], exemplars: Exemplars,

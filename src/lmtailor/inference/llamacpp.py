@@ -1,6 +1,6 @@
 """llama.cpp (through llama-cpp-python) as an inference engine for decoder-only models stored as GGUF files.
 
-The engine takes lmtailor's own prompt token ids (``data/formats.encode_prompt`` with the model's Hugging Face
+The engine takes lmtailor's own prompt token ids (``prompting/formats.encode_prompt`` with the model's Hugging Face
 tokenizer), never text: prompts, labels and stop tokens are then the same ids for both engines. For SmolLM2 the ids
 equal what llama.cpp's own chat formatter (the GGUF's Jinja template, ``llama_chat_format.Jinja2ChatFormatter``)
 and tokenizer give, which ``tests/test_llamacpp_backend.py`` checks.
@@ -26,6 +26,12 @@ import numpy as np
 
 from lmtailor.errors import UserError
 from lmtailor.inference.generation import SamplingParams
+from lmtailor.models.cache import build_once
+from lmtailor.models.embedded import EMBEDDED_MODELS
+from lmtailor.models.families import family_of
+from lmtailor.models.loading import adapter_of, load_tokenizer
+from lmtailor.paths import cache_dir
+from lmtailor.remote.reference import is_remote
 
 INSTALL_HINT = ("install the llamacpp extra: `make .venv/.lmtailor-llamacpp-installed`, or "
                 "CMAKE_ARGS=\"-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON\" "
@@ -45,8 +51,6 @@ def import_llama_cpp():
 
 def gguf_for(model_ref: str) -> Path:
     """The GGUF file llama.cpp runs for ``model_ref``; a UserError saying how to get one when there is none."""
-    from lmtailor.models.embedded import EMBEDDED_MODELS
-
     for entry in EMBEDDED_MODELS:
         if entry.alias == model_ref and entry.gguf is not None:
             return _embedded_gguf(entry)
@@ -67,9 +71,6 @@ def gguf_for(model_ref: str) -> Path:
 
 def _embedded_gguf(entry) -> Path:
     """An embedded model's GGUF file: in its package, or assembled once into the cache (gemma3-270m's parts)."""
-    from lmtailor.models.cache import build_once
-    from lmtailor.paths import cache_dir
-
     gguf = entry.gguf
     pkg = entry.require_installed()
     if (pkg / gguf.file_name).is_file():
@@ -81,9 +82,6 @@ def _embedded_gguf(entry) -> Path:
 
 def check_decoder_only(model_ref: str) -> None:
     """Refuse encoders and encoder-decoders: llama.cpp here runs decoder-only GGUF models."""
-    from lmtailor.models.families import family_of
-    from lmtailor.models.loading import adapter_of
-
     path = Path(model_ref).expanduser()
     if path.is_file() and path.suffix == ".gguf":  # its metadata says: no need to convert the weights to ask
         from transformers import AutoConfig
@@ -233,9 +231,6 @@ class LoadedLlamaCpp:
 
 def load_llamacpp(model_ref: str, n_ctx: int | None = None) -> LoadedLlamaCpp:
     """Load ``model_ref``'s GGUF into llama.cpp and its Hugging Face tokenizer (for prompts, labels, stop ids)."""
-    from lmtailor.models.loading import load_tokenizer
-    from lmtailor.remote.reference import is_remote
-
     if is_remote(model_ref):
         raise UserError(f"{model_ref} is an API endpoint: backend: llamacpp runs local GGUF files; drop the backend "
                         "setting for an openai: model")

@@ -21,13 +21,13 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from lmtailor.data.formats import stop_token_ids
 from lmtailor.inference.backends.base import Answers, PredictRequest
 from lmtailor.inference.calibration import choose_labels
 from lmtailor.inference.causal import chat_prompts, content_free, label_completion_ids
 from lmtailor.inference.generation import LabelTrie, count_truncated, labels_of_matches
 from lmtailor.inference.llamacpp import LlamaCppModel
 from lmtailor.measure.meter import Meter, estimate_flops
+from lmtailor.prompting.formats import stop_token_ids
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

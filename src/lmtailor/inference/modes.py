@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.errors import UserError
-from lmtailor.tasks.base import TaskSpec
 
 Mode = Literal["likelihood", "constrained", "generate"]
 MODES: tuple[str, ...] = ("likelihood", "constrained", "generate")

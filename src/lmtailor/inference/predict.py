@@ -11,16 +11,16 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from lmtailor.data.example import Example
-from lmtailor.data.exemplars import Exemplars
+from lmtailor.core.budget import Budget
+from lmtailor.core.example import Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.inference.answer import answer
 from lmtailor.inference.backends.base import Answers, PredictRequest
 from lmtailor.inference.backends.transformers import TransformersPredictor
 from lmtailor.inference.hf_rows import pad_token_id
 from lmtailor.inference.modes import MODES, Mode, check_mode, default_mode
 from lmtailor.measure.meter import Meter
-from lmtailor.strategies.base import Budget
-from lmtailor.tasks.base import TaskSpec
+from lmtailor.prompting.exemplars import Exemplars
 
 __all__ = ["MODES", "Mode", "check_mode", "default_mode", "pad_token_id", "predict"]
 

@@ -12,8 +12,6 @@ from typing import Callable, Sequence
 
 import torch
 
-from lmtailor.data.exemplars import shot_count
-from lmtailor.data.seq2seq_format import build_sources, encode_source, encode_target, source_text
 from lmtailor.errors import UserError
 from lmtailor.inference.backends.base import Answers, PredictRequest
 from lmtailor.inference.calibration import choose_labels, content_free_prompts
@@ -22,6 +20,8 @@ from lmtailor.inference.hf_rows import constrained_labels, pad_token_id, run_row
 from lmtailor.inference.label_scoring import LabelScores
 from lmtailor.measure.meter import Meter
 from lmtailor.models.families import model_family
+from lmtailor.prompting.exemplars import shot_count
+from lmtailor.prompting.seq2seq_format import build_sources, encode_source, encode_target, source_text
 
 
 def _sources(model, tokenizer, request: PredictRequest):

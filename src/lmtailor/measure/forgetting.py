@@ -9,8 +9,8 @@ multiple-choice questions, built offline, never used for training):
   by words and the decoder predicts the second half given the first as the source: a continuation perplexity,
   named as such in the result and comparable only with itself.
 - **Accuracy** on the questions, scored the way classification rows are: each choice's answer tokens given the
-  prompt, through the model's own instruction format (``data/formats.py`` and ``inference/label_scoring.py`` for
-  decoders; ``data/seq2seq_format.py`` and ``inference/seq2seq.py`` for encoder-decoders).
+  prompt, through the model's own instruction format (``prompting/formats.py`` and ``inference/label_scoring.py`` for
+  decoders; ``prompting/seq2seq_format.py`` and ``inference/seq2seq.py`` for encoder-decoders).
 
 An encoder classifier has neither: its masked-LM head was replaced by a classification head, so there is no
 distribution over text to measure. Its probe says so (``None`` with the reason), never a made-up number.
@@ -30,7 +30,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from lmtailor.core.task_spec import TaskSpec
+from lmtailor.inference.generation import pad_batch
+from lmtailor.inference.label_scoring import score_labels
+from lmtailor.inference.predict import pad_token_id
+from lmtailor.inference.seq2seq import score_labels_seq2seq
 from lmtailor.measure.probe_set import ChoiceItem, TextSet, general_choice_items, general_text_set
+from lmtailor.prompting.formats import build_messages, encode_prompt, encode_prompt_completion, tokenize_text
+from lmtailor.prompting.seq2seq_format import encode_source, encode_target, source_text
 from lmtailor.models.families import family_of
 
 PROBE_VERSION = 1
@@ -77,8 +84,7 @@ def _nll_sum(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, int]:
 
 
 def _causal_ids(tokenizer, passages: Sequence[str], max_tokens: int) -> tuple[list[list[int]], int]:
-    # BOS first exactly when the tokenizer puts it there by default, as prompts get it (data/formats.py).
-    from lmtailor.data.formats import tokenize_text
+    # BOS first exactly when the tokenizer puts it there by default, as prompts get it (prompting/formats.py).
 
     ids = [tokenize_text(tokenizer, text) for text in passages]
     return [row[:max_tokens] for row in ids], sum(len(row) > max_tokens for row in ids)
@@ -86,9 +92,6 @@ def _causal_ids(tokenizer, passages: Sequence[str], max_tokens: int) -> tuple[li
 
 @torch.no_grad()
 def _causal_perplexity(model, tokenizer, passages, max_tokens, batch_size, on_row) -> Perplexity:
-    from lmtailor.inference.generation import pad_batch
-    from lmtailor.inference.predict import pad_token_id
-
     rows, truncated = _causal_ids(tokenizer, passages, max_tokens)
     total, tokens = 0.0, 0
     for batch in _batches(rows, len, _vocab_size(model), batch_size):
@@ -105,8 +108,6 @@ def _causal_perplexity(model, tokenizer, passages, max_tokens, batch_size, on_ro
 def _continuation_pairs(tokenizer, model, passages, max_tokens) -> tuple[list[tuple[list[int], list[int]]], int]:
     """(source, target) ids per passage: first half of the words as the source, second half as the target,
     each within half the token limit (a source keeps its end token; a cut target loses its eos)."""
-    from lmtailor.data.seq2seq_format import encode_source, encode_target
-
     half_budget, pairs, truncated = max_tokens // 2, [], 0
     for text in passages:
         words = text.split()
@@ -125,9 +126,6 @@ def _continuation_pairs(tokenizer, model, passages, max_tokens) -> tuple[list[tu
 
 @torch.no_grad()
 def _continuation_perplexity(model, tokenizer, passages, max_tokens, batch_size, on_row) -> Perplexity:
-    from lmtailor.inference.generation import pad_batch
-    from lmtailor.inference.predict import pad_token_id
-
     pairs, truncated = _continuation_pairs(tokenizer, model, passages, max_tokens)
     total, tokens = 0.0, 0
     for batch in _batches(pairs, lambda p: len(p[1]), _vocab_size(model), batch_size):
@@ -158,8 +156,6 @@ _PERPLEXITY = {"causal": _causal_perplexity, "continuation": _continuation_perpl
 
 
 def _item_task(item: ChoiceItem):
-    from lmtailor.tasks.base import TaskSpec
-
     return TaskSpec("general-probe", "classification", INSTRUCTION, labels=item.choices)
 
 
@@ -167,20 +163,13 @@ def _item_task(item: ChoiceItem):
 def _choice_scores(model, tokenizer, family: str, items: Sequence[ChoiceItem]) -> list[list[float]]:
     """Per item, the summed log-probability of each choice's answer tokens (end token included) after the item's
     prompt. The items share one choice set, as the rows of a classification task share its labels."""
-    from lmtailor.inference.predict import pad_token_id
-
     task = _item_task(items[0])
     pad_id = pad_token_id(tokenizer)
     if family_of(family).seq2seq:
-        from lmtailor.data.seq2seq_format import encode_source, encode_target, source_text
-        from lmtailor.inference.seq2seq import score_labels_seq2seq
-
         start = model.config.decoder_start_token_id
         labels = [encode_target(tokenizer, choice, start) for choice in task.labels]
         sources = [encode_source(tokenizer, source_text(task, item.question)) for item in items]
         return score_labels_seq2seq(model, sources, labels, pad_id).scores
-    from lmtailor.data.formats import build_messages, encode_prompt, encode_prompt_completion
-    from lmtailor.inference.label_scoring import score_labels
 
     messages = [build_messages(task, item.question) for item in items]
     # The answer follows the same generation prompt in every item, so its tokens are the same for all of them.

@@ -24,6 +24,7 @@ from typing import Iterator
 
 import psutil
 
+from lmtailor.distributed import is_main_process
 from lmtailor.measure.machine_load import LoadWatch, machine_was_busy
 from lmtailor.measure.pricing import Pricing
 from lmtailor.measure.setup_cost import SetupCost
@@ -110,8 +111,6 @@ def dir_size_bytes(path: Path) -> int:
 
 
 def _main_process() -> bool:
-    from lmtailor.distributed import is_main_process
-
     return is_main_process()
 
 

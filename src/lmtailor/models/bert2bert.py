@@ -25,6 +25,7 @@ from pathlib import Path
 from lmtailor.errors import UserError
 from lmtailor.models.cache import build_once
 from lmtailor.models.embedded import file_sha256
+from lmtailor.models.safe_weights import load_encoder_decoder, load_pretrained
 from lmtailor.models.families import family_of
 from lmtailor.paths import cache_dir
 
@@ -95,8 +96,6 @@ def build_bert2bert(encoder_dir: Path, out_dir: Path, seed: int = 0) -> Path:
     """Warm-start a BERT2BERT ``EncoderDecoderModel`` from the BERT in ``encoder_dir``; save it with its tokenizer."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, EncoderDecoderModel
-
-    from lmtailor.models.safe_weights import load_encoder_decoder, load_pretrained
 
     encoder_dir, out_dir = Path(encoder_dir), Path(out_dir)
     config = AutoConfig.from_pretrained(encoder_dir)

@@ -7,9 +7,10 @@ from typing import Any, Literal
 
 import torch
 
+from lmtailor.errors import UserError
+from lmtailor.measure.meter import tooling
 from lmtailor.models.families import FamilyAdapter, family_of as family_adapter
 from lmtailor.models.family import Family, Head, check_head, detect_family
-from lmtailor.errors import UserError
 from lmtailor.models.remote_code import check_remote_code
 from lmtailor.models.safe_weights import load_pretrained
 from lmtailor.models.sources import resolve_model
@@ -125,8 +126,6 @@ def download_hub_model(repo_id: str, trust_remote_code: bool = False) -> None:
     """Download a hub model's files into the hub cache once, as tool set-up: a deployment has its weights already,
     so the download is kept out of the row's time and $ (``measure.meter.tooling``) and recorded apart."""
     from huggingface_hub import snapshot_download, try_to_load_from_cache
-
-    from lmtailor.measure.meter import tooling
 
     if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
         return  # downloaded before (a partial download is completed by from_pretrained, inside the row's load)

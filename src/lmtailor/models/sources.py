@@ -15,6 +15,7 @@ from typing import Callable, Literal
 from lmtailor.errors import UserError
 from lmtailor.models.embedded import EMBEDDED_MODELS, locate_embedded
 from lmtailor.registry import Registry
+from lmtailor.remote.reference import is_remote
 
 Source = Literal["embedded", "local", "hub", "tiny"]
 
@@ -83,7 +84,6 @@ def resolve_model(ref: str) -> ResolvedModel:
     if ref in MODEL_ALIASES:
         alias = MODEL_ALIASES.get(ref)
         return ResolvedModel(ref, str(alias.locate()), alias.source)
-    from lmtailor.remote.reference import is_remote
 
     if is_remote(ref):
         raise UserError(f"{ref} is an OpenAI-compatible endpoint: it answers requests (the model of prompt and rag, "

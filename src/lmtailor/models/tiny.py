@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmtailor.models.families import FamilyAdapter, TinyArchitecture, tiny_architectures
+from lmtailor.paths import cache_dir
 
 # bump when the corpus, or a family's tiny architecture (models/families/), changes, so cached builds are rebuilt
 TINY_VERSION = "v2"
@@ -103,7 +104,6 @@ def tiny_config(family: str, tokenizer):
 def tiny_model_dir(family: str) -> Path:
     """Return the cached tiny ``family`` model directory (seed 0), building it atomically on first use."""
     from lmtailor.models.cache import build_once
-    from lmtailor.paths import cache_dir
 
     _architecture(family)  # an unknown name fails before the cache directory is named
     target = cache_dir() / "models" / f"tiny-{family}-{TINY_VERSION}"

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from lmtailor.io import write_json_atomic
+from lmtailor.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,6 @@ _FIELDS: dict[str, tuple[type, ...]] = {"text": (str,), "input_tokens": (int,), 
 
 def default_cache_root() -> Path:
     """Where responses are kept: ``cache_dir()/api``."""
-    from lmtailor.paths import cache_dir
-
     return cache_dir() / "api"
 
 

@@ -25,10 +25,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from lmtailor.core.api_settings import ApiSettings
 from lmtailor.errors import UserError
 from lmtailor.remote.cache import ResponseCache, cacheable, request_key
 from lmtailor.remote.reference import EndpointRef, is_loopback
-from lmtailor.remote.settings import ApiSettings
 
 log = logging.getLogger(__name__)
 

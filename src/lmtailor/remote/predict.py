@@ -28,17 +28,17 @@ from typing import TYPE_CHECKING, Sequence
 
 from tqdm.auto import tqdm
 
-from lmtailor.data.example import Example
-from lmtailor.data.exemplars import cut_exemplars, exemplars_per_row, shot_count
-from lmtailor.data.formats import build_messages, format_of, raw_text
+from lmtailor.core.example import Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.errors import UserError
 from lmtailor.inference.backends.base import Answers, PredictRequest
 from lmtailor.measure.meter import Meter
+from lmtailor.prompting.exemplars import cut_exemplars, exemplars_per_row, shot_count
+from lmtailor.prompting.formats import build_messages, format_of, raw_text
 from lmtailor.remote.client import ApiResult, OpenAIEndpoint
-from lmtailor.tasks.base import TaskSpec
 
 if TYPE_CHECKING:
-    from lmtailor.strategies.base import Budget
+    from lmtailor.core.budget import Budget
 
 CHARS_PER_TOKEN = 4
 REMOTE_MODES = ("constrained", "generate")

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lmtailor.config import ReportConfig
+from lmtailor.config import ReportConfig, load_experiment
+from lmtailor.report.honesty import honesty_checks
+from lmtailor.report.recommend import recommendation
+from lmtailor.report.results_json import build_results, load_records, write_results
 from lmtailor.rundir import RunDir
 
 
@@ -17,10 +20,7 @@ def write_run_reports(run_dir: Path, title: str, target: ReportConfig | None = N
 
     ``target``: the experiment's ``report:`` block (quality floor, budget, requests per month, baseline row).
     """
-    from lmtailor.report.honesty import honesty_checks
     from lmtailor.report.html import write_report
-    from lmtailor.report.recommend import recommendation
-    from lmtailor.report.results_json import build_results, load_records, write_results
 
     target = target or ReportConfig()
     summary, records = build_results(run_dir), load_records(run_dir)
@@ -32,7 +32,5 @@ def write_run_reports(run_dir: Path, title: str, target: ReportConfig | None = N
 
 def run_target(run_dir: Path) -> ReportConfig:
     """The ``report:`` block of the experiment a run directory was made with (defaults when it has none)."""
-    from lmtailor.config import load_experiment
-
     path = RunDir(run_dir).experiment
     return load_experiment(path).report if path.is_file() else ReportConfig()

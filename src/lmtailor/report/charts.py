@@ -19,7 +19,9 @@ from cycler import cycler
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from lmtailor.report.analysis import break_even, cumulative_cost
+from lmtailor.report.analysis import break_even, compare_costs, cumulative_cost
+from lmtailor.report.deployment import DeploymentConfig, monthly_cost, serving_of
+from lmtailor.report.durations import human_duration
 from lmtailor.report.selection import best_of, selection_split
 from lmtailor.report.table_rows import TableRow, build_rows
 from lmtailor.report.traits import group_traits
@@ -303,8 +305,6 @@ def _side(group: dict, records: list[dict] | None, requests: float, deployment) 
     With the records, the per-request $ is the group's monthly cost under the deployment (``report/deployment.py``)
     spread over the month's requests: for always-on instances a cost per month, so the lines hold at this volume
     only. Without them (or with nothing served), the measured $ per 1k requests."""
-    from lmtailor.report.deployment import DeploymentConfig, monthly_cost, serving_of
-
     fixed = group["usd_train_mean"]
     serving = serving_of([r for r in records if r.get("row_id") in set(group["rows"])]) if records else None
     if serving is not None and requests > 0:
@@ -322,9 +322,6 @@ def break_even_chart(summary: dict, requests_per_month: int = 100_000, baseline_
     crossing point (``analysis.break_even``) marked and the caption saying which is cheaper on each side of it
     (``analysis.compare_costs``: all four sign cases). ``records`` and ``deployment`` price self-hosted groups
     as deployed (``report/deployment.py``) and say what each group is: without them there is no pair."""
-    from lmtailor.report.analysis import compare_costs
-    from lmtailor.report.durations import human_duration
-
     pair = break_even_pair(summary, records or [], baseline_label)
     if pair is None:
         return None

@@ -14,6 +14,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lmtailor.core.example import Example
+from lmtailor.data.leakage import NORMALISATION, row_digest, rows_fingerprint
+from lmtailor.measure.machine_load import BUSY_OTHER_CORES, machine_was_busy
 from lmtailor.report.search_section import search_parity_check
 from lmtailor.report.traits import traits_of
 from lmtailor.rundir import RunDir
@@ -61,8 +64,6 @@ def _sources_of(path: Path) -> tuple[set[str], set[str]]:
 
 def _content(splits: dict) -> tuple[dict[str, dict[str, str]] | None, str]:
     """The rows' content digests by split from ``splits.json``, or None and why they cannot be used."""
-    from lmtailor.data.leakage import NORMALISATION
-
     content = splits.get("content")
     if not isinstance(content, dict) or not isinstance(content.get("digests"), dict):
         return None, "splits.json holds no content digests (a run from before content checks): ids only"
@@ -90,9 +91,6 @@ def _same_content(ids, digests: dict[str, str], test: dict[str, str]) -> tuple[l
 
 def _rows_file_digests(path: Path) -> list[tuple[str, str]]:
     """(id, content digest) of every row in an augmented / synthetic rows file."""
-    from lmtailor.data.example import Example
-    from lmtailor.data.leakage import row_digest
-
     out = []
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.strip():
@@ -226,8 +224,6 @@ def _exemplars_and_retrieval(splits: dict, records: list[dict]) -> dict:
 
 def _corpora(splits: dict, records: list[dict]) -> dict:
     """Every finished row that read a corpus recorded what it left out, checked against the test rows' content."""
-    from lmtailor.data.leakage import NORMALISATION, rows_fingerprint
-
     name = "corpora hold no test row's text"
     users = [r for r in records if (r.get("config") or {}).get("corpus") and r.get("status") == "ok"]
     if not users:
@@ -342,8 +338,6 @@ def _failures(records: list[dict]) -> dict:
 def _busy_machine(records: list[dict]) -> dict:
     """Rows timed while other processes loaded the machine (``measure/machine_load.py``): their time and $ are
     inflated by the others' work, not this configuration's."""
-    from lmtailor.measure.machine_load import BUSY_OTHER_CORES, machine_was_busy
-
     name = "timings taken on an otherwise idle machine"
     busy, unknown, others = [], [], []
     for r in records:

@@ -15,9 +15,11 @@ from lmtailor.io import write_text_atomic
 from lmtailor.report.charts import ABSENT, Chart, all_charts
 from lmtailor.report.below_majority import below_majority_notes
 from lmtailor.report.cost_notes import cost_notes
+from lmtailor.report.extra_data import extra_data_findings
 from lmtailor.report.markdown_report import (RUNG_HEADERS, chart_options, cost_benefit_rows, deployment_note,
                                              detail_table, failed_rows, render_markdown_report, selection_line)
 from lmtailor.report.results_json import build_results, load_records
+from lmtailor.report.search_section import search_tables
 from lmtailor.rundir import RunDir
 
 CSS = """
@@ -91,8 +93,6 @@ def _detail(summary: dict, records: list[dict]) -> str:
 
 def _extra_data(records: list[dict]) -> str:
     """Extra-data rows against their equal-steps controls (report/extra_data.py), when any row trained on extra data."""
-    from lmtailor.report.extra_data import extra_data_findings
-
     lines = extra_data_findings(records)
     if not lines:
         return ""
@@ -102,8 +102,6 @@ def _extra_data(records: list[dict]) -> str:
 
 
 def _search(records: list[dict]) -> str:
-    from lmtailor.report.search_section import search_tables
-
     tables = search_tables(records)
     if not tables:
         return ""

@@ -13,11 +13,12 @@ from lmtailor.io import write_text_atomic
 from lmtailor.report.below_majority import below_majority_notes
 from lmtailor.report.charts import ABSENT, Chart, all_charts, best_group
 from lmtailor.report.cost_notes import cost_notes
+from lmtailor.report.deployment import DeploymentConfig, monthly_cost, serving_of
 from lmtailor.report.extra_data import extra_data_findings
-from lmtailor.report.table import format_rows, headers
-from lmtailor.report.table_rows import TableRow, build_rows, fmt_usd
 from lmtailor.report.paired import compare_groups, verdict_words
+from lmtailor.report.search_section import search_tables
 from lmtailor.report.selection import selection_sentence, selection_split
+from lmtailor.report.table import TableRow, build_rows, fmt_usd, format_rows, headers
 from lmtailor.report.traits import group_traits, rungs_in_order, traits_of
 from lmtailor.rundir import RunDir
 from lmtailor.strategies.traits import StrategyTraits
@@ -76,8 +77,6 @@ def _zero_shot_group(groups: list[dict], records: list[dict], model: str) -> dic
 
 def _per_month(group: dict, records: list[dict], report_cfg) -> str:
     """The group's $/month as deployed (``report/deployment.py``), with its instances in brief."""
-    from lmtailor.report.deployment import DeploymentConfig, monthly_cost, serving_of
-
     serving = serving_of([r for r in records if r.get("row_id") in set(group["rows"])])
     if serving is None:
         return "-"
@@ -99,8 +98,6 @@ def _per_month(group: dict, records: list[dict], report_cfg) -> str:
 
 def deployment_note(report_cfg) -> str:
     """The assumptions behind the "$ / month (as deployed)" column, in one sentence."""
-    from lmtailor.report.deployment import DeploymentConfig
-
     requests = report_cfg.requests_per_month if report_cfg is not None else 100_000
     d = report_cfg.deployment if report_cfg is not None else DeploymentConfig()
     rate = f"${d.usd_per_hour:.2f}/h" if d.usd_per_hour is not None else "the run's $/h for its hardware"
@@ -226,8 +223,6 @@ def render_markdown_report(summary: dict, records: list[dict], title: str, recom
 
 def _search_lines(records: list[dict]) -> list[str]:
     """The hyperparameter-search section: per searched row, the chosen values and every trial (none: no lines)."""
-    from lmtailor.report.search_section import search_tables
-
     tables = search_tables(records)
     if not tables:
         return []

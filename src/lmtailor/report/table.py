@@ -117,6 +117,7 @@ def format_rows(rows: list[TableRow]) -> list[list[str]]:
 
 def results_markdown(records: list[dict], title: str = "results") -> str:
     """The cost-benefit table as Markdown, with the facts a reader needs to trust it."""
+
     table_rows = build_rows(records)
     rows, columns = format_rows(table_rows), headers(table_rows)
     lines = [f"# {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]

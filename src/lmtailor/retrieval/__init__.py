@@ -18,7 +18,7 @@ from lmtailor.registry import Registry
 from lmtailor.retrieval.base import Hit, Retriever
 from lmtailor.retrieval.chunking import Chunk, chunk_documents
 from lmtailor.retrieval.corpus import BUILTIN_CORPORA, CorpusError, Document, load_corpus
-from lmtailor.retrieval.metrics import retrieval_metrics
+from lmtailor.tasks.retrieval_metrics import retrieval_metrics
 
 # kind -> class taking (chunks, **options); one line per retriever kind.
 RETRIEVERS: Registry[type] = Registry("retriever")

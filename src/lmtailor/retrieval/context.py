@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from lmtailor.data.formats import truncate_text
+from lmtailor.prompting.formats import truncate_text
 from lmtailor.retrieval.base import Hit
 
 # A passage cut to fewer tokens than this says too little to be worth its header; it is dropped instead.

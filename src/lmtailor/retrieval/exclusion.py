@@ -26,9 +26,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from lmtailor.data.example import Example
+from lmtailor.core.example import Example
 from lmtailor.data.leakage import NORMALISATION, normalize_text, row_digest, rows_fingerprint
 from lmtailor.retrieval.corpus import Document
+from lmtailor.tasks import TASK_TYPES
 
 MIN_CONTAINED_WORDS = 5
 MIN_CONTAINED_CHARS = 25
@@ -45,8 +46,6 @@ def containable(normalised: str) -> bool:
 
 def target_rule(task_type: str) -> str:
     """How a task type's answers are looked for in a corpus: ``contains``, ``equals`` or ``ignored``."""
-    from lmtailor.tasks import TASK_TYPES
-
     if task_type in TASK_TYPES:
         return getattr(TASK_TYPES.get(task_type), "target_in_corpus", "equals")
     return "equals"

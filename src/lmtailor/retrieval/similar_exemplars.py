@@ -17,9 +17,9 @@ from typing import Sequence
 
 import numpy as np
 
-from lmtailor.data.example import Example
-from lmtailor.data.exemplars import RowExemplars
+from lmtailor.core.example import Example
 from lmtailor.errors import UserError
+from lmtailor.prompting.exemplars import RowExemplars
 
 
 class SimilarExemplars:

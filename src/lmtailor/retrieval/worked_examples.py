@@ -4,7 +4,7 @@ Chunking a training row would cut its input from its answer: a retrieved window 
 model nothing, and numbered passage headers ("[1] train.jsonl:283: ...") get copied into answers. Here every
 training row is one chunk whose text is the row's input (what a test input is compared with; a dense embedder reads
 its first ``max_seq_length`` tokens), and a retrieved row comes back as the row itself: input, then answer, laid
-out exactly as the k-shot exemplars are (``data/formats.build_messages`` reads them from the test row's
+out exactly as the k-shot exemplars are (``prompting/formats.build_messages`` reads them from the test row's
 ``meta["exemplars"]``).
 """
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from lmtailor.data.example import Example
-from lmtailor.data.formats import truncate_text
+from lmtailor.core.example import Example
+from lmtailor.prompting.formats import truncate_text
 from lmtailor.retrieval.base import Hit
 from lmtailor.retrieval.chunking import Chunk
 from lmtailor.retrieval.corpus import Document

@@ -22,9 +22,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from lmtailor.inference.predict import pad_token_id
 from lmtailor.serve.auth import BearerAuth
 from lmtailor.serve.engine import Engine, Job
 from lmtailor.serve.guard import HostRule, RequestGuard
+from lmtailor.serve.llamacpp_engine import LlamaCppEngine
 from lmtailor.serve.prompting import (answer_budget, chat_prompt_ids, completion_prompt_ids, response_constraint,
                                       stop_ids)
 from lmtailor.serve.protocol import (GREEDY_BELOW_TEMPERATURE, APIError, ChatRequest, CompletionRequest, ServeSettings,
@@ -259,12 +261,8 @@ def create_app(served: ServedModel, settings: ServeSettings) -> FastAPI:
 
     ``app.state.engine`` is the ``Engine`` (``engine.batch_sizes``, ``engine.max_batch_seen``, ``engine.stats()``).
     """
-    from lmtailor.inference.predict import pad_token_id
-
     engine_class = Engine
     if served.backend == "llamacpp":
-        from lmtailor.serve.llamacpp_engine import LlamaCppEngine
-
         engine_class = LlamaCppEngine
     engine = engine_class(served.model, served.tokenizer, pad_token_id(served.tokenizer), settings.max_batch)
     generation = _Generation(served, settings, engine)

@@ -6,8 +6,10 @@ import argparse
 import logging
 import sys
 
+from lmtailor.serve.auth import check_bind, resolve_api_key
 from lmtailor.serve.protocol import (DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TOKENS_LIMIT,
-                                     DEFAULT_READ_TIMEOUT_S)
+                                     DEFAULT_READ_TIMEOUT_S, ServeSettings)
+from lmtailor.serve.server import bind_socket, run_server
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -109,10 +111,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from lmtailor.runtime import detect_runtime, set_threads
     from lmtailor.serve.app import create_app
-    from lmtailor.serve.auth import check_bind, resolve_api_key
     from lmtailor.serve.guard import HostRule
-    from lmtailor.serve.protocol import ServeSettings
-    from lmtailor.serve.server import bind_socket, run_server
     from lmtailor.serve.target import load_target
 
     console = Console()

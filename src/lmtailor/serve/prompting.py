@@ -1,8 +1,8 @@
 """Requests to token ids: chat messages and text prompts, the tokens that end an answer, the context check, and the
 JSON-schema enum constraint.
 
-Prompts go through the same functions as the rest of lmtailor (``data/formats.py``: the chat template, or the plain
-template when a tokenizer has none; ``data/seq2seq_format.py`` for encoder-decoder models), so a served model sees
+Prompts go through the same functions as the rest of lmtailor (``prompting/formats.py``: the chat template, or the plain
+template when a tokenizer has none; ``prompting/seq2seq_format.py`` for encoder-decoder models), so a served model sees
 its prompts laid out as it saw them in training and evaluation.
 """
 
@@ -12,8 +12,11 @@ import json
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.errors import UserError
 from lmtailor.inference.generation import LabelTrie
+from lmtailor.prompting.formats import encode_prompt, stop_token_ids, tokenize_text
+from lmtailor.prompting.seq2seq_format import encode_source, encode_target, source_text
 from lmtailor.serve.protocol import APIError, Message, message_text
 from lmtailor.serve.target import ServedModel
 
@@ -43,9 +46,6 @@ def _chat_turns(messages: Sequence[Message]) -> list[dict[str, str]]:
 
 def _seq2seq_source(turns: list[dict[str, str]]) -> str:
     """Flan-style source text: system text first, earlier turns as Input/Answer pairs, then the last user turn."""
-    from lmtailor.data.seq2seq_format import source_text
-    from lmtailor.tasks.base import TaskSpec
-
     system = "\n\n".join(t["content"] for t in turns if t["role"] == "system")
     dialogue = [t for t in turns if t["role"] != "system"]
     alternating = all(t["role"] == ("user" if i % 2 == 0 else "assistant") for i, t in enumerate(dialogue))
@@ -58,9 +58,6 @@ def _seq2seq_source(turns: list[dict[str, str]]) -> str:
 
 def chat_prompt_ids(served: ServedModel, messages: Sequence[Message]) -> list[int]:
     """Token ids of a chat request: the chat template (decoder-only) or the family's source text."""
-    from lmtailor.data.formats import encode_prompt
-    from lmtailor.data.seq2seq_format import encode_source
-
     turns = _chat_turns(messages)
     with served.encode_lock:
         try:
@@ -73,9 +70,6 @@ def chat_prompt_ids(served: ServedModel, messages: Sequence[Message]) -> list[in
 
 def completion_prompt_ids(served: ServedModel, prompt: str | list[str]) -> list[int]:
     """Token ids of a text-completion prompt (BOS first when the model expects it; the encoder's own specials)."""
-    from lmtailor.data.formats import tokenize_text
-    from lmtailor.data.seq2seq_format import encode_source
-
     if isinstance(prompt, list):
         if len(prompt) != 1:
             raise APIError(400, "'prompt' must be one string (a list of several prompts is not supported; send one "
@@ -91,8 +85,6 @@ def completion_prompt_ids(served: ServedModel, prompt: str | list[str]) -> list[
 
 def stop_ids(served: ServedModel, chat: bool) -> tuple[int, ...]:
     """Tokens that end an answer: the chat template's end-of-turn and eos for chat; eos for a raw completion."""
-    from lmtailor.data.formats import stop_token_ids
-
     eos = served.tokenizer.eos_token_id
     if served.seq2seq or (not chat and eos is not None):
         if eos is None:
@@ -155,8 +147,6 @@ def _enum_schema(response_format: dict[str, Any]) -> tuple[str, list[str]]:
 def response_constraint(served: ServedModel, response_format: dict[str, Any] | None, chat_stops: Sequence[int]
                         ) -> Constraint | None:
     """The decoding constraint a ``response_format`` asks for (None for free text)."""
-    from lmtailor.data.seq2seq_format import encode_target
-
     kind = (response_format or {}).get("type", "text")
     if kind == "text":
         return None

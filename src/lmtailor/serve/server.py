@@ -7,6 +7,7 @@ import threading
 import time
 
 from lmtailor.errors import UserError
+from lmtailor.serve.protocol import DEFAULT_READ_TIMEOUT_S
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -68,8 +69,6 @@ def with_header_deadline(protocol: type, seconds: float) -> type:
 def _config(app, host: str, port: int):
     import uvicorn
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
-
-    from lmtailor.serve.protocol import DEFAULT_READ_TIMEOUT_S
 
     settings = getattr(app.state, "settings", None)
     seconds = getattr(settings, "read_timeout_s", DEFAULT_READ_TIMEOUT_S)

@@ -17,8 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from lmtailor.errors import UserError
-from lmtailor.models.families import family_of
+from lmtailor.export.exporter import default_out_dir
+from lmtailor.export.merge import base_reference, export_runtime, load_adapted
+from lmtailor.export.run_rows import ADAPTER_CONFIG, TrainedRow, select_row
+from lmtailor.inference.llamacpp import load_llamacpp
+from lmtailor.inference.virtual_tokens import virtual_token_count
 from lmtailor.models.family import Family
+from lmtailor.models.loading import family_of
+from lmtailor.models.safe_weights import check_safe_weights
 from lmtailor.rundir import RunDir
 from lmtailor.runtime import Runtime
 
@@ -79,8 +85,6 @@ def _is_classifier_dir(path: Path) -> bool:
 
 
 def _served(model, tokenizer, family: Family, name: str, description: str) -> ServedModel:
-    from lmtailor.inference.virtual_tokens import virtual_token_count
-
     return ServedModel(model.eval(), tokenizer, family, name, description, context_length(model, tokenizer),
                        virtual_token_count(model))
 
@@ -103,11 +107,7 @@ def _from_adapter(row, runtime: Runtime, name: str, what: str) -> ServedModel:
     """Serve a TrainedRow's PEFT adapter: merged when its method changes weights, else as a PeftModel."""
     from peft import PeftConfig
 
-    from lmtailor.export.merge import base_reference, export_runtime, load_adapted
     from lmtailor.models.loading import family_of as family_name
-
-    from lmtailor.models.safe_weights import check_safe_weights
-
     check_safe_weights(row.artifact, "adapter")  # a pickled adapter is refused before PEFT opens the directory
     peft_type = str(row.peft_config()["peft_type"])
     if row.labels:
@@ -131,8 +131,6 @@ def _from_adapter(row, runtime: Runtime, name: str, what: str) -> ServedModel:
 
 def _adapter_dir_row(path: Path):
     """An adapter directory seen as a one-row run, so export/merge.py's loading and checks apply unchanged."""
-    from lmtailor.export.run_rows import ADAPTER_CONFIG, TrainedRow
-
     config = json.loads((path / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     if "peft_type" not in config:
         raise UserError(f"{path / ADAPTER_CONFIG} has no peft_type: not a PEFT adapter; lmtailor serves PEFT adapters")
@@ -144,8 +142,6 @@ def _adapter_dir_row(path: Path):
 
 
 def _from_run(run_dir: Path, row_id: str | None, runtime: Runtime, name: str | None) -> ServedModel:
-    from lmtailor.export.run_rows import select_row
-
     row = select_row(run_dir, row_id)
     what = f"row {row.row_id} of {run_dir}"
     if row.labels:
@@ -163,8 +159,6 @@ def default_name(target: str) -> str:
 
 def _from_gguf(target: str, name: str) -> ServedModel:
     """Serve ``target``'s GGUF through llama.cpp (decoder-only; the HF tokenizer writes prompts)."""
-    from lmtailor.inference.llamacpp import load_llamacpp
-
     loaded = load_llamacpp(target)
     gguf = loaded.model.describe()["gguf"]
     return ServedModel(loaded.model, loaded.tokenizer, "decoder-only", name,
@@ -175,9 +169,6 @@ def _from_gguf(target: str, name: str) -> ServedModel:
 def _gguf_target(path: Path, target: str, row: str | None, name: str | None) -> ServedModel:
     """``--backend llamacpp``: a GGUF (embedded alias, .gguf path, folder with one), or a run row's exported one."""
     if path.is_dir() and RunDir(path).has_results():
-        from lmtailor.export.exporter import default_out_dir
-        from lmtailor.export.run_rows import select_row
-
         chosen = select_row(path, row)
         out = default_out_dir(path, chosen.row_id)
         if not list(out.glob("*.gguf")):
@@ -191,8 +182,6 @@ def load_target(target: str, runtime: Runtime, row: str | None = None, name: str
                 backend: str = "transformers") -> ServedModel:
     """Load what ``target`` names (run directory, adapter directory, model directory, alias or hub id) to serve it;
     ``backend="llamacpp"`` serves its GGUF through llama.cpp instead."""
-    from lmtailor.export.run_rows import ADAPTER_CONFIG
-
     path = Path(target).expanduser()
     if backend == "llamacpp":
         return _gguf_target(path, target, row, name)

@@ -1,7 +1,7 @@
 """Strategies: one module per rung of the spectrum. Add one: a module with a ``Strategy`` subclass, one line below."""
 
 from lmtailor.registry import Registry
-from lmtailor.strategies.base import Budget, RunContext, Strategy, StrategyConfig, StrategyOutput
+from lmtailor.strategies.base import Strategy, StrategyConfig
 
 STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
 STRATEGIES.register("prompt", "lmtailor.strategies.prompt:PromptStrategy")
@@ -12,4 +12,4 @@ STRATEGIES.register("scratch", "lmtailor.strategies.scratch:ScratchStrategy")
 STRATEGIES.register("baseline", "lmtailor.strategies.baseline:BaselineStrategy")
 STRATEGIES.register("nearest", "lmtailor.strategies.nearest:NearestStrategy")
 
-__all__ = ["STRATEGIES", "Budget", "RunContext", "Strategy", "StrategyConfig", "StrategyOutput"]
+__all__ = ["STRATEGIES", "Strategy", "StrategyConfig"]

@@ -19,8 +19,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from lmtailor.data.example import Example
-from lmtailor.strategies.base import RunContext, Strategy, StrategyConfig, StrategyOutput
+from lmtailor.core.context import RunContext
+from lmtailor.core.example import Example
+from lmtailor.core.strategy_output import StrategyOutput
+from lmtailor.strategies.base import Strategy, StrategyConfig
 from lmtailor.strategies.traits import StrategyTraits
 from lmtailor.tasks import TASK_TYPES
 

@@ -21,9 +21,16 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from lmtailor.core.budget import Budget
+from lmtailor.core.context import RunContext
+from lmtailor.core.strategy_output import StrategyOutput
+from lmtailor.distributed import on_main
 from lmtailor.errors import UserError
-from lmtailor.strategies.base import Budget, RunContext, Strategy, StrategyConfig, StrategyOutput
+from lmtailor.measure.meter import estimate_flops
+from lmtailor.strategies.base import Strategy, StrategyConfig
 from lmtailor.strategies.finetune import FinetuneConfig, FinetuneStrategy
+from lmtailor.strategies.rag import corpus_documents, input_limit
+from lmtailor.training.peft_methods import artifact_kind, finetune_method
 from lmtailor.strategies.traits import StrategyTraits, with_extra_data
 
 _LORA_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "target_modules")
@@ -115,16 +122,12 @@ class ContinuedPretrainingConfig(PretrainingConfig):
 def load_pretraining_corpus(ctx: RunContext, cfg: PretrainingConfig, label: str) -> tuple[list[str], dict]:
     """The corpus's texts without what the rows to predict could leak (as the rag rung leaves it out), and the
     record of what was left out (``details["corpus_exclusions"]``)."""
-    from lmtailor.strategies.rag import corpus_documents
-
     docs, exclusions = corpus_documents(ctx, cfg.corpus, cfg.text_field, cfg.id_field, label)
     return [d.text for d in docs], exclusions
 
 
 def resolve_block_size(cfg: PretrainingConfig, model_config, budget: Budget) -> int:
     """The configured block size, or ``budget.max_seq_len`` capped at the model's positions."""
-    from lmtailor.strategies.rag import input_limit
-
     limit = input_limit(model_config)
     if cfg.block_size is not None:
         if limit is not None and cfg.block_size > limit:
@@ -143,8 +146,6 @@ def check_objective_knobs(cfg: PretrainingConfig, objective: str) -> None:
 
 def record_pretraining(ctx: RunContext, pre, kind: str) -> None:
     """Count the pre-training phase in the meter: tokens, blocks and the FLOP estimate."""
-    from lmtailor.measure.meter import estimate_flops
-
     ctx.meter.add_tokens("pretrain", pre.tokens_processed)
     ctx.meter.add_examples("pretrain", pre.corpus_tokens // pre.details["corpus_tokens_per_block"])  # blocks
     ctx.meter.add_flops("pretrain", estimate_flops(pre.total, pre.tokens_processed, kind, pre.trainable))
@@ -161,8 +162,6 @@ def fine_tune_after(strategy: Strategy, cfg: PretrainingConfig, ctx: RunContext,
     """The fine-tuning phase on the prepared model (the finetune strategy's own code), then one record of both."""
     if model.dtype != ctx.runtime.dtype:  # full pre-training kept fp32 master weights; fine-tune as a loaded model
         model = model.to(ctx.runtime.dtype)
-    from lmtailor.distributed import on_main
-    from lmtailor.training.peft_methods import artifact_kind
 
     artifacts: dict[str, Path] = {}
     if artifact_kind(cfg.finetune.method) == "adapter":  # an adapter only works on top of the model it was trained on
@@ -220,7 +219,6 @@ class ContinuedPretrainingStrategy(Strategy):
 
     def run(self, ctx: RunContext) -> StrategyOutput:
         from lmtailor.models import family_of, load_model
-        from lmtailor.training.peft_methods import finetune_method
         from lmtailor.training.pretrain import resolve_objective, run_pretraining
         from lmtailor.training.sft import DEFAULT_LEARNING_RATE
 

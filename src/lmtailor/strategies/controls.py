@@ -18,23 +18,22 @@ beside the gain (``report/extra_data.py``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 
+from lmtailor.core.context import RunContext
+from lmtailor.core.strategy_output import StrategyOutput
 from lmtailor.errors import UserError
 from lmtailor.row_plan import PlannedRow, unique_row_id
 from lmtailor.rundir import RunDir
-from lmtailor.strategies.base import RunContext, Strategy, StrategyConfig, StrategyOutput
+from lmtailor.strategies import STRATEGIES
+from lmtailor.strategies.base import Strategy, StrategyConfig
+from lmtailor.strategies.extra_data import extra_data_label
+from lmtailor.strategies.finetune import FinetuneConfig
 from lmtailor.strategies.traits import StrategyTraits
-
-if TYPE_CHECKING:
-    from lmtailor.strategies.finetune import FinetuneConfig
 
 
 def finetune_block(cfg: StrategyConfig) -> "FinetuneConfig | None":
     """The fine-tuning knobs of a training strategy: the config itself (finetune) or its ``finetune`` block
     (continued pre-training, scratch); None for a strategy that does not fine-tune."""
-    from lmtailor.strategies.finetune import FinetuneConfig
-
     if isinstance(cfg, FinetuneConfig):
         return cfg
     inner = getattr(cfg, "finetune", None)
@@ -58,15 +57,11 @@ def _with_finetune(cfg: StrategyConfig, **changes) -> StrategyConfig:
 
 def control_config(cfg: StrategyConfig, data_label: str) -> StrategyConfig:
     """The control's config: ``cfg`` without its extra data, labelled as the control of the row ``data_label``."""
-    from lmtailor.strategies.extra_data import extra_data_label
-
     ft = finetune_block(cfg)
     plain = _with_finetune(cfg, augment=None, synthetic=None)
     if cfg.label:
         label = f"{cfg.label} (control)"
     else:
-        from lmtailor.strategies import STRATEGIES
-
         base = STRATEGIES.get(cfg.name)(plain).label()
         label = f"{base}, control for{extra_data_label(ft.augment, ft.synthetic)}"
     return plain.model_copy(update={"label": label})

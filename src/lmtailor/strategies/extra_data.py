@@ -1,5 +1,6 @@
-"""Extra training rows for a training strategy: augmented rows (``data/augment.py``) and a teacher's synthetic rows
-(``data/synthetic.py``), made from the row's real training rows only and added to them before training.
+"""Extra training rows for a training strategy: augmented rows (``augmentation/augment.py``) and a teacher's
+synthetic rows (``augmentation/synthetic.py``), made from the row's real training rows only and added to them before
+training.
 
 Both are set-up costs in the meter's "data" phase. The rows made, with their provenance, and the synthetic-data
 rejection log are written into the run directory (``augmented/<row>.jsonl``, ``synthetic/<row>.jsonl`` and
@@ -11,15 +12,20 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from lmtailor.data.augment import AugmentConfig
-from lmtailor.data.synthetic import SyntheticConfig
+from lmtailor.augmentation.augment import AugmentConfig, augment as make_augmented
+from lmtailor.augmentation.remote_teacher import RemoteTeacher
+from lmtailor.augmentation.synthetic import SyntheticConfig, generate_synthetic, write_synthetic
+from lmtailor.augmentation.synthetic_teacher import HFTeacher
+from lmtailor.core.context import RunContext
 from lmtailor.distributed import on_main
+from lmtailor.errors import UserError
 from lmtailor.io import write_jsonl_atomic
+from lmtailor.remote.client import OpenAIEndpoint
+from lmtailor.remote.reference import is_remote, parse_endpoint
 from lmtailor.rundir import RunDir
-from lmtailor.strategies.base import RunContext
 
 if TYPE_CHECKING:
-    from lmtailor.data.example import Example
+    from lmtailor.core.example import Example
 
 
 def extra_data_label(augment: AugmentConfig | None, synthetic: SyntheticConfig | None) -> str:
@@ -53,8 +59,6 @@ def with_extra_rows(ctx: RunContext, augment: AugmentConfig | None, synthetic: S
     if augment is not None:
         from types import SimpleNamespace
 
-        from lmtailor.data.augment import augment as make_augmented
-
         generator = None
         if augment.method != "eda" and augment.model is None and model is not None:
             generator = SimpleNamespace(model=model, tokenizer=tokenizer)  # the model being trained rewrites
@@ -75,23 +79,15 @@ def with_extra_rows(ctx: RunContext, augment: AugmentConfig | None, synthetic: S
 
 
 def _synthetic(ctx: RunContext, cfg: SyntheticConfig, real: list["Example"], model: Any, tokenizer: Any) -> dict:
-    from lmtailor.data.synthetic import generate_synthetic, write_synthetic
-    from lmtailor.data.synthetic_teacher import HFTeacher
     from lmtailor.models import load_model
-    from lmtailor.remote.reference import is_remote
 
     ref = cfg.teacher or ctx.model_ref
     if cfg.teacher is None:
         if model is None:
-            from lmtailor.errors import UserError
-
             raise UserError("synthetic.teacher is not set, and the model being trained cannot write text; set "
                             "synthetic.teacher to a generation model (e.g. smollm2-135m-instruct)")
         teacher = HFTeacher(model, tokenizer, ctx.model_ref)
     elif is_remote(cfg.teacher):  # an OpenAI-compatible endpoint: its bill goes into the "data" phase
-        from lmtailor.remote.client import OpenAIEndpoint
-        from lmtailor.remote.reference import parse_endpoint
-        from lmtailor.remote.teacher import RemoteTeacher
 
         teacher = RemoteTeacher(OpenAIEndpoint(parse_endpoint(cfg.teacher), ctx.api), meter=ctx.meter)
     else:

@@ -15,13 +15,16 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from lmtailor.data.augment import AugmentConfig
-from lmtailor.data.synthetic import SyntheticConfig
+from lmtailor.augmentation.augment import AugmentConfig
+from lmtailor.augmentation.synthetic import SyntheticConfig
+from lmtailor.core.context import RunContext
+from lmtailor.core.strategy_output import StrategyOutput
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.errors import UserError
-from lmtailor.measure.meter import Meter
-from lmtailor.strategies.base import RunContext, Strategy, StrategyConfig, StrategyOutput
+from lmtailor.measure.meter import Meter, estimate_flops
+from lmtailor.strategies.base import Strategy, StrategyConfig
+from lmtailor.strategies.extra_data import extra_data_label, with_extra_rows
 from lmtailor.strategies.traits import StrategyTraits, with_extra_data
-from lmtailor.tasks.base import TaskSpec
 from lmtailor.training.peft_methods import check_method_settings, finetune_method, method_label
 from lmtailor.training.search_space import SearchConfig, check_search
 
@@ -171,8 +174,6 @@ class FinetuneStrategy(Strategy):
     TRAITS = StrategyTraits(place="fine-tuning", use="trained", rung="finetune", data=("training rows",))
 
     def default_label(self) -> str:
-        from lmtailor.strategies.extra_data import extra_data_label
-
         notes = ([] if self.config.with_instruction else ["input only"]) + (
             ["searched"] if self.config.search is not None else [])
         name = method_label(self.config) + (f" ({', '.join(notes)})" if notes else "")
@@ -216,7 +217,6 @@ class FinetuneStrategy(Strategy):
         """
         from lmtailor.inference.predict import predict
         from lmtailor.models import family_of
-        from lmtailor.strategies.extra_data import with_extra_rows
         from lmtailor.training.peft_methods import serve
 
         family = family_of(ctx.model_ref, ctx.runtime.trust_remote_code)
@@ -251,7 +251,6 @@ class FinetuneStrategy(Strategy):
     def _run_encoder(self, ctx: RunContext) -> StrategyOutput:
         """An encoder (BERT family) gets a classification head over the task's labels, trained with the body."""
         from lmtailor.models import load_model
-        from lmtailor.strategies.extra_data import with_extra_rows
         from lmtailor.training.classifier import check_config, predict_classifier, train_classifier
         from lmtailor.training.peft_methods import serve
 
@@ -319,8 +318,6 @@ class FinetuneStrategy(Strategy):
                         padding_free=bool(trainer.args.padding_free))
 
     def _measure(self, meter: Meter, t: _Trained) -> None:
-        from lmtailor.measure.meter import estimate_flops
-
         tokens = int(t.state.num_input_tokens_seen)  # real (non-padding) tokens over every step actually run
         meter.add_tokens("train", tokens)
         meter.add_examples("train", round(t.state.epoch * t.train.rows))

@@ -23,9 +23,12 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from lmtailor.data.example import Example
+from lmtailor.core.context import RunContext
+from lmtailor.core.example import Example
+from lmtailor.core.strategy_output import StrategyOutput
 from lmtailor.errors import UserError
-from lmtailor.strategies.base import RunContext, Strategy, StrategyConfig, StrategyOutput
+from lmtailor.strategies.base import Strategy, StrategyConfig
+from lmtailor.strategies.prompt import usable_pool
 from lmtailor.strategies.traits import StrategyTraits
 from lmtailor.tasks import TASK_TYPES
 
@@ -64,7 +67,6 @@ class NearestStrategy(Strategy):
 
     def run(self, ctx: RunContext) -> StrategyOutput:
         from lmtailor.retrieval.embedding import Embedder
-        from lmtailor.strategies.prompt import usable_pool
 
         labels_task = TASK_TYPES.get(ctx.task.type).output == "labels"
         k = self.config.k or (5 if labels_task else 1)

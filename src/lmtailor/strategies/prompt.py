@@ -16,13 +16,16 @@ from typing import Literal, Sequence
 
 from pydantic import Field, field_validator, model_validator
 
-from lmtailor.data.example import Example
-from lmtailor.data.exemplars import Exemplars, RowExemplars
+from lmtailor.core.context import RunContext
+from lmtailor.core.example import Example
+from lmtailor.core.strategy_output import StrategyOutput
 from lmtailor.errors import UserError
 from lmtailor.inference.answer import answer
 from lmtailor.inference.backends import check_backend_name, open_predictor
 from lmtailor.inference.backends.base import PredictRequest
-from lmtailor.strategies.base import RunContext, Strategy, StrategyConfig, StrategyOutput
+from lmtailor.prompting.exemplars import Exemplars, RowExemplars
+from lmtailor.retrieval.similar_exemplars import SimilarExemplars
+from lmtailor.strategies.base import Strategy, StrategyConfig
 from lmtailor.strategies.traits import StrategyTraits
 
 
@@ -110,7 +113,6 @@ class ExemplarChooser:
         if self.how != "similar" or not self.shots:
             return
         from lmtailor.retrieval.embedding import Embedder
-        from lmtailor.retrieval.similar_exemplars import SimilarExemplars
 
         embedder = embedder or Embedder(self.embedder_ref)
         self.index = SimilarExemplars(usable_pool(self.ctx.data.train, self.ctx.data.test), embedder)

@@ -31,13 +31,22 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from lmtailor.data.example import Example
+from lmtailor.core.context import RunContext
+from lmtailor.core.example import Example
+from lmtailor.core.strategy_output import StrategyOutput
+from lmtailor.data.leakage import normalize_text
 from lmtailor.errors import UserError
 from lmtailor.inference.answer import answer
 from lmtailor.inference.backends import check_backend_name, open_predictor
 from lmtailor.inference.backends.base import PredictRequest
-from lmtailor.inference.context_limit import input_limit  # noqa: F401  (continued pre-training reads it here)
-from lmtailor.strategies.base import RunContext, Strategy, StrategyConfig, StrategyOutput
+from lmtailor.inference.context_limit import input_limit
+from lmtailor.measure.setup_cost import SetupCost
+from lmtailor.prompting.formats import truncate_text
+from lmtailor.retrieval import CorpusError, Document, Embedder, chunk_documents, load_corpus, make_retriever
+from lmtailor.retrieval.context import assemble_context, with_passages
+from lmtailor.retrieval.exclusion import describe_exclusions, exclude_held_out
+from lmtailor.retrieval.worked_examples import fit_worked_examples, row_chunks, with_worked_examples
+from lmtailor.strategies.base import Strategy, StrategyConfig
 from lmtailor.strategies.prompt import ExemplarChooser, check_prompt_knobs, prompt_label
 from lmtailor.strategies.traits import StrategyTraits
 
@@ -91,9 +100,6 @@ class RagConfig(StrategyConfig):
 
 def task_documents(train: list[Example], test: list[Example]) -> list:
     """The ``task:train`` corpus: one document per training row (input and answer), none sharing a test input."""
-    from lmtailor.data.leakage import normalize_text
-    from lmtailor.retrieval import Document
-
     test_inputs = {normalize_text(e.input) for e in test}
     test_ids = {e.id for e in test}
     docs = [Document(e.id, f"{e.input}\nAnswer: {e.target}", {"split": "train"})
@@ -113,9 +119,6 @@ def corpus_documents(ctx: RunContext, corpus: str, text_field: str, id_field: st
     ``task:train`` holds training rows only; any other corpus leaves out the documents those rows were made from
     (``meta["source_doc"]``); every corpus leaves out documents showing their content (``retrieval/exclusion.py``).
     """
-    from lmtailor.retrieval import CorpusError, load_corpus
-    from lmtailor.retrieval.exclusion import describe_exclusions, exclude_held_out
-
     if corpus == TASK_CORPUS:
         docs, sources = task_documents(ctx.data.train, ctx.data.test), set()
     elif corpus.startswith("task:"):
@@ -157,9 +160,6 @@ class RagStrategy(Strategy):
 
     def _build(self, ctx: RunContext):
         """Load the corpus, chunk it, build the retriever; returns (retriever, embedder, details, exclusions)."""
-        from lmtailor.retrieval import Embedder, chunk_documents, make_retriever
-        from lmtailor.retrieval.worked_examples import row_chunks
-
         cfg = self.config
         t0 = time.perf_counter()
         docs, exclusions = corpus_documents(ctx, cfg.corpus, cfg.text_field, cfg.id_field, self.label())
@@ -206,8 +206,6 @@ class RagStrategy(Strategy):
 
     def _run_with(self, ctx: RunContext, retriever, embedder, index_details: dict, predictor,
                   chooser: ExemplarChooser) -> StrategyOutput:
-        from lmtailor.retrieval.context import assemble_context, with_passages
-
         cfg = self.config
         n_params = predictor.n_params  # None: an endpoint's, not known here
         if n_params is not None and (cfg.retriever != "bm25" or chooser.index is not None):
@@ -275,8 +273,6 @@ class RagStrategy(Strategy):
         return room
 
     def _augment(self, ctx: RunContext, tokenizer, hits, context_budget: int, assemble, with_passages):
-        from lmtailor.data.formats import truncate_text
-
         rows, contexts, cut_inputs = [], [], 0
         name = "Question" if ctx.task.type == "qa" else "Input"
         for row, row_hits in zip(ctx.data.test, hits):
@@ -291,9 +287,6 @@ class RagStrategy(Strategy):
 
     def _with_examples(self, ctx: RunContext, tokenizer, hits, context_budget: int):
         """Each test row with the training rows retrieved for it as its own worked examples (whole rows)."""
-        from lmtailor.data.formats import truncate_text
-        from lmtailor.retrieval.worked_examples import fit_worked_examples, with_worked_examples
-
         train = {e.id: e for e in ctx.data.train}
         rows, contexts, cut_inputs = [], [], 0
         for row, row_hits in zip(ctx.data.test, hits):
@@ -326,8 +319,6 @@ def _mean(values: list[int]) -> float:
 def _charge_reused_embedding(ctx: RunContext, stats: dict) -> None:
     """Charge the row the embedding its dense index reused (a cached index, or stored vectors) at what it cost when
     it was done, so only the first RAG row of a run does not look dearer than the others (``Meter.charge_cached``)."""
-    from lmtailor.measure.setup_cost import SetupCost
-
     dense = stats.get("dense", stats)
     if "reused_index" not in dense:  # BM25 only: built in memory every time, nothing reused
         return

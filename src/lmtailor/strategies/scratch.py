@@ -16,13 +16,17 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from lmtailor.core.context import RunContext
+from lmtailor.core.strategy_output import StrategyOutput
 from lmtailor.errors import UserError
-from lmtailor.models.sizing import CHINCHILLA_TOKENS_PER_PARAM, human_count, parse_param_count
-from lmtailor.strategies.base import RunContext, Strategy, StrategyOutput
+from lmtailor.models import family_of, load_tokenizer, resolve_model
+from lmtailor.models.sizing import CHINCHILLA_TOKENS_PER_PARAM, human_count, parse_param_count, size_model
+from lmtailor.strategies.base import Strategy
 from lmtailor.strategies.continued_pretraining import (PretrainingConfig, check_generative, check_objective_knobs,
                                                        fine_tune_after, load_pretraining_corpus, pretrain_details,
                                                        record_pretraining, resolve_block_size)
 from lmtailor.strategies.finetune import FinetuneConfig, FinetuneStrategy
+from lmtailor.training.peft_methods import finetune_method
 from lmtailor.strategies.traits import StrategyTraits, with_extra_data
 
 # A small model from random weights takes a larger step than a pre-trained one may: 1e-3 is nanoGPT's rate for its
@@ -82,8 +86,6 @@ class ScratchStrategy(Strategy):
     def run(self, ctx: RunContext) -> StrategyOutput:
         from transformers import AutoConfig
 
-        from lmtailor.models import family_of, load_tokenizer, resolve_model
-        from lmtailor.training.peft_methods import finetune_method
         from lmtailor.training.pretrain import ensure_sentinels, resolve_objective, run_pretraining
 
         cfg = self.config
@@ -119,8 +121,6 @@ class ScratchStrategy(Strategy):
 
     def _size(self, ctx: RunContext, base_config, vocab_size: int):
         """Size the model: the requested parameters, or Chinchilla's tokens / 20 (at least the smallest model)."""
-        from lmtailor.models.sizing import size_model
-
         cfg = self.config
         target = cfg.target_params()
         chosen_by = "params"
@@ -145,7 +145,6 @@ def _random_model(config, seed: int):
     import torch
 
     from lmtailor.models.families import family_of as family_adapter
-
     with torch.random.fork_rng(devices=[]):  # the same initial weights for the same seed, whatever ran before
         torch.manual_seed(seed)
         return family_adapter(config).auto_class().from_config(config, dtype=torch.float32)

@@ -1,4 +1,7 @@
-"""What a task type is: how its predictions are produced (labels or free text) and how they are scored."""
+"""What a task type is: how its predictions are produced (labels or free text) and how they are scored.
+
+The resolved task itself (``TaskSpec``) is a shared type of the bottom layer: ``core/task_spec.py``.
+"""
 
 from __future__ import annotations
 
@@ -16,19 +19,6 @@ class Metric:
 
     def as_dict(self) -> dict:
         return {"name": self.name, "value": self.value, "higher_is_better": self.higher_is_better}
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """A resolved task: its type, the instruction shown to models, and for classification the label set."""
-
-    name: str
-    type: str
-    instruction: str
-    labels: tuple[str, ...] | None = None
-    # How rows are laid out as prompts (data/formats.py): "chat" (messages through the model's chat template, the
-    # plain template when it has none), "alpaca" or "plain". Training and inference read the same field.
-    prompt_format: str = "chat"
 
 
 class TaskType(Protocol):

@@ -10,9 +10,13 @@ metric.
 
 from __future__ import annotations
 
-from lmtailor.data.example import Example
-from lmtailor.tasks import TASK_TYPES, TaskSpec
+from lmtailor.core.example import Example
+from lmtailor.core.task_spec import TaskSpec
+from lmtailor.tasks import TASK_TYPES
 from lmtailor.tasks.base import Metric
+from lmtailor.tasks.generation import _tokenizer
+from lmtailor.tasks.qa import _alternatives, token_f1
+from lmtailor.tasks.retrieval_metrics import retrieval_metrics
 
 
 def evaluate(task: TaskSpec, test: list[Example], predictions: list[str],
@@ -40,15 +44,11 @@ def _accuracy_rows(references: list, predictions: list[str]) -> list[float]:
 
 
 def _qa_f1_rows(references: list, predictions: list[str]) -> list[float]:
-    from lmtailor.tasks.qa import _alternatives, token_f1
-
     return [max(token_f1(g, p) for g in _alternatives(r)) for r, p in zip(references, predictions)]
 
 
 def _rouge_l_rows(references: list, predictions: list[str]) -> list[float]:
     from rouge_score import rouge_scorer
-
-    from lmtailor.tasks.generation import _tokenizer
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_tokenizer())  # the tokenizer Generation.score uses
     return [scorer.score(r, p)["rougeL"].fmeasure for r, p in zip(references, predictions)]
@@ -69,8 +69,6 @@ def per_row_scores(task_type: str, metric: str, references: list, predictions: l
 
 def score_retrieval(test: list[Example], retrieved: list[list[str]], k: int) -> tuple[list[dict], dict]:
     """recall@k and MRR over the rows with a gold document; no metrics (and the reason) when none has one."""
-    from lmtailor.retrieval.metrics import retrieval_metrics
-
     if len(retrieved) != len(test):
         raise ValueError(f"strategy returned retrieved documents for {len(retrieved)} of {len(test)} test rows")
     scored = [(docs, e.meta["gold_doc"]) for docs, e in zip(retrieved, test) if e.meta.get("gold_doc")]

@@ -17,8 +17,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import replace
 
-from lmtailor.data.example import DatasetSplits, Example
-from lmtailor.tasks.base import TaskSpec
+from lmtailor.core.example import DatasetSplits, Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.tasks.evaluator import evaluate
 
 

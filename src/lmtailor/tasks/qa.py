@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import ClassVar
 
-from lmtailor.data.example import Example
+from lmtailor.core.example import Example
 from lmtailor.tasks.base import Metric
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")

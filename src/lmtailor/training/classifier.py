@@ -21,18 +21,18 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from lmtailor.data.example import Example
-from lmtailor.data.formats import truncate_text
+from lmtailor.core.budget import Budget
+from lmtailor.core.example import Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.errors import UserError
 from lmtailor.io import write_json_atomic
 from lmtailor.measure.meter import Meter
+from lmtailor.prompting.formats import truncate_text
 from lmtailor.runtime import Runtime
-from lmtailor.strategies.base import Budget
-from lmtailor.tasks.base import TaskSpec
 from lmtailor.training.common import common_training_args, count_params, train_and_save, use_loss_bar
 from lmtailor.training.engine import engine_trainer_class
-from lmtailor.training.peft_methods import finetune_method, save_adapters, wrap_for_training
-from lmtailor.training.peft_methods import learning_rate as method_learning_rate
+from lmtailor.training.peft_methods import (finetune_method, save_adapters, wrap_for_training,
+                                            learning_rate as method_learning_rate)
 
 if TYPE_CHECKING:
     from datasets import Dataset

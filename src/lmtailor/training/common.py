@@ -16,8 +16,12 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from transformers.trainer_callback import ProgressCallback
 
+from lmtailor.distributed import on_main
 from lmtailor.errors import UserError
 from lmtailor.runtime import Runtime
+from lmtailor.training.checkpoint import optimizer_state_bytes
+from lmtailor.training.engine import as_engine_trainer
+from lmtailor.training.recovery import finish_checkpoints, run_training
 
 if TYPE_CHECKING:
     from lmtailor.strategies.finetune import FinetuneConfig
@@ -142,11 +146,6 @@ def train_and_save(trainer, cfg: "FinetuneConfig", tokenizer, out_dir: Path,
     Raises ``TrainingInterrupted`` after SIGINT/SIGTERM, with a checkpoint saved (``training/recovery.py``).
     """
     from transformers import EarlyStoppingCallback
-
-    from lmtailor.distributed import on_main
-    from lmtailor.training.checkpoint import optimizer_state_bytes
-    from lmtailor.training.engine import as_engine_trainer
-    from lmtailor.training.recovery import finish_checkpoints, run_training
 
     trainer = as_engine_trainer(trainer)
     has_early_stopping = any(isinstance(cb, EarlyStoppingCallback) for cb in trainer.callback_handler.callbacks)

@@ -14,11 +14,11 @@ from typing import Sequence
 
 from datasets import Dataset
 
-from lmtailor.data.example import Example
-from lmtailor.data.formats import build_messages, encode_prompt_completion, truncate_text
+from lmtailor.core.budget import Budget
+from lmtailor.core.example import Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.errors import UserError
-from lmtailor.strategies.base import Budget
-from lmtailor.tasks.base import TaskSpec
+from lmtailor.prompting.formats import build_messages, encode_prompt_completion, truncate_text
 
 
 @dataclass

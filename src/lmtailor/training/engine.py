@@ -35,7 +35,9 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from lmtailor import distributed
 from lmtailor.errors import UserError
+from lmtailor.models.safe_weights import check_safe_weights
 from lmtailor.training import checkpoint as ckpt
+from lmtailor.training.checkpoint_size import checkpoint_size
 
 log = logging.getLogger("lmtailor")
 
@@ -338,8 +340,6 @@ class EngineMixin:
             self._metrics["train"].update(loop["trl_train_metrics"])
 
     def _disk_full_message(self, run_dir: Path, step: int) -> str:
-        from lmtailor.training.checkpoint_size import checkpoint_size
-
         peft = _is_peft(self.accelerator.unwrap_model(self.model))
         size = checkpoint_size(self, run_dir, peft)  # every file the checkpoint writes, in whole disk blocks
         free = shutil.disk_usage(run_dir).free if run_dir.exists() else 0
@@ -358,8 +358,6 @@ class EngineMixin:
     # --- loading ------------------------------------------------------------------------------------------------
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        from lmtailor.models.safe_weights import check_safe_weights
-
         check_safe_weights(resume_from_checkpoint, "checkpoint")  # before transformers' fallback to a .bin
         model = model if model is not None else self.model
         adapter = Path(resume_from_checkpoint) / "adapter_model.safetensors"

@@ -33,9 +33,13 @@ from lmtailor.data.packing import (PackedCorpus, noise_span_counts, pack_documen
 from lmtailor.errors import UserError
 from lmtailor.models.family import detect_family
 from lmtailor.runtime import Runtime
+from lmtailor.strategies.finetune import lora_details
 from lmtailor.training.common import (common_training_args, count_params, fp32_for_full, summarize_log,
                                       use_loss_bar)
+from lmtailor.training.engine import engine_trainer_class
 from lmtailor.training.recovery import finish_checkpoints, run_training
+from lmtailor.training.seq2seq import seq2seq_lora_config
+from lmtailor.training.sft import lora_config
 
 if TYPE_CHECKING:
     from lmtailor.strategies.continued_pretraining import PretrainingConfig
@@ -148,7 +152,7 @@ class ObjectiveCollator:
                                         rng)
         labels = [*self.prefix, *labels, *self.suffix]
         if self.decoder_start_id is not None and labels[:1] == [self.decoder_start_id]:
-            labels = labels[1:]  # the decoder is fed it first anyway (see data/seq2seq_format.encode_target)
+            labels = labels[1:]  # the decoder is fed it first anyway (see prompting/seq2seq_format.encode_target)
         return {"input_ids": [*self.prefix, *inputs, *self.suffix], "labels": labels}
 
     def _keyed_rng(self, feature: dict) -> np.random.Generator | None:
@@ -226,8 +230,6 @@ class _PhaseKnobs:
 @functools.lru_cache(maxsize=None)
 def _trainer_class():
     from transformers import Trainer
-
-    from lmtailor.training.engine import engine_trainer_class
 
     class _PretrainTrainer(Trainer):
         """Counts what was trained on, per micro-batch actually run: corpus tokens (the budget's unit; a batch at the
@@ -327,10 +329,7 @@ def _wrap_lora(model, cfg: "PretrainingConfig"):
     from peft import get_peft_model
 
     if model.config.is_encoder_decoder:
-        from lmtailor.training.seq2seq import seq2seq_lora_config
-
         return get_peft_model(model, seq2seq_lora_config(cfg, model))
-    from lmtailor.training.sft import lora_config
 
     return get_peft_model(model, lora_config(cfg))
 
@@ -362,8 +361,6 @@ def _build_trainer(model, tokenizer, cfg: "PretrainingConfig", method: str, step
 
 def _release(trainer, method: str) -> tuple[Any, dict | None]:
     """The trained model for the next phase (LoRA merged, every weight trainable again), the optimizer dropped."""
-    from lmtailor.strategies.finetune import lora_details
-
     trainer.optimizer = trainer.lr_scheduler = None  # the optimizer state is not needed for the next phase
     trainer.accelerator.free_memory()
     if method != "lora":

@@ -28,15 +28,18 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
+from lmtailor.core.example import DatasetSplits
 from lmtailor.errors import UserError
+from lmtailor.measure.meter import Meter
+from lmtailor.tasks.evaluator import evaluate
 from lmtailor.training.search_space import Range, resolve_space
 
 if TYPE_CHECKING:
     import optuna
 
-    from lmtailor.strategies.base import RunContext
+    from lmtailor.core.context import RunContext
+    from lmtailor.core.task_spec import TaskSpec
     from lmtailor.strategies.finetune import FinetuneConfig, FinetuneStrategy
-    from lmtailor.tasks.base import TaskSpec
 
 log = logging.getLogger("lmtailor")
 _INT_SETTINGS = {"max_steps", "batch_size", "gradient_accumulation_steps", "lora_r", "lora_alpha",
@@ -123,8 +126,6 @@ def _validation_score(ctx: "RunContext", task: "TaskSpec", cfg: "FinetuneConfig"
                       tokenizer) -> tuple[float, bool]:
     """The task's main metric on the validation rows (and whether higher is better), answered by the trial model."""
     from lmtailor.inference.predict import predict
-    from lmtailor.measure.meter import Meter
-    from lmtailor.tasks.evaluator import evaluate
     from lmtailor.training.peft_methods import serve
 
     model, _ = serve(model, ctx.runtime.dtype)
@@ -142,7 +143,6 @@ def run_search(strategy: "FinetuneStrategy", ctx: "RunContext", task: "TaskSpec"
     """Search the row's settings on its training and validation rows; return the chosen ones and every trial."""
     import optuna
 
-    from lmtailor.data.example import DatasetSplits
     from lmtailor.strategies.finetune import FinetuneStrategy
     from lmtailor.training.common import summarize_log
     from lmtailor.training.engine import NonFiniteTraining

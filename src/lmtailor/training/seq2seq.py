@@ -3,7 +3,7 @@ with any fine-tuning method the family supports (``training/peft_methods.py``).
 
 The knobs are the finetune strategy's (``FinetuneConfig``), read the same way as the decoder-only path in
 ``training/sft.py``: same learning-rate defaults, precision from the runtime, no checkpoints, no trackers, the loss
-on the progress bar. Rows are encoded by ``data/seq2seq_format.py``, the module inference uses, so the tuned model
+on the progress bar. Rows are encoded by ``prompting/seq2seq_format.py``, the module inference uses, so the tuned model
 is scored on exactly the source and target tokens it learnt. The loss of an encoder-decoder model is always on the
 target alone (the source is the encoder's input, never predicted).
 """
@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 
-from lmtailor.data.example import Example
-from lmtailor.data.seq2seq_format import encode_training_row
+from lmtailor.core.budget import Budget
+from lmtailor.core.example import Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.errors import UserError
+from lmtailor.prompting.seq2seq_format import encode_training_row
 from lmtailor.runtime import Runtime
-from lmtailor.strategies.base import Budget
-from lmtailor.tasks.base import TaskSpec
 from lmtailor.training.common import common_training_args, count_params, train_and_save, use_loss_bar
 from lmtailor.training.engine import engine_trainer_class
 from lmtailor.training.peft_methods import save_override, wrap_for_training

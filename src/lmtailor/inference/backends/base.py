@@ -11,13 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, Sequence
 
-from lmtailor.data.example import Example
-from lmtailor.data.exemplars import Exemplars
+from lmtailor.core.budget import Budget
+from lmtailor.core.context import RunContext
+from lmtailor.core.example import Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.inference.calibration import check_calibration
 from lmtailor.inference.modes import Mode, check_mode, default_mode
 from lmtailor.measure.meter import Meter
-from lmtailor.strategies.base import Budget, RunContext
-from lmtailor.tasks.base import TaskSpec
+from lmtailor.prompting.exemplars import Exemplars
 
 Answers = tuple[list[str], dict]  # a prediction per row (aligned with the request's rows), and the details
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from lmtailor.core.context import RunContext
 from lmtailor.inference.backends.base import Answers, PredictRequest, Predictor
 from lmtailor.inference.llamacpp import LoadedLlamaCpp, load_llamacpp
 from lmtailor.inference.llamacpp_predict import llamacpp_generate, llamacpp_labels
 from lmtailor.measure.meter import Meter
-from lmtailor.strategies.base import RunContext
 
 
 class LlamaCppPredictor(Predictor):

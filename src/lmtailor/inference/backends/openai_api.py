@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from lmtailor.core.context import RunContext
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.inference.backends.base import Answers, PredictRequest, Predictor
 from lmtailor.inference.modes import Mode
 from lmtailor.measure.meter import Meter
 from lmtailor.remote.client import OpenAIEndpoint
 from lmtailor.remote.predict import check_remote_request, default_remote_mode, predict_remote
 from lmtailor.remote.reference import is_remote, parse_endpoint
-from lmtailor.strategies.base import RunContext
-from lmtailor.tasks.base import TaskSpec
 
 
 class OpenAIPredictor(Predictor):

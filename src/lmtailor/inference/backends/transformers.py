@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from typing import Callable, ClassVar
 
+from lmtailor.core.context import RunContext
 from lmtailor.errors import UserError
 from lmtailor.inference.backends.base import Answers, PredictRequest, Predictor
-from lmtailor.inference.context_limit import input_limit
 from lmtailor.inference.causal import causal_generate, causal_labels
+from lmtailor.inference.context_limit import input_limit
 from lmtailor.inference.seq2seq import seq2seq_generate, seq2seq_labels
 from lmtailor.measure.meter import Meter
 from lmtailor.models import load_model
 from lmtailor.models.families import model_family
-from lmtailor.strategies.base import RunContext
 
 Path = Callable[..., Answers]
 # the family adapter's ``predicts_with`` -> (score labels, generate): the one place this backend tells paths apart

@@ -45,9 +45,9 @@ from __future__ import annotations
 import weakref
 from typing import Any, Mapping, Sequence
 
-from lmtailor.data.example import Example
+from lmtailor.core.example import Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.errors import UserError
-from lmtailor.tasks.base import TaskSpec
 
 PROMPT_FORMATS = ("chat", "alpaca", "plain")
 
@@ -273,9 +273,7 @@ def encode_prompt_completion(tokenizer, messages: list[dict], completion: str) -
 
 def stop_token_ids(tokenizer) -> tuple[int, ...]:
     """Token ids that end an answer in any format: the chat template's end-of-turn token and eos."""
-    from lmtailor.tasks.base import TaskSpec as _Spec
-
-    probe = _Spec("probe", "generation", "Reply.")
+    probe = TaskSpec("probe", "generation", "Reply.")
     _, completion = encode_prompt_completion(tokenizer, build_messages(probe, "x"), "ok")
     ids = [completion[-1]]
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:

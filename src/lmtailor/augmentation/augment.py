@@ -1,8 +1,8 @@
 """Data augmentation: new training rows made from training rows, seeded, label-preserving and marked as such.
 
-Methods are entries of ``AUGMENT_METHODS``: rule-based EDA (``data/eda.py``: synonym replacement, random
+Methods are entries of ``AUGMENT_METHODS``: rule-based EDA (``eda.py``: synonym replacement, random
 insertion, swap and deletion, Wei & Zou 2019) and model-based paraphrase or back-translation through any generation
-model lmtailor can load (``data/paraphrase.py``). A method turns each source row into ``factor`` candidate inputs;
+model lmtailor can load (``paraphrase.py``). A method turns each source row into ``factor`` candidate inputs;
 this module gives them ids and provenance and drops the ones that add nothing:
 
 - the target is the source row's, always: augmentation rewrites inputs only, so labels are preserved;
@@ -28,16 +28,16 @@ from typing import Any, Callable, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from lmtailor.data.example import DatasetSplits, Example
+from lmtailor.core.example import DatasetSplits, Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.errors import UserError
 from lmtailor.registry import Registry
-from lmtailor.tasks.base import TaskSpec
 
 #: name -> ``fn(rows, cfg, ctx) -> list[Candidate]``; adding a method is a module plus one line here.
 AUGMENT_METHODS: Registry[Callable[..., list["Candidate"]]] = Registry("augmentation method")
-AUGMENT_METHODS.register("eda", "lmtailor.data.eda:eda_candidates")
-AUGMENT_METHODS.register("paraphrase", "lmtailor.data.paraphrase:paraphrase_candidates")
-AUGMENT_METHODS.register("back-translation", "lmtailor.data.paraphrase:back_translation_candidates")
+AUGMENT_METHODS.register("eda", "lmtailor.augmentation.eda:eda_candidates")
+AUGMENT_METHODS.register("paraphrase", "lmtailor.augmentation.paraphrase:paraphrase_candidates")
+AUGMENT_METHODS.register("back-translation", "lmtailor.augmentation.paraphrase:back_translation_candidates")
 
 ORIGIN = "augmented"
 
@@ -112,7 +112,7 @@ class AugmentContext:
     seed: int
     meter: Any = None  # lmtailor.measure.meter.Meter
     generator: Any = None  # a LoadedModel (or anything with .model and .tokenizer) for model-based methods
-    lexicon: Any = None  # lmtailor.data.lexicon.Lexicon for EDA; None: WordNet
+    lexicon: Any = None  # lmtailor.augmentation.lexicon.Lexicon for EDA; None: WordNet
     runtime: Any = None  # lmtailor.runtime.Runtime used when the method loads ``cfg.model`` itself
 
 

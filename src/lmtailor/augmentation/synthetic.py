@@ -28,15 +28,16 @@ from typing import Sequence
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from lmtailor.data import synthetic_filters as sf
-from lmtailor.data.example import Example
-from lmtailor.data.synthetic_teacher import Completion, Sampling, Teacher
+from lmtailor.augmentation import synthetic_filters as sf
+from lmtailor.augmentation.synthetic_teacher import Completion, Sampling, Teacher
+from lmtailor.core.example import Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.errors import UserError
 from lmtailor.io import write_json_atomic, write_jsonl_atomic
 from lmtailor.measure.meter import Meter, estimate_flops
 from lmtailor.measure.setup_cost import SetupCost
+from lmtailor.paths import cache_dir
 from lmtailor.rundir import RunDir
-from lmtailor.tasks.base import TaskSpec
 
 CACHE_FORMAT = "synthetic-v2"  # bump when prompts, parsing or filters change, so old caches are not reused
 log = logging.getLogger("lmtailor")
@@ -111,8 +112,6 @@ def cache_key(task: TaskSpec, train_rows: Sequence[Example], forbidden_rows: Seq
 
 def default_cache_root() -> Path:
     """Where synthetic results are cached: ``cache_dir()/synthetic``."""
-    from lmtailor.paths import cache_dir
-
     return cache_dir() / "synthetic"
 
 

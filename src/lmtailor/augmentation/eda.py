@@ -22,9 +22,9 @@ from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
 
-from lmtailor.data.augment import AugmentConfig, AugmentContext, Candidate, stable_seed
-from lmtailor.data.example import Example
-from lmtailor.data.lexicon import STOP_WORDS, Lexicon, load_wordnet
+from lmtailor.augmentation.augment import AugmentConfig, AugmentContext, Candidate, stable_seed
+from lmtailor.augmentation.lexicon import STOP_WORDS, Lexicon, load_wordnet
+from lmtailor.core.example import Example
 from lmtailor.registry import Registry
 
 # A word with the punctuation around it: "(film)," -> "(", "film", "),". Only plain words are looked up.

@@ -22,7 +22,7 @@ puts its system text first and its earlier turns as ``Input:``/``Answer:`` pairs
 
 ``TaskSpec.prompt_format``: ``chat`` is the layout above (encoder-decoder models have no chat template; this is the
 family's own instruction format). ``alpaca`` and ``plain`` lay the source out with the decoder-only raw templates
-(``data/formats.py``) up to and including ``### Response:`` / ``RESPONSE:``, exemplar answers inline without eos;
+(``prompting/formats.py``) up to and including ``### Response:`` / ``RESPONSE:``, exemplar answers inline without eos;
 the answer is still the decoder's target, so the same data and layout can be compared across families.
 """
 
@@ -31,12 +31,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from lmtailor.data.example import Example
-from lmtailor.data.exemplars import Exemplars, cut_exemplars, exemplars_per_row
-from lmtailor.data.formats import (build_messages, check_format, instruction_for, raw_text, row_exemplars, shows_labels,
-                                   truncate_text)
+from lmtailor.core.example import Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.errors import UserError
-from lmtailor.tasks.base import TaskSpec
+from lmtailor.prompting.exemplars import Exemplars, cut_exemplars, exemplars_per_row
+from lmtailor.prompting.formats import (build_messages, check_format, instruction_for, raw_text, row_exemplars,
+                                        shows_labels, truncate_text)
 
 
 def _header(task: TaskSpec, meta: Mapping[str, Any] | None = None) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence, Union
 
-from lmtailor.data.example import Example
+from lmtailor.core.example import Example
 
 
 class RowExemplars(tuple):

@@ -1,4 +1,4 @@
-"""An OpenAI-compatible endpoint as the teacher of synthetic data (the ``Teacher`` of ``data/synthetic_teacher.py``).
+"""An OpenAI-compatible endpoint as the teacher of synthetic data (the ``Teacher`` of ``synthetic_teacher.py``).
 
 - **Identity.** The weights behind a remote model name are unknown (and a provider may change them), so the identity
   is a digest of the model name and base URL: the synthetic-data cache trusts the name, as the response cache does.
@@ -21,7 +21,7 @@ import hashlib
 import logging
 from typing import Sequence
 
-from lmtailor.data.synthetic_teacher import Completion, Sampling
+from lmtailor.augmentation.synthetic_teacher import Completion, Sampling
 from lmtailor.measure.meter import Meter
 from lmtailor.remote.client import ApiResult, OpenAIEndpoint
 from lmtailor.remote.predict import approx_token_count, cut_to_approx_tokens

@@ -15,6 +15,8 @@ from functools import cached_property
 from typing import Protocol, Sequence
 
 from lmtailor.errors import UserError
+from lmtailor.prompting.formats import encode_prompt, stop_token_ids, truncate_text
+from lmtailor.prompting.seq2seq_format import encode_source
 
 
 @dataclass(frozen=True)
@@ -107,25 +109,17 @@ class HFTeacher:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def truncate(self, text: str, max_tokens: int) -> str:
-        from lmtailor.data.formats import truncate_text
-
         return truncate_text(self.tokenizer, text, max_tokens)[0]
 
     @cached_property
     def _stop_ids(self) -> list[int]:
-        from lmtailor.data.formats import stop_token_ids
-
         if self.family.seq2seq:  # the decoder's own sequence ends at eos
             return [self.tokenizer.eos_token_id]
         return list(stop_token_ids(self.tokenizer))
 
     def _encode(self, messages: list[dict]) -> list[int]:
         if self.family.seq2seq:  # no chat template: the turns' text is the encoder's source
-            from lmtailor.data.seq2seq_format import encode_source
-
             return encode_source(self.tokenizer, "\n\n".join(m["content"] for m in messages))
-        from lmtailor.data.formats import encode_prompt
-
         return encode_prompt(self.tokenizer, messages)
 
     def complete(self, prompts: Sequence[list[dict]], sampling: Sampling) -> list[Completion]:

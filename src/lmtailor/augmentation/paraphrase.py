@@ -2,7 +2,7 @@
 generation model lmtailor can load (decoder-only through its chat or plain template, encoder-decoder through the
 Flan-style source text).
 
-Prompts are built by the same code as task prompts (``data/formats.py``, ``data/seq2seq_format.py``), with the
+Prompts are built by the same code as task prompts (``prompting/formats.py``, ``prompting/seq2seq_format.py``), with the
 augmentation instruction as the task instruction. With ``temperature`` 0 decoding is greedy (``generate_ids``);
 above 0 it samples (needed for more than one new row per input) with torch's RNG seeded per batch inside
 ``fork_rng``, so the global RNG is left as it was and the same seed gives the same texts. Time, tokens and the
@@ -15,14 +15,18 @@ from typing import Any, Sequence
 
 from tqdm.auto import tqdm
 
-from lmtailor.data.augment import AugmentConfig, AugmentContext, Candidate, stable_seed
-from lmtailor.data.example import Example
-from lmtailor.data.formats import build_messages, encode_prompt, stop_token_ids, truncate_text
+from lmtailor.augmentation.augment import AugmentConfig, AugmentContext, Candidate, stable_seed
+from lmtailor.core.example import Example
+from lmtailor.core.task_spec import TaskSpec
 from lmtailor.errors import UserError
 from lmtailor.inference.generation import SamplingParams, generate_ids
 from lmtailor.inference.predict import pad_token_id
+from lmtailor.measure.meter import estimate_flops
 from lmtailor.models.families import family_of, model_family
-from lmtailor.tasks.base import TaskSpec
+from lmtailor.models.loading import adapter_of, load_model
+from lmtailor.prompting.formats import build_messages, encode_prompt, stop_token_ids, truncate_text
+from lmtailor.prompting.seq2seq_format import encode_source, source_text
+from lmtailor.runtime import detect_runtime
 
 PARAPHRASE_INSTRUCTION = ("Paraphrase the input: say the same thing in different words, keeping its meaning. "
                           "Reply with the paraphrase only.")
@@ -72,9 +76,6 @@ def _generator(cfg: AugmentConfig, ctx: AugmentContext) -> Any:
         raise UserError(f"augmentation method {cfg.method!r} generates text with a model: set augment.model to a "
                         "generation model (alias, local directory or hub id)")
     else:
-        from lmtailor.models.loading import adapter_of, load_model
-        from lmtailor.runtime import detect_runtime
-
         runtime = ctx.runtime or detect_runtime()
         if not adapter_of(cfg.model, runtime.trust_remote_code).generates_text:
             raise UserError(f"augment.model {cfg.model!r} is an encoder (BERT-like): it cannot generate text. Use a "
@@ -98,8 +99,6 @@ def _prompts(tokenizer, seq2seq: bool, instruction: str, texts: Sequence[str],
     spec = TaskSpec("augment", "generation", instruction)
     cut = [truncate_text(tokenizer, t, max_input_tokens)[0] for t in texts]
     if seq2seq:
-        from lmtailor.data.seq2seq_format import encode_source, source_text
-
         return [encode_source(tokenizer, source_text(spec, t)) for t in cut]
     return [encode_prompt(tokenizer, build_messages(spec, t)) for t in cut]
 
@@ -125,8 +124,6 @@ def generate_texts(lm: Any, instruction: str, texts: Sequence[str], cfg: Augment
         bar.close()
         model.train(was_training)
     if meter is not None:
-        from lmtailor.measure.meter import estimate_flops
-
         meter.add_tokens("data", out.tokens)
         meter.add_flops("data", estimate_flops(sum(p.numel() for p in model.parameters()), out.tokens, "inference"))
     return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in out.ids]
