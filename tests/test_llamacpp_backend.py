@@ -368,7 +368,6 @@ def test_a_bare_gguf_file_loads_without_converting_its_weights(tiny_gguf_dir, tm
 
 
 def test_calibration_and_per_row_exemplars_match_the_transformers_path(engines):
-    from lmtailor.inference.llamacpp_predict import predict_llamacpp
     from lmtailor.prompting.exemplars import RowExemplars
 
     llm, hf, tokenizer = engines

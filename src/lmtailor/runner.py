@@ -32,7 +32,7 @@ from lmtailor.errors import TrainingInterrupted, UserError
 from lmtailor.io import jsonl_text, write_json_atomic, write_text_atomic
 from lmtailor.measure import forgetting
 from lmtailor.measure.meter import Meter
-from lmtailor.models import detect_family, family_of
+from lmtailor.models import detect_family, family_name_of
 from lmtailor.models.remote_code import check_remote_code
 from lmtailor.remote.reference import is_remote
 from lmtailor.remote.settings import API_FAMILY
@@ -123,7 +123,7 @@ def _family(ref: str, trust_remote_code: bool = False) -> str | None:
     if is_remote(ref):  # an OpenAI-compatible endpoint: its weights and architecture are not ours to read
         return API_FAMILY
     try:
-        return family_of(ref, trust_remote_code)
+        return family_name_of(ref, trust_remote_code)
     except Exception:  # an unloadable model fails its row with the real error; the record just lacks a family
         return None
 

@@ -8,7 +8,7 @@ directories and Hugging Face Hub ids, loaded as (model, tokenizer, family) on th
 from lmtailor.models.embedded import EMBEDDED_MODELS, MissingPackageError
 from lmtailor.models.family import Family, Head, UnsupportedModelError, detect_family
 from lmtailor.models.listing import list_models
-from lmtailor.models.loading import LoadedModel, family_of, load_model, load_tokenizer
+from lmtailor.models.loading import LoadedModel, family_name_of, load_model, load_tokenizer
 from lmtailor.models.sources import MODEL_ALIASES, ModelNotFoundError, ResolvedModel, resolve_model
 
 __all__ = [
@@ -22,7 +22,7 @@ __all__ = [
     "ResolvedModel",
     "UnsupportedModelError",
     "detect_family",
-    "family_of",
+    "family_name_of",
     "list_models",
     "load_model",
     "load_tokenizer",

@@ -49,7 +49,7 @@ def load_tokenizer(path: str, trust_remote_code: bool = False, gguf_file: str | 
     return tokenizer
 
 
-def family_of(ref: str, trust_remote_code: bool = False) -> Family:
+def family_name_of(ref: str, trust_remote_code: bool = False) -> Family:
     """The family's name for the model ``ref`` names: an alias says it; otherwise its config does (no weights
     loaded). ``adapter_of`` gives the family's adapter (``models.families.family_of`` turns a name into one).
 
@@ -65,8 +65,8 @@ def family_of(ref: str, trust_remote_code: bool = False) -> Family:
 
 
 def adapter_of(ref: str, trust_remote_code: bool = False) -> FamilyAdapter:
-    """The family adapter of the model ``ref`` names (``family_of``, then the ``FAMILIES`` registry)."""
-    return family_adapter(family_of(ref, trust_remote_code))
+    """The family adapter of the model ``ref`` names (``family_name_of``, then the ``FAMILIES`` registry)."""
+    return family_adapter(family_name_of(ref, trust_remote_code))
 
 
 def load_model(ref: str, runtime: Runtime, head: Head | None = None, num_labels: int | None = None,

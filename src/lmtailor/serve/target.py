@@ -23,7 +23,8 @@ from lmtailor.export.run_rows import ADAPTER_CONFIG, TrainedRow, select_row
 from lmtailor.inference.llamacpp import load_llamacpp
 from lmtailor.inference.virtual_tokens import virtual_token_count
 from lmtailor.models.family import Family
-from lmtailor.models.loading import family_of
+from lmtailor.models.families import family_of
+from lmtailor.models.loading import family_name_of
 from lmtailor.models.safe_weights import check_safe_weights
 from lmtailor.rundir import RunDir
 from lmtailor.runtime import Runtime
@@ -91,12 +92,11 @@ def _served(model, tokenizer, family: Family, name: str, description: str) -> Se
 
 def _from_model(ref: str, runtime: Runtime, name: str, what: str | None = None) -> ServedModel:
     from lmtailor.models import load_model
-    from lmtailor.models.loading import family_of as family_name
 
     local = Path(ref).expanduser()
     if local.is_dir() and _is_classifier_dir(local):
         raise _refuse_encoder(what or ref)
-    family = family_name(ref, trust_remote_code=runtime.trust_remote_code)
+    family = family_name_of(ref, trust_remote_code=runtime.trust_remote_code)
     if not family_of(family).generates_text:
         raise _refuse_encoder(what or ref)
     loaded = load_model(ref, runtime)
@@ -107,13 +107,12 @@ def _from_adapter(row, runtime: Runtime, name: str, what: str) -> ServedModel:
     """Serve a TrainedRow's PEFT adapter: merged when its method changes weights, else as a PeftModel."""
     from peft import PeftConfig
 
-    from lmtailor.models.loading import family_of as family_name
     check_safe_weights(row.artifact, "adapter")  # a pickled adapter is refused before PEFT opens the directory
     peft_type = str(row.peft_config()["peft_type"])
     if row.labels:
         raise _refuse_encoder(what)
     base = base_reference(row)
-    family = family_name(base, trust_remote_code=runtime.trust_remote_code)
+    family = family_name_of(base, trust_remote_code=runtime.trust_remote_code)
     if not family_of(family).generates_text:
         raise _refuse_encoder(f"{what} (base {base})")
     if PeftConfig.from_pretrained(str(row.artifact)).is_prompt_learning or peft_type in _NOT_MERGEABLE:

@@ -189,12 +189,12 @@ def fine_tune_after(strategy: Strategy, cfg: PretrainingConfig, ctx: RunContext,
 
 def check_generative(ctx: RunContext, rung: str) -> None:
     """Refuse an encoder before loading anything: it has no language-model objective here."""
-    from lmtailor.models import family_of
+    from lmtailor.models import family_name_of
 
     if not ctx.data.train:
         raise UserError(f"{rung} fine-tunes after pre-training and needs training rows, but the training split is "
                         "empty; check data.max_train and the split sizes")
-    if family_of(ctx.model_ref, ctx.runtime.trust_remote_code) == "encoder":
+    if family_name_of(ctx.model_ref, ctx.runtime.trust_remote_code) == "encoder":
         raise UserError(f"{ctx.model_ref} is an encoder: {rung} needs a decoder-only (causal LM) or encoder-decoder "
                         "(T5 span corruption, BART text infilling) model; masked-LM pre-training is not implemented")
 
@@ -218,7 +218,7 @@ class ContinuedPretrainingStrategy(Strategy):
         return with_extra_data(self.TRAITS, self.config.finetune.augment, self.config.finetune.synthetic)
 
     def run(self, ctx: RunContext) -> StrategyOutput:
-        from lmtailor.models import family_of, load_model
+        from lmtailor.models import family_name_of, load_model
         from lmtailor.training.pretrain import resolve_objective, run_pretraining
         from lmtailor.training.sft import DEFAULT_LEARNING_RATE
 
@@ -226,7 +226,7 @@ class ContinuedPretrainingStrategy(Strategy):
         check_generative(ctx, "continued-pretraining")
         # the fine-tuning phase's method settings are refused before pre-training spends anything (qlora on a CPU,
         # prefix on T5, ...)
-        family = family_of(ctx.model_ref, ctx.runtime.trust_remote_code)
+        family = family_name_of(ctx.model_ref, ctx.runtime.trust_remote_code)
         finetune_method(cfg.finetune.method).check(cfg.finetune, family, ctx.runtime)
         with ctx.meter.phase("load"):
             loaded = load_model(ctx.model_ref, ctx.runtime)

@@ -186,12 +186,12 @@ class FinetuneStrategy(Strategy):
         return with_extra_data(self.TRAITS, self.config.augment, self.config.synthetic)
 
     def run(self, ctx: RunContext) -> StrategyOutput:
-        from lmtailor.models import family_of, load_model
+        from lmtailor.models import family_name_of, load_model
 
         if not ctx.data.train:
             raise UserError("finetune needs training rows, but the training split is empty; check data.max_train "
                             "and the split sizes")
-        family = family_of(ctx.model_ref, ctx.runtime.trust_remote_code)
+        family = family_name_of(ctx.model_ref, ctx.runtime.trust_remote_code)
         method = finetune_method(self.config.method)
         method.check(self.config, family, ctx.runtime)  # before any loading: family, device, library
         if family == "encoder":
@@ -216,10 +216,10 @@ class FinetuneStrategy(Strategy):
         their model, so the fine-tuning phase is the same code and measured the same way as a plain finetune row.
         """
         from lmtailor.inference.predict import predict
-        from lmtailor.models import family_of
+        from lmtailor.models import family_name_of
         from lmtailor.training.peft_methods import serve
 
-        family = family_of(ctx.model_ref, ctx.runtime.trust_remote_code)
+        family = family_name_of(ctx.model_ref, ctx.runtime.trust_remote_code)
         finetune_method(self.config.method).check(self.config, family, ctx.runtime)
         ctx, extra = with_extra_rows(ctx, self.config.augment, self.config.synthetic, model, tokenizer)
         task = self.tuned_task(ctx.task)

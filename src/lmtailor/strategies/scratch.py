@@ -19,7 +19,7 @@ from pydantic import Field, field_validator
 from lmtailor.core.context import RunContext
 from lmtailor.core.strategy_output import StrategyOutput
 from lmtailor.errors import UserError
-from lmtailor.models import family_of, load_tokenizer, resolve_model
+from lmtailor.models import family_name_of, load_tokenizer, resolve_model
 from lmtailor.models.sizing import CHINCHILLA_TOKENS_PER_PARAM, human_count, parse_param_count, size_model
 from lmtailor.strategies.base import Strategy
 from lmtailor.strategies.continued_pretraining import (PretrainingConfig, check_generative, check_objective_knobs,
@@ -92,7 +92,7 @@ class ScratchStrategy(Strategy):
         check_generative(ctx, "scratch")
         # the fine-tuning phase's method settings are refused before pre-training spends anything (qlora on a CPU,
         # prefix on T5, ...)
-        family = family_of(ctx.model_ref, ctx.runtime.trust_remote_code)
+        family = family_name_of(ctx.model_ref, ctx.runtime.trust_remote_code)
         finetune_method(cfg.finetune.method).check(cfg.finetune, family, ctx.runtime)
         with ctx.meter.phase("load"):  # the base model's tokenizer and config; its weights are not needed
             path = resolve_model(ctx.model_ref).path
