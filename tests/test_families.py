@@ -93,7 +93,7 @@ def toy_family_registered():
     try:
         yield
     finally:
-        FAMILIES._entries.pop(ToyFamily.name)  # the registry has no public removal: families are added, not dropped
+        FAMILIES.unregister(ToyFamily.name)
 
 
 def test_a_fourth_family_is_one_module_and_one_registry_line():

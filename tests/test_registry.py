@@ -20,6 +20,16 @@ def test_clash_is_refused():
         reg.register("a", 2)
 
 
+def test_unregister_returns_the_entry_and_frees_the_name():
+    reg = Registry("thing")
+    reg.register("a", 1)
+    assert reg.unregister("a") == 1
+    assert "a" not in reg
+    reg.register("a", 2)  # the name is free again
+    with pytest.raises(UnknownNameError, match="unknown thing 'b'. Known: a"):
+        reg.unregister("b")
+
+
 def test_unknown_name_suggests_nearest():
     with pytest.raises(UnknownNameError) as e:
         STRATEGIES.get("promt")

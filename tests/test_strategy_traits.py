@@ -152,7 +152,7 @@ def dummy_run(tmp_path_factory) -> Path:
     try:
         yield run_experiment(validate_experiment(exp), tmp_path, tmp_path / "runs")
     finally:
-        del STRATEGIES._entries["dummy"]  # a registry has no removal: the test's entry must not outlive the module
+        STRATEGIES.unregister("dummy")  # the test's entry must not outlive the module
 
 
 def test_a_registered_strategy_gets_its_table_row_and_chart_lines_with_no_report_edit(dummy_run):

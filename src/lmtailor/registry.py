@@ -33,6 +33,12 @@ class Registry(Generic[T]):
         self._entries[name] = entry
         return entry
 
+    def unregister(self, name: str) -> T | str:
+        """Remove ``name`` and return its entry: for tests and plugins that add an entry for a while."""
+        if name not in self._entries:
+            raise UnknownNameError(self.unknown_message(name))
+        return self._entries.pop(name)
+
     def get(self, name: str) -> T:
         """Return the entry for ``name``, importing it if it was registered lazily."""
         if name not in self._entries:
