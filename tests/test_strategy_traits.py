@@ -39,6 +39,27 @@ def test_a_strategy_that_declares_nothing_is_named_when_its_row_is_recorded():
         Silent(StrategyConfig(name="silent")).traits()
 
 
+def test_a_registered_strategy_without_traits_is_refused_when_the_rows_are_planned(tmp_path):
+    """Before any row trains: the runner plans the rows (and `validate` plans them too)."""
+    from lmtailor.runner import plan_rows
+
+    class Silent(Strategy):
+        def uses_model(self) -> bool:
+            return False
+
+        def run(self, ctx):
+            raise AssertionError("never run")
+
+    exp = {"name": "silent", "models": ["unused"], "forgetting": False, "data": {"source": str(tmp_path / "d.jsonl")},
+           "task": {"type": "classification", "labels": ["red", "green"]}, "strategies": [{"name": "silent"}]}
+    STRATEGIES.register("silent", Silent)
+    try:
+        with pytest.raises(TypeError, match="strategy Silent declares no TRAITS"):
+            plan_rows(validate_experiment(exp))
+    finally:
+        STRATEGIES.unregister("silent")
+
+
 def _traits(name: str, **config) -> StrategyTraits:
     cls = STRATEGIES.get(name)
     return cls(cls.Config.model_validate({"name": name, **config})).traits()

@@ -70,6 +70,7 @@ def plan_rows(exp: Experiment) -> list[PlannedRow]:
         cls = STRATEGIES.get(cfg.name)
         for model in (cfg.models or exp.models) if cls(cfg).uses_model() else [NO_MODEL]:
             probe = cls(cfg)
+            probe.traits()  # a strategy that declares none is refused here, before any row trains
             sizes = (getattr(cfg, "train_sizes", None) or [None]) if probe.uses_training_data() else [None]
             seeds = exp.seeds if probe.uses_seed() else exp.seeds[:1]
             for size in sizes:
