@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from lmtailor.training.search_space import OLD_NAMES
+
 TargetModules = list[str] | Literal["all-linear"] | None
 _TARGETS = ("modules that get adapters: names, 'all-linear', or unset for PEFT's architecture default")
 _OPTIONS = ("extra settings passed as they are to the method's PEFT config class, e.g. {use_rslora: true} for lora "
@@ -154,7 +156,8 @@ def _yaml_value(value: Any) -> str:
 
 def flat_spelling_notes(raw: dict[str, Any], source: str) -> list[str]:
     """Deprecation notes for the flat method spelling in an experiment's raw ``strategies:`` (fine-tuning blocks
-    and the ``finetune:`` blocks of continued pre-training and scratch)."""
+    and the ``finetune:`` blocks of continued pre-training and scratch), and for the flat names in their
+    ``search.space``."""
     notes = []
     for i, item in enumerate(raw.get("strategies") or []):
         if not isinstance(item, dict):
@@ -167,4 +170,9 @@ def flat_spelling_notes(raw: dict[str, Any], source: str) -> list[str]:
             if isinstance(block.get("method"), str) and flat:
                 notes.append(f"{source}: {where}: {', '.join(flat)} beside method: {block['method']} is the old "
                              f"flat spelling (still read, deprecated); write {nested_spelling(block)}")
+            space = block.get("search", {}).get("space") if isinstance(block.get("search"), dict) else None
+            old = [k for k in (space if isinstance(space, dict) else {}) if k in OLD_NAMES]
+            if old:
+                notes.append(f"{source}: {where}.search.space: {', '.join(old)} are the old flat names (still "
+                             f"read, deprecated); write {', '.join(OLD_NAMES[k] for k in old)}")
     return notes

@@ -340,7 +340,7 @@ def _release(trainer, method: MethodSettings) -> tuple[Any, dict]:
     trainer.optimizer = trainer.lr_scheduler = None  # the optimizer state is not needed for the next phase
     trainer.accelerator.free_memory()
     model = trainer.model
-    if not isinstance(model, PeftModel):
+    if not finetune_method(method.name).merges or not isinstance(model, PeftModel):
         model.requires_grad_(True)  # freeze tuning froze the lower layers; the next phase decides what trains
         return model, finetune_method(method.name).details(model, method)
     merged = {"merged": "into the weights before fine-tuning"}
