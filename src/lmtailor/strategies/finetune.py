@@ -27,8 +27,6 @@ from lmtailor.training.peft_methods import (MethodField, check_method, check_set
 from lmtailor.training.search_space import SearchConfig, check_search
 from lmtailor.training.trained import Trained
 
-__all__ = ["FinetuneConfig", "FinetuneStrategy", "lora_details"]
-
 
 class FinetuneConfig(StrategyConfig, TrainingLoop):
     """Knobs of a fine-tuning run: the training loop (``core/training_loop.py``), the method with its own settings

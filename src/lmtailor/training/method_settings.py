@@ -11,7 +11,7 @@ Importing this module is cheap (pydantic only): the config validator uses it.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -114,7 +114,7 @@ _GROUP = {"lora_r": "LoRA", "lora_alpha": "LoRA", "lora_dropout": "LoRA", "targe
           "num_virtual_tokens": "virtual-token", "trainable_layers": "freeze", "peft_options": "PEFT"}
 
 
-def nest_flat_settings(values: dict[str, Any], settings_fields: "callable") -> dict[str, Any]:
+def nest_flat_settings(values: dict[str, Any], settings_fields: Callable[[str], tuple[str, ...]]) -> dict[str, Any]:
     """``values`` (a strategy block) with a flat ``method: NAME`` and its flat keys turned into one nested
     ``method: {name: NAME, ...}``; ``settings_fields(name)`` gives the nested keys the method takes. Keys of another
     method are refused (``lora_r`` with ``method: ia3``), as before the nesting."""
