@@ -279,7 +279,8 @@ def test_training_args_follow_the_runtime(tmp_path, tiny_t5_dir):
 
     loaded = load_model(str(tiny_t5_dir), CPU)
     rows = build_seq2seq_rows(loaded.tokenizer, TASK, TRAIN[:4], BUDGET)
-    trainer = build_seq2seq_trainer(loaded.model, loaded.tokenizer, _config(method="full"), rows.dataset, None, CPU,
+    full = _config(method="full")
+    trainer = build_seq2seq_trainer(loaded.model, loaded.tokenizer, full, full.method, rows.dataset, None, CPU,
                                     0, tmp_path)
     args = trainer.args
     assert args.bf16 is False and args.fp16 is False and args.use_cpu is True
