@@ -15,8 +15,6 @@ from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from lmtailor.training.search_space import OLD_NAMES
-
 TargetModules = list[str] | Literal["all-linear"] | None
 _TARGETS = ("modules that get adapters: names, 'all-linear', or unset for PEFT's architecture default")
 _OPTIONS = ("extra settings passed as they are to the method's PEFT config class, e.g. {use_rslora: true} for lora "
@@ -110,6 +108,9 @@ class PeftSettings(MethodSettings):
 FLAT_KEYS = {"lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "target_modules": "target_modules",
              "num_virtual_tokens": "num_virtual_tokens", "trainable_layers": "trainable_layers",
              "peft_options": "peft_options"}
+# the flat names a search space could vary -> their nested names (training/search_space.py reads both)
+OLD_SEARCH_NAMES = {flat: f"method.{FLAT_KEYS[flat]}" for flat in ("lora_r", "lora_alpha", "lora_dropout",
+                                                                   "num_virtual_tokens", "trainable_layers")}
 _GROUP = {"lora_r": "LoRA", "lora_alpha": "LoRA", "lora_dropout": "LoRA", "target_modules": "LoRA",
           "num_virtual_tokens": "virtual-token", "trainable_layers": "freeze", "peft_options": "PEFT"}
 
@@ -171,8 +172,8 @@ def flat_spelling_notes(raw: dict[str, Any], source: str) -> list[str]:
                 notes.append(f"{source}: {where}: {', '.join(flat)} beside method: {block['method']} is the old "
                              f"flat spelling (still read, deprecated); write {nested_spelling(block)}")
             space = block.get("search", {}).get("space") if isinstance(block.get("search"), dict) else None
-            old = [k for k in (space if isinstance(space, dict) else {}) if k in OLD_NAMES]
+            old = [k for k in (space if isinstance(space, dict) else {}) if k in OLD_SEARCH_NAMES]
             if old:
                 notes.append(f"{source}: {where}.search.space: {', '.join(old)} are the old flat names (still "
-                             f"read, deprecated); write {', '.join(OLD_NAMES[k] for k in old)}")
+                             f"read, deprecated); write {', '.join(OLD_SEARCH_NAMES[k] for k in old)}")
     return notes

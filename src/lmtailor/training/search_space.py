@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from lmtailor.training.method_settings import OLD_SEARCH_NAMES
+
 if TYPE_CHECKING:
     from lmtailor.core.training_loop import TrainingLoop
 
@@ -68,8 +70,7 @@ SEARCHABLE = LOOP_SEARCHABLE + METHOD_SEARCHABLE
 INT_SETTINGS = {"max_steps", "batch_size", "gradient_accumulation_steps", "method.r", "method.alpha",
                 "method.num_virtual_tokens", "method.trainable_layers"}
 # the flat names of earlier versions, still read (with a deprecation note in validate)
-OLD_NAMES = {"lora_r": "method.r", "lora_alpha": "method.alpha", "lora_dropout": "method.dropout",
-             "num_virtual_tokens": "method.num_virtual_tokens", "trainable_layers": "method.trainable_layers"}
+OLD_NAMES = OLD_SEARCH_NAMES
 
 # Relative learning-rate range around the method's default (a tenth to ten times), and the other defaults per kind
 # of method; the sources are in the module docstring. Every built-in method name maps to one kind below.
