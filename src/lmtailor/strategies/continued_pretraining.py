@@ -3,11 +3,11 @@ the usual fine-tuning on the task.
 
 The first phase (``training/pretrain.py``) packs the corpus into full blocks and trains with the family's objective
 (causal LM; span corruption for T5; text infilling for BART) for ``max_tokens`` corpus tokens, by any method of the
-fine-tuning registry that trains weights or merges its adapter (``method: full``, ``{name: lora, r: 16}``, dora,
-ia3, freeze, ...; adapters are merged into the weights at the end). It is measured in the meter's ``pretrain`` phase, with a held-out loss
-before and after. The second phase is the finetune strategy's own ``tune_and_answer`` on the prepared model (the
-nested ``finetune:`` block holds its knobs), measured in ``train`` and ``inference`` exactly as a plain finetune row,
-so the two rows differ only by the pre-training.
+fine-tuning registry that trains weights or merges its adapter (``method: full``, ``{name: lora, r: 16}``, dora, ia3,
+freeze, ...; adapters are merged into the weights at the end). It is measured in the meter's ``pretrain`` phase, with
+a held-out loss before and after. The second phase is the finetune strategy's own ``tune_and_answer`` on the prepared
+model (the nested ``finetune:`` block holds its knobs), measured in ``train`` and ``inference`` exactly as a plain
+finetune row, so the two rows differ only by the pre-training.
 
 The corpus is any the rag rung accepts (a folder, a .jsonl file, ``builtin:pydoc``, ``task:train``), with the same
 exclusions: documents a test row was made from, or whose text contains a test input or shows a test answer, are
@@ -164,7 +164,8 @@ def fine_tune_after(strategy: Strategy, cfg: PretrainingConfig, ctx: RunContext,
     from lmtailor.training.peft_methods import artifact_kind
 
     artifacts: dict[str, Path] = {}
-    if artifact_kind(cfg.finetune.method.name) == "adapter":  # an adapter only works on top of the model it was trained on
+    # an adapter only works on top of the model it was trained on
+    if artifact_kind(cfg.finetune.method.name) == "adapter":
         path = ctx.out_dir / "pretrained_model"
         # under several processes only the main one writes; the others get its outcome (see distributed.on_main)
         on_main(lambda: (model.save_pretrained(path), tokenizer.save_pretrained(path)))

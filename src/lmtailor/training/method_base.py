@@ -36,7 +36,8 @@ class FinetuneMethod:
     name: str
     label: str
     settings_model: type = object  # its pydantic settings model (training/method_settings.py)
-    settings: tuple[str, ...] = ()  # the settings it reads beside ``name`` (the settings model's fields)
+    # the settings it reads beside ``name``: unset, every field of its settings model
+    settings: tuple[str, ...] | None = None
     learning_rate: float = 2e-4  # decoder-only and encoder-decoder models
     encoder_learning_rate: float = 5e-4  # encoder classifiers (a fresh head trains with the method)
     unsupported: dict[str, str] = field(default_factory=dict)  # family -> why not
@@ -51,6 +52,11 @@ class FinetuneMethod:
     # else "peft" (the backward still carries activation gradients through the frozen weights)
     flops_kind: str = "peft"
     learning_rate_source: str = "the method's default"
+
+    def __post_init__(self) -> None:
+        if self.settings is None:
+            fields = getattr(self.settings_model, "model_fields", {})
+            object.__setattr__(self, "settings", tuple(f for f in fields if f != "name"))
 
     @property
     def artifact_kind(self) -> str:

@@ -281,7 +281,7 @@ def pass_through(name: str, peft_type: str, label: str) -> PassThroughMethod | N
         reason = "lmtailor serves prompt-learning adapters of the prefix and prompt-tuning kinds only; use those"
         unsupported = {family: reason for family in ("decoder-only", "encoder-decoder", "encoder")}
     settings = ("peft_options",) + (("target_modules",) if "target_modules" in fields else ())
-    return PassThroughMethod(name, label, PeftSettings, settings, unsupported=unsupported, peft_type=peft_type,
-                             merges=not unsupported and peft_type != "ADAPTION_PROMPT",
+    return PassThroughMethod(name, label, PeftSettings, settings=settings, unsupported=unsupported,
+                             peft_type=peft_type, merges=not unsupported and peft_type != "ADAPTION_PROMPT",
                              learning_rate_source="LoRA's default (no per-method default for pass-through PEFT "
                                                   "methods; set learning_rate for this one)")

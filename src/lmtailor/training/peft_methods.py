@@ -37,9 +37,9 @@ if TYPE_CHECKING:
     from lmtailor.core.training_loop import OptimizerSettings
 
 __all__ = ["FAMILIES", "FINETUNE_METHODS", "TASK_TYPE", "FinetuneMethod", "MethodField", "MethodSettings",
-           "artifact_kind", "check_settings", "default_target_modules", "finetune_method", "fresh_modules",
-           "head_modules", "known_method", "learning_rate", "method_label", "nest_method", "peft_summary", "prepare_for_training",
-           "save_adapters", "save_override", "serve", "wrap_for_training"]
+           "artifact_kind", "check_method", "check_settings", "default_target_modules", "finetune_method",
+           "fresh_modules", "head_modules", "known_method", "learning_rate", "method_label", "nest_method",
+           "peft_summary", "prepare_for_training", "save_adapters", "save_override", "serve", "wrap_for_training"]
 
 # Where the default learning rates come from (AdamW, linear decay after warm-up, as every trainer here uses):
 # - full 5e-5: the Transformers default and the top of BERT's fine-tuning grid (Devlin et al. 2019: 5e-5, 3e-5,
@@ -62,29 +62,23 @@ _NO_SEQ2SEQ_PREFIX = ("PEFT puts the prefix into the decoder only (its docs: the
                       "paper), and with transformers 5 PeftModel.generate drops it, so the tuned model could not be "
                       "served as trained; use prompt-tuning, lora or ia3")
 
-def _settings(model: type[MethodSettings]) -> tuple[str, ...]:
-    return tuple(f for f in model.model_fields if f != "name")
-
-
 FINETUNE_METHODS: Registry[FinetuneMethod] = Registry("fine-tuning method")
-_LORA, _VIRTUAL = _settings(LoraSettings), _settings(VirtualTokenSettings)
 for _method in (
-    FullMethod("full", "full FT", FullSettings, (), learning_rate=5e-5, encoder_learning_rate=5e-5, peft=False,
+    FullMethod("full", "full FT", FullSettings, learning_rate=5e-5, encoder_learning_rate=5e-5, peft=False,
                merges=False, flops_kind="full"),
-    LoraMethod("lora", "LoRA", LoraSettings, _LORA),
-    LoraMethod("dora", "DoRA", LoraSettings, _LORA, use_dora=True),
+    LoraMethod("lora", "LoRA", LoraSettings),
+    LoraMethod("dora", "DoRA", LoraSettings, use_dora=True),
     # merging into 4-bit weights would round the update away: the adapter is kept beside the quantized base
-    LoraMethod("qlora", "QLoRA", LoraSettings, _LORA, quantized=True, merges=False),
-    IA3Method("ia3", "IA3", IA3Settings, _settings(IA3Settings), learning_rate=3e-3, encoder_learning_rate=3e-3),
-    PrefixMethod("prefix", "prefix tuning", VirtualTokenSettings, _VIRTUAL, learning_rate=1e-2,
-                 encoder_learning_rate=1e-2, merges=False,
-                 unsupported={"encoder": _NO_KV_ENCODER, "encoder-decoder": _NO_SEQ2SEQ_PREFIX}),
-    PromptTuningMethod("prompt-tuning", "prompt tuning", VirtualTokenSettings, _VIRTUAL, learning_rate=3e-2,
+    LoraMethod("qlora", "QLoRA", LoraSettings, quantized=True, merges=False),
+    IA3Method("ia3", "IA3", IA3Settings, learning_rate=3e-3, encoder_learning_rate=3e-3),
+    PrefixMethod("prefix", "prefix tuning", VirtualTokenSettings, learning_rate=1e-2, encoder_learning_rate=1e-2,
+                 merges=False, unsupported={"encoder": _NO_KV_ENCODER, "encoder-decoder": _NO_SEQ2SEQ_PREFIX}),
+    PromptTuningMethod("prompt-tuning", "prompt tuning", VirtualTokenSettings, learning_rate=3e-2,
                        encoder_learning_rate=3e-2, merges=False),
-    AdapterMethod("adapter", "adapters", AdapterSettings, _settings(AdapterSettings), learning_rate=1e-4,
-                  encoder_learning_rate=1e-4, merges=False),
-    FreezeMethod("freeze", "freeze", FreezeSettings, _settings(FreezeSettings), learning_rate=5e-5,
-                 encoder_learning_rate=5e-5, peft=False, merges=False, flops_kind="freeze"),
+    AdapterMethod("adapter", "adapters", AdapterSettings, learning_rate=1e-4, encoder_learning_rate=1e-4,
+                  merges=False),
+    FreezeMethod("freeze", "freeze", FreezeSettings, learning_rate=5e-5, encoder_learning_rate=5e-5, peft=False,
+                 merges=False, flops_kind="freeze"),
 ):
     FINETUNE_METHODS.register(_method.name, _method)
 

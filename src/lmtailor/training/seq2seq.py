@@ -2,10 +2,10 @@
 with any fine-tuning method the family supports (``training/peft_methods.py``).
 
 The knobs are a ``TrainingLoop`` (``core/training_loop.py``) and the method's settings, read the same way as the
-decoder-only path in ``training/sft.py``: same learning-rate defaults, precision from the runtime, no checkpoints, no trackers, the loss
-on the progress bar. Rows are encoded by ``data/seq2seq_format.py``, the module inference uses, so the tuned model
-is scored on exactly the source and target tokens it learnt. The loss of an encoder-decoder model is always on the
-target alone (the source is the encoder's input, never predicted).
+decoder-only path in ``training/sft.py``: same learning-rate defaults, precision from the runtime, no checkpoints, no
+trackers, the loss on the progress bar. Rows are encoded by ``data/seq2seq_format.py``, the module inference uses, so
+the tuned model is scored on exactly the source and target tokens it learnt. The loss of an encoder-decoder model is
+always on the target alone (the source is the encoder's input, never predicted).
 """
 
 from __future__ import annotations
