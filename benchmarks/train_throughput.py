@@ -63,7 +63,7 @@ def demo_finetune_config(steps: int | None):
     from lmtailor.strategies.finetune import FinetuneConfig
 
     exp = load_experiment(DEMO)
-    raw = next(s for s in exp.strategy_configs() if s.name == "finetune" and s.method == "lora")
+    raw = next(s for s in exp.strategy_configs() if s.name == "finetune" and s.method.name == "lora")
     return FinetuneConfig(**{**raw.model_dump(exclude_unset=True), "eval_strategy": "no", "max_steps": steps,
                              "checkpoint_steps": 10_000}), exp
 
@@ -169,8 +169,9 @@ def train_plain(model_path: str, cfg, train_rows, runtime, seed: int, out: Path,
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=runtime.dtype)
-    lora = LoraConfig(task_type="CAUSAL_LM", r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=cfg.target_modules, bias="none")
+    m = cfg.method
+    lora = LoraConfig(task_type="CAUSAL_LM", r=m.r, lora_alpha=m.alpha, lora_dropout=m.dropout,
+                      target_modules=m.target_modules, bias="none")
     model = get_peft_model(model, lora)
 
     def to_features(row):  # loss on the answer only, as lmtailor's completion_only_loss
@@ -199,12 +200,12 @@ def train_lmtailor(model_ref: str, cfg, train_rows, runtime, seed: int, out: Pat
     from lmtailor.training.sft import build_trainer
 
     loaded = load_model(model_ref, runtime)
-    trainer = build_trainer(loaded.model, loaded.tokenizer, cfg, train_rows, None, runtime, seed, out / "checkpoints",
-                            max_seq_len)
+    trainer = build_trainer(loaded.model, loaded.tokenizer, cfg, cfg.method, train_rows, None, runtime, seed,
+                            out / "checkpoints", max_seq_len)
     trainer.add_callback(_timing_callback(box))
     _count_tokens(trainer, box)
     box["padding_free"] = bool(trainer.args.padding_free)
-    state, _, _ = train_and_save(trainer, cfg, loaded.tokenizer, out)
+    state, _, _ = train_and_save(trainer, cfg, loaded.tokenizer, out, "adapter")
     return trainer.model, state
 
 
@@ -347,7 +348,7 @@ def report(results: list[dict], peak: float, info: dict, args) -> str:
              f"({info['flags']}); torch {info['torch']} (threads: {first['torch_threads']}), transformers "
              f"{info['transformers']}, peft {info['peft']}, trl {info['trl']}, Python {info['python']}",
              f"model {args.model}, dtype {first['precision']} (lmtailor's detect_runtime, both engines); LoRA "
-             f"r={args.cfg.lora_r} alpha={args.cfg.lora_alpha} on {args.cfg.target_modules}; lr {first['lr']:g}, "
+             f"r={args.cfg.method.r} alpha={args.cfg.method.alpha} on {args.cfg.method.target_modules}; lr {first['lr']:g}, "
              f"batch {first['batch_size']}, {first['steps']} steps over {first['train_rows']} rows; loss on answer "
              "tokens only (both)",
              f"peak: {peak / 1e9:,.0f} GFLOP/s ({first['precision']} {args.peak_size}x{args.peak_size} matmul); "

@@ -148,7 +148,8 @@ def _train(model_dir, method: str, out_dir, epochs: int = 4):
     cfg = FinetuneConfig.model_validate({"name": "finetune", "method": method, "epochs": epochs, "batch_size": 4,
                                          "learning_rate": 1e-2, "logging_steps": 1})
     loaded = load_model(str(model_dir), CPU)
-    trained = train_seq2seq(loaded.model, loaded.tokenizer, cfg, TASK, TRAIN, VAL, BUDGET, CPU, 0, out_dir)
+    trained = train_seq2seq(loaded.model, loaded.tokenizer, cfg, cfg.method, TASK, TRAIN, VAL, BUDGET, CPU, 0,
+                            out_dir)
     return trained, loaded.tokenizer
 
 
@@ -200,11 +201,11 @@ def test_full_fine_tuning_lowers_the_loss_and_the_model_reloads(b2b_dir, tmp_pat
 
 
 def test_t5_lora_keeps_its_peft_defaults_and_saves_no_extra_modules(tiny_t5_dir):
-    from lmtailor.training.seq2seq import seq2seq_lora_config
+    from lmtailor.training.peft_methods import finetune_method
 
     cfg = FinetuneConfig.model_validate({"name": "finetune", "method": "lora"})
     t5 = load_model(str(tiny_t5_dir), CPU).model
-    lora = seq2seq_lora_config(cfg, t5)
+    lora = finetune_method("lora").peft_config(cfg.method, t5, "encoder-decoder")
     assert lora.target_modules is None and lora.modules_to_save is None
 
 

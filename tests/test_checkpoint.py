@@ -269,7 +269,7 @@ def test_early_stopping_stops_on_the_validation_loss_and_keeps_the_best_weights(
     trainer.add_callback(best)
     trainer.add_callback(last)
     with caplog.at_level("INFO", logger="lmtailor"):
-        state, name, path = train_and_save(trainer, cfg, tokenizer, tmp_path)
+        state, name, path = train_and_save(trainer, cfg, tokenizer, tmp_path, "adapter")
     assert state.global_step == 8 and state.best_global_step == 4  # two evaluations without improvement
     assert "kept the weights of step 4" in caplog.text
     saved = load_file(str(path / "adapter_model.safetensors"))
@@ -300,7 +300,7 @@ def test_train_and_save_measures_the_optimizer_state_and_the_step_time(tmp_path)
 
     trainer, cfg, tokenizer = sft_trainer(tmp_path)
     trainable = [p for p in trainer.model.parameters() if p.requires_grad]
-    state, name, path = train_and_save(trainer, cfg, tokenizer, tmp_path)
+    state, name, path = train_and_save(trainer, cfg, tokenizer, tmp_path, "adapter")
     # AdamW in fp32: two moments per trainable weight, plus one 4-byte step counter per trainable tensor
     assert state.optimizer_state_bytes == 8 * sum(p.numel() for p in trainable) + 4 * len(trainable)
     assert 0 < state.seconds_per_step < 10

@@ -18,9 +18,10 @@ from lmtailor.measure.meter import Meter
 from lmtailor.models import load_model
 from lmtailor.runtime import Runtime
 from lmtailor.strategies.finetune import FinetuneConfig
-from lmtailor.training.classifier import (LABELS_FILE, ClassifierTrained, classifier_args, learning_rate, lora_config,
-                                          predict_classifier, train_classifier)
+from lmtailor.training.classifier import (LABELS_FILE, classifier_args, learning_rate, lora_config, predict_classifier,
+                                          train_classifier)
 from lmtailor.training.common import summarize_log
+from lmtailor.training.trained import Trained
 
 LABELS = ("red", "green", "blue")
 TASK = TaskSpec("colours", "classification", "Which colour word does the text contain?", LABELS)
@@ -47,6 +48,11 @@ def _config(**kw) -> FinetuneConfig:
     return FinetuneConfig.model_validate({"name": "finetune", "batch_size": 8, "logging_steps": 2, **kw})
 
 
+def _loop_and_method(**kw):
+    cfg = _config(**kw)
+    return cfg, cfg.method
+
+
 def _load(path):
     torch.manual_seed(0)  # the fresh head's initialisation
     return load_model(str(path), CPU, head="sequence-classification", num_labels=3)
@@ -54,7 +60,7 @@ def _load(path):
 
 @dataclass
 class Run:
-    trained: ClassifierTrained
+    trained: Trained
     base: dict[str, torch.Tensor]  # the weights before training
     tokenizer: object
 
@@ -62,7 +68,8 @@ class Run:
 def _train(tiny_bert_dir, out_dir: Path, **kw) -> Run:
     loaded = _load(tiny_bert_dir)
     base = {k: v.detach().clone() for k, v in loaded.model.state_dict().items()}
-    trained = train_classifier(loaded.model, loaded.tokenizer, _config(**kw), TASK, TRAIN, VAL, BUDGET, CPU, 0,
+    cfg = _config(**kw)
+    trained = train_classifier(loaded.model, loaded.tokenizer, cfg, cfg.method, TASK, TRAIN, VAL, BUDGET, CPU, 0,
                                out_dir)
     return Run(trained, base, loaded.tokenizer)
 
@@ -147,7 +154,7 @@ def test_lora_trains_every_fresh_part_of_the_head(config_name, kwargs, head):
 
     config = getattr(transformers, config_name)(vocab_size=100, num_labels=3, **kwargs)
     model = AutoModelForSequenceClassification.from_config(config)
-    peft_model = get_peft_model(model, lora_config(_config(method="lora"), model))
+    peft_model = get_peft_model(model, lora_config(_config(method="lora").method, model))
     trained_heads = {n.split(".")[2] for n, p in peft_model.named_parameters() if p.requires_grad and "lora_" not in n}
     assert trained_heads == head
 
@@ -158,8 +165,8 @@ def test_lora_without_a_peft_default_asks_for_target_modules():
     model = AutoModelForSequenceClassification.from_config(
         DistilBertConfig(vocab_size=100, dim=32, n_layers=1, n_heads=2, hidden_dim=64, num_labels=3))
     with pytest.raises(UserError, match="target_modules"):
-        lora_config(_config(method="lora"), model)
-    assert set(lora_config(_config(method="lora", target_modules="all-linear"), model).modules_to_save) == {
+        lora_config(_config(method="lora").method, model)
+    assert set(lora_config(_config(method="lora", target_modules="all-linear").method, model).modules_to_save) == {
         "pre_classifier", "classifier"}
 
 
@@ -195,27 +202,29 @@ def test_predict_returns_labels_and_fills_the_meter(full_run):
 
 
 def test_precision_is_fp32_on_cpu(full_run, tmp_path):
-    args = classifier_args(_config(method="full"), CPU, 0, tmp_path, has_eval=True)
+    cfg = _config(method="full")
+    args = classifier_args(cfg, cfg.method, CPU, 0, tmp_path, has_eval=True)
     assert not args.bf16 and not args.fp16 and args.use_cpu
     assert args.save_strategy == "steps" and args.report_to == []  # resumable checkpoints (training/engine.py)
     assert {p.dtype for p in full_run.trained.model.parameters()} == {torch.float32}
 
 
 def test_default_learning_rates_are_the_encoder_ones():
-    assert learning_rate(_config(method="full")) == 5e-5
-    assert learning_rate(_config(method="lora")) == 5e-4
-    assert learning_rate(_config(method="lora", learning_rate=1e-3)) == 1e-3
+    assert learning_rate(*_loop_and_method(method="full")) == 5e-5
+    assert learning_rate(*_loop_and_method(method="lora")) == 5e-4
+    assert learning_rate(*_loop_and_method(method="lora", learning_rate=1e-3)) == 1e-3
 
 
 def test_errors_name_the_problem(tiny_bert_dir, tmp_path):
     loaded = _load(tiny_bert_dir)
     bad = [Example("row7", "a purple thing", "purple")]
     with pytest.raises(UserError, match=r"row 'row7'.*'purple'"):
-        train_classifier(loaded.model, loaded.tokenizer, _config(method="full"), TASK, bad, [], BUDGET, CPU, 0,
-                         tmp_path)
+        full = _config(method="full")
+        train_classifier(loaded.model, loaded.tokenizer, full, full.method, TASK, bad, [], BUDGET, CPU, 0, tmp_path)
     with pytest.raises(UserError, match="scoring"):
-        train_classifier(loaded.model, loaded.tokenizer, _config(method="full", scoring="generate"), TASK, TRAIN,
-                         [], BUDGET, CPU, 0, tmp_path)
+        scored = _config(method="full", scoring="generate")
+        train_classifier(loaded.model, loaded.tokenizer, scored, scored.method, TASK, TRAIN, [], BUDGET, CPU, 0,
+                         tmp_path)
     two = TaskSpec("pair", "classification", "", ("yes", "no"))
     with pytest.raises(UserError, match="3 outputs"):
         predict_classifier(loaded.model, loaded.tokenizer, two, TEST[:2], BUDGET, Meter())
@@ -226,7 +235,8 @@ def test_minilm_fine_tunes_and_the_loss_falls(tmp_path):
     torch.manual_seed(0)
     loaded = load_model("minilm-l6", CPU, head="sequence-classification", num_labels=3)
     cfg = _config(method="full", max_steps=12, learning_rate=1e-4, eval_strategy="no", logging_steps=1)
-    trained = train_classifier(loaded.model, loaded.tokenizer, cfg, TASK, TRAIN, [], BUDGET, CPU, 0, tmp_path)
+    trained = train_classifier(loaded.model, loaded.tokenizer, cfg, cfg.method, TASK, TRAIN, [], BUDGET, CPU, 0,
+                               tmp_path)
     log = summarize_log(trained.state.log_history)["train_log"]
     first, last = sum(e["loss"] for e in log[:3]) / 3, sum(e["loss"] for e in log[-3:]) / 3
     assert last < first

@@ -2,6 +2,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lmtailor.config import ConfigError, apply_overrides, dump_experiment, load_experiment, read_yaml
 
@@ -27,9 +28,11 @@ def _write(tmp_path: Path, text: str) -> Path:
 def test_good_file_validates_and_fills_defaults(tmp_path):
     exp = load_experiment(_write(tmp_path, GOOD))
     prompt, finetune = exp.strategy_configs()
-    assert prompt.shots == 2 and finetune.method == "lora"
+    assert prompt.shots == 2 and finetune.method.name == "lora"
     assert exp.budget.max_input_tokens > 0 and exp.seeds == [0]
-    assert "method: lora" in dump_experiment(exp)
+    dumped = yaml.safe_load(dump_experiment(exp))["strategies"][1]["method"]  # nested, with the method's defaults
+    assert dumped == {"name": "lora", "r": 16, "alpha": 32, "dropout": 0.05, "target_modules": None,
+                      "peft_options": {}}
 
 
 @pytest.mark.parametrize("text, expected", [

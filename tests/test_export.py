@@ -332,7 +332,7 @@ def test_encoder_classifier_merges_with_its_head_and_labels(tiny_bert_dir, tmp_p
     cfg = FinetuneConfig.model_validate({"name": "finetune", "method": "lora"})
     from peft import get_peft_model
 
-    peft_config = lora_config(cfg, loaded.model)
+    peft_config = lora_config(cfg.method, loaded.model)
     peft_config.init_lora_weights = False
     save_classifier(get_peft_model(loaded.model, peft_config), loaded.tokenizer, labels, adapter)
     write_record(run, "clf", "tiny-bert", artifacts={"adapter": adapter},

@@ -120,6 +120,7 @@ STILL_COMPARING = {
     "training/freeze.py",
     "training/method_base.py",
     "training/method_kinds.py",
+    "training/peft_methods.py",
     "training/pretrain.py",
     "strategies/finetune.py",
     "strategies/continued_pretraining.py",

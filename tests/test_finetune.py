@@ -182,8 +182,8 @@ def make_trainer(tiny_llama_dir, tmp_path):
     def make(cfg: FinetuneConfig, rows=SPLITS.train[:4]):
         loaded = load_model("tiny-llama", CPU)
         data = build_sft_rows(loaded.tokenizer, TASK, rows, BUDGET)
-        trainer = build_trainer(loaded.model, loaded.tokenizer, cfg, data.dataset, None, CPU, 0, tmp_path,
-                                BUDGET.max_seq_len)
+        trainer = build_trainer(loaded.model, loaded.tokenizer, cfg, cfg.method, data.dataset, None, CPU, 0,
+                                tmp_path, BUDGET.max_seq_len)
         return trainer, loaded.tokenizer
 
     return make
@@ -222,7 +222,8 @@ def test_cpu_training_is_fp32(make_trainer):
     assert trainer.args.report_to == [] and trainer.args.save_strategy == "steps" and trainer.args.save_steps == 500
     assert trainer.args.activation_checkpointing is False
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
-    bf16 = sft_config(_config(method="full"), Runtime("cpu", "bf16", "native"), 0, Path("unused"), 64, False,
+    full = _config(method="full")
+    bf16 = sft_config(full, full.method, Runtime("cpu", "bf16", "native"), 0, Path("unused"), 64, False,
                       padding_free=False)
     assert bf16.bf16 is True and bf16.fp16 is False
 
@@ -295,9 +296,10 @@ def test_config_rejects_nonsense(bad, message):
 def test_default_learning_rates():
     from lmtailor.training.sft import learning_rate
 
-    assert learning_rate(_config(method="lora")) == 2e-4
-    assert learning_rate(_config(method="full")) == 5e-5
-    assert learning_rate(_config(method="full", learning_rate=1e-4)) == 1e-4
+    for knobs, expected in (({"method": "lora"}, 2e-4), ({"method": "full"}, 5e-5),
+                            ({"method": "full", "learning_rate": 1e-4}, 1e-4)):
+        cfg = _config(**knobs)
+        assert learning_rate(cfg, cfg.method) == expected
 
 
 def test_max_steps_mid_epoch_still_ends_with_a_validation_loss(tiny_llama_dir, tmp_path):

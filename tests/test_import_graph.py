@@ -13,19 +13,6 @@ from import_graph import cycles, import_graph, mutual_pairs, package_graph
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
-# Cycles other helpers of issue 18 break on their own branches (backends, records, traits, methods). The merge of
-# issue 18 empties this list; it may only shrink: a listed cycle that no longer exists fails the test too.
-KNOWN_CYCLES: list[frozenset[str]] = [
-    frozenset({"lmtailor.strategies.continued_pretraining", "lmtailor.training.pretrain"}),
-    frozenset({
-        "lmtailor.strategies.finetune", "lmtailor.training.classifier", "lmtailor.training.common",
-        "lmtailor.training.freeze", "lmtailor.training.method_base", "lmtailor.training.method_kinds",
-        "lmtailor.training.padding_free", "lmtailor.training.peft_methods", "lmtailor.training.search",
-        "lmtailor.training.search_space", "lmtailor.training.seq2seq", "lmtailor.training.sft",
-    }),
-]
-
-
 @cache
 def _graph() -> dict[str, frozenset[str]]:
     """lmtailor's import graph, read once for the tests below."""
@@ -36,12 +23,10 @@ def _show(component: frozenset[str]) -> str:
     return " <-> ".join(sorted(component))
 
 
-def test_no_import_cycles_beyond_the_known_ones():
-    found = set(cycles({m: set(t) for m, t in _graph().items()}))
-    new = [_show(c) for c in found if c not in KNOWN_CYCLES]
-    gone = [_show(c) for c in KNOWN_CYCLES if c not in found]
-    assert not new, "import cycles (make one side import the other, or move the shared part down):\n" + "\n".join(new)
-    assert not gone, "listed cycles that no longer exist (or changed members): update KNOWN_CYCLES:\n" + "\n".join(gone)
+def test_no_import_cycles():
+    found = cycles({m: set(t) for m, t in _graph().items()})
+    assert not found, ("import cycles (make one side import the other, or move the shared part down):\n"
+                       + "\n".join(sorted(_show(c) for c in found)))
 
 
 def test_core_imports_nothing_above_it():

@@ -83,7 +83,7 @@ def _collated_labels(model, tok, fmt: str, completion_only_loss: bool, out_dir: 
     rows = build_sft_rows(tok, _task(fmt), ROWS, BUDGET)
     cfg = FinetuneConfig.model_validate({"name": "finetune", "method": "full", "completion_only_loss":
                                          completion_only_loss, "instruction_format": fmt, "padding_free": False})
-    trainer = build_trainer(model, tok, cfg, rows.dataset, None, CPU, 0, out_dir, BUDGET.max_seq_len)
+    trainer = build_trainer(model, tok, cfg, cfg.method, rows.dataset, None, CPU, 0, out_dir, BUDGET.max_seq_len)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(ROWS))])
     return [r["input_ids"] for r in rows.dataset], batch["input_ids"].tolist(), batch["labels"].tolist()
 

@@ -45,6 +45,17 @@ def _config(**kw) -> FinetuneConfig:
     return FinetuneConfig.model_validate({"name": "finetune", **kw})
 
 
+def _loop(**kw):
+    """(training loop, method settings) of a fine-tuning config written with ``kw``."""
+    cfg = _config(**kw)
+    return cfg, cfg.method
+
+
+def _method(**kw):
+    """The method settings of a fine-tuning config written with ``kw``."""
+    return _config(**kw).method
+
+
 @pytest.fixture(scope="session")
 def tuned_bert_dir(tiny_bert_dir, tmp_path_factory) -> Path:
     """The tiny BERT's encoder after full fine-tuning on the colour task, saved without its head.
@@ -60,9 +71,9 @@ def tuned_bert_dir(tiny_bert_dir, tmp_path_factory) -> Path:
     loaded = load_model(str(tiny_bert_dir), CPU, head="sequence-classification", num_labels=len(LABELS))
     rows = colour_splits(48, 3, 1)
     out = tmp_path_factory.mktemp("tuned-bert")
-    trained = train_classifier(loaded.model, loaded.tokenizer, _config(method="full", epochs=6, batch_size=8,
-                                                                        learning_rate=3e-3, eval_strategy="no"),
-                               TASK, rows.train, [], BUDGET, CPU, 0, out / "run")
+    cfg = _config(method="full", epochs=6, batch_size=8, learning_rate=3e-3, eval_strategy="no")
+    trained = train_classifier(loaded.model, loaded.tokenizer, cfg, cfg.method, TASK, rows.train, [], BUDGET, CPU, 0,
+                               out / "run")
     trained.model.bert.save_pretrained(out / "body")
     loaded.tokenizer.save_pretrained(out / "body")
     return out / "body"
@@ -377,7 +388,7 @@ def padding_free_trainer(tiny_llama_dir, tmp_path):
         loaded.model.set_attn_implementation(attn)
         rows = build_sft_rows(loaded.tokenizer, TASK, SPLITS.train[:4], BUDGET)
         cfg = _config(method="full", padding_free=padding_free)
-        return build_trainer(loaded.model, loaded.tokenizer, cfg, rows.dataset, None, CPU, 0, tmp_path,
+        return build_trainer(loaded.model, loaded.tokenizer, cfg, cfg.method, rows.dataset, None, CPU, 0, tmp_path,
                              BUDGET.max_seq_len)
 
     return make
@@ -436,17 +447,17 @@ def test_padding_free_is_the_default_where_it_applies_and_falls_back_with_a_warn
     loaded = load_model("tiny-llama", CPU)
     model, pad = loaded.model, loaded.tokenizer.pad_token_id
     assert _config(method="lora").padding_free is None  # unset: decided on the loaded model
-    assert use_padding_free(model, pad, _config(method="lora", batch_size=4)) is True
-    assert use_padding_free(model, pad, _config(method="full", batch_size=4, padding_free=False)) is False
-    assert use_padding_free(model, pad, _config(method="lora", batch_size=1)) is False  # nothing to flatten
+    assert use_padding_free(model, pad, *_loop(method="lora", batch_size=4)) is True
+    assert use_padding_free(model, pad, *_loop(method="full", batch_size=4, padding_free=False)) is False
+    assert use_padding_free(model, pad, *_loop(method="lora", batch_size=1)) is False  # nothing to flatten
     for method in ("prompt-tuning", "prefix"):  # virtual tokens would go before the whole flattened batch
-        assert use_padding_free(model, pad, _config(method=method, batch_size=4)) is False
+        assert use_padding_free(model, pad, *_loop(method=method, batch_size=4)) is False
     monkeypatch.setattr(masking, "find_packed_sequence_indices", lambda position_ids: None)
     with caplog.at_level("WARNING", logger="lmtailor.training.padding_free"):
-        assert use_padding_free(model, pad, _config(method="lora", batch_size=4)) is False
+        assert use_padding_free(model, pad, *_loop(method="lora", batch_size=4)) is False
     assert "attend to the rows before them" in caplog.text and "padded batches instead" in caplog.text
     with pytest.raises(UserError, match="attend to the rows before them"):  # asked for explicitly: refused
-        use_padding_free(model, pad, _config(method="lora", batch_size=4, padding_free=True))
+        use_padding_free(model, pad, *_loop(method="lora", batch_size=4, padding_free=True))
 
 
 def test_default_run_records_its_batches(tiny_llama_dir, tiny_t5_dir, tmp_path):
@@ -496,13 +507,13 @@ def test_peft_options_extend_the_config_and_unknown_ones_are_named(tiny_llama_di
     from lmtailor.models import load_model
 
     model = load_model("tiny-llama", CPU).model
-    config = finetune_method("lora").peft_config(_config(method="lora", peft_options={"use_rslora": True}), model,
+    config = finetune_method("lora").peft_config(_method(method="lora", peft_options={"use_rslora": True}), model,
                                                  "decoder-only")
     assert config.use_rslora is True and config.r == 16
-    loha = finetune_method("loha").peft_config(_config(method="loha", peft_options={"r": 4, "alpha": 8}), model,
+    loha = finetune_method("loha").peft_config(_method(method="loha", peft_options={"r": 4, "alpha": 8}), model,
                                                "decoder-only")
     assert (loha.r, loha.alpha, loha.task_type) == (4, 8, "CAUSAL_LM")
-    wrapped = wrap_for_training(model, _config(method="loha", peft_options={"r": 4}), "decoder-only")
+    wrapped = wrap_for_training(model, _method(method="loha", peft_options={"r": 4}), "decoder-only")
     assert wrapped.peft_config["default"].target_modules == {"q_proj", "v_proj"}  # PEFT's LoHa default for llama
     with pytest.raises(ValidationError, match="rank is not a setting of PEFT's LoraConfig"):
         _config(method="lora", peft_options={"rank": 4})  # refused by the config (so by validate), before a model
@@ -532,7 +543,7 @@ def test_unsupported_families_and_unknown_target_defaults_are_clear_errors(tiny_
     model = AutoModelForSequenceClassification.from_config(
         DistilBertConfig(vocab_size=100, dim=32, n_layers=1, n_heads=2, hidden_dim=64, num_labels=3))
     with pytest.raises(UserError, match="no default IA3 target modules for model type 'distilbert'"):
-        finetune_method("ia3").peft_config(_config(method="ia3"), model, "encoder")
+        finetune_method("ia3").peft_config(_method(method="ia3"), model, "encoder")
 
 
 def test_bert2bert_gets_both_sides_default_targets_and_trains_its_random_modules(tiny_bert_dir):
@@ -540,9 +551,9 @@ def test_bert2bert_gets_both_sides_default_targets_and_trains_its_random_modules
 
     model = EncoderDecoderModel.from_encoder_decoder_pretrained(str(tiny_bert_dir), str(tiny_bert_dir))
     model.config.warm_start_new_modules = ["crossattention"]
-    lora = finetune_method("lora").peft_config(_config(method="lora"), model, "encoder-decoder")
+    lora = finetune_method("lora").peft_config(_method(method="lora"), model, "encoder-decoder")
     assert lora.target_modules == {"query", "value"} and lora.modules_to_save == ["crossattention"]
-    ia3 = finetune_method("ia3").peft_config(_config(method="ia3"), model, "encoder-decoder")
+    ia3 = finetune_method("ia3").peft_config(_method(method="ia3"), model, "encoder-decoder")
     assert ia3.target_modules == {"key", "output.dense", "value"} and ia3.feedforward_modules == {"output.dense"}
 
 
@@ -598,11 +609,12 @@ def test_prompt_tuning_starts_from_sampled_vocabulary_text_or_random_vectors(tin
 
     loaded = load_model("tiny-llama", CPU)
     method = finetune_method("prompt-tuning")
-    assert method.peft_config(_config(method="prompt-tuning"), loaded.model, "decoder-only").prompt_tuning_init == \
+    assert method.peft_config(_method(method="prompt-tuning"), loaded.model, "decoder-only").prompt_tuning_init == \
         "SAMPLE_VOCAB"
-    random = _config(method="prompt-tuning", peft_options={"prompt_tuning_init": "RANDOM"})
+    random = _method(method="prompt-tuning", peft_options={"prompt_tuning_init": "RANDOM"})
     assert method.peft_config(random, loaded.model, "decoder-only").prompt_tuning_init == "RANDOM"
-    text = _config(method="prompt-tuning", num_virtual_tokens=3, peft_options={"prompt_tuning_init_text": "red blue"})
+    text = _method(method={"name": "prompt-tuning", "num_virtual_tokens": 3,
+                           "peft_options": {"prompt_tuning_init_text": "red blue"}})
     wrapped = wrap_for_training(loaded.model, text, "decoder-only")
     ids = loaded.tokenizer("red blue", add_special_tokens=False)["input_ids"]
     expected = wrapped.get_input_embeddings()(torch.tensor((ids * 3)[:3]))

@@ -270,6 +270,29 @@ def test_text_infilling_on_bart_lowers_the_loss(corpus, tmp_path):
 
 # --- configuration -------------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("method", [{"name": "ia3"}, {"name": "dora", "r": 4, "alpha": 8}])
+def test_any_merging_method_of_the_registry_pre_trains(method, tiny_llama_dir, corpus, tmp_path):
+    """IA3 and DoRA (neither could pre-train before the registry) train adapters on the corpus, which are merged
+    before fine-tuning: the held-out loss falls and the fine-tuning phase starts from plain weights."""
+    cfg = {**PHASE, "max_tokens": 1500, "method": method, "learning_rate": 1e-2,
+           "finetune": {"method": "lora", "max_steps": 1}}
+    run = _run(cfg, "tiny-llama", tmp_path, corpus)
+    pre = run.output.details["pretrain"]
+    assert pre["method"] == method["name"] and pre["steps"] == 1500 // (32 * 4)  # 11 whole steps of 4 blocks
+    assert pre["held_out_loss_after"] < pre["held_out_loss_before"]
+    adapter = pre["lora"] if method["name"] == "dora" else pre["peft"]
+    assert adapter["merged"] == "into the weights before fine-tuning"
+    if method["name"] == "dora":
+        assert (adapter["r"], adapter["alpha"]) == (4, 8)
+    else:
+        assert adapter["peft_type"] == "IA3"
+    assert 0 < pre["trainable_params"] < pre["total_params"]  # only the adapter trained
+    assert run.output.details["finetune"]["method"] == "lora" and run.output.details["finetune"]["steps"] == 1
+    label = ContinuedPretrainingStrategy(ContinuedPretrainingConfig.model_validate(
+        {"name": "continued-pretraining", "method": method, "finetune": {"method": "lora"}})).label()
+    assert label == f"continued PT ({'IA3' if method['name'] == 'ia3' else 'DoRA'}) + LoRA"
+
+
 def _config(**kw) -> ContinuedPretrainingConfig:
     return ContinuedPretrainingConfig.model_validate({"name": "continued-pretraining", **kw})
 
@@ -293,7 +316,9 @@ def test_labels_and_the_nested_finetune_block():
     ({"method": "lora", "finetune": {"method": "full", "lora_r": 4}}, "do not apply to method: full"),
     ({"method": "lora", "noise_density": 0.9}, "noise_density"),
     ({"method": "lora", "max_tokens": 0}, "max_tokens"),
-    ({"method": "dora"}, "method"),
+    ({"method": "prefix"}, "prefix cannot pre-train: its adapter does not merge"),
+    ({"method": {"name": "prompt-tuning"}}, "prompt-tuning cannot pre-train"),
+    ({"method": "lorra"}, "Did you mean 'lora'"),
     ({}, "method"),
 ])
 def test_bad_configs_are_refused(kw, message):

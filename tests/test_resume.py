@@ -109,7 +109,7 @@ def _pretrain(out_dir: Path, crash_at_step: int | None = None):
     loaded = load_model("tiny-t5", CPU)
     with pytest.MonkeyPatch.context() as mp:
         _crash_in_step(mp, crash_at_step)
-        return run_pretraining(loaded.model, loaded.tokenizer, texts, cfg, method="full",
+        return run_pretraining(loaded.model, loaded.tokenizer, texts, cfg, method=cfg.method,
                                objective="span-corruption", block_size=32, learning_rate=3e-3, runtime=CPU, seed=0,
                                out_dir=out_dir)
 

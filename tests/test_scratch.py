@@ -210,7 +210,7 @@ def test_labels_and_defaults():
     assert STRATEGIES.get("scratch") is ScratchStrategy
     cfg = ScratchConfig.model_validate({"name": "scratch", "params": "10M"})
     assert ScratchStrategy(cfg).label() == "scratch 10M + full FT"
-    assert cfg.weight_decay == 0.1 and cfg.finetune.method == "full"
+    assert cfg.weight_decay == 0.1 and cfg.finetune.method.name == "full"
     lora = ScratchConfig.model_validate({"name": "scratch", "params": 2_000_000, "finetune": {"method": "lora"}})
     assert ScratchStrategy(lora).label() == "scratch 2M + LoRA"
 

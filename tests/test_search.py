@@ -53,7 +53,7 @@ def searched(tiny_llama_dir, tmp_path_factory):
     """A 3-trial search over the learning rate and the LoRA rank (1 epoch each), without pruning."""
     cfg = _config(search={"trials": 3, "pruning": False,
                           "space": {"learning_rate": {"low": 1e-4, "high": 3e-2, "log": True},
-                                    "lora_r": [2, 4], "epochs": [1]}})
+                                    "method.r": [2, 4], "epochs": [1]}})
     meter = Meter()
     with pytest.MonkeyPatch.context() as mp:
         spy = _Spy(mp)
@@ -69,11 +69,11 @@ def test_three_trials_are_recorded_and_the_best_is_chosen(searched):
     assert all(t["state"] == "complete" and t["value"] is not None and t["seconds"] > 0 for t in s["trials"])
     best = min(s["trials"], key=lambda t: t["value"])  # validation loss: lower is better
     assert s["best_trial"] == best["number"] and s["chosen"] == best["params"]
-    assert set(s["chosen"]) == {"learning_rate", "lora_r", "epochs"}
+    assert set(s["chosen"]) == {"learning_rate", "method.r", "epochs"}
     # the final model trained with the chosen values (alpha follows the searched rank: 2 r)
     assert output.details["learning_rate"] == pytest.approx(s["chosen"]["learning_rate"])
-    assert output.details["lora"]["r"] == s["chosen"]["lora_r"]
-    assert output.details["lora"]["alpha"] == 2 * s["chosen"]["lora_r"]
+    assert output.details["lora"]["r"] == s["chosen"]["method.r"]
+    assert output.details["lora"]["alpha"] == 2 * s["chosen"]["method.r"]
     assert output.details["learning_rate_source"] == "hyperparameter search"
 
 
@@ -143,9 +143,9 @@ def test_a_diverging_trial_is_pruned(tiny_llama_dir, tmp_path, monkeypatch):
 def test_default_space_per_method():
     lora = default_space(_config(), "decoder-only")
     assert lora["learning_rate"].low == pytest.approx(2e-5) and lora["learning_rate"].high == pytest.approx(2e-3)
-    assert lora["learning_rate"].log and lora["lora_r"] == [4, 8, 16, 32]
+    assert lora["learning_rate"].log and lora["method.r"] == [4, 8, 16, 32]
     prompt = default_space(FinetuneConfig(name="finetune", method="prompt-tuning"), "decoder-only")
-    assert "num_virtual_tokens" in prompt and "lora_r" not in prompt
+    assert "method.num_virtual_tokens" in prompt and "method.r" not in prompt
     assert set(default_space(FinetuneConfig(name="finetune", method="ia3"), "decoder-only")) == {
         "learning_rate", "epochs"}
     assert set(default_space(FinetuneConfig(name="finetune", method="dora"), "decoder-only")) == set(
@@ -153,9 +153,9 @@ def test_default_space_per_method():
 
 
 def test_user_space_overrides_and_null_holds_a_setting():
-    cfg = _config(epochs=2, search={"space": {"lora_r": [8], "epochs": None}})
+    cfg = _config(epochs=2, search={"space": {"method.r": [8], "epochs": None}})
     space = resolve_space(cfg, "decoder-only")
-    assert space["lora_r"] == [8] and "epochs" not in space and "learning_rate" in space
+    assert space["method.r"] == [8] and "epochs" not in space and "learning_rate" in space
 
 
 @pytest.mark.parametrize("knobs, message", [
@@ -188,10 +188,11 @@ def test_search_reaches_the_fine_tuning_phase_of_pretraining_rungs():
 
 def test_trial_config_is_validated_and_without_search():
     cfg = _config(search={"trials": 2})
-    trial = search_module.trial_config(cfg, {"learning_rate": 1e-3, "lora_r": 8})
-    assert trial.search is None and trial.learning_rate == 1e-3 and trial.lora_r == 8 and trial.lora_alpha == 16
-    held = search_module.trial_config(_config(lora_alpha=8, search={"space": {"lora_alpha": None}}), {"lora_r": 4})
-    assert held.lora_alpha == 8  # a hand-set alpha is kept
+    trial = search_module.trial_config(cfg, {"learning_rate": 1e-3, "method.r": 8})
+    assert trial.search is None and trial.learning_rate == 1e-3 and trial.method.r == 8 and trial.method.alpha == 16
+    held = search_module.trial_config(_config(lora_alpha=8, search={"space": {"lora_alpha": None}}),
+                                      {"method.r": 4})
+    assert held.method.alpha == 8  # a hand-set alpha is kept (written flat, and the old search name: still read)
 
 
 def test_validation_score_chooses_and_a_resumed_row_searches_again(tiny_llama_dir, tmp_path):

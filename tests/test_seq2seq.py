@@ -174,7 +174,8 @@ def _train(model_dir, cfg: FinetuneConfig, out_dir):
     from lmtailor.training.seq2seq import train_seq2seq
 
     loaded = load_model(str(model_dir), CPU)
-    trained = train_seq2seq(loaded.model, loaded.tokenizer, cfg, TASK, TRAIN, VAL, BUDGET, CPU, 0, out_dir)
+    trained = train_seq2seq(loaded.model, loaded.tokenizer, cfg, cfg.method, TASK, TRAIN, VAL, BUDGET, CPU, 0,
+                            out_dir)
     return trained, loaded.tokenizer
 
 
@@ -280,7 +281,8 @@ def test_training_args_follow_the_runtime(tmp_path, tiny_t5_dir):
 
     loaded = load_model(str(tiny_t5_dir), CPU)
     rows = build_seq2seq_rows(loaded.tokenizer, TASK, TRAIN[:4], BUDGET)
-    trainer = build_seq2seq_trainer(loaded.model, loaded.tokenizer, _config(method="full"), rows.dataset, None, CPU,
+    full = _config(method="full")
+    trainer = build_seq2seq_trainer(loaded.model, loaded.tokenizer, full, full.method, rows.dataset, None, CPU,
                                     0, tmp_path)
     args = trainer.args
     assert args.bf16 is False and args.fp16 is False and args.use_cpu is True
@@ -289,7 +291,8 @@ def test_training_args_follow_the_runtime(tmp_path, tiny_t5_dir):
     batch = trainer.data_collator([rows.dataset[i] for i in range(4)])
     assert (batch["labels"] == -100).any()  # targets of different lengths are padded with -100, not pad ids
     assert batch["decoder_input_ids"][:, 0].eq(loaded.model.config.decoder_start_token_id).all()
-    bf16 = seq2seq_training_args(_config(method="full"), Runtime("cpu", "bf16", "native"), 0, tmp_path, False)
+    full = _config(method="full")
+    bf16 = seq2seq_training_args(full, full.method, Runtime("cpu", "bf16", "native"), 0, tmp_path, False)
     assert bf16.bf16 is True and bf16.fp16 is False
 
 

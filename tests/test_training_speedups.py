@@ -32,8 +32,8 @@ def make_trainer(tiny_llama_dir, tmp_path, one_torch_thread):
         rows = build_sft_rows(loaded.tokenizer, TASK, SPLITS.train[:4], BUDGET)
         lora = {"method": "lora", "lora_dropout": 0.0, "target_modules": "all-linear"}  # no dropout: comparable
         cfg = _config(**(kw if "method" in kw else {**lora, **kw}))
-        trainer = build_trainer(loaded.model, loaded.tokenizer, cfg, rows.dataset, None, CPU, 0, tmp_path,
-                                BUDGET.max_seq_len)
+        trainer = build_trainer(loaded.model, loaded.tokenizer, cfg, cfg.method, rows.dataset, None, CPU, 0,
+                                tmp_path, BUDGET.max_seq_len)
         return trainer, rows
 
     return make

@@ -39,7 +39,7 @@ def sft_trainer(out_dir: Path, **overrides):
     task = FinetuneStrategy(cfg).tuned_task(TASK)
     train = build_sft_rows(loaded.tokenizer, task, SPLITS.train, BUDGET)
     val = build_sft_rows(loaded.tokenizer, task, SPLITS.validation, BUDGET)
-    trainer = build_trainer(loaded.model, loaded.tokenizer, cfg, train.dataset, val.dataset, CPU, 0,
+    trainer = build_trainer(loaded.model, loaded.tokenizer, cfg, cfg.method, train.dataset, val.dataset, CPU, 0,
                             Path(out_dir) / "checkpoints", BUDGET.max_seq_len)
     return as_engine_trainer(trainer), cfg, loaded.tokenizer
 

@@ -116,8 +116,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from lmtailor.config import read_yaml
     from lmtailor.data.prepare import prepare_data
     from lmtailor.runner import plan_rows, resolve_task
+    from lmtailor.training.method_settings import flat_spelling_notes
 
     exp = _load(args.experiment, args.set)
     prepared = prepare_data(exp.data, exp.task.type or "", args.experiment.resolve().parent)
@@ -128,6 +130,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     check_remote_code([r.model_ref for r in rows], exp.runtime.trust_remote_code)
     for w in prepared.warnings:
         console.print(f"[yellow]warning:[/] {w}")
+    for note in flat_spelling_notes(read_yaml(args.experiment), str(args.experiment)):
+        console.print(f"note: {note}", markup=False, highlight=False)
     s = prepared.splits
     console.print(f"{args.experiment}: valid. Task {task.name} ({task.type}); "
                   f"{len(s.train)} train / {len(s.validation)} validation / {len(s.test)} test rows.")

@@ -28,8 +28,6 @@ log = logging.getLogger("lmtailor")
 
 EXPORT_INFO = "lmtailor_export.json"  # provenance beside the weights: which row, base and adapter made them
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-# PEFT methods that learn extra inputs (virtual tokens, prompts), not weight updates: nothing to fold into the base.
-_NOT_MERGEABLE = {"ADAPTION_PROMPT"}
 
 
 @dataclass(frozen=True)
@@ -78,10 +76,10 @@ def write_dir_atomically(target: Path, write: Callable[[Path], None], overwrite:
 
 def check_mergeable(row: TrainedRow, peft_config: dict[str, Any]) -> None:
     """Refuse adapters that have no weights to fold in (prefix tuning, prompt tuning, ...), saying how to serve them."""
-    from peft import PeftConfig
+    from lmtailor.training.peft_methods import peft_type_merges
 
     peft_type = str(peft_config.get("peft_type"))
-    if PeftConfig.from_pretrained(str(row.artifact)).is_prompt_learning or peft_type in _NOT_MERGEABLE:
+    if not peft_type_merges(peft_type):  # the method's own FinetuneMethod.merges, as serving and pre-training read it
         raise UserError(
             f"row {row.row_id}: method {row.method or peft_type} (PEFT {peft_type}) learns virtual tokens fed to the "
             "model with every input, not changes to its weights, so there is nothing to merge into the base. The "

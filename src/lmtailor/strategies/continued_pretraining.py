@@ -2,11 +2,12 @@
 the usual fine-tuning on the task.
 
 The first phase (``training/pretrain.py``) packs the corpus into full blocks and trains with the family's objective
-(causal LM; span corruption for T5; text infilling for BART) for ``max_tokens`` corpus tokens, full or with LoRA
-adapters merged into the weights at the end. It is measured in the meter's ``pretrain`` phase, with a held-out loss
-before and after. The second phase is the finetune strategy's own ``tune_and_answer`` on the prepared model (the
-nested ``finetune:`` block holds its knobs), measured in ``train`` and ``inference`` exactly as a plain finetune row,
-so the two rows differ only by the pre-training.
+(causal LM; span corruption for T5; text infilling for BART) for ``max_tokens`` corpus tokens, by any method of the
+fine-tuning registry that trains weights or merges its adapter (``method: full``, ``{name: lora, r: 16}``, dora, ia3,
+freeze, ...; adapters are merged into the weights at the end). It is measured in the meter's ``pretrain`` phase, with
+a held-out loss before and after. The second phase is the finetune strategy's own ``tune_and_answer`` on the prepared
+model (the nested ``finetune:`` block holds its knobs), measured in ``train`` and ``inference`` exactly as a plain
+finetune row, so the two rows differ only by the pre-training.
 
 The corpus is any the rag rung accepts (a folder, a .jsonl file, ``builtin:pydoc``, ``task:train``), with the same
 exclusions: documents a test row was made from, or whose text contains a test input or shows a test answer, are
@@ -24,20 +25,21 @@ from pydantic import Field, field_validator, model_validator
 from lmtailor.core.budget import Budget
 from lmtailor.core.context import RunContext
 from lmtailor.core.strategy_output import StrategyOutput
+from lmtailor.core.training_loop import OptimizerSettings
 from lmtailor.distributed import on_main
 from lmtailor.errors import UserError
 from lmtailor.measure.meter import estimate_flops
 from lmtailor.strategies.base import Strategy, StrategyConfig
 from lmtailor.strategies.finetune import FinetuneConfig, FinetuneStrategy
 from lmtailor.strategies.rag import corpus_documents, input_limit
-from lmtailor.training.peft_methods import artifact_kind, finetune_method
 from lmtailor.strategies.traits import StrategyTraits, with_extra_data
+from lmtailor.training.peft_methods import (MethodField, check_method, finetune_method, known_method, method_label,
+                                            nest_method, artifact_kind)
 
-_LORA_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "target_modules")
 _NOISE_FIELDS = ("noise_density", "mean_noise_span_length")
 
 
-class PretrainingConfig(StrategyConfig):
+class PretrainingConfig(StrategyConfig, OptimizerSettings):
     """Knobs shared by the strategies that train on a raw corpus before fine-tuning (continued-pretraining, scratch)."""
 
     corpus: str = Field("builtin:pydoc", description="raw text to pre-train on: a folder of .txt/.md/.html files, a "
@@ -57,21 +59,13 @@ class PretrainingConfig(StrategyConfig):
                                         "hidden (default: span-corruption 0.15, text-infilling 0.3)")
     mean_noise_span_length: float = Field(3.0, ge=1, description="denoising objectives: mean length of a hidden "
                                           "span, in tokens")
+    # the optimizer settings are the training loop's (core/training_loop.py); these differ in meaning or default
     learning_rate: float | None = Field(None, gt=0, description="peak learning rate of the pre-training phase "
                                         "(cosine decay after warm-up; default depends on the strategy)")
     batch_size: int = Field(8, ge=1, description="blocks per forward/backward pass")
-    gradient_accumulation_steps: int = Field(1, ge=1, description="passes per optimizer step")
-    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="fraction of the steps warming the learning rate up")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
-    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
     validation_blocks: int = Field(16, ge=0, description="blocks held out of training, their loss measured before "
                                    "and after (at most a tenth of the corpus)")
     logging_steps: int = Field(10, ge=1, description="steps between training-loss log entries")
-    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less "
-                                         "memory, ~25% slower")
-    checkpoint_steps: int = Field(500, ge=1, description="write a resumable checkpoint every this many steps of "
-                                                         "the pre-training phase (and on SIGINT/SIGTERM)")
-    keep_checkpoints: int = Field(1, ge=1, description="complete checkpoints kept during the pre-training phase")
     finetune: FinetuneConfig = Field(
         default_factory=lambda: FinetuneConfig(name="finetune", method="lora"),
         description="the fine-tuning phase: the finetune strategy's knobs (method, epochs, learning_rate, ...; "
@@ -98,23 +92,28 @@ class ContinuedPretrainingConfig(PretrainingConfig):
     """Knobs of a continued pre-training run (then fine-tuning, per the ``finetune`` block)."""
 
     name: Literal["continued-pretraining"] = Field(description="registered strategy name")
-    method: Literal["full", "lora"] = Field(description="pre-training phase: full (every weight) or lora (adapters, "
-                                            "merged into the weights before fine-tuning)")
-    lora_r: int = Field(16, ge=1, description="LoRA rank (method: lora)")
-    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (method: lora)")
-    lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input (method: lora)")
-    target_modules: list[str] | Literal["all-linear"] | None = Field(
-        None, description="modules that get adapters: names, 'all-linear', or unset for PEFT's architecture default")
+    method: MethodField = Field(
+        description="pre-training phase: a fine-tuning method and its settings, from the same registry as "
+                    "finetune's method: full (every weight), freeze, or a method whose adapter merges into the "
+                    "weights before fine-tuning (lora, dora, ia3, loha, ...), e.g. {name: lora, r: 16}")
 
-    @model_validator(mode="after")
-    def _lora_knobs_need_lora(self) -> "ContinuedPretrainingConfig":
-        stray = [f for f in _LORA_FIELDS if f in self.model_fields_set]
-        if self.method == "full" and stray:
-            raise ValueError(f"LoRA settings ({', '.join(stray)}) do not apply to method: full; remove them or set "
-                             "method: lora")
-        if isinstance(self.target_modules, list) and not self.target_modules:
-            raise ValueError("target_modules is an empty list; name modules, use 'all-linear', or leave it unset")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _nested_method(cls, values: Any) -> Any:
+        """The flat spelling (method: lora, lora_r: 8) as the nested one, as the finetune strategy reads it."""
+        return nest_method(values)
+
+    _known_method = field_validator("method", mode="before")(known_method)
+
+    @field_validator("method")
+    @classmethod
+    def _method_can_pretrain(cls, settings: Any) -> Any:
+        method = finetune_method(settings.name)
+        if method.peft and not method.merges:
+            raise ValueError(f"method: {settings.name} cannot pre-train: its adapter does not merge into the "
+                             "weights (virtual tokens, bottleneck adapters or a 4-bit base), and the fine-tuning "
+                             "phase starts from the pre-trained weights; use full, freeze, lora, dora or ia3")
+        return settings
 
 
 # --- what both corpus strategies share ---------------------------------------------------------------------------
@@ -164,7 +163,8 @@ def fine_tune_after(strategy: Strategy, cfg: PretrainingConfig, ctx: RunContext,
         model = model.to(ctx.runtime.dtype)
 
     artifacts: dict[str, Path] = {}
-    if artifact_kind(cfg.finetune.method) == "adapter":  # an adapter only works on top of the model it was trained on
+    # an adapter only works on top of the model it was trained on
+    if artifact_kind(cfg.finetune.method.name) == "adapter":
         path = ctx.out_dir / "pretrained_model"
         # under several processes only the main one writes; the others get its outcome (see distributed.on_main)
         on_main(lambda: (model.save_pretrained(path), tokenizer.save_pretrained(path)))
@@ -208,7 +208,8 @@ class ContinuedPretrainingStrategy(Strategy):
                             data=("corpus", "training rows"))
 
     def default_label(self) -> str:
-        phase = "LoRA" if self.config.method == "lora" else "full"
+        method = self.config.method
+        phase = "full" if method.name == "full" else method_label(method)
         return f"continued PT ({phase}) + {FinetuneStrategy(self.config.finetune).label()}"
 
     def uses_training_data(self) -> bool:
@@ -220,25 +221,26 @@ class ContinuedPretrainingStrategy(Strategy):
     def run(self, ctx: RunContext) -> StrategyOutput:
         from lmtailor.models import family_name_of, load_model
         from lmtailor.training.pretrain import resolve_objective, run_pretraining
-        from lmtailor.training.sft import DEFAULT_LEARNING_RATE
 
         cfg = self.config
         check_generative(ctx, "continued-pretraining")
         # the fine-tuning phase's method settings are refused before pre-training spends anything (qlora on a CPU,
         # prefix on T5, ...)
         family = family_name_of(ctx.model_ref, ctx.runtime.trust_remote_code)
-        finetune_method(cfg.finetune.method).check(cfg.finetune, family, ctx.runtime)
+        check_method(cfg.finetune.method, family, ctx.runtime, cfg.finetune.padding_free)
+        check_method(cfg.method, family, ctx.runtime)  # the pre-training phase's method too
+        method = finetune_method(cfg.method.name)
         with ctx.meter.phase("load"):
             loaded = load_model(ctx.model_ref, ctx.runtime)
         objective = resolve_objective(cfg.objective, loaded.model.config)
         check_objective_knobs(cfg, objective)
-        learning_rate = cfg.learning_rate or DEFAULT_LEARNING_RATE[cfg.method]
+        learning_rate = cfg.learning_rate or method.default_learning_rate(family)
         with ctx.meter.phase("pretrain"):
             texts, exclusions = load_pretraining_corpus(ctx, cfg, self.label())
             block_size = resolve_block_size(cfg, loaded.model.config, ctx.budget)
             pre = run_pretraining(loaded.model, loaded.tokenizer, texts, cfg, method=cfg.method, objective=objective,
                                   block_size=block_size, learning_rate=learning_rate, runtime=ctx.runtime,
                                   seed=ctx.seed, out_dir=ctx.out_dir / "pretrain", desc=self.label())
-        record_pretraining(ctx, pre, "peft" if cfg.method == "lora" else "full")
+        record_pretraining(ctx, pre, method.flops_kind)
         return fine_tune_after(self, cfg, ctx, pre.model, loaded.tokenizer, pretrain_details(ctx, cfg, pre),
                                extra={"corpus_exclusions": exclusions})

@@ -26,7 +26,6 @@ from lmtailor.strategies.continued_pretraining import (PretrainingConfig, check_
                                                        fine_tune_after, load_pretraining_corpus, pretrain_details,
                                                        record_pretraining, resolve_block_size)
 from lmtailor.strategies.finetune import FinetuneConfig, FinetuneStrategy
-from lmtailor.training.peft_methods import finetune_method
 from lmtailor.strategies.traits import StrategyTraits, with_extra_data
 
 # A small model from random weights takes a larger step than a pre-trained one may: 1e-3 is nanoGPT's rate for its
@@ -86,6 +85,8 @@ class ScratchStrategy(Strategy):
     def run(self, ctx: RunContext) -> StrategyOutput:
         from transformers import AutoConfig
 
+        from lmtailor.training.method_settings import FullSettings
+        from lmtailor.training.peft_methods import check_method
         from lmtailor.training.pretrain import ensure_sentinels, resolve_objective, run_pretraining
 
         cfg = self.config
@@ -93,7 +94,7 @@ class ScratchStrategy(Strategy):
         # the fine-tuning phase's method settings are refused before pre-training spends anything (qlora on a CPU,
         # prefix on T5, ...)
         family = family_name_of(ctx.model_ref, ctx.runtime.trust_remote_code)
-        finetune_method(cfg.finetune.method).check(cfg.finetune, family, ctx.runtime)
+        check_method(cfg.finetune.method, family, ctx.runtime, cfg.finetune.padding_free)
         with ctx.meter.phase("load"):  # the base model's tokenizer and config; its weights are not needed
             path = resolve_model(ctx.model_ref).path
             base_config = AutoConfig.from_pretrained(path, trust_remote_code=ctx.runtime.trust_remote_code)
@@ -106,7 +107,7 @@ class ScratchStrategy(Strategy):
             sized, sizing = self._size(ctx, base_config, len(tokenizer))
             model = _random_model(sized.config, ctx.seed).to(ctx.runtime.device)
             texts, exclusions = load_pretraining_corpus(ctx, cfg, self.label())
-            pre = run_pretraining(model, tokenizer, texts, cfg, method="full", objective=objective,
+            pre = run_pretraining(model, tokenizer, texts, cfg, method=FullSettings(name="full"), objective=objective,
                                   block_size=resolve_block_size(cfg, base_config, ctx.budget),
                                   learning_rate=cfg.learning_rate or SCRATCH_LEARNING_RATE, runtime=ctx.runtime,
                                   seed=ctx.seed, out_dir=ctx.out_dir / "pretrain", desc=self.label())

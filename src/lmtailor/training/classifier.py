@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from lmtailor.core.budget import Budget
 from lmtailor.core.example import Example
 from lmtailor.core.task_spec import TaskSpec
+from lmtailor.core.training_loop import TrainingLoop
 from lmtailor.errors import UserError
 from lmtailor.io import write_json_atomic
 from lmtailor.measure.meter import Meter
@@ -31,22 +32,18 @@ from lmtailor.prompting.formats import truncate_text
 from lmtailor.runtime import Runtime
 from lmtailor.training.common import common_training_args, count_params, train_and_save, use_loss_bar
 from lmtailor.training.engine import engine_trainer_class
+from lmtailor.training.method_settings import MethodSettings
 from lmtailor.training.peft_methods import (finetune_method, save_adapters, wrap_for_training,
                                             learning_rate as method_learning_rate)
+from lmtailor.training.trained import Trained
 
 if TYPE_CHECKING:
     from datasets import Dataset
     from peft import LoraConfig
+    from pydantic import BaseModel
     from transformers import TrainingArguments
 
-    from lmtailor.strategies.finetune import FinetuneConfig
-
-# The encoder learning rates per method (sources cited in training/peft_methods.py):
-# - full 5e-5: the top of BERT's fine-tuning grid (Devlin et al. 2019, appendix A.3: 5e-5, 3e-5, 2e-5) and the
-#   Transformers default; small encoders such as MiniLM and short runs on small data favour the top of the range.
-# - LoRA 5e-4: the LoRA paper's RoBERTa-base GLUE runs (Hu et al. 2021, table 9: 4e-4 to 5e-4); adapters start at
-#   zero and the head from scratch, so they want ~10x the full rate.
-DEFAULT_LEARNING_RATE = {"lora": 5e-4, "full": 5e-5}  # kept for readers; the registry holds every method's rate
+# The encoder learning rates are each method's ``encoder_learning_rate`` in training/peft_methods.py (with sources).
 
 LABELS_FILE = "labels.json"  # next to the artifact: adapters carry no model config, so the label order lives here
 _NOT_FOR_CLASSIFIERS = ("scoring", "completion_only_loss")
@@ -65,31 +62,15 @@ class EncodedSplit:
         return {"rows": self.rows, "tokens": self.tokens, "truncated_inputs": self.truncated_inputs}
 
 
-@dataclass
-class ClassifierTrained:
-    """What classifier training leaves behind for measurement, inference and the run record."""
-
-    model: Any  # the tuned model: a PeftModelForSequenceClassification for PEFT methods, else the model itself
-    state: Any  # transformers TrainerState: global_step, epoch, num_input_tokens_seen, log_history
-    train: EncodedSplit
-    validation: EncodedSplit
-    trainable: int
-    total: int
-    learning_rate: float
-    artifact_name: str  # "adapter" or "model"
-    artifact: Path
-    labels: tuple[str, ...]
-
-
-def learning_rate(cfg: "FinetuneConfig") -> float:
+def learning_rate(loop: TrainingLoop, method: MethodSettings) -> float:
     """The configured learning rate, or the encoder default for the method."""
-    return method_learning_rate(cfg, "encoder")
+    return method_learning_rate(loop, method, "encoder")
 
 
-def check_config(cfg: "FinetuneConfig") -> None:
-    """Reject finetune knobs set explicitly that mean nothing for a classification head."""
+def check_config(cfg: "BaseModel") -> None:
+    """Reject fine-tuning knobs set explicitly (in a pydantic config) that mean nothing for a classification head."""
     stray = [f for f in _NOT_FOR_CLASSIFIERS if f in cfg.model_fields_set]
-    if "with_instruction" in cfg.model_fields_set and cfg.with_instruction:
+    if "with_instruction" in cfg.model_fields_set and getattr(cfg, "with_instruction", False):
         stray.append("with_instruction")
     if stray:
         raise UserError(f"finetune: {', '.join(stray)} apply to generative models only; an encoder classifier reads "
@@ -131,22 +112,22 @@ def encode_split(tokenizer, task: TaskSpec, rows: Sequence[Example], budget: Bud
     return EncodedSplit(dataset, len(records), tokens, cut_rows)
 
 
-def lora_config(cfg: "FinetuneConfig", model) -> "LoraConfig":
+def lora_config(method: MethodSettings, model) -> "LoraConfig":
     """PEFT's ``LoraConfig`` for sequence classification; every module of the head is trained and saved.
 
     PEFT's SEQ_CLS task adds modules named "classifier"/"score" to modules_to_save. Some heads have more fresh parts
     (DeBERTa's "pooler", DistilBERT's "pre_classifier"), so every top-level module outside the encoder is saved
     (``peft_methods.head_modules``), whatever the method."""
-    return finetune_method("lora").peft_config(cfg, model, "encoder")
+    return finetune_method("lora").peft_config(method, model, "encoder")
 
 
-def classifier_args(cfg: "FinetuneConfig", runtime: Runtime, seed: int, output_dir: Path,
+def classifier_args(loop: TrainingLoop, method: MethodSettings, runtime: Runtime, seed: int, output_dir: Path,
                     has_eval: bool) -> "TrainingArguments":
     """``TrainingArguments`` for one run: precision from ``runtime``, no checkpoints, no trackers, progress shown."""
     from transformers import TrainingArguments
 
     return TrainingArguments(
-        **common_training_args(cfg, runtime, seed, output_dir, has_eval, learning_rate(cfg)),
+        **common_training_args(loop, runtime, seed, output_dir, has_eval, learning_rate(loop, method)),
         remove_unused_columns=False,  # the columns are exactly the model's inputs; PEFT wrappers hide the signature
         label_names=["labels"],
     )
@@ -164,13 +145,13 @@ def _set_labels(model, labels: Sequence[str]) -> None:
     model.config.label2id = {label: i for i, label in enumerate(labels)}
 
 
-def train_classifier(model, tokenizer, cfg: "FinetuneConfig", task: TaskSpec, train_rows: Sequence[Example],
-                     val_rows: Sequence[Example], budget: Budget, runtime: Runtime, seed: int,
-                     out_dir: Path) -> ClassifierTrained:
+def train_classifier(model, tokenizer, loop: TrainingLoop, method: MethodSettings, task: TaskSpec,
+                     train_rows: Sequence[Example], val_rows: Sequence[Example], budget: Budget, runtime: Runtime,
+                     seed: int, out_dir: Path) -> Trained:
     """Train ``model`` (loaded with a sequence-classification head over ``task.labels``) and save the artifact."""
     from transformers import DataCollatorWithPadding, Trainer
 
-    check_config(cfg)
+    check_config(loop)
     labels = tuple(task.labels or ())
     train, val = encode_split(tokenizer, task, train_rows, budget), encode_split(tokenizer, task, val_rows, budget)
     if train.dataset is None:
@@ -179,19 +160,19 @@ def train_classifier(model, tokenizer, cfg: "FinetuneConfig", task: TaskSpec, tr
         raise UserError(f"the model's head has {model.config.num_labels} outputs but task {task.name!r} has "
                         f"{len(labels)} labels; load it with num_labels={len(labels)}")
     _set_labels(model, labels)
-    model = wrap_for_training(model, cfg, "encoder")
+    model = wrap_for_training(model, method, "encoder", loop.gradient_checkpointing)
     out_dir = Path(out_dir)
-    args = classifier_args(cfg, runtime, seed, out_dir / "checkpoints", has_eval=val.dataset is not None)
+    args = classifier_args(loop, method, runtime, seed, out_dir / "checkpoints", has_eval=val.dataset is not None)
     trainer = engine_trainer_class(Trainer)(model=model, args=args, train_dataset=train.dataset,
                                             eval_dataset=val.dataset, processing_class=tokenizer,
                                             data_collator=DataCollatorWithPadding(tokenizer),
                                             compute_metrics=_accuracy)
     use_loss_bar(trainer)
     trainable, total = count_params(trainer.model)
-    state, name, path = train_and_save(trainer, cfg, tokenizer, out_dir,
+    state, name, path = train_and_save(trainer, loop, tokenizer, out_dir, finetune_method(method.name).artifact_kind,
                                        save=lambda m, tok, p: save_classifier(m, tok, labels, p))
-    return ClassifierTrained(trainer.model, state, train, val, trainable, total, learning_rate(cfg), name, path,
-                             labels)
+    return Trained(trainer.model, state, train, val, trainable, total, name, path,
+                   learning_rate=learning_rate(loop, method), labels=labels)
 
 
 def save_classifier(model, tokenizer, labels: Sequence[str], path: Path) -> Path:

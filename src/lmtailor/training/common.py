@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
-import torch
 from transformers.trainer_callback import ProgressCallback
 
+from lmtailor.core.training_loop import TrainingLoop
 from lmtailor.distributed import on_main
 from lmtailor.errors import UserError
 from lmtailor.runtime import Runtime
@@ -23,13 +23,10 @@ from lmtailor.training.checkpoint import optimizer_state_bytes
 from lmtailor.training.engine import as_engine_trainer
 from lmtailor.training.recovery import finish_checkpoints, run_training
 
-if TYPE_CHECKING:
-    from lmtailor.strategies.finetune import FinetuneConfig
-
 log = logging.getLogger("lmtailor")
 
 
-def _checkpoint_args(cfg: "FinetuneConfig", eval_strategy: str) -> dict[str, Any]:
+def _checkpoint_args(cfg: TrainingLoop, eval_strategy: str) -> dict[str, Any]:
     """When checkpoints are written and which are kept; with early stopping, one at every evaluation.
 
     Early stopping keeps the best weights through transformers' ``load_best_model_at_end``, which can only load a
@@ -54,7 +51,7 @@ def _checkpoint_args(cfg: "FinetuneConfig", eval_strategy: str) -> dict[str, Any
                 restore_callback_states_from_checkpoint=True)  # the patience counter survives a resume
 
 
-def common_training_args(cfg: "FinetuneConfig", runtime: Runtime, seed: int, output_dir: Path, has_eval: bool,
+def common_training_args(cfg: TrainingLoop, runtime: Runtime, seed: int, output_dir: Path, has_eval: bool,
                          learning_rate: float) -> dict[str, Any]:
     """Keyword arguments for ``TrainingArguments`` and its subclasses (``SFTConfig``, ``Seq2SeqTrainingArguments``)."""
     eval_strategy = cfg.eval_strategy if has_eval else "no"
@@ -94,11 +91,6 @@ def common_training_args(cfg: "FinetuneConfig", runtime: Runtime, seed: int, out
     )
 
 
-def fp32_for_full(model, cfg: "FinetuneConfig"):
-    """Full fine-tuning keeps fp32 master weights: AdamW updates on half-precision weights are mostly rounded away."""
-    return model.float() if cfg.method == "full" and model.dtype != torch.float32 else model
-
-
 class LossInBarProgress(ProgressCallback):
     """Transformers' progress bar (rate, ETA), with the latest losses on the bar instead of a printed dict per log.
 
@@ -134,10 +126,10 @@ def _save_pretrained(model, tokenizer, path: Path) -> Path:
     return path
 
 
-def train_and_save(trainer, cfg: "FinetuneConfig", tokenizer, out_dir: Path,
+def train_and_save(trainer, cfg: TrainingLoop, tokenizer, out_dir: Path, artifact_name: str,
                    save: Callable[[Any, Any, Path], Path] = _save_pretrained) -> tuple[Any, str, Path]:
     """Train (resuming from the last complete checkpoint, if any); end with a validation score; save the adapter or
-    model; drop the optimizer state and the checkpoints.
+    model as ``out_dir/artifact_name`` (the method's artifact kind); drop the optimizer state and the checkpoints.
 
     Returns (trainer state, artifact name, artifact path). The state also carries ``optimizer_state_bytes`` (the
     optimizer's tensors, measured before they are dropped) and ``seconds_per_step`` (mean per optimizer step, this
@@ -160,9 +152,7 @@ def train_and_save(trainer, cfg: "FinetuneConfig", tokenizer, out_dir: Path,
     evaluated = any("eval_loss" in e and e.get("step") == state.global_step for e in state.log_history)
     if trainer.eval_dataset is not None and cfg.eval_strategy != "no" and (restored_best or not evaluated):
         trainer.evaluate()
-    from lmtailor.training.peft_methods import artifact_kind
-
-    name = artifact_kind(cfg.method)
+    name = artifact_name
     # Only the main process writes the artifact; the others get its path or its error (on_main), so none waits at a
     # later collective for a main process that failed to save.
     path = on_main(lambda: save(trainer.model, tokenizer, Path(out_dir) / name))

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from peft import PeftConfig
 
     from lmtailor.runtime import Runtime
-    from lmtailor.strategies.finetune import FinetuneConfig
+    from lmtailor.training.method_settings import MethodSettings
 
 FAMILIES = ("decoder-only", "encoder-decoder", "encoder")
 TASK_TYPE = {"decoder-only": "CAUSAL_LM", "encoder-decoder": "SEQ_2_SEQ_LM", "encoder": "SEQ_CLS"}
@@ -30,35 +30,51 @@ TASK_TYPE = {"decoder-only": "CAUSAL_LM", "encoder-decoder": "SEQ_2_SEQ_LM", "en
 
 @dataclass(frozen=True)
 class FinetuneMethod:
-    """A fine-tuning method: what it trains, the settings it reads, its default learning rates and families."""
+    """A fine-tuning method: its settings model, what it trains, whether its adapter merges, its FLOP count kind,
+    its default learning rates and the families it supports. The one place each of these is decided."""
 
     name: str
     label: str
-    settings: tuple[str, ...] = ()  # the method-specific FinetuneConfig fields it reads
+    settings_model: type = object  # its pydantic settings model (training/method_settings.py)
+    # the settings it reads beside ``name``: unset, every field of its settings model
+    settings: tuple[str, ...] | None = None
     learning_rate: float = 2e-4  # decoder-only and encoder-decoder models
     encoder_learning_rate: float = 5e-4  # encoder classifiers (a fresh head trains with the method)
     unsupported: dict[str, str] = field(default_factory=dict)  # family -> why not
     peft: bool = True  # trains an adapter (artifact "adapter"), else the model's own weights (artifact "model")
+    # its adapter folds into the base weights (LoRA, IA3, ...): served merged, and merged after pre-training;
+    # virtual tokens (prefix, prompt tuning) and bottleneck adapters have no weights to fold into
+    merges: bool = True
     # a batch's rows can be flattened into one sequence (padding_free); not when virtual tokens are put before the
     # input, since they would go before the whole flattened batch instead of before each row
     padding_free_ok: bool = True
+    # the training FLOP estimate's kind (measure/meter.estimate_flops): "full" when every weight trains, "freeze",
+    # else "peft" (the backward still carries activation gradients through the frozen weights)
+    flops_kind: str = "peft"
     learning_rate_source: str = "the method's default"
+
+    def __post_init__(self) -> None:
+        if self.settings is None:
+            fields = getattr(self.settings_model, "model_fields", {})
+            object.__setattr__(self, "settings", tuple(f for f in fields if f != "name"))
+
+    @property
+    def artifact_kind(self) -> str:
+        """The artifact it leaves: "adapter" (PEFT or bottleneck adapters) or "model" (full, freeze)."""
+        return "adapter" if self.peft else "model"
 
     def default_learning_rate(self, family: str) -> float:
         """The default peak learning rate for a model of ``family``."""
         return self.encoder_learning_rate if family == "encoder" else self.learning_rate
 
-    def row_label(self, cfg: "FinetuneConfig") -> str:
+    def row_label(self, s: "MethodSettings") -> str:
         """The result row's label ("LoRA", "freeze top 2", ...)."""
         return self.label
 
-    def check(self, cfg: "FinetuneConfig", family: str, runtime: "Runtime | None" = None) -> None:
-        """Refuse, before any model is loaded, a family, device or setting this method cannot run with."""
+    def check(self, s: "MethodSettings", family: str, runtime: "Runtime | None" = None) -> None:
+        """Refuse, before any model is loaded, a family or device this method cannot run with."""
         if family in self.unsupported:
-            raise UserError(f"method: {cfg.method} does not support {family} models: {self.unsupported[family]}")
-        if cfg.padding_free and family != "decoder-only":
-            raise UserError(f"padding_free applies to decoder-only models only; this model is {family} "
-                            "(encoder inputs and seq2seq targets are padded per batch). Remove padding_free.")
+            raise UserError(f"method: {s.name} does not support {family} models: {self.unsupported[family]}")
 
     def peft_config_class(self) -> type | None:
         """PEFT's config class that ``peft_options`` extend (None: the method has none to check them against)."""
@@ -68,24 +84,24 @@ class FinetuneMethod:
         """The ``quantization_config`` to load the base model with (None: load it as usual)."""
         return None
 
-    def prepare(self, model, cfg: "FinetuneConfig", family: str):
+    def prepare(self, model, s: "MethodSettings", family: str, gradient_checkpointing: bool = False):
         """The base model made ready before a PEFT wrapper goes on (or before training, for non-PEFT methods)."""
         return model
 
-    def peft_config(self, cfg: "FinetuneConfig", model, family: str) -> "PeftConfig | None":
+    def peft_config(self, s: "MethodSettings", model, family: str) -> "PeftConfig | None":
         """PEFT's config for this method (None: the method trains the model's own weights)."""
         return None
 
-    def details(self, model, cfg: "FinetuneConfig") -> dict[str, Any]:
+    def details(self, model, s: "MethodSettings") -> dict[str, Any]:
         """What the run record says about the method beyond the common fields."""
         return {"peft": peft_summary(model)} if self.peft else {}
 
 
-def build_peft_config(config_class, defaults: dict[str, Any], cfg: "FinetuneConfig"):
-    """A PEFT config of ``config_class`` from ``defaults``, extended (and overridden) by ``cfg.peft_options``;
+def build_peft_config(config_class, defaults: dict[str, Any], s: "MethodSettings"):
+    """A PEFT config of ``config_class`` from ``defaults``, extended (and overridden) by ``s.peft_options``;
     unknown options and values PEFT refuses are UserErrors naming the option."""
-    options = dict(cfg.peft_options)
-    check_peft_options(config_class, cfg)
+    options = s.options
+    check_peft_options(config_class, s)
     known = {f.name for f in dataclasses.fields(config_class)}
     if "modules_to_save" in options and defaults.get("modules_to_save"):  # the head / fresh modules must still train
         options["modules_to_save"] = sorted(set(defaults["modules_to_save"]) | set(options["modules_to_save"] or []))
@@ -93,19 +109,19 @@ def build_peft_config(config_class, defaults: dict[str, Any], cfg: "FinetuneConf
     try:
         return config_class(**kwargs)
     except (TypeError, ValueError) as e:
-        raise UserError(f"method: {cfg.method}: PEFT refused the config ({config_class.__name__}): {e}; check "
-                        "finetune.peft_options and target_modules") from e
+        raise UserError(f"method: {s.name}: PEFT refused the config ({config_class.__name__}): {e}; check "
+                        "method.peft_options and method.target_modules") from e
 
 
-def check_peft_options(config_class, cfg: "FinetuneConfig") -> None:
+def check_peft_options(config_class, s: "MethodSettings") -> None:
     """Refuse ``peft_options`` keys that are not fields of ``config_class``, naming them and the valid ones."""
     known = {f.name for f in dataclasses.fields(config_class)}
-    unknown = sorted(set(cfg.peft_options) - known)
+    unknown = sorted(set(s.options) - known)
     if unknown:
         near = sorted({m for k in unknown for m in difflib.get_close_matches(str(k), known, n=2, cutoff=0.6)})
         hint = f" (did you mean {', '.join(near)}?)" if near else ""
-        raise UserError(f"finetune.peft_options: {', '.join(map(str, unknown))}{hint} is not a setting of PEFT's "
-                        f"{config_class.__name__} (method: {cfg.method}); its settings are: "
+        raise UserError(f"method.peft_options: {', '.join(map(str, unknown))}{hint} is not a setting of PEFT's "
+                        f"{config_class.__name__} (method: {s.name}); its settings are: "
                         f"{', '.join(sorted(known - {'peft_type', 'task_type', 'auto_mapping'}))}")
 
 
@@ -120,7 +136,7 @@ def default_target_modules(model, mapping: dict[str, Any], method: str) -> list[
     if targets:
         return targets
     raise UserError(f"PEFT has no default {method} target modules for model type {config.model_type!r}; set "
-                    "target_modules in the finetune strategy (names of the model's linear layers, e.g. [q_proj, "
+                    "method.target_modules in the finetune strategy (names of the model's linear layers, e.g. [q_proj, "
                     "v_proj], or all-linear)")
 
 

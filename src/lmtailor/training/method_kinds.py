@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from lmtailor.errors import UserError
 from lmtailor.training.method_base import (FinetuneMethod, base_defaults, build_peft_config, default_target_modules,
                                            fp32_master_weights, head_modules)
+from lmtailor.training.method_settings import PeftSettings
 
 
 @dataclass(frozen=True)
 class FullMethod(FinetuneMethod):
     """Every weight trains, in fp32 master weights."""
 
-    def prepare(self, model, cfg, family):
+    def prepare(self, model, s, family, gradient_checkpointing=False):
         return fp32_master_weights(model)
 
 
@@ -35,8 +36,8 @@ class LoraMethod(FinetuneMethod):
 
         return LoraConfig
 
-    def check(self, cfg, family, runtime=None):
-        super().check(cfg, family, runtime)
+    def check(self, s, family, runtime=None):
+        super().check(s, family, runtime)
         if self.quantized and runtime is not None:
             check_qlora_runtime(runtime)
 
@@ -49,7 +50,7 @@ class LoraMethod(FinetuneMethod):
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                   bnb_4bit_compute_dtype=runtime.dtype)
 
-    def prepare(self, model, cfg, family):
+    def prepare(self, model, s, family, gradient_checkpointing=False):
         if not self.quantized:
             return model
         if not getattr(model, "is_loaded_in_4bit", False):
@@ -58,23 +59,30 @@ class LoraMethod(FinetuneMethod):
         from peft import prepare_model_for_kbit_training
 
         # casts the remaining non-quantized weights (norms, head) to fp32 and enables input gradients
-        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
 
-    def peft_config(self, cfg, model, family):
+    def peft_config(self, s, model, family):
         from peft import LoraConfig
         from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as mapping
 
-        targets = cfg.target_modules if cfg.target_modules is not None else \
+        targets = s.target_modules if s.target_modules is not None else \
             default_target_modules(model, mapping, "LoRA")
-        defaults = {**base_defaults(model, family), "r": cfg.lora_r, "lora_alpha": cfg.lora_alpha,
-                    "lora_dropout": cfg.lora_dropout, "target_modules": targets, "bias": "none"}
+        defaults = {**base_defaults(model, family), "r": s.r, "lora_alpha": s.alpha,
+                    "lora_dropout": s.dropout, "target_modules": targets, "bias": "none"}
         if self.use_dora:
             defaults["use_dora"] = True
-        return build_peft_config(LoraConfig, defaults, cfg)
+        return build_peft_config(LoraConfig, defaults, s)
 
-    def details(self, model, cfg):
+    def details(self, model, s):
         quantized = {"quantization": "4-bit NF4, double quantization (bitsandbytes)"} if self.quantized else {}
-        return {**super().details(model, cfg), **quantized}
+        return {**super().details(model, s), **quantized}
+
+
+def lora_details(peft_model) -> dict:
+    """A LoRA-wrapped model's rank, alpha, dropout and target modules, for the run record."""
+    c = peft_model.peft_config["default"]
+    targets = sorted(c.target_modules) if isinstance(c.target_modules, (set, list)) else c.target_modules
+    return {"r": c.r, "alpha": c.lora_alpha, "dropout": c.lora_dropout, "target_modules": targets}
 
 
 def check_qlora_runtime(runtime) -> None:
@@ -99,20 +107,20 @@ class IA3Method(FinetuneMethod):
 
         return IA3Config
 
-    def peft_config(self, cfg, model, family):
+    def peft_config(self, s, model, family):
         from peft import IA3Config
         from peft.utils.constants import (TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as ff_mapping,
                                           TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as mapping)
 
-        if cfg.target_modules is None:
+        if s.target_modules is None:
             targets = default_target_modules(model, mapping, "IA3")
             feedforward = None if targets is None else default_target_modules(model, ff_mapping, "IA3 feed-forward")
         else:  # the feed-forward modules must be a subset of the targets: keep the default ones named there
-            targets = cfg.target_modules
+            targets = s.target_modules
             known = ff_mapping.get(model.config.model_type, [])
             feedforward = [m for m in known if isinstance(targets, list) and m in targets]
         defaults = {**base_defaults(model, family), "target_modules": targets, "feedforward_modules": feedforward}
-        return build_peft_config(IA3Config, defaults, cfg)
+        return build_peft_config(IA3Config, defaults, s)
 
 
 @dataclass(frozen=True)
@@ -126,11 +134,11 @@ class PrefixMethod(FinetuneMethod):
 
         return PrefixTuningConfig
 
-    def peft_config(self, cfg, model, family):
+    def peft_config(self, s, model, family):
         from peft import PrefixTuningConfig
 
-        defaults = {**base_defaults(model, family), "num_virtual_tokens": cfg.num_virtual_tokens}
-        return build_peft_config(PrefixTuningConfig, defaults, cfg)
+        defaults = {**base_defaults(model, family), "num_virtual_tokens": s.num_virtual_tokens}
+        return build_peft_config(PrefixTuningConfig, defaults, s)
 
 
 @dataclass(frozen=True)
@@ -150,15 +158,15 @@ class PromptTuningMethod(FinetuneMethod):
 
         return PromptTuningConfig
 
-    def peft_config(self, cfg, model, family):
+    def peft_config(self, s, model, family):
         from peft import PromptTuningConfig
 
-        defaults = {**base_defaults(model, family), "num_virtual_tokens": cfg.num_virtual_tokens,
+        defaults = {**base_defaults(model, family), "num_virtual_tokens": s.num_virtual_tokens,
                     "prompt_tuning_init": "SAMPLE_VOCAB"}
-        if cfg.peft_options.get("prompt_tuning_init_text"):
+        if s.options.get("prompt_tuning_init_text"):
             # PEFT tokenizes the text with the tokenizer it loads from this path: the model's own
             defaults.update(prompt_tuning_init="TEXT", tokenizer_name_or_path=model.name_or_path)
-        return build_peft_config(PromptTuningConfig, defaults, cfg)
+        return build_peft_config(PromptTuningConfig, defaults, s)
 
 
 ADAPTERS_UNAVAILABLE = (
@@ -175,22 +183,22 @@ class AdapterMethod(FinetuneMethod):
     Not re-implemented here: when the library does not import, the method says why and what to use instead.
     """
 
-    def check(self, cfg, family, runtime=None):
-        super().check(cfg, family, runtime)
+    def check(self, s, family, runtime=None):
+        super().check(s, family, runtime)
         adapters_library()
 
-    def prepare(self, model, cfg, family):
+    def prepare(self, model, s, family, gradient_checkpointing=False):
         adapters = adapters_library()
         adapters.init(model)
-        model.add_adapter("default", config=adapters.SeqBnConfig(**cfg.peft_options))
+        model.add_adapter("default", config=adapters.SeqBnConfig(**s.options))
         model.train_adapter("default")  # freezes everything else
         if family == "encoder":  # the fresh classification head trains too
             for name in head_modules(model):
                 getattr(model, name).requires_grad_(True)
         return model
 
-    def details(self, model, cfg):
-        return {"adapters": {"library": "adapters", "config": "seq_bn", **cfg.peft_options}}
+    def details(self, model, s):
+        return {"adapters": {"library": "adapters", "config": "seq_bn", **s.options}}
 
 
 def adapters_library():
@@ -217,17 +225,17 @@ def save_adapters(model, tokenizer, path):
 class FreezeMethod(FinetuneMethod):
     """Only the top ``trainable_layers`` transformer layers, the final norm and the head train (in fp32)."""
 
-    def row_label(self, cfg):
-        return f"freeze top {cfg.trainable_layers}"
+    def row_label(self, s):
+        return f"freeze top {s.trainable_layers}"
 
-    def prepare(self, model, cfg, family):
+    def prepare(self, model, s, family, gradient_checkpointing=False):
         from lmtailor.training.freeze import freeze_below_top
 
         model = fp32_master_weights(model)
-        freeze_below_top(model, cfg.trainable_layers, family)
+        freeze_below_top(model, s.trainable_layers, family)
         return model
 
-    def details(self, model, cfg):
+    def details(self, model, s):
         from lmtailor.training.freeze import freeze_summary
 
         return {"freeze": freeze_summary(model)}
@@ -244,18 +252,18 @@ class PassThroughMethod(FinetuneMethod):
 
         return PEFT_TYPE_TO_CONFIG_MAPPING[self.peft_type]
 
-    def peft_config(self, cfg, model, family):
+    def peft_config(self, s, model, family):
         from peft import PEFT_TYPE_TO_CONFIG_MAPPING
         from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
 
         config_class = PEFT_TYPE_TO_CONFIG_MAPPING[self.peft_type]
         fields = {f.name for f in dataclasses.fields(config_class)}
         defaults = base_defaults(model, family)
-        if "target_modules" in fields and "target_modules" not in cfg.peft_options:
+        if "target_modules" in fields and "target_modules" not in s.options:
             mapping = getattr(PEFT_TYPE_TO_TUNER_MAPPING.get(self.peft_type), "target_module_mapping", None) or {}
-            defaults["target_modules"] = cfg.target_modules if cfg.target_modules is not None else \
+            defaults["target_modules"] = s.target_modules if s.target_modules is not None else \
                 default_target_modules(model, mapping, self.label)
-        return build_peft_config(config_class, defaults, cfg)
+        return build_peft_config(config_class, defaults, s)
 
 
 def pass_through(name: str, peft_type: str, label: str) -> PassThroughMethod | None:
@@ -273,6 +281,7 @@ def pass_through(name: str, peft_type: str, label: str) -> PassThroughMethod | N
         reason = "lmtailor serves prompt-learning adapters of the prefix and prompt-tuning kinds only; use those"
         unsupported = {family: reason for family in ("decoder-only", "encoder-decoder", "encoder")}
     settings = ("peft_options",) + (("target_modules",) if "target_modules" in fields else ())
-    return PassThroughMethod(name, label, settings, unsupported=unsupported, peft_type=peft_type,
+    return PassThroughMethod(name, label, PeftSettings, settings=settings, unsupported=unsupported,
+                             peft_type=peft_type, merges=not unsupported and peft_type != "ADAPTION_PROMPT",
                              learning_rate_source="LoRA's default (no per-method default for pass-through PEFT "
                                                   "methods; set learning_rate for this one)")

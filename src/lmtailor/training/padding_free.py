@@ -23,7 +23,8 @@ import torch
 from lmtailor.errors import UserError
 
 if TYPE_CHECKING:
-    from lmtailor.strategies.finetune import FinetuneConfig
+    from lmtailor.core.training_loop import TrainingLoop
+    from lmtailor.training.method_settings import MethodSettings
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def check_padding_free(model, pad_token_id: int) -> None:
                         "utilities: sdpa, eager, flex or flash attention)")
 
 
-def use_padding_free(model, pad_token_id: int, cfg: "FinetuneConfig") -> bool:
+def use_padding_free(model, pad_token_id: int, cfg: "TrainingLoop", method: "MethodSettings") -> bool:
     """Whether a decoder-only run flattens its batches: ``padding_free`` as set (true is checked on ``model`` and
     refused if rows would mix), or, when unset, wherever it applies and the check passes."""
     from lmtailor.training.peft_methods import finetune_method
@@ -79,7 +80,7 @@ def use_padding_free(model, pad_token_id: int, cfg: "FinetuneConfig") -> bool:
     if cfg.padding_free is False:
         return False
     if cfg.padding_free is None:
-        if cfg.batch_size == 1 or not finetune_method(cfg.method).padding_free_ok:
+        if cfg.batch_size == 1 or not finetune_method(method.name).padding_free_ok:
             return False
         try:
             check_padding_free(model, pad_token_id)

@@ -16,7 +16,9 @@ Importing this module is cheap (no torch, PEFT or transformers): the config vali
 from __future__ import annotations
 
 import difflib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Union
+
+from pydantic import Discriminator, Tag
 
 from lmtailor.errors import UserError
 from lmtailor.registry import Registry
@@ -25,23 +27,19 @@ from lmtailor.training.method_base import (FAMILIES, TASK_TYPE, FinetuneMethod, 
                                            fresh_modules, head_modules, peft_summary)
 from lmtailor.training.method_kinds import (AdapterMethod, FreezeMethod, FullMethod, IA3Method, LoraMethod,
                                             PrefixMethod, PromptTuningMethod, pass_through, save_adapters)
+from lmtailor.training.method_settings import (AdapterSettings, FreezeSettings, FullSettings, IA3Settings,
+                                               LoraSettings, MethodSettings, PeftSettings, VirtualTokenSettings,
+                                               nest_flat_settings)
 
 if TYPE_CHECKING:
     from peft import PeftConfig
 
-    from lmtailor.strategies.finetune import FinetuneConfig
+    from lmtailor.core.training_loop import OptimizerSettings
 
-__all__ = ["FAMILIES", "FINETUNE_METHODS", "TASK_TYPE", "FinetuneMethod", "artifact_kind", "check_method_settings",
-           "default_target_modules", "finetune_method", "fresh_modules", "head_modules", "learning_rate",
-           "method_label", "peft_summary", "prepare_for_training", "save_adapters", "save_override", "serve",
-           "wrap_for_training"]
-
-# The FinetuneConfig fields that only some methods read; a method refuses any of them it does not take.
-_SETTING_GROUP = {"lora_r": "LoRA", "lora_alpha": "LoRA", "lora_dropout": "LoRA", "target_modules": "LoRA",
-                  "num_virtual_tokens": "virtual-token", "trainable_layers": "freeze", "peft_options": "PEFT"}
-METHOD_SETTINGS = tuple(_SETTING_GROUP)
-_LORA = ("lora_r", "lora_alpha", "lora_dropout", "target_modules", "peft_options")
-_VIRTUAL = ("num_virtual_tokens", "peft_options")
+__all__ = ["FAMILIES", "FINETUNE_METHODS", "TASK_TYPE", "FinetuneMethod", "MethodField", "MethodSettings",
+           "artifact_kind", "check_method", "check_settings", "default_target_modules", "finetune_method",
+           "fresh_modules", "head_modules", "known_method", "learning_rate", "method_label", "nest_method",
+           "peft_summary", "prepare_for_training", "save_adapters", "save_override", "serve", "wrap_for_training"]
 
 # Where the default learning rates come from (AdamW, linear decay after warm-up, as every trainer here uses):
 # - full 5e-5: the Transformers default and the top of BERT's fine-tuning grid (Devlin et al. 2019: 5e-5, 3e-5,
@@ -66,17 +64,21 @@ _NO_SEQ2SEQ_PREFIX = ("PEFT puts the prefix into the decoder only (its docs: the
 
 FINETUNE_METHODS: Registry[FinetuneMethod] = Registry("fine-tuning method")
 for _method in (
-    FullMethod("full", "full FT", learning_rate=5e-5, encoder_learning_rate=5e-5, peft=False),
-    LoraMethod("lora", "LoRA", _LORA),
-    LoraMethod("dora", "DoRA", _LORA, use_dora=True),
-    LoraMethod("qlora", "QLoRA", _LORA, quantized=True),
-    IA3Method("ia3", "IA3", ("target_modules", "peft_options"), learning_rate=3e-3, encoder_learning_rate=3e-3),
-    PrefixMethod("prefix", "prefix tuning", _VIRTUAL, learning_rate=1e-2, encoder_learning_rate=1e-2,
-                 unsupported={"encoder": _NO_KV_ENCODER, "encoder-decoder": _NO_SEQ2SEQ_PREFIX}),
-    PromptTuningMethod("prompt-tuning", "prompt tuning", _VIRTUAL, learning_rate=3e-2, encoder_learning_rate=3e-2),
-    AdapterMethod("adapter", "adapters", ("peft_options",), learning_rate=1e-4, encoder_learning_rate=1e-4),
-    FreezeMethod("freeze", "freeze", ("trainable_layers",), learning_rate=5e-5, encoder_learning_rate=5e-5,
-                 peft=False),
+    FullMethod("full", "full FT", FullSettings, learning_rate=5e-5, encoder_learning_rate=5e-5, peft=False,
+               merges=False, flops_kind="full"),
+    LoraMethod("lora", "LoRA", LoraSettings),
+    LoraMethod("dora", "DoRA", LoraSettings, use_dora=True),
+    # merging into 4-bit weights would round the update away: the adapter is kept beside the quantized base
+    LoraMethod("qlora", "QLoRA", LoraSettings, quantized=True, merges=False),
+    IA3Method("ia3", "IA3", IA3Settings, learning_rate=3e-3, encoder_learning_rate=3e-3),
+    PrefixMethod("prefix", "prefix tuning", VirtualTokenSettings, learning_rate=1e-2, encoder_learning_rate=1e-2,
+                 merges=False, unsupported={"encoder": _NO_KV_ENCODER, "encoder-decoder": _NO_SEQ2SEQ_PREFIX}),
+    PromptTuningMethod("prompt-tuning", "prompt tuning", VirtualTokenSettings, learning_rate=3e-2,
+                       encoder_learning_rate=3e-2, merges=False),
+    AdapterMethod("adapter", "adapters", AdapterSettings, learning_rate=1e-4, encoder_learning_rate=1e-4,
+                  merges=False),
+    FreezeMethod("freeze", "freeze", FreezeSettings, learning_rate=5e-5, encoder_learning_rate=5e-5, peft=False,
+                 merges=False, flops_kind="freeze"),
 ):
     FINETUNE_METHODS.register(_method.name, _method)
 
@@ -113,55 +115,113 @@ def finetune_method(name: str) -> FinetuneMethod:
                     f"by name: {', '.join(pass_through_names())}")
 
 
-def check_method_settings(cfg: "FinetuneConfig") -> None:
-    """Refuse method-specific settings written for a method that does not read them (e.g. lora_r with ia3)."""
-    method = finetune_method(cfg.method)
-    stray = [f for f in METHOD_SETTINGS if f in cfg.model_fields_set and f not in method.settings]
-    if "peft_options" in stray and not cfg.peft_options:
-        stray.remove("peft_options")  # an explicit empty dict asks for nothing
-    if stray:
-        groups: dict[str, list[str]] = {}
-        for f in stray:
-            groups.setdefault(_SETTING_GROUP[f], []).append(f)
-        what = " and ".join(f"{group} settings ({', '.join(fields)})" for group, fields in groups.items())
-        takes = ", ".join(method.settings) or "none of them"
-        raise UserError(f"{what} do not apply to method: {cfg.method}; remove them (it takes: {takes})")
-    config_class = method.peft_config_class() if cfg.peft_options else None
+def _tag(value: Any) -> str | None:
+    """The union member a ``method:`` value validates as: its built-in method's name (any PEFT pass-through:
+    "peft"); an error's key path then reads e.g. ``method.lora.rr``."""
+    name = value.get("name") if isinstance(value, dict) else getattr(value, "name", None)
+    if not isinstance(name, str):
+        return None
+    try:
+        method = finetune_method(name)
+    except UserError:
+        return None
+    return method.name if method.name in FINETUNE_METHODS else "peft"
+
+
+def _union_members() -> tuple:
+    members = [Annotated[FINETUNE_METHODS.get(n).settings_model, Tag(n)] for n in FINETUNE_METHODS.names()]
+    return (*members, Annotated[PeftSettings, Tag("peft")])
+
+
+# The ``method:`` field of a fine-tuning config: each registered method's settings model, picked by ``name``.
+MethodField = Annotated[Union[_union_members()], Discriminator(_tag)]
+
+
+def _takes(name: str) -> tuple[str, ...]:
+    return finetune_method(name).settings
+
+
+def nest_method(values: Any) -> Any:
+    """A config block's ``method`` as a nested mapping: the flat spelling converted (``nest_flat_settings``), a
+    PEFT alias (prefix_tuning) turned into the built-in name. An unknown name is left for ``known_method``."""
+    if not isinstance(values, dict):
+        return values
+    method = values.get("method")
+    name = method if isinstance(method, str) else method.get("name") if isinstance(method, dict) else None
+    if not isinstance(name, str):
+        return values
+    try:
+        canonical = finetune_method(name).name
+    except UserError:
+        return values  # reported on the method key by known_method
+    if canonical in FINETUNE_METHODS and canonical != name:
+        values = {**values, "method": canonical if isinstance(method, str) else {**method, "name": canonical}}
+    return nest_flat_settings(values, _takes)
+
+
+def known_method(value: Any) -> Any:
+    """A ``method:`` value whose name is a method (else the error lists the nearest names): a field validator."""
+    name = value.get("name") if isinstance(value, dict) else value if isinstance(value, str) else None
+    if isinstance(name, str):
+        try:
+            finetune_method(name)
+        except UserError as e:
+            raise ValueError(str(e)) from None
+    return {"name": value} if isinstance(value, str) else value
+
+
+def check_settings(s: MethodSettings, padding_free: bool | None = None) -> None:
+    """Refuse settings the method cannot take: unknown ``peft_options``, ``target_modules`` for a PEFT method
+    without them, ``padding_free`` with virtual tokens."""
+    method = finetune_method(s.name)
+    if "target_modules" in s.model_fields_set and "target_modules" not in method.settings:
+        raise UserError(f"LoRA settings (target_modules) do not apply to method: {s.name}; remove them (it takes: "
+                        f"{', '.join(method.settings) or 'none of them'})")
+    config_class = method.peft_config_class() if s.options else None
     if config_class is not None:  # unknown keys refused by validate, not only when the row runs
-        check_peft_options(config_class, cfg)
-    if cfg.padding_free and not method.padding_free_ok:
-        raise UserError(f"padding_free cannot be used with method: {cfg.method}: its virtual tokens are put before "
+        check_peft_options(config_class, s)
+    if padding_free and not method.padding_free_ok:
+        raise UserError(f"padding_free cannot be used with method: {s.name}: its virtual tokens are put before "
                         "the whole flattened batch, not before each row; remove padding_free")
+
+
+def check_method(s: MethodSettings, family: str, runtime=None, padding_free: bool | None = None) -> None:
+    """Refuse, before any model is loaded, a family, device or setting the method cannot run with."""
+    finetune_method(s.name).check(s, family, runtime)
+    if padding_free and family != "decoder-only":
+        raise UserError(f"padding_free applies to decoder-only models only; this model is {family} "
+                        "(encoder inputs and seq2seq targets are padded per batch). Remove padding_free.")
 
 
 def artifact_kind(method: str) -> str:
     """The artifact a method leaves: "adapter" (PEFT or bottleneck adapters) or "model" (full, freeze)."""
-    return "adapter" if finetune_method(method).peft else "model"
+    return finetune_method(method).artifact_kind
 
 
-def learning_rate(cfg: "FinetuneConfig", family: str) -> float:
+def learning_rate(loop: "OptimizerSettings", s: MethodSettings, family: str) -> float:
     """The configured learning rate, or the method's default for the model family."""
-    return cfg.learning_rate if cfg.learning_rate is not None else \
-        finetune_method(cfg.method).default_learning_rate(family)
+    return loop.learning_rate if loop.learning_rate is not None else \
+        finetune_method(s.name).default_learning_rate(family)
 
 
-def method_label(cfg: "FinetuneConfig") -> str:
+def method_label(s: MethodSettings) -> str:
     """The row label of the method: "LoRA", "full FT", "freeze top 2", "LoHa", ..."""
-    return finetune_method(cfg.method).row_label(cfg)
+    return finetune_method(s.name).row_label(s)
 
 
-def prepare_for_training(model, cfg: "FinetuneConfig", family: str) -> tuple[Any, "PeftConfig | None"]:
+def prepare_for_training(model, s: MethodSettings, family: str,
+                         gradient_checkpointing: bool = False) -> tuple[Any, "PeftConfig | None"]:
     """(model, PEFT config) for a trainer: the model prepared by the method, and the config to wrap it with
     (None for full, freeze and bottleneck adapters)."""
-    method = finetune_method(cfg.method)
-    method.check(cfg, family)
-    model = method.prepare(model, cfg, family)
-    return model, method.peft_config(cfg, model, family)
+    method = finetune_method(s.name)
+    method.check(s, family)
+    model = method.prepare(model, s, family, gradient_checkpointing)
+    return model, method.peft_config(s, model, family)
 
 
-def wrap_for_training(model, cfg: "FinetuneConfig", family: str):
+def wrap_for_training(model, s: MethodSettings, family: str, gradient_checkpointing: bool = False):
     """The model ready for a Trainer: prepared, and wrapped with PEFT where the method uses PEFT."""
-    model, config = prepare_for_training(model, cfg, family)
+    model, config = prepare_for_training(model, s, family, gradient_checkpointing)
     if config is None:
         return model
     from peft import get_peft_model
@@ -169,18 +229,19 @@ def wrap_for_training(model, cfg: "FinetuneConfig", family: str):
     try:
         return get_peft_model(model, config)
     except ValueError as e:
-        raise UserError(f"method: {cfg.method}: PEFT could not apply it to {type(model).__name__}: {e}") from e
+        raise UserError(f"method: {s.name}: PEFT could not apply it to {type(model).__name__}: {e}") from e
 
 
-def save_override(cfg: "FinetuneConfig") -> dict[str, Any]:
+def save_override(s: MethodSettings) -> dict[str, Callable]:
     """Keyword arguments for ``train_and_save``: bottleneck adapters save through their own library; every other
     method through ``save_pretrained`` (the default)."""
-    return {"save": save_adapters} if isinstance(finetune_method(cfg.method), AdapterMethod) else {}
+    return {"save": save_adapters} if isinstance(finetune_method(s.name), AdapterMethod) else {}
 
 
 def serve(model, dtype=None) -> tuple[Any, str]:
-    """The tuned model as it is served, and how: adapters that fold into the weights are merged (inference then
-    costs what the base model's does); prompt-learning adapters (virtual tokens) and 4-bit bases are not.
+    """The tuned model as it is served, and how: adapters of a method that merges (``FinetuneMethod.merges``) are
+    merged (inference then costs what the base model's does); prompt-learning adapters (virtual tokens) and 4-bit
+    bases are not.
 
     ``dtype``: the run's compute dtype. Full and freeze fine-tuning train fp32 master weights, and merging an fp32
     adapter can promote a layer to fp32: served like that, a tuned row would pay fp32 inference (5x slower than bf16
@@ -192,7 +253,7 @@ def serve(model, dtype=None) -> tuple[Any, str]:
         return model, "adapter kept beside the 4-bit base (merging into 4-bit weights would round the update away)"
     if not isinstance(model, PeftModel):
         served, how = model, "the trained weights, as saved"
-    elif model.active_peft_config.is_prompt_learning or model.active_peft_config.is_adaption_prompt:
+    elif not peft_model_merges(model):
         served, how = model, "through the PeftModel: virtual tokens have no weights to merge into"
     else:
         served, how = model.merge_and_unload(), "adapter merged into the base weights"
@@ -200,3 +261,18 @@ def serve(model, dtype=None) -> tuple[Any, str]:
         served = served.to(dtype)
         how += f", in the run's compute dtype ({str(dtype).removeprefix('torch.')})"
     return served, how
+
+
+def peft_model_merges(model) -> bool:
+    """Whether a PeftModel's adapter folds into its base weights: its method's ``merges`` (the method named by its
+    PEFT type), so serving, pre-training and export decide it in one place."""
+    return peft_type_merges(str(model.active_peft_config.peft_type.value))
+
+
+def peft_type_merges(peft_type: str) -> bool:
+    """``FinetuneMethod.merges`` of the method with PEFT type ``peft_type`` (LORA, IA3, PREFIX_TUNING, LOHA...)."""
+    name = _BUILT_IN_PEFT_TYPES.get(peft_type, peft_type.lower())
+    try:
+        return finetune_method(name).merges
+    except UserError:
+        return False

@@ -13,7 +13,8 @@ measure of how much of the domain the model learnt. Training goes through the en
 (``training/engine.py``) with the arguments every lmtailor trainer uses (``training/common.py``: precision from the
 runtime, loss on the progress bar, resumable checkpoints in ``<out_dir>/checkpoints``), a cosine learning-rate
 schedule after a linear warm-up, as in LLM pre-training recipes.
-With LoRA the adapters are trained on the corpus and merged into the weights at the end.
+The method comes from the fine-tuning registry (``training/peft_methods.py``): full, freeze, or any method whose adapter
+merges (LoRA, DoRA, IA3, ...), whose adapters are trained on the corpus and merged into the weights at the end.
 """
 
 from __future__ import annotations
@@ -23,26 +24,23 @@ import logging
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
 
+from lmtailor.core.training_loop import OptimizerSettings, TrainingLoop
 from lmtailor.data.packing import (PackedCorpus, noise_span_counts, pack_documents, span_corruption,
                                    span_corruption_lengths, text_infilling)
 from lmtailor.errors import UserError
 from lmtailor.models.family import detect_family
 from lmtailor.runtime import Runtime
-from lmtailor.strategies.finetune import lora_details
-from lmtailor.training.common import (common_training_args, count_params, fp32_for_full, summarize_log,
-                                      use_loss_bar)
+from lmtailor.training.common import common_training_args, count_params, summarize_log, use_loss_bar
 from lmtailor.training.engine import engine_trainer_class
+from lmtailor.training.method_kinds import LoraMethod, lora_details
+from lmtailor.training.method_settings import MethodSettings
+from lmtailor.training.peft_methods import finetune_method, peft_summary, wrap_for_training
 from lmtailor.training.recovery import finish_checkpoints, run_training
-from lmtailor.training.seq2seq import seq2seq_lora_config
-from lmtailor.training.sft import lora_config
-
-if TYPE_CHECKING:
-    from lmtailor.strategies.continued_pretraining import PretrainingConfig
 
 log = logging.getLogger("lmtailor")
 
@@ -205,28 +203,6 @@ def tokenize_documents(tokenizer, texts: Sequence[str], batch: int = 256, desc: 
             bar.update(len(chunk))
 
 
-@dataclass(frozen=True)
-class _PhaseKnobs:
-    """The fields ``common_training_args`` and ``fp32_for_full`` read, for a phase measured in steps."""
-
-    method: str
-    max_steps: int
-    batch_size: int
-    gradient_accumulation_steps: int
-    warmup_ratio: float
-    weight_decay: float
-    max_grad_norm: float
-    logging_steps: int
-    gradient_checkpointing: bool
-    checkpoint_steps: int = 500
-    keep_checkpoints: int = 1
-    epochs: float = 1.0  # unused: max_steps decides
-    eval_strategy: str = "no"  # the held-out loss is measured before and after training, not in between
-    eval_steps: int | None = None
-    early_stopping_patience: int | None = None  # a fixed token budget: no early stopping
-    group_by_length: bool = False  # every block has the same length
-
-
 @functools.lru_cache(maxsize=None)
 def _trainer_class():
     from transformers import Trainer
@@ -281,7 +257,7 @@ def plan_steps(train_blocks: int, raw_block: int, effective_batch: int, max_toke
     return _Plan(steps, round(steps * effective_batch / train_blocks, 3), stopped_by)
 
 
-def _objective_setup(model, tokenizer, cfg: "PretrainingConfig", objective: Objective, block_size: int,
+def _objective_setup(model, tokenizer, cfg: OptimizerSettings, objective: Objective, block_size: int,
                      seed: int) -> tuple[ObjectiveCollator, int, dict]:
     """The collator and the raw block length (corpus tokens per block) for ``objective``, plus record details."""
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
@@ -325,29 +301,25 @@ def _held_out(packed: PackedCorpus, wanted: int, seed: int) -> tuple[np.ndarray,
     return packed.blocks[np.sort(order[k:])], packed.blocks[np.sort(order[:k])]
 
 
-def _wrap_lora(model, cfg: "PretrainingConfig"):
-    from peft import get_peft_model
+def phase_loop(cfg: OptimizerSettings, steps: int) -> TrainingLoop:
+    """The training loop of a phase measured in steps: the phase's optimizer settings, ``steps`` optimizer steps,
+    no evaluation in between (the held-out loss is measured before and after), no early stopping (a fixed token
+    budget), no length grouping (every block has the same length)."""
+    knobs = {k: getattr(cfg, k) for k in OptimizerSettings.model_fields}
+    return TrainingLoop(**knobs, max_steps=steps, eval_strategy="no")
 
-    if model.config.is_encoder_decoder:
-        return get_peft_model(model, seq2seq_lora_config(cfg, model))
 
-    return get_peft_model(model, lora_config(cfg))
-
-
-def _build_trainer(model, tokenizer, cfg: "PretrainingConfig", method: str, steps: int,
+def _build_trainer(model, tokenizer, cfg: OptimizerSettings, method: MethodSettings, steps: int,
                    collator: ObjectiveCollator, train_blocks: np.ndarray, held_out: np.ndarray, raw_block: int,
                    learning_rate: float, runtime: Runtime, seed: int, out_dir: Path):
-    """A ``Trainer`` for ``steps`` optimizer steps over the blocks: fp32 master weights (full) or LoRA adapters."""
+    """A ``Trainer`` for ``steps`` optimizer steps over the blocks, the model prepared (and PEFT-wrapped) by the
+    fine-tuning method, as fine-tuning prepares it (full: fp32 master weights; LoRA, DoRA, IA3...: adapters)."""
     from transformers import TrainingArguments
 
-    knobs = _PhaseKnobs(method, steps, cfg.batch_size, cfg.gradient_accumulation_steps, cfg.warmup_ratio,
-                        cfg.weight_decay, cfg.max_grad_norm, cfg.logging_steps, cfg.gradient_checkpointing,
-                        checkpoint_steps=cfg.checkpoint_steps,
-                        keep_checkpoints=cfg.keep_checkpoints)
-    model = fp32_for_full(model, knobs)
-    if method == "lora":
-        model = _wrap_lora(model, cfg)
-    args = TrainingArguments(**common_training_args(knobs, runtime, seed, out_dir / "checkpoints", False,
+    loop = phase_loop(cfg, steps)
+    family = "encoder-decoder" if model.config.is_encoder_decoder else "decoder-only"
+    model = wrap_for_training(model, method, family, loop.gradient_checkpointing)
+    args = TrainingArguments(**common_training_args(loop, runtime, seed, out_dir / "checkpoints", False,
                                                     learning_rate),
                              lr_scheduler_type="cosine", remove_unused_columns=False)
     # held-out examples are corrupted once, with a fixed generator, so "before" and "after" see the same noise
@@ -359,24 +331,34 @@ def _build_trainer(model, tokenizer, cfg: "PretrainingConfig", method: str, step
     return use_loss_bar(trainer)
 
 
-def _release(trainer, method: str) -> tuple[Any, dict | None]:
-    """The trained model for the next phase (LoRA merged, every weight trainable again), the optimizer dropped."""
+def _release(trainer, method: MethodSettings) -> tuple[Any, dict]:
+    """The trained model for the next phase (an adapter merged, every weight trainable again), the optimizer
+    dropped; and what the record says about the method's adapter."""
+    from peft import PeftModel
+
     trainer.optimizer = trainer.lr_scheduler = None  # the optimizer state is not needed for the next phase
     trainer.accelerator.free_memory()
-    if method != "lora":
-        return trainer.model, None
-    lora = {**lora_details(trainer.model), "merged": "into the weights before fine-tuning"}
-    model = trainer.model.merge_and_unload()
+    model = trainer.model
+    if not finetune_method(method.name).merges or not isinstance(model, PeftModel):
+        model.requires_grad_(True)  # freeze tuning froze the lower layers; the next phase decides what trains
+        return model, finetune_method(method.name).details(model, method)
+    merged = {"merged": "into the weights before fine-tuning"}
+    adapter = {"lora": {**lora_details(model), **merged}} if isinstance(finetune_method(method.name), LoraMethod) \
+        else {"peft": {**(peft_summary(model) or {}), **merged}}
+    model = model.merge_and_unload()
     model.requires_grad_(True)  # PEFT froze the base weights; the next phase decides what trains
-    return model, lora
+    return model, adapter
 
 
-def run_pretraining(model, tokenizer, texts: Sequence[str], cfg: "PretrainingConfig", *, method: str,
+def run_pretraining(model, tokenizer, texts: Sequence[str], cfg: OptimizerSettings, *, method: MethodSettings,
                     objective: Objective, block_size: int, learning_rate: float, runtime: Runtime, seed: int,
                     out_dir: Path, desc: str = "pretrain") -> Pretrained:
     """Pack ``texts`` into blocks and train ``model`` on them with ``objective`` within ``cfg``'s token budget.
 
-    ``method``: "full" trains every weight (in fp32 master weights), "lora" trains adapters and merges them.
+    ``cfg``: the pre-training phase's settings (its optimizer settings, and the corpus knobs ``max_tokens``,
+    ``max_epochs``, ``validation_blocks``, ``noise_density``, ``mean_noise_span_length``). ``method``: any
+    fine-tuning method whose adapter merges (``FinetuneMethod.merges``) or that trains the weights themselves: full
+    trains every weight (in fp32 master weights), LoRA, DoRA, IA3, ... train adapters that are merged at the end.
     """
     collator, raw_block, objective_details = _objective_setup(model, tokenizer, cfg, objective, block_size, seed)
     packed = pack_documents(tokenize_documents(tokenizer, texts, desc=f"{desc}: tokenize"), raw_block,
@@ -399,15 +381,15 @@ def run_pretraining(model, tokenizer, texts: Sequence[str], cfg: "PretrainingCon
     after = trainer.evaluate()["eval_loss"] if len(held_out) else None
     finish_checkpoints(trainer)
     state, corpus_tokens = trainer.state, trainer.corpus_tokens_seen
-    model, lora = _release(trainer, method)
+    model, adapter = _release(trainer, method)
     details = {
-        "objective": objective, "method": method, **objective_details, "corpus": packed.summary(),
+        "objective": objective, "method": method.name, **objective_details, "corpus": packed.summary(),
         "block_size": block_size, "corpus_tokens_per_block": raw_block, "train_blocks": len(train_blocks),
         "held_out_blocks": len(held_out), "token_budget": cfg.max_tokens, "corpus_tokens_trained": corpus_tokens,
         "tokens_processed": int(state.num_input_tokens_seen), "steps": state.global_step,
         "passes": round(corpus_tokens / raw_block / len(train_blocks), 3), "stopped_by": plan.stopped_by,
         "effective_batch_size": effective, "learning_rate": learning_rate,
         "held_out_loss_before": before, "held_out_loss_after": after, "trainable_params": trainable,
-        "total_params": total, **summarize_log(state.log_history), **({"lora": lora} if lora else {}),
+        "total_params": total, **summarize_log(state.log_history), **adapter,
     }
     return Pretrained(model, int(state.num_input_tokens_seen), corpus_tokens, trainable, total, details)

@@ -29,21 +29,19 @@ from typing import TYPE_CHECKING, Any
 from transformers import TrainerCallback
 
 from lmtailor.core.example import DatasetSplits
+from lmtailor.core.training_loop import TrainingLoop
 from lmtailor.errors import UserError
 from lmtailor.measure.meter import Meter
 from lmtailor.tasks.evaluator import evaluate
-from lmtailor.training.search_space import Range, resolve_space
+from lmtailor.training.search_space import INT_SETTINGS, Range, is_set, resolve_space
 
 if TYPE_CHECKING:
     import optuna
 
     from lmtailor.core.context import RunContext
     from lmtailor.core.task_spec import TaskSpec
-    from lmtailor.strategies.finetune import FinetuneConfig, FinetuneStrategy
 
 log = logging.getLogger("lmtailor")
-_INT_SETTINGS = {"max_steps", "batch_size", "gradient_accumulation_steps", "lora_r", "lora_alpha",
-                 "num_virtual_tokens", "trainable_layers"}
 PRUNER_STARTUP_TRIALS = 2  # complete trials before the median means anything; Optuna's default (5) exceeds small runs
 
 
@@ -52,7 +50,7 @@ class SearchOutcome:
     """What a search found: the chosen settings, the final config they make, and every trial for the record."""
 
     chosen: dict[str, Any]
-    config: "FinetuneConfig"
+    config: TrainingLoop  # the row's config (a fine-tuning config) with the chosen settings
     trials: list[dict[str, Any]]
     metric: str
     direction: str
@@ -87,22 +85,27 @@ class PruneOnValidationLoss(TrainerCallback):
             control.should_training_stop = True
 
 
-def trial_config(cfg: "FinetuneConfig", params: dict[str, Any]) -> "FinetuneConfig":
-    """The row's config with ``params`` set and no search (validated like any config). A searched LoRA rank keeps
-    alpha = 2 r unless alpha is set or searched."""
-    from lmtailor.strategies.finetune import FinetuneConfig
-
-    values = {**cfg.model_dump(exclude_unset=True), **params}
+def trial_config(cfg: TrainingLoop, params: dict[str, Any]) -> TrainingLoop:
+    """The row's config (of its own class) with ``params`` set (``method.<name>`` inside the method block) and no
+    search, validated like any config. A searched LoRA rank keeps alpha = 2 r unless alpha is set or searched."""
+    values = cfg.model_dump(exclude_unset=True)
+    method = dict(values.get("method") or {"name": cfg.method.name})
+    for key, value in params.items():
+        if key.startswith("method."):
+            method[key.removeprefix("method.")] = value
+        else:
+            values[key] = value
+    if "method.r" in params and "method.alpha" not in params and not is_set(cfg, "method.alpha"):
+        method["alpha"] = 2 * int(params["method.r"])
+    values["method"] = method
     values.pop("search", None)
-    if "lora_r" in params and "lora_alpha" not in params and "lora_alpha" not in cfg.model_fields_set:
-        values["lora_alpha"] = 2 * int(params["lora_r"])
-    return FinetuneConfig.model_validate(values)
+    return type(cfg).model_validate(values)
 
 
 def _suggest(trial: "optuna.Trial", space: dict[str, Any]) -> dict[str, Any]:
     params = {}
     for key, dim in space.items():
-        if isinstance(dim, Range) and key in _INT_SETTINGS:
+        if isinstance(dim, Range) and key in INT_SETTINGS:
             params[key] = trial.suggest_int(key, math.ceil(dim.low), math.floor(dim.high), log=dim.log)
         elif isinstance(dim, Range):
             params[key] = trial.suggest_float(key, dim.low, dim.high, log=dim.log)
@@ -111,7 +114,7 @@ def _suggest(trial: "optuna.Trial", space: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
-def _with_evaluation_steps(cfg: "FinetuneConfig", train_rows: int, per_epoch: int) -> "FinetuneConfig":
+def _with_evaluation_steps(cfg: TrainingLoop, train_rows: int, per_epoch: int) -> TrainingLoop:
     """The trial config evaluating ``per_epoch`` times an epoch: the points the pruner judges it at."""
     steps_per_epoch = max(1, math.ceil(train_rows / (cfg.batch_size * cfg.gradient_accumulation_steps)))
     every = max(1, steps_per_epoch // per_epoch)
@@ -122,7 +125,7 @@ def _space_record(space: dict[str, Any]) -> dict[str, Any]:
     return {k: (v.model_dump() if isinstance(v, Range) else list(v)) for k, v in sorted(space.items())}
 
 
-def _validation_score(ctx: "RunContext", task: "TaskSpec", cfg: "FinetuneConfig", model,
+def _validation_score(ctx: "RunContext", task: "TaskSpec", cfg: TrainingLoop, model,
                       tokenizer) -> tuple[float, bool]:
     """The task's main metric on the validation rows (and whether higher is better), answered by the trial model."""
     from lmtailor.inference.predict import predict
@@ -138,12 +141,14 @@ def _validation_score(ctx: "RunContext", task: "TaskSpec", cfg: "FinetuneConfig"
     return float(metric["value"]), bool(metric["higher_is_better"])
 
 
-def run_search(strategy: "FinetuneStrategy", ctx: "RunContext", task: "TaskSpec", model, tokenizer,
+def run_search(strategy, ctx: "RunContext", task: "TaskSpec", model, tokenizer,
                family: str) -> SearchOutcome:
-    """Search the row's settings on its training and validation rows; return the chosen ones and every trial."""
+    """Search the row's settings on its training and validation rows; return the chosen ones and every trial.
+
+    ``strategy``: the fine-tuning strategy of the row; a trial trains through ``type(strategy)(trial
+    config).train_once`` (its own code path, so a trial trains exactly as the final training will)."""
     import optuna
 
-    from lmtailor.strategies.finetune import FinetuneStrategy
     from lmtailor.training.common import summarize_log
     from lmtailor.training.engine import NonFiniteTraining
 
@@ -170,7 +175,7 @@ def run_search(strategy: "FinetuneStrategy", ctx: "RunContext", task: "TaskSpec"
         records.append(entry)
         trial_cfg = _with_evaluation_steps(trial_config(cfg, params), len(ctx.data.train),
                                            search.evaluations_per_epoch)
-        tuner = FinetuneStrategy(trial_cfg)
+        tuner = type(strategy)(trial_cfg)
         pruner = PruneOnValidationLoss(trial)
         copy_of_model = copy.deepcopy(model)
         out = replace(trial_ctx, out_dir=root / f"trial-{trial.number}")

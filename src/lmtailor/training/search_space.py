@@ -14,11 +14,15 @@ Sources of the defaults:
   rate matters most for them, so prompt tuning's range reaches down to 1e-3 and up to 0.3 (Lester et al. 2021's
   Adafactor rate).
 - LoRA rank 4..32: LLaMA-Factory's and Axolotl's examples use 8..32; PEFT's comparison found ranks beyond 32
-  rarely pay at its sizes. lora_alpha follows the rank as alpha = 2 r (LLaMA-Factory's default ratio, and this
+  rarely pay at its sizes. method.alpha follows the rank as alpha = 2 r (LLaMA-Factory's default ratio, and this
   config's 32/16) unless it is set or searched.
 - Virtual tokens 10..100: Lester et al. (2021, figure 3) saw gains up to ~20 tokens and little past 100; PEFT's
   comparison used 200 on a 3B model, far larger than the models lmtailor trains on a laptop.
 - Epochs 1..3: LLaMA-Factory's and Axolotl's fine-tuning examples train 1-3 epochs; more overfits small data sets.
+
+A method's own settings are named inside ``method`` (``method.r``, ``method.num_virtual_tokens``); the flat names of
+earlier versions (``lora_r``, ``num_virtual_tokens``, ...) are still read (``OLD_NAMES``), with a deprecation note
+in ``lmtailor validate``.
 
 Importing this module is cheap (no Optuna, torch or transformers): the config validator uses it.
 """
@@ -27,10 +31,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from lmtailor.training.method_settings import OLD_SEARCH_NAMES
 
 if TYPE_CHECKING:
-    from lmtailor.strategies.finetune import FinetuneConfig
+    from lmtailor.core.training_loop import TrainingLoop
 
 
 class Range(BaseModel):
@@ -54,9 +60,17 @@ class Range(BaseModel):
 
 Dimension = Union[Range, list[Any]]  # a range, or a list of the values to choose among
 
-# Settings a search may vary: training knobs every method reads, and the method-specific ones its method takes.
-SEARCHABLE = ("learning_rate", "epochs", "max_steps", "batch_size", "gradient_accumulation_steps", "warmup_ratio",
-              "weight_decay", "lora_r", "lora_alpha", "lora_dropout", "num_virtual_tokens", "trainable_layers")
+# Settings a search may vary: training-loop knobs every method reads, and the method's own ones (``method.<name>``,
+# refused for a method without that setting).
+LOOP_SEARCHABLE = ("learning_rate", "epochs", "max_steps", "batch_size", "gradient_accumulation_steps",
+                   "warmup_ratio", "weight_decay")
+METHOD_SEARCHABLE = ("method.r", "method.alpha", "method.dropout", "method.num_virtual_tokens",
+                     "method.trainable_layers")
+SEARCHABLE = LOOP_SEARCHABLE + METHOD_SEARCHABLE
+INT_SETTINGS = {"max_steps", "batch_size", "gradient_accumulation_steps", "method.r", "method.alpha",
+                "method.num_virtual_tokens", "method.trainable_layers"}
+# the flat names of earlier versions, still read (with a deprecation note in validate)
+OLD_NAMES = OLD_SEARCH_NAMES
 
 # Relative learning-rate range around the method's default (a tenth to ten times), and the other defaults per kind
 # of method; the sources are in the module docstring. Every built-in method name maps to one kind below.
@@ -65,11 +79,11 @@ EPOCHS = [1, 2, 3]
 DEFAULT_SPACES: dict[str, dict[str, Any]] = {
     "full": {"learning_rate": LR_SPAN, "epochs": EPOCHS},
     "freeze": {"learning_rate": LR_SPAN, "epochs": EPOCHS},
-    "lora": {"learning_rate": LR_SPAN, "lora_r": [4, 8, 16, 32], "epochs": EPOCHS},
+    "lora": {"learning_rate": LR_SPAN, "method.r": [4, 8, 16, 32], "epochs": EPOCHS},
     "ia3": {"learning_rate": LR_SPAN, "epochs": EPOCHS},
-    "prefix": {"learning_rate": LR_SPAN, "num_virtual_tokens": [10, 20, 50, 100], "epochs": EPOCHS},
+    "prefix": {"learning_rate": LR_SPAN, "method.num_virtual_tokens": [10, 20, 50, 100], "epochs": EPOCHS},
     "prompt-tuning": {"learning_rate": Range(low=1e-3, high=3e-1, log=True),
-                      "num_virtual_tokens": [10, 20, 50, 100], "epochs": EPOCHS},
+                      "method.num_virtual_tokens": [10, 20, 50, 100], "epochs": EPOCHS},
     "adapter": {"learning_rate": LR_SPAN, "epochs": EPOCHS},
     "other": {"learning_rate": LR_SPAN, "epochs": EPOCHS},  # PEFT methods passed through by name
 }
@@ -91,7 +105,7 @@ class SearchConfig(BaseModel):
     space: dict[str, Dimension | None] = Field(
         default_factory=dict,
         description="overrides of the method's default space (training/search_space.py), e.g. {learning_rate: "
-                    "{low: 1e-4, high: 1e-2, log: true}, lora_r: [8, 16], epochs: null}; null holds a setting at "
+                    "{low: 1e-4, high: 1e-2, log: true}, method.r: [8, 16], epochs: null}; null holds a setting at "
                     "its configured value")
     timeout_minutes: float | None = Field(
         None, gt=0, description="stop starting new trials after this many minutes (the trials run so far count)")
@@ -100,6 +114,12 @@ class SearchConfig(BaseModel):
                           "same step (Optuna's MedianPruner, after 2 complete trials)")
     evaluations_per_epoch: int = Field(
         2, ge=1, description="validation losses per epoch within a trial: the points the pruner judges it at")
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _nested_names(cls, space: Any) -> Any:
+        """The flat names of earlier versions (lora_r, ...) read as their nested ones (method.r, ...)."""
+        return {OLD_NAMES.get(k, k): v for k, v in space.items()} if isinstance(space, dict) else space
 
     @model_validator(mode="after")
     def _known_settings(self) -> "SearchConfig":
@@ -119,20 +139,21 @@ def method_kind(method: str) -> str:
     return method if method in DEFAULT_SPACES else "other"
 
 
-def default_space(cfg: "FinetuneConfig", family: str) -> dict[str, Dimension]:
-    """The method's default space, its learning-rate span made absolute around the method's default rate."""
+def default_space(cfg: "TrainingLoop", family: str) -> dict[str, Dimension]:
+    """The method's default space (``cfg``: a fine-tuning config, a training loop with ``method`` and ``search``),
+    its learning-rate span made absolute around the method's default rate."""
     from lmtailor.training.peft_methods import finetune_method
 
-    base = finetune_method(cfg.method).default_learning_rate(family)
+    base = finetune_method(cfg.method.name).default_learning_rate(family)
     space: dict[str, Dimension] = {}
-    for key, dim in DEFAULT_SPACES[method_kind(cfg.method)].items():
+    for key, dim in DEFAULT_SPACES[method_kind(cfg.method.name)].items():
         if key == "learning_rate" and isinstance(dim, tuple):
             dim = Range(low=base * dim[0], high=base * dim[1], log=True)
         space[key] = dim
     return space
 
 
-def resolve_space(cfg: "FinetuneConfig", family: str) -> dict[str, Dimension]:
+def resolve_space(cfg: "TrainingLoop", family: str) -> dict[str, Dimension]:
     """The space searched: the default one with the user's ``space:`` entries over it (null entries removed)."""
     assert cfg.search is not None
     space: dict[str, Dimension | None] = {**default_space(cfg, family), **cfg.search.space}
@@ -141,25 +162,30 @@ def resolve_space(cfg: "FinetuneConfig", family: str) -> dict[str, Dimension]:
     return {k: v for k, v in space.items() if v is not None}
 
 
-def check_search(cfg: "FinetuneConfig", family: str = "decoder-only") -> None:
+def is_set(cfg: "TrainingLoop", key: str) -> bool:
+    """Whether the setting ``key`` (a loop key, or ``method.<name>``) was written in the experiment."""
+    owner, name = (cfg.method, key.removeprefix("method.")) if key.startswith("method.") else (cfg, key)
+    return name in owner.model_fields_set
+
+
+def check_search(cfg: "TrainingLoop", family: str = "decoder-only") -> None:
     """Refuse a search that contradicts the row: a searched setting also set by hand, a setting the method does
     not take, a pruner without validation losses, a learning curve (one search per size is not implemented)."""
     if cfg.search is None:
         return
     space = resolve_space(cfg, family)
-    hand_set = sorted(k for k in space if k in cfg.model_fields_set and k not in cfg.search.space)
+    hand_set = sorted(k for k in space if is_set(cfg, k) and k not in cfg.search.space)
     if hand_set:
         raise ValueError(f"{', '.join(hand_set)} is set by hand and also searched (the method's default space has "
                          f"it); remove the hand-set value, or hold it with search.space: "
                          f"{{{hand_set[0]}: null}}")
     from lmtailor.training.peft_methods import finetune_method
 
-    takes = set(finetune_method(cfg.method).settings)
-    method_only = {"lora_r", "lora_alpha", "lora_dropout", "num_virtual_tokens", "trainable_layers"}
-    stray = sorted(k for k in space if k in method_only and k not in takes)
+    takes = set(finetune_method(cfg.method.name).settings)
+    stray = sorted(k for k in space if k in METHOD_SEARCHABLE and k.removeprefix("method.") not in takes)
     if stray:
-        raise ValueError(f"search.space: {', '.join(stray)} do not apply to method: {cfg.method} (it takes: "
-                         f"{', '.join(sorted(takes)) or 'none of them'})")
+        raise ValueError(f"search.space: {', '.join(stray)} do not apply to method: {cfg.method.name} (it takes: "
+                         f"{', '.join(f'method.{t}' for t in sorted(takes)) or 'none of them'})")
     if cfg.eval_strategy == "no":
         raise ValueError("search scores trials on the validation rows: it needs eval_strategy epoch or steps")
     if cfg.train_sizes is not None:

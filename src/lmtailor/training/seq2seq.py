@@ -1,37 +1,37 @@
 """Fine-tuning of an encoder-decoder model (T5, Flan-T5, BART, BERT2BERT) through transformers' ``Seq2SeqTrainer``,
 with any fine-tuning method the family supports (``training/peft_methods.py``).
 
-The knobs are the finetune strategy's (``FinetuneConfig``), read the same way as the decoder-only path in
-``training/sft.py``: same learning-rate defaults, precision from the runtime, no checkpoints, no trackers, the loss
-on the progress bar. Rows are encoded by ``prompting/seq2seq_format.py``, the module inference uses, so the tuned model
-is scored on exactly the source and target tokens it learnt. The loss of an encoder-decoder model is always on the
-target alone (the source is the encoder's input, never predicted).
+The knobs are a ``TrainingLoop`` (``core/training_loop.py``) and the method's settings, read the same way as the
+decoder-only path in ``training/sft.py``: same learning-rate defaults, precision from the runtime, no checkpoints, no
+trackers, the loss on the progress bar. Rows are encoded by ``prompting/seq2seq_format.py``, the module inference
+uses, so the tuned model is scored on exactly the source and target tokens it learnt. The loss of an encoder-decoder
+model is always on the target alone (the source is the encoder's input, never predicted).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 
 from lmtailor.core.budget import Budget
 from lmtailor.core.example import Example
 from lmtailor.core.task_spec import TaskSpec
+from lmtailor.core.training_loop import TrainingLoop
 from lmtailor.errors import UserError
 from lmtailor.prompting.seq2seq_format import encode_training_row
 from lmtailor.runtime import Runtime
 from lmtailor.training.common import common_training_args, count_params, train_and_save, use_loss_bar
 from lmtailor.training.engine import engine_trainer_class
-from lmtailor.training.peft_methods import save_override, wrap_for_training
+from lmtailor.training.method_settings import MethodSettings
+from lmtailor.training.peft_methods import finetune_method, save_override, wrap_for_training
 from lmtailor.training.sft import learning_rate
+from lmtailor.training.trained import Trained
 
 if TYPE_CHECKING:
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
-
-    from lmtailor.strategies.finetune import FinetuneConfig
 
 
 @dataclass
@@ -47,20 +47,6 @@ class Seq2SeqRows:
     def summary(self) -> dict:
         return {"rows": self.rows, "tokens": self.tokens, "truncated_inputs": self.truncated_inputs,
                 "truncated_targets": self.truncated_targets}
-
-
-@dataclass
-class Seq2SeqTrained:
-    """What training leaves behind: the fields of the finetune strategy's ``_Trained``."""
-
-    model: Any  # the tuned model (a PeftModel for PEFT methods)
-    state: Any  # transformers TrainerState; num_input_tokens_seen counts source and target tokens
-    train: Seq2SeqRows
-    validation: Seq2SeqRows
-    trainable: int
-    total: int
-    artifact_name: str  # "adapter" or "model"
-    artifact: Path
 
 
 def build_seq2seq_rows(tokenizer, task: TaskSpec, rows: Sequence[Example], budget: Budget,
@@ -83,43 +69,13 @@ def build_seq2seq_rows(tokenizer, task: TaskSpec, rows: Sequence[Example], budge
     )
 
 
-def _composite_default_targets(model) -> list[str] | None:
-    """PEFT's default LoRA targets for an ``EncoderDecoderModel`` (e.g. BERT2BERT), which PEFT has none for: the
-    union of its encoder's and decoder's defaults (BERT: query, value). None for models PEFT knows (T5, BART)."""
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as defaults
-
-    from lmtailor.training.peft_methods import default_target_modules
-
-    config = getattr(model, "config", None)
-    if config is None or config.model_type in defaults or not hasattr(config, "decoder"):
-        return None
-    return default_target_modules(model, defaults, "LoRA")
-
-
-def seq2seq_lora_config(cfg, model=None) -> "LoraConfig":
-    """PEFT's ``LoraConfig`` for a seq2seq LM from LoRA knobs, for continued pre-training's LoRA phase (fine-tuning
-    builds its config through ``training/peft_methods.py``, with the same defaults): no target_modules = PEFT's
-    default (T5 q, v; BART q_proj, v_proj; BERT2BERT query, value). Modules a warm start left random (the config's
-    ``warm_start_new_modules``, e.g. BERT2BERT's cross-attention) are trained in full: a low-rank update of frozen
-    random weights learns little."""
-    from peft import LoraConfig
-
-    from lmtailor.training.peft_methods import fresh_modules
-
-    targets = cfg.target_modules if cfg.target_modules is not None else _composite_default_targets(model)
-    new_modules = fresh_modules(model, "encoder-decoder") if model is not None else None
-    return LoraConfig(task_type="SEQ_2_SEQ_LM", r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                      lora_dropout=cfg.lora_dropout, target_modules=targets, bias="none",
-                      modules_to_save=new_modules)
-
-
-def seq2seq_training_args(cfg: "FinetuneConfig", runtime: Runtime, seed: int, output_dir: Path,
-                          has_eval: bool) -> "Seq2SeqTrainingArguments":
+def seq2seq_training_args(loop: TrainingLoop, method: MethodSettings, runtime: Runtime, seed: int,
+                          output_dir: Path, has_eval: bool) -> "Seq2SeqTrainingArguments":
     """``Seq2SeqTrainingArguments`` for one run: precision from ``runtime``, no checkpoints, no trackers."""
     from transformers import Seq2SeqTrainingArguments
 
     return Seq2SeqTrainingArguments(
-        **common_training_args(cfg, runtime, seed, output_dir, has_eval, learning_rate(cfg)),
+        **common_training_args(loop, runtime, seed, output_dir, has_eval, learning_rate(loop, method)),
         prediction_loss_only=True,  # validation needs the loss only; keeping every logit would cost memory
         predict_with_generate=False,
         remove_unused_columns=False,  # the dataset holds exactly the model's inputs
@@ -141,26 +97,27 @@ def _trainer_class():
     return _CountingSeq2SeqTrainer
 
 
-def build_seq2seq_trainer(model, tokenizer, cfg: "FinetuneConfig", train: "Dataset", validation: "Dataset | None",
-                          runtime: Runtime, seed: int, output_dir: Path) -> "Seq2SeqTrainer":
+def build_seq2seq_trainer(model, tokenizer, loop: TrainingLoop, method: MethodSettings, train: "Dataset",
+                          validation: "Dataset | None", runtime: Runtime, seed: int,
+                          output_dir: Path) -> "Seq2SeqTrainer":
     """A ``Seq2SeqTrainer`` over encoded rows, the model prepared (and PEFT-wrapped) by the fine-tuning method."""
     from transformers import DataCollatorForSeq2Seq
 
-    if "completion_only_loss" in cfg.model_fields_set and not cfg.completion_only_loss:
+    if "completion_only_loss" in loop.model_fields_set and not loop.completion_only_loss:
         raise UserError("completion_only_loss: false does not apply to encoder-decoder models: their loss is always "
                         "on the target, the source is only read by the encoder; remove the setting")
     # the collator asks the unwrapped model for decoder inputs (prepare_decoder_input_ids_from_labels)
     collator = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
-    model = wrap_for_training(model, cfg, "encoder-decoder")
-    args = seq2seq_training_args(cfg, runtime, seed, output_dir, has_eval=validation is not None)
+    model = wrap_for_training(model, method, "encoder-decoder", loop.gradient_checkpointing)
+    args = seq2seq_training_args(loop, method, runtime, seed, output_dir, has_eval=validation is not None)
     trainer = _trainer_class()(model=model, args=args, data_collator=collator, train_dataset=train,
                                eval_dataset=validation, processing_class=tokenizer)
     return use_loss_bar(trainer)
 
 
-def train_seq2seq(model, tokenizer, cfg: "FinetuneConfig", task: TaskSpec, train_rows: Sequence[Example],
-                  val_rows: Sequence[Example], budget: Budget, runtime: Runtime, seed: int,
-                  out_dir: Path, callbacks: Sequence = ()) -> Seq2SeqTrained:
+def train_seq2seq(model, tokenizer, loop: TrainingLoop, method: MethodSettings, task: TaskSpec,
+                  train_rows: Sequence[Example], val_rows: Sequence[Example], budget: Budget, runtime: Runtime,
+                  seed: int, out_dir: Path, callbacks: Sequence = ()) -> Trained:
     """Encode the rows, train, finish with a validation loss, save the adapter or model (safetensors) in ``out_dir``;
     ``callbacks`` are added to the trainer (the search's pruner)."""
     if not train_rows:
@@ -169,10 +126,12 @@ def train_seq2seq(model, tokenizer, cfg: "FinetuneConfig", task: TaskSpec, train
     start = model.config.decoder_start_token_id
     train = build_seq2seq_rows(tokenizer, task, train_rows, budget, start)
     val = build_seq2seq_rows(tokenizer, task, val_rows, budget, start)
-    trainer = build_seq2seq_trainer(model, tokenizer, cfg, train.dataset, val.dataset, runtime, seed,
+    trainer = build_seq2seq_trainer(model, tokenizer, loop, method, train.dataset, val.dataset, runtime, seed,
                                     out_dir / "checkpoints")
     for callback in callbacks:
         trainer.add_callback(callback)
     trainable, total = count_params(trainer.model)
-    state, name, path = train_and_save(trainer, cfg, tokenizer, out_dir, **save_override(cfg))
-    return Seq2SeqTrained(trainer.model, state, train, val, trainable, total, name, path)
+    state, name, path = train_and_save(trainer, loop, tokenizer, out_dir, finetune_method(method.name).artifact_kind,
+                                       **save_override(method))
+    return Trained(trainer.model, state, train, val, trainable, total, name, path,
+                   learning_rate=learning_rate(loop, method))
