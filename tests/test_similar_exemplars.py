@@ -126,3 +126,16 @@ def test_validate_refuses_calibrating_an_api_model():
         validate_experiment(raw)
     raw["strategies"][0]["models"] = ["tiny-llama"]
     assert validate_experiment(raw).strategies[0].calibrate
+
+
+def test_validate_refuses_a_backend_that_cannot_answer_an_api_model():
+    """backend: transformers used to be the default and still sent openai: models to the API; now it would open
+    the reference as a local model, so an explicit one beside an endpoint is refused before the run."""
+    raw = {"name": "x", "data": {"source": "builtin:pydoc-module"},
+           "models": ["tiny-llama", "openai:gpt-x@http://127.0.0.1:9/v1"],
+           "strategies": [{"name": "prompt", "backend": "transformers"}],
+           "pricing": {"api_models": {"gpt-x": {"input_usd_per_1m": 0.15, "output_usd_per_1m": 0.6}}}}
+    with pytest.raises(ConfigError, match=r"strategies\.0\.backend: transformers cannot answer openai:gpt-x"):
+        validate_experiment(raw)
+    raw["strategies"][0].pop("backend")
+    assert validate_experiment(raw).strategies[0].backend is None

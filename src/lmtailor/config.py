@@ -268,6 +268,11 @@ def _api_model_problems(source: str, exp: Experiment, strategies: list[StrategyC
             problems.append(f"{source}: strategies.{i} ({cfg.name}) would run on {', '.join(remote)}, an API "
                             "endpoint, which has no weights to train here (only prompt and rag can use one); set "
                             f"strategies.{i}.models to the local models it should run on")
+        elif remote and getattr(cfg, "backend", None) not in (None, "openai"):
+            # before the registry, backend: transformers was the default and sent openai: models to the API anyway
+            problems.append(f"{source}: strategies.{i}.backend: {cfg.backend} cannot answer {', '.join(remote)}, "
+                            f"an API endpoint (the openai backend does); remove backend, or set strategies.{i}.models "
+                            "to the local models it should run on")
         elif remote and getattr(cfg, "calibrate", False):  # an endpoint gives no label likelihoods to calibrate
             problems.append(f"{source}: strategies.{i}.calibrate: true needs every label's likelihood, which the API "
                             f"endpoint {', '.join(remote)} does not give; set strategies.{i}.models to the local "

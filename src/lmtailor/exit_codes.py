@@ -6,6 +6,8 @@ says so. The trivial baseline row runs no model and cannot fail, so "every row f
 
 from __future__ import annotations
 
+from lmtailor.report.traits import traits_of
+
 OK = 0  # every row finished
 SOME_ROWS_FAILED = 1  # at least one row failed, at least one other than the trivial baseline finished
 USAGE_ERROR = 2  # what the message names: command line, experiment file, data, a run directory in use or unwritable
@@ -25,7 +27,7 @@ def run_exit_code(records: list[dict]) -> int:
     """The exit code of a finished run from its row records (``status`` ``ok`` or ``failed``)."""
     if all(r.get("status") == "ok" for r in records):
         return OK
-    measured = [r for r in records if r.get("strategy") != "baseline"] or records
+    measured = [r for r in records if not ((t := traits_of(r)) is not None and t.fixed_rule)] or records
     if not any(r.get("status") == "ok" for r in measured):
         return ALL_ROWS_FAILED
     return SOME_ROWS_FAILED

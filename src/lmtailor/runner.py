@@ -49,7 +49,7 @@ from lmtailor.strategies import STRATEGIES
 from lmtailor.strategies.baseline import NO_MODEL, BaselineConfig
 from lmtailor.strategies.controls import add_equal_steps_controls
 from lmtailor.tasks import TASK_TYPES
-from lmtailor.tasks.held_out import held_out_data, split_and_score
+from lmtailor.tasks.held_out import held_out_data, ids_digest, split_and_score
 from lmtailor.unwritten_rows import restore_row, stash_row
 
 log = logging.getLogger("lmtailor")
@@ -116,10 +116,6 @@ def check_two_labels(exp: Experiment, labels: tuple[str, ...], splits: DatasetSp
                       "every score would be 1.000. Add rows of the other labels, or set task.type: generation")
 
 
-def _ids_digest(ids: list[str]) -> str:
-    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
-
-
 def _family(ref: str, trust_remote_code: bool = False) -> str | None:
     if is_remote(ref):  # an OpenAI-compatible endpoint: its weights and architecture are not ours to read
         return API_FAMILY
@@ -148,7 +144,7 @@ def run_row(row: PlannedRow, exp: Experiment, task: TaskSpec, splits: DatasetSpl
                        family=_family(row.model_ref, runtime.trust_remote_code) if row.strategy.uses_model() else None,
                        train_size=len(data.train),
                        train_size_requested=row.train_size, task=RecordTask(name=task.name, type=task.type),
-                       test_rows=len(splits.test), test_ids_sha256=_ids_digest([e.id for e in splits.test]),
+                       test_rows=len(splits.test), test_ids_sha256=ids_digest([e.id for e in splits.test]),
                        status="failed")  # until it finishes
     predictions: list[str] | None = None
     output = None
@@ -386,7 +382,7 @@ def run_experiment(exp: Experiment, base_dir: Path, out_dir: Path | None = None,
             if precision_note:
                 log.warning(precision_note)
             splits, task, subsets, split_record = _prepare(exp, rows, base_dir)
-            distributed.check_same(_ids_digest([json.dumps(split_record, sort_keys=True)]), "the data splits")
+            distributed.check_same(ids_digest([json.dumps(split_record, sort_keys=True)]), "the data splits")
             distributed.on_main(lambda: _write_run_files(run_dir, exp, task, split_record, resume_dir is not None))
             env = {**describe_environment(runtime), "world_size": distributed.world_size()}
             records = []

@@ -20,7 +20,7 @@ from lmtailor.core.example import Example
 from lmtailor.core.task_spec import TaskSpec
 from lmtailor.errors import UserError
 from lmtailor.inference.generation import SamplingParams, generate_ids
-from lmtailor.inference.predict import pad_token_id
+from lmtailor.inference.hf_rows import pad_token_id
 from lmtailor.measure.meter import estimate_flops
 from lmtailor.models.families import family_of, model_family
 from lmtailor.models.loading import adapter_of, load_model

@@ -125,7 +125,7 @@ class HFTeacher:
     def complete(self, prompts: Sequence[list[dict]], sampling: Sampling) -> list[Completion]:
         """Sample all prompts as one padded batch (``generate_ids``; temperature 0 decodes greedily)."""
         from lmtailor.inference.generation import SamplingParams, generate_ids
-        from lmtailor.inference.predict import pad_token_id
+        from lmtailor.inference.hf_rows import pad_token_id
 
         ids = [self._encode(p) for p in prompts]
         if sampling.reply_start and not self.family.seq2seq:  # a decoder's reply continues its prompt

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from lmtailor.core.task_spec import TaskSpec
 from lmtailor.inference.generation import pad_batch
 from lmtailor.inference.label_scoring import score_labels
-from lmtailor.inference.predict import pad_token_id
+from lmtailor.inference.hf_rows import pad_token_id
 from lmtailor.inference.seq2seq import score_labels_seq2seq
 from lmtailor.measure.probe_set import ChoiceItem, TextSet, general_choice_items, general_text_set
 from lmtailor.prompting.formats import build_messages, encode_prompt, encode_prompt_completion, tokenize_text

@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from lmtailor.inference.predict import pad_token_id
+from lmtailor.inference.hf_rows import pad_token_id
 from lmtailor.serve.auth import BearerAuth
 from lmtailor.serve.engine import Engine, Job
 from lmtailor.serve.guard import HostRule, RequestGuard

@@ -28,8 +28,8 @@ from lmtailor.models.loading import family_name_of
 from lmtailor.models.safe_weights import check_safe_weights
 from lmtailor.rundir import RunDir
 from lmtailor.runtime import Runtime
+from lmtailor.training.peft_methods import peft_type_merges
 
-_NOT_MERGEABLE = {"ADAPTION_PROMPT"}  # as export/merge.py: learns extra inputs, not weight updates
 _SANE_MAX_LENGTH = 1_000_000  # tokenizers without a limit say int(1e30)
 
 
@@ -105,8 +105,6 @@ def _from_model(ref: str, runtime: Runtime, name: str, what: str | None = None) 
 
 def _from_adapter(row, runtime: Runtime, name: str, what: str) -> ServedModel:
     """Serve a TrainedRow's PEFT adapter: merged when its method changes weights, else as a PeftModel."""
-    from peft import PeftConfig
-
     check_safe_weights(row.artifact, "adapter")  # a pickled adapter is refused before PEFT opens the directory
     peft_type = str(row.peft_config()["peft_type"])
     if row.labels:
@@ -115,7 +113,7 @@ def _from_adapter(row, runtime: Runtime, name: str, what: str) -> ServedModel:
     family = family_name_of(base, trust_remote_code=runtime.trust_remote_code)
     if not family_of(family).generates_text:
         raise _refuse_encoder(f"{what} (base {base})")
-    if PeftConfig.from_pretrained(str(row.artifact)).is_prompt_learning or peft_type in _NOT_MERGEABLE:
+    if not peft_type_merges(peft_type):  # the method's own ``merges``, as export and pre-training read it
         model, tokenizer, base = load_adapted(row, runtime)
         model.to(dtype=runtime.dtype)  # PEFT keeps adapter weights in fp32; the base is in the runtime's dtype
         how = f"{peft_type} adapter on {base}, served as a PeftModel (virtual tokens; nothing to merge)"

@@ -13,15 +13,13 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from lmtailor.augmentation.augment import AugmentConfig, augment as make_augmented
-from lmtailor.augmentation.remote_teacher import RemoteTeacher
 from lmtailor.augmentation.synthetic import SyntheticConfig, generate_synthetic, write_synthetic
 from lmtailor.augmentation.synthetic_teacher import HFTeacher
+from lmtailor.augmentation.teachers import open_teacher
 from lmtailor.core.context import RunContext
 from lmtailor.distributed import on_main
 from lmtailor.errors import UserError
 from lmtailor.io import write_jsonl_atomic
-from lmtailor.remote.client import OpenAIEndpoint
-from lmtailor.remote.reference import is_remote, parse_endpoint
 from lmtailor.rundir import RunDir
 
 if TYPE_CHECKING:
@@ -79,22 +77,14 @@ def with_extra_rows(ctx: RunContext, augment: AugmentConfig | None, synthetic: S
 
 
 def _synthetic(ctx: RunContext, cfg: SyntheticConfig, real: list["Example"], model: Any, tokenizer: Any) -> dict:
-    from lmtailor.models import load_model
-
     ref = cfg.teacher or ctx.model_ref
     if cfg.teacher is None:
         if model is None:
             raise UserError("synthetic.teacher is not set, and the model being trained cannot write text; set "
                             "synthetic.teacher to a generation model (e.g. smollm2-135m-instruct)")
         teacher = HFTeacher(model, tokenizer, ctx.model_ref)
-    elif is_remote(cfg.teacher):  # an OpenAI-compatible endpoint: its bill goes into the "data" phase
-
-        teacher = RemoteTeacher(OpenAIEndpoint(parse_endpoint(cfg.teacher), ctx.api), meter=ctx.meter)
-    else:
-        with ctx.meter.phase("load"):
-            loaded = load_model(cfg.teacher, ctx.runtime)
-        teacher = HFTeacher(loaded.model, loaded.tokenizer, cfg.teacher)
-        del loaded
+    else:  # an endpoint's bill goes into the "data" phase; a local model's load into "load"
+        teacher = open_teacher(cfg.teacher, ctx)
     # The rows answered include the validation rows (tasks/held_out.py): de-duplicated, the list (and the cache key)
     # is validation then test, as before they were answered too.
     held_out = list({e.id: e for e in ctx.data.validation + ctx.data.test}.values())

@@ -18,7 +18,7 @@ from lmtailor.registry import Registry
 
 if TYPE_CHECKING:  # the backends import torch, llama.cpp or an HTTP client: only when one is resolved
     from lmtailor.inference.backends.base import Predictor
-    from lmtailor.strategies.base import RunContext
+    from lmtailor.core.context import RunContext
 
 BACKENDS: Registry[type["Predictor"]] = Registry("inference backend")
 BACKENDS.register("transformers", "lmtailor.inference.backends.transformers:TransformersPredictor")

@@ -40,7 +40,7 @@ class FamilyAdapter:
     # A language-model head: it can be prompted, retrieve-and-answer, teach, paraphrase, be served. An encoder's
     # masked-LM head is not one lmtailor generates with.
     generates_text: ClassVar[bool]
-    # The prompt is an encoder's source (Flan-style text, no chat template, ``data/seq2seq_format.py``) and the answer
+    # The prompt is an encoder's source (Flan-style text, no chat template, ``prompting/seq2seq_format.py``) and the answer
     # the decoder's own sequence, ended by eos; otherwise a decoder continues its chat-templated prompt.
     seq2seq: ClassVar[bool]
     trains_with: ClassVar[Trainer]  # fine-tuning: TRL SFT, Seq2SeqTrainer, or a classification head
