@@ -97,7 +97,7 @@ def toy_family_registered():
 
 
 def test_a_fourth_family_is_one_module_and_one_registry_line():
-    from lmtailor.measure import forgetting
+    from lmtailor.probing import forgetting
     from lmtailor.models.tiny import build_tiny_tokenizer
 
     with toy_family_registered():

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from lmtailor.measure import forgetting
+from lmtailor.probing import forgetting
 from lmtailor.measure.probe_set import (MAX_PASSAGES, PASSAGE_WORDS, TextSet, general_choice_items,
                                         general_text_set, pack_passages)
 from lmtailor.runtime import detect_runtime

@@ -65,3 +65,37 @@ def test_the_graph_reader_sees_every_kind_of_import(tmp_path):
                      "p.top": {"p.other", "p.sub", "p.sub.leaf"}, "p.other": set()}
     # p.sub.leaf -> p.top -> p.sub.leaf is the one cycle; p.sub joins it (p.top -> p.sub -> p.sub.leaf -> p.top)
     assert cycles(graph) == [frozenset({"p.sub", "p.sub.leaf", "p.top"})]
+
+
+# docs/ARCHITECTURE.md "Layers", bottom to top: a module imports its own layer and the ones below, never one above.
+LAYERS: list[tuple[str, ...]] = [
+    ("core", "errors", "registry", "io", "paths", "runtime", "yaml_limits", "environment", "distributed"),
+    ("data", "tasks"),
+    ("rundir", "run_lock", "unwritten_rows"),
+    ("prompting",),
+    ("models", "measure"),
+    ("inference", "remote", "retrieval"),
+    ("probing",),
+    ("augmentation",),
+    ("training",),
+    ("strategies", "row_plan", "distributed_rows"),
+    ("runner", "report", "config", "exit_codes"),
+    ("cli", "serve", "export", "examples"),
+]
+# The one import that points up, said in ARCHITECTURE.md: resolving a model reference tells an endpoint by its form.
+UPWARD_ALLOWED = {("lmtailor.models.sources", "lmtailor.remote.reference")}
+
+
+def _top(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else None
+
+
+def test_every_import_points_down_the_layers():
+    layer = {name: i for i, names in enumerate(LAYERS) for name in names}
+    graph = _graph()
+    unplaced = sorted({top for m in graph if (top := _top(m)) is not None and top not in layer})
+    assert not unplaced, f"place these in LAYERS (and in ARCHITECTURE.md's table): {unplaced}"
+    upward = sorted(f"{m} imports {t}" for m, targets in graph.items() for t in targets
+                    if _top(m) and _top(t) and layer[_top(t)] > layer[_top(m)] and (m, t) not in UPWARD_ALLOWED)
+    assert not upward, "imports that point up a layer (move the shared part down):\n" + "\n".join(upward)

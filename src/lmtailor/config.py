@@ -113,7 +113,7 @@ class Experiment(_Strict):
     forgetting: bool = Field(
         True, description="after each training row, probe the tuned model's general capability (perplexity on held-out "
                           "general text, accuracy on general questions) against its base model's, outside the cost "
-                          "meter (measure/forgetting.py); false skips the probe")
+                          "meter (probing/forgetting.py); false skips the probe")
 
     def strategy_configs(self) -> list[StrategyConfig]:
         return list(self.strategies)

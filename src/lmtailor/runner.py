@@ -30,7 +30,7 @@ from lmtailor.distributed_rows import agree_on_row, stop_if_out_of_step
 from lmtailor.environment import describe_environment
 from lmtailor.errors import TrainingInterrupted, UserError
 from lmtailor.io import jsonl_text, write_json_atomic, write_text_atomic
-from lmtailor.measure import forgetting
+from lmtailor.probing import forgetting
 from lmtailor.measure.meter import Meter
 from lmtailor.models import detect_family, family_name_of
 from lmtailor.models.remote_code import check_remote_code

@@ -19,5 +19,5 @@ class StrategyOutput:
     retrieved_doc_ids: list[list[str]] | None = None
     retrieval_k: int | None = None
     # Training strategies: the tuned model and its tokenizer, as served (LoRA merged), so the runner can probe what
-    # the training made it forget (measure/forgetting.py) against the base model. Dropped once probed.
+    # the training made it forget (probing/forgetting.py) against the base model. Dropped once probed.
     tuned: tuple[Any, Any] | None = None
