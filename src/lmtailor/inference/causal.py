@@ -14,7 +14,7 @@ from typing import Sequence
 
 from lmtailor.core.example import Example
 from lmtailor.inference.backends.base import Answers, PredictRequest
-from lmtailor.inference.calibration import choose_labels, content_free_prompts
+from lmtailor.inference.calibration import ContentFreePrompts, choose_labels, content_free_prompts
 from lmtailor.inference.generation import count_truncated, generate_ids
 from lmtailor.inference.hf_rows import constrained_labels, pad_token_id, prepare_inputs, run_rows
 from lmtailor.inference.label_scoring import score_labels, score_prompt_groups
@@ -48,7 +48,8 @@ def label_completion_ids(tokenizer, request: PredictRequest, texts: Sequence[str
     return [encode_prompt_completion(tokenizer, first, label)[1] for label in request.task.labels]
 
 
-def content_free(tokenizer, request: PredictRequest, shots: Sequence[Sequence[Example]]):
+def content_free(tokenizer, request: PredictRequest,
+                 shots: Sequence[Sequence[Example]]) -> ContentFreePrompts | None:
     """The content-free prompts of ``calibrate`` (each row's instruction and exemplars), or None without it."""
     if not request.calibrate:
         return None

@@ -56,8 +56,8 @@ def run_rows(model, rows: Sequence[Example], meter: Meter, details: dict, desc: 
     return predictions, details
 
 
-def constrained_labels(model, task: TaskSpec, prompts, label_ids, budget: Budget, pad_id: int, bar,
-                       details: dict) -> tuple[list[str], int]:
+def constrained_labels(model, task: TaskSpec, prompts: Sequence[Sequence[int]], label_ids: Sequence[Sequence[int]],
+                       budget: Budget, pad_id: int, bar, details: dict) -> tuple[list[str], int]:
     """Greedy decoding limited to the label sequences (any model family); returns (labels, tokens)."""
     trie = LabelTrie(label_ids)
     stops = sorted({ids[-1] for ids in label_ids})
