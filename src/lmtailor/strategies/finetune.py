@@ -22,7 +22,6 @@ from lmtailor.core.task_spec import TaskSpec
 from lmtailor.core.training_loop import TrainingLoop
 from lmtailor.errors import UserError
 from lmtailor.measure.meter import Meter, estimate_flops
-from lmtailor.models.families import family_of
 from lmtailor.strategies.base import Strategy, StrategyConfig
 from lmtailor.strategies.extra_data import extra_data_label, with_extra_rows
 from lmtailor.strategies.traits import StrategyTraits, with_extra_data
@@ -211,6 +210,8 @@ class FinetuneStrategy(Strategy):
                    callbacks: tuple | list = ()):
         """One training of a decoder-only or encoder-decoder model with this config (a row's, or a search trial's);
         ``callbacks`` are added to the trainer."""
+        from lmtailor.models.families import family_of  # lmtailor.models loads torch: not at import time
+
         if family_of(family).trains_with == "seq2seq":
             return self._train_seq2seq(ctx, task, model, tokenizer, callbacks)
         return self._train(ctx, task, model, tokenizer, callbacks)

@@ -17,13 +17,21 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lmtailor.errors import UserError
-from lmtailor.models.families import family_of
 
 if TYPE_CHECKING:
     from peft import PeftConfig
 
+    from lmtailor.models.families import FamilyAdapter
     from lmtailor.runtime import Runtime
     from lmtailor.training.method_settings import MethodSettings
+
+
+def family_adapter(family: str) -> "FamilyAdapter":
+    """The adapter of the family called ``family``. Imported when asked, not at the top: importing
+    ``lmtailor.models`` loads torch and transformers, and the config validator reads this module."""
+    from lmtailor.models.families import family_of
+
+    return family_of(family)
 
 
 @dataclass(frozen=True)
@@ -64,7 +72,7 @@ class FinetuneMethod:
     def default_learning_rate(self, family: str) -> float:
         """The default peak learning rate for a model of ``family``: the encoder one when its adapter says a fresh
         head trains beside the method."""
-        return self.encoder_learning_rate if family_of(family).fresh_head else self.learning_rate
+        return self.encoder_learning_rate if family_adapter(family).fresh_head else self.learning_rate
 
     def row_label(self, s: "MethodSettings") -> str:
         """The result row's label ("LoRA", "freeze top 2", ...)."""
@@ -72,7 +80,7 @@ class FinetuneMethod:
 
     def check(self, s: "MethodSettings", family: str, runtime: "Runtime | None" = None) -> None:
         """Refuse, before any model is loaded, a family or device this method cannot run with."""
-        reason = self.unsupported.get(family_of(family).name)
+        reason = self.unsupported.get(family_adapter(family).name)
         if reason is not None:
             raise UserError(f"method: {s.name} does not support {family} models: {reason}")
 
@@ -151,14 +159,14 @@ def head_modules(model) -> list[str]:
 def fresh_modules(model, family: str) -> list[str] | None:
     """Modules trained in full beside any method: a fresh head (an encoder classifier's), a warm start's random
     modules."""
-    if family_of(family).fresh_head:
+    if family_adapter(family).fresh_head:
         return head_modules(model)
     return list(getattr(model.config, "warm_start_new_modules", None) or []) or None
 
 
 def base_defaults(model, family: str) -> dict[str, Any]:
     """The config fields every PEFT method of a family shares: the task type and the modules trained in full."""
-    return {"task_type": family_of(family).peft_task_type, "modules_to_save": fresh_modules(model, family)}
+    return {"task_type": family_adapter(family).peft_task_type, "modules_to_save": fresh_modules(model, family)}
 
 
 def fp32_master_weights(model):

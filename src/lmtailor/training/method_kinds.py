@@ -11,9 +11,8 @@ import dataclasses
 from dataclasses import dataclass
 
 from lmtailor.errors import UserError
-from lmtailor.models.families import adapters, family_of
 from lmtailor.training.method_base import (FinetuneMethod, base_defaults, build_peft_config, default_target_modules,
-                                           fp32_master_weights, head_modules)
+                                           family_adapter, fp32_master_weights, head_modules)
 from lmtailor.training.method_settings import PeftSettings
 
 
@@ -193,7 +192,7 @@ class AdapterMethod(FinetuneMethod):
         adapters.init(model)
         model.add_adapter("default", config=adapters.SeqBnConfig(**s.options))
         model.train_adapter("default")  # freezes everything else
-        if family_of(family).fresh_head:  # the fresh classification head trains too
+        if family_adapter(family).fresh_head:  # the fresh classification head trains too
             for name in head_modules(model):
                 getattr(model, name).requires_grad_(True)
         return model
@@ -272,6 +271,8 @@ def pass_through(name: str, peft_type: str, label: str) -> PassThroughMethod | N
     its config has them, ``target_modules``. Prompt-learning types other than prefix and prompt tuning are refused:
     serving their virtual tokens is implemented for those two only."""
     from peft import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    from lmtailor.models.families import adapters
 
     config_class = {str(t.value): c for t, c in PEFT_TYPE_TO_CONFIG_MAPPING.items()}.get(peft_type)
     if config_class is None:

@@ -21,10 +21,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, Union
 from pydantic import Discriminator, Tag
 
 from lmtailor.errors import UserError
-from lmtailor.models.families import adapters, family_of
 from lmtailor.registry import Registry
-from lmtailor.training.method_base import (FinetuneMethod, check_peft_options,
-                                           default_target_modules,
+from lmtailor.training.method_base import (FinetuneMethod, check_peft_options, default_target_modules, family_adapter,
                                            fresh_modules, head_modules, peft_summary)
 from lmtailor.training.method_kinds import (AdapterMethod, FreezeMethod, FullMethod, IA3Method, LoraMethod,
                                             PrefixMethod, PromptTuningMethod, pass_through, save_adapters)
@@ -189,7 +187,9 @@ def check_settings(s: MethodSettings, padding_free: bool | None = None) -> None:
 def check_method(s: MethodSettings, family: str, runtime=None, padding_free: bool | None = None) -> None:
     """Refuse, before any model is loaded, a family, device or setting the method cannot run with."""
     finetune_method(s.name).check(s, family, runtime)
-    if padding_free and not family_of(family).padding_free:
+    if padding_free and not family_adapter(family).padding_free:
+        from lmtailor.models.families import adapters  # lmtailor.models is heavy: see family_adapter
+
         flattened = ", ".join(a.name for a in adapters() if a.padding_free)
         raise UserError(f"padding_free applies to {flattened} models only; this model is {family} "
                         "(encoder inputs and seq2seq targets are padded per batch). Remove padding_free.")

@@ -54,8 +54,7 @@ SENTINELS = 100  # T5 tokenizers carry <extra_id_0> ... <extra_id_99>
 
 
 def resolve_objective(requested: str, config) -> Objective:
-    """The objective to pre-train ``config``'s model with: the requested one, or the family's (``auto``; the
-    model type picks between an encoder-decoder's two)."""
+    """The objective to pre-train ``config``'s model with: the requested one, or the family's (``auto``)."""
     adapter = family_of(config)
     model_type = getattr(config, "model_type", "")
     objectives = adapter.pretrain_objectives
