@@ -70,9 +70,13 @@ class FinetuneMethod:
         return "adapter" if self.peft else "model"
 
     def default_learning_rate(self, family: str) -> float:
-        """The default peak learning rate for a model of ``family``: the encoder one when its adapter says a fresh
-        head trains beside the method."""
-        return self.encoder_learning_rate if family_adapter(family).fresh_head else self.learning_rate
+        """The default peak learning rate for a model of ``family`` (its adapter says whether a fresh head trains)."""
+        return self.learning_rate_with(fresh_head=family_adapter(family).fresh_head)
+
+    def learning_rate_with(self, fresh_head: bool) -> float:
+        """The default peak learning rate with a fresh head training beside the method (an encoder classifier's:
+        the encoder one) or without one (a language model)."""
+        return self.encoder_learning_rate if fresh_head else self.learning_rate
 
     def row_label(self, s: "MethodSettings") -> str:
         """The result row's label ("LoRA", "freeze top 2", ...)."""

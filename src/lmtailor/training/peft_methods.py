@@ -203,10 +203,8 @@ def artifact_kind(method: str) -> str:
 def learning_rate(loop: "OptimizerSettings", s: MethodSettings, fresh_head: bool) -> float:
     """The configured learning rate, or the method's default for a trainer that trains a fresh head beside the
     method (the classifier's: ``encoder_learning_rate``) or not (a language model's: ``learning_rate``)."""
-    if loop.learning_rate is not None:
-        return loop.learning_rate
-    method = finetune_method(s.name)
-    return method.encoder_learning_rate if fresh_head else method.learning_rate
+    return loop.learning_rate if loop.learning_rate is not None else \
+        finetune_method(s.name).learning_rate_with(fresh_head)
 
 
 def method_label(s: MethodSettings) -> str:
