@@ -115,6 +115,22 @@ def test_a_fourth_family_is_one_module_and_one_registry_line():
     assert "toy-llama" not in tiny_architectures()
 
 
+def test_training_reads_a_new_family_from_its_adapter(monkeypatch):
+    from lmtailor.errors import UserError
+    from lmtailor.training.method_settings import LoraSettings
+    from lmtailor.training.peft_methods import check_method, finetune_method
+
+    lora = LoraSettings(name="lora")
+    with toy_family_registered():
+        check_method(lora, "toy-family", padding_free=True)  # its adapter says batches may be flattened
+        assert finetune_method("lora").default_learning_rate("toy-family") == 2e-4  # LoRA's rate: no fresh head
+        monkeypatch.setattr(ToyFamily, "fresh_head", True)
+        assert finetune_method("lora").default_learning_rate("toy-family") == 5e-4  # LoRA's rate beside a new head
+        monkeypatch.setattr(ToyFamily, "padding_free", False)
+        with pytest.raises(UserError, match="padding_free applies to decoder-only models only; this model is toy"):
+            check_method(lora, "toy-family", padding_free=True)
+
+
 # Where family names are the subject, not a branch: the adapters themselves and detection from the config.
 ADAPTERS = ("models/families/", "models/family.py")
 
