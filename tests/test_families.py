@@ -22,15 +22,17 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "lmtailor"
 # auto class it loads with, and the trainer, predictor, probe and GGUF support the code routes by.
 EXPECTED = {
     "decoder-only": dict(default_head="causal-lm", auto="AutoModelForCausalLM", generates_text=True, seq2seq=False,
-                         trains_with="sft", predicts_with="causal", perplexity="causal", gguf=True,
-                         padding_free=True, pretrain_objectives=("causal-lm",), tiny=("llama",)),
+                         trains_with="sft", fresh_head=False, peft_task_type="CAUSAL_LM", predicts_with="causal",
+                         perplexity="causal", gguf=True, padding_free=True, pretrain_objectives=("causal-lm",),
+                         tiny=("llama",)),
     "encoder-decoder": dict(default_head="seq2seq-lm", auto="AutoModelForSeq2SeqLM", generates_text=True, seq2seq=True,
-                            trains_with="seq2seq", predicts_with="seq2seq", perplexity="continuation", gguf=False,
+                            trains_with="seq2seq", fresh_head=False, peft_task_type="SEQ_2_SEQ_LM",
+                            predicts_with="seq2seq", perplexity="continuation", gguf=False,
                             padding_free=False, pretrain_objectives=("span-corruption", "text-infilling"),
                             tiny=("t5", "bart")),
     "encoder": dict(default_head=None, auto="AutoModel", generates_text=False, seq2seq=False, trains_with="classifier",
-                    predicts_with=None, perplexity=None, gguf=False, padding_free=False, pretrain_objectives=(),
-                    tiny=("bert",)),
+                    fresh_head=True, peft_task_type="SEQ_CLS", predicts_with=None, perplexity=None, gguf=False,
+                    padding_free=False, pretrain_objectives=(), tiny=("bert",)),
 }
 
 
@@ -55,8 +57,8 @@ def test_each_adapter_declares_every_answer_with_an_allowed_value(name):
     assert adapter.head("sequence-classification") == "sequence-classification"  # an explicit head wins
     assert adapter.auto_class().__name__ == want["auto"]
     assert adapter.auto_class("sequence-classification").__name__ == "AutoModelForSequenceClassification"
-    for attr in ("generates_text", "seq2seq", "trains_with", "predicts_with", "perplexity", "gguf", "padding_free",
-                 "pretrain_objectives"):
+    for attr in ("generates_text", "seq2seq", "trains_with", "fresh_head", "peft_task_type", "predicts_with",
+                 "perplexity", "gguf", "padding_free", "pretrain_objectives"):
         assert getattr(adapter, attr) == want[attr], attr
     # a family that cannot be prompted has nothing to probe, and says why; one with a LM head has a perplexity
     assert (adapter.no_probe_reason is None) == adapter.generates_text == (adapter.perplexity is not None)
@@ -113,18 +115,22 @@ def test_a_fourth_family_is_one_module_and_one_registry_line():
     assert "toy-llama" not in tiny_architectures()
 
 
-# Files that still compare family names, owned today by the helpers rewriting them (training methods; the
-# Predictor backends). The merge of issue 18 moves these checks into the family adapters and empties this list;
-# it may only shrink: a listed file without such a check fails the test, so take it off.
-STILL_COMPARING = {
-    "training/freeze.py",
-    "training/method_base.py",
-    "training/method_kinds.py",
-    "training/peft_methods.py",
-    "training/pretrain.py",
-    "strategies/finetune.py",
-    "strategies/continued_pretraining.py",
-}
+def test_training_reads_a_new_family_from_its_adapter(monkeypatch):
+    from lmtailor.errors import UserError
+    from lmtailor.training.method_settings import LoraSettings
+    from lmtailor.training.peft_methods import check_method, finetune_method
+
+    lora = LoraSettings(name="lora")
+    with toy_family_registered():
+        check_method(lora, "toy-family", padding_free=True)  # its adapter says batches may be flattened
+        assert finetune_method("lora").default_learning_rate("toy-family") == 2e-4  # LoRA's rate: no fresh head
+        monkeypatch.setattr(ToyFamily, "fresh_head", True)
+        assert finetune_method("lora").default_learning_rate("toy-family") == 5e-4  # LoRA's rate beside a new head
+        monkeypatch.setattr(ToyFamily, "padding_free", False)
+        with pytest.raises(UserError, match="padding_free applies to decoder-only models only; this model is toy"):
+            check_method(lora, "toy-family", padding_free=True)
+
+
 # Where family names are the subject, not a branch: the adapters themselves and detection from the config.
 ADAPTERS = ("models/families/", "models/family.py")
 
@@ -174,7 +180,4 @@ def test_no_family_comparison_outside_the_adapters():
         lines = family_checks(ast.parse(path.read_text(encoding="utf-8")))
         if lines:
             found[rel] = lines
-    unexpected = {f: lines for f, lines in found.items() if f not in STILL_COMPARING}
-    assert not unexpected, f"ask the family adapter (lmtailor.models.families) instead: {unexpected}"
-    stale = STILL_COMPARING - set(found)
-    assert not stale, f"no family comparison left in {sorted(stale)}: take them off STILL_COMPARING"
+    assert not found, f"ask the family adapter (lmtailor.models.families) instead: {found}"

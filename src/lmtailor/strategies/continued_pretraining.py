@@ -188,15 +188,18 @@ def fine_tune_after(strategy: Strategy, cfg: PretrainingConfig, ctx: RunContext,
 
 
 def check_generative(ctx: RunContext, rung: str) -> None:
-    """Refuse an encoder before loading anything: it has no language-model objective here."""
-    from lmtailor.models import family_name_of
+    """Refuse a model of a family with no pre-training objective here (an encoder) before loading anything."""
+    from lmtailor.models.families import pretraining_families
+    from lmtailor.models.loading import adapter_of
 
     if not ctx.data.train:
         raise UserError(f"{rung} fine-tunes after pre-training and needs training rows, but the training split is "
                         "empty; check data.max_train and the split sizes")
-    if family_name_of(ctx.model_ref, ctx.runtime.trust_remote_code) == "encoder":
-        raise UserError(f"{ctx.model_ref} is an encoder: {rung} needs a decoder-only (causal LM) or encoder-decoder "
-                        "(T5 span corruption, BART text infilling) model; masked-LM pre-training is not implemented")
+    adapter = adapter_of(ctx.model_ref, ctx.runtime.trust_remote_code)
+    if not adapter.pretrain_objectives:
+        raise UserError(f"{ctx.model_ref} is {adapter.with_article}: {rung} needs a model of a family with a "
+                        f"pre-training objective: {pretraining_families()} (an encoder's, masked LM, is not "
+                        "implemented)")
 
 
 class ContinuedPretrainingStrategy(Strategy):

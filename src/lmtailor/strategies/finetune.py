@@ -110,15 +110,16 @@ class FinetuneStrategy(Strategy):
         return with_extra_data(self.TRAITS, self.config.augment, self.config.synthetic)
 
     def run(self, ctx: RunContext) -> StrategyOutput:
-        from lmtailor.models import family_name_of, load_model
+        from lmtailor.models import load_model
+        from lmtailor.models.loading import adapter_of
 
         if not ctx.data.train:
             raise UserError("finetune needs training rows, but the training split is empty; check data.max_train "
                             "and the split sizes")
-        family = family_name_of(ctx.model_ref, ctx.runtime.trust_remote_code)
+        adapter = adapter_of(ctx.model_ref, ctx.runtime.trust_remote_code)
         method = finetune_method(self.config.method.name)
-        check_method(self.config.method, family, ctx.runtime, self.config.padding_free)  # before any loading
-        if family == "encoder":
+        check_method(self.config.method, adapter.name, ctx.runtime, self.config.padding_free)  # before any loading
+        if adapter.trains_with == "classifier":
             if self.config.search is not None:
                 raise UserError(f"{self.label()}: search is not implemented for encoder classifiers "
                                 f"({ctx.model_ref}); remove search from this row or use a decoder-only model")
@@ -209,7 +210,9 @@ class FinetuneStrategy(Strategy):
                    callbacks: tuple | list = ()):
         """One training of a decoder-only or encoder-decoder model with this config (a row's, or a search trial's);
         ``callbacks`` are added to the trainer."""
-        if family == "encoder-decoder":
+        from lmtailor.models.families import family_of  # lmtailor.models loads torch: not at import time
+
+        if family_of(family).trains_with == "seq2seq":
             return self._train_seq2seq(ctx, task, model, tokenizer, callbacks)
         return self._train(ctx, task, model, tokenizer, callbacks)
 

@@ -28,6 +28,7 @@ from lmtailor.core.training_loop import TrainingLoop
 from lmtailor.errors import UserError
 from lmtailor.io import write_json_atomic
 from lmtailor.measure.meter import Meter
+from lmtailor.models.families import model_family
 from lmtailor.prompting.formats import truncate_text
 from lmtailor.runtime import Runtime
 from lmtailor.training.common import common_training_args, count_params, train_and_save, use_loss_bar
@@ -63,8 +64,9 @@ class EncodedSplit:
 
 
 def learning_rate(loop: TrainingLoop, method: MethodSettings) -> float:
-    """The configured learning rate, or the encoder default for the method."""
-    return method_learning_rate(loop, method, "encoder")
+    """The configured learning rate, or the encoder default for the method: the classifier's fresh head trains
+    beside it."""
+    return method_learning_rate(loop, method, fresh_head=True)
 
 
 def check_config(cfg: "BaseModel") -> None:
@@ -118,7 +120,7 @@ def lora_config(method: MethodSettings, model) -> "LoraConfig":
     PEFT's SEQ_CLS task adds modules named "classifier"/"score" to modules_to_save. Some heads have more fresh parts
     (DeBERTa's "pooler", DistilBERT's "pre_classifier"), so every top-level module outside the encoder is saved
     (``peft_methods.head_modules``), whatever the method."""
-    return finetune_method("lora").peft_config(method, model, "encoder")
+    return finetune_method("lora").peft_config(method, model, model_family(model).name)
 
 
 def classifier_args(loop: TrainingLoop, method: MethodSettings, runtime: Runtime, seed: int, output_dir: Path,
@@ -160,7 +162,7 @@ def train_classifier(model, tokenizer, loop: TrainingLoop, method: MethodSetting
         raise UserError(f"the model's head has {model.config.num_labels} outputs but task {task.name!r} has "
                         f"{len(labels)} labels; load it with num_labels={len(labels)}")
     _set_labels(model, labels)
-    model = wrap_for_training(model, method, "encoder", loop.gradient_checkpointing)
+    model = wrap_for_training(model, method, model_family(model).name, loop.gradient_checkpointing)
     out_dir = Path(out_dir)
     args = classifier_args(loop, method, runtime, seed, out_dir / "checkpoints", has_eval=val.dataset is not None)
     trainer = engine_trainer_class(Trainer)(model=model, args=args, train_dataset=train.dataset,

@@ -2,10 +2,10 @@
 
 The layer stack is found generically, not by architecture name: the outermost ``nn.ModuleList`` of identical
 blocks (Llama ``model.layers``, T5 ``decoder.block``, BART ``model.decoder.layers``, BERT ``bert.encoder.layer``).
-An encoder-decoder trains the top of its decoder, the layers nearest the output. The final norm is a norm module
-registered after the stack beside it (Llama ``norm``, T5 ``final_layer_norm``; BART has none: its
-``layernorm_embedding`` sits at the bottom). A language-model head tied to the input embeddings stays frozen:
-training it would change the input of every layer, which is what freezing the lower layers avoids.
+An encoder-decoder trains the top of its decoder, the layers nearest the output (its adapter's ``freeze_stack``).
+The final norm is a norm module registered after the stack beside it (Llama ``norm``, T5 ``final_layer_norm``; BART
+has none: its ``layernorm_embedding`` sits at the bottom). A language-model head tied to the input embeddings stays
+frozen: training it would change the input of every layer, which is what freezing the lower layers avoids.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from lmtailor.errors import UserError
+from lmtailor.models.families import family_of
 
 
 def _is_stack(module: nn.Module) -> bool:
@@ -26,8 +27,9 @@ def layer_stack(model: nn.Module, family: str) -> tuple[str, nn.ModuleList]:
     """(qualified name, module list) of the transformer layers freeze tuning counts from the top of."""
     stacks = [(name, m) for name, m in model.named_modules() if _is_stack(m)]
     outer = [(n, m) for n, m in stacks if not any(n.startswith(other + ".") for other, _ in stacks)]
-    if family == "encoder-decoder":
-        outer = [(n, m) for n, m in outer if "decoder" in n.split(".")] or outer
+    stack = family_of(family).freeze_stack
+    if stack is not None:
+        outer = [(n, m) for n, m in outer if stack in n.split(".")] or outer
     if not outer:
         raise UserError(f"method: freeze found no list of transformer layers (a ModuleList of identical blocks) in "
                         f"{type(model).__name__}; use method: full or lora")
@@ -45,7 +47,7 @@ def _final_norms(model: nn.Module, stack_name: str) -> list[str]:
 
 def _head(model: nn.Module, family: str) -> tuple[list[str], str | None]:
     """(head module names, why the LM head stays frozen or None)."""
-    if family == "encoder":  # a classifier: its fresh head, and the encoder's pooler (read only by the head)
+    if family_of(family).fresh_head:  # a classifier: its fresh head, and the encoder's pooler (read only by it)
         from lmtailor.training.method_base import head_modules
 
         names = head_modules(model)

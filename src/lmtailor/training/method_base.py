@@ -21,11 +21,17 @@ from lmtailor.errors import UserError
 if TYPE_CHECKING:
     from peft import PeftConfig
 
+    from lmtailor.models.families import FamilyAdapter
     from lmtailor.runtime import Runtime
     from lmtailor.training.method_settings import MethodSettings
 
-FAMILIES = ("decoder-only", "encoder-decoder", "encoder")
-TASK_TYPE = {"decoder-only": "CAUSAL_LM", "encoder-decoder": "SEQ_2_SEQ_LM", "encoder": "SEQ_CLS"}
+
+def family_adapter(family: str) -> "FamilyAdapter":
+    """The adapter of the family called ``family``. Imported when asked, not at the top: importing
+    ``lmtailor.models`` loads torch and transformers, and the config validator reads this module."""
+    from lmtailor.models.families import family_of
+
+    return family_of(family)
 
 
 @dataclass(frozen=True)
@@ -38,9 +44,9 @@ class FinetuneMethod:
     settings_model: type = object  # its pydantic settings model (training/method_settings.py)
     # the settings it reads beside ``name``: unset, every field of its settings model
     settings: tuple[str, ...] | None = None
-    learning_rate: float = 2e-4  # decoder-only and encoder-decoder models
-    encoder_learning_rate: float = 5e-4  # encoder classifiers (a fresh head trains with the method)
-    unsupported: dict[str, str] = field(default_factory=dict)  # family -> why not
+    learning_rate: float = 2e-4  # language models (decoder-only and encoder-decoder)
+    encoder_learning_rate: float = 5e-4  # a family whose fresh head trains with the method (encoder classifiers)
+    unsupported: dict[str, str] = field(default_factory=dict)  # family name -> why not (data, read by ``check``)
     peft: bool = True  # trains an adapter (artifact "adapter"), else the model's own weights (artifact "model")
     # its adapter folds into the base weights (LoRA, IA3, ...): served merged, and merged after pre-training;
     # virtual tokens (prefix, prompt tuning) and bottleneck adapters have no weights to fold into
@@ -64,8 +70,13 @@ class FinetuneMethod:
         return "adapter" if self.peft else "model"
 
     def default_learning_rate(self, family: str) -> float:
-        """The default peak learning rate for a model of ``family``."""
-        return self.encoder_learning_rate if family == "encoder" else self.learning_rate
+        """The default peak learning rate for a model of ``family`` (its adapter says whether a fresh head trains)."""
+        return self.learning_rate_with(fresh_head=family_adapter(family).fresh_head)
+
+    def learning_rate_with(self, fresh_head: bool) -> float:
+        """The default peak learning rate with a fresh head training beside the method (an encoder classifier's:
+        the encoder one) or without one (a language model)."""
+        return self.encoder_learning_rate if fresh_head else self.learning_rate
 
     def row_label(self, s: "MethodSettings") -> str:
         """The result row's label ("LoRA", "freeze top 2", ...)."""
@@ -73,8 +84,9 @@ class FinetuneMethod:
 
     def check(self, s: "MethodSettings", family: str, runtime: "Runtime | None" = None) -> None:
         """Refuse, before any model is loaded, a family or device this method cannot run with."""
-        if family in self.unsupported:
-            raise UserError(f"method: {s.name} does not support {family} models: {self.unsupported[family]}")
+        reason = self.unsupported.get(family_adapter(family).name)
+        if reason is not None:
+            raise UserError(f"method: {s.name} does not support {family} models: {reason}")
 
     def peft_config_class(self) -> type | None:
         """PEFT's config class that ``peft_options`` extend (None: the method has none to check them against)."""
@@ -149,15 +161,16 @@ def head_modules(model) -> list[str]:
 
 
 def fresh_modules(model, family: str) -> list[str] | None:
-    """Modules trained in full beside any method: an encoder's head, a warm start's random modules."""
-    if family == "encoder":
+    """Modules trained in full beside any method: a fresh head (an encoder classifier's), a warm start's random
+    modules."""
+    if family_adapter(family).fresh_head:
         return head_modules(model)
     return list(getattr(model.config, "warm_start_new_modules", None) or []) or None
 
 
 def base_defaults(model, family: str) -> dict[str, Any]:
     """The config fields every PEFT method of a family shares: the task type and the modules trained in full."""
-    return {"task_type": TASK_TYPE[family], "modules_to_save": fresh_modules(model, family)}
+    return {"task_type": family_adapter(family).peft_task_type, "modules_to_save": fresh_modules(model, family)}
 
 
 def fp32_master_weights(model):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from lmtailor.errors import UserError
 from lmtailor.training.method_base import (FinetuneMethod, base_defaults, build_peft_config, default_target_modules,
-                                           fp32_master_weights, head_modules)
+                                           family_adapter, fp32_master_weights, head_modules)
 from lmtailor.training.method_settings import PeftSettings
 
 
@@ -192,7 +192,7 @@ class AdapterMethod(FinetuneMethod):
         adapters.init(model)
         model.add_adapter("default", config=adapters.SeqBnConfig(**s.options))
         model.train_adapter("default")  # freezes everything else
-        if family == "encoder":  # the fresh classification head trains too
+        if family_adapter(family).fresh_head:  # the fresh classification head trains too
             for name in head_modules(model):
                 getattr(model, name).requires_grad_(True)
         return model
@@ -272,6 +272,8 @@ def pass_through(name: str, peft_type: str, label: str) -> PassThroughMethod | N
     serving their virtual tokens is implemented for those two only."""
     from peft import PEFT_TYPE_TO_CONFIG_MAPPING
 
+    from lmtailor.models.families import adapters
+
     config_class = {str(t.value): c for t, c in PEFT_TYPE_TO_CONFIG_MAPPING.items()}.get(peft_type)
     if config_class is None:
         return None
@@ -279,7 +281,7 @@ def pass_through(name: str, peft_type: str, label: str) -> PassThroughMethod | N
     unsupported = {}
     if "num_virtual_tokens" in fields:  # prompt learning (p_tuning, multitask prompt tuning, ...)
         reason = "lmtailor serves prompt-learning adapters of the prefix and prompt-tuning kinds only; use those"
-        unsupported = {family: reason for family in ("decoder-only", "encoder-decoder", "encoder")}
+        unsupported = {adapter.name: reason for adapter in adapters()}  # every family
     settings = ("peft_options",) + (("target_modules",) if "target_modules" in fields else ())
     return PassThroughMethod(name, label, PeftSettings, settings=settings, unsupported=unsupported,
                              peft_type=peft_type, merges=not unsupported and peft_type != "ADAPTION_PROMPT",

@@ -22,8 +22,7 @@ from pydantic import Discriminator, Tag
 
 from lmtailor.errors import UserError
 from lmtailor.registry import Registry
-from lmtailor.training.method_base import (FAMILIES, TASK_TYPE, FinetuneMethod, check_peft_options,
-                                           default_target_modules,
+from lmtailor.training.method_base import (FinetuneMethod, check_peft_options, default_target_modules, family_adapter,
                                            fresh_modules, head_modules, peft_summary)
 from lmtailor.training.method_kinds import (AdapterMethod, FreezeMethod, FullMethod, IA3Method, LoraMethod,
                                             PrefixMethod, PromptTuningMethod, pass_through, save_adapters)
@@ -36,7 +35,7 @@ if TYPE_CHECKING:
 
     from lmtailor.core.training_loop import OptimizerSettings
 
-__all__ = ["FAMILIES", "FINETUNE_METHODS", "TASK_TYPE", "FinetuneMethod", "MethodField", "MethodSettings",
+__all__ = ["FINETUNE_METHODS", "FinetuneMethod", "MethodField", "MethodSettings",
            "artifact_kind", "check_method", "check_settings", "default_target_modules", "finetune_method",
            "fresh_modules", "head_modules", "known_method", "learning_rate", "method_label", "nest_method",
            "peft_summary", "prepare_for_training", "save_adapters", "save_override", "serve", "wrap_for_training"]
@@ -188,8 +187,11 @@ def check_settings(s: MethodSettings, padding_free: bool | None = None) -> None:
 def check_method(s: MethodSettings, family: str, runtime=None, padding_free: bool | None = None) -> None:
     """Refuse, before any model is loaded, a family, device or setting the method cannot run with."""
     finetune_method(s.name).check(s, family, runtime)
-    if padding_free and family != "decoder-only":
-        raise UserError(f"padding_free applies to decoder-only models only; this model is {family} "
+    if padding_free and not family_adapter(family).padding_free:
+        from lmtailor.models.families import adapters  # lmtailor.models is heavy: see family_adapter
+
+        flattened = ", ".join(a.name for a in adapters() if a.padding_free)
+        raise UserError(f"padding_free applies to {flattened} models only; this model is {family} "
                         "(encoder inputs and seq2seq targets are padded per batch). Remove padding_free.")
 
 
@@ -198,10 +200,11 @@ def artifact_kind(method: str) -> str:
     return finetune_method(method).artifact_kind
 
 
-def learning_rate(loop: "OptimizerSettings", s: MethodSettings, family: str) -> float:
-    """The configured learning rate, or the method's default for the model family."""
+def learning_rate(loop: "OptimizerSettings", s: MethodSettings, fresh_head: bool) -> float:
+    """The configured learning rate, or the method's default for a trainer that trains a fresh head beside the
+    method (the classifier's: ``encoder_learning_rate``) or not (a language model's: ``learning_rate``)."""
     return loop.learning_rate if loop.learning_rate is not None else \
-        finetune_method(s.name).default_learning_rate(family)
+        finetune_method(s.name).learning_rate_with(fresh_head)
 
 
 def method_label(s: MethodSettings) -> str:

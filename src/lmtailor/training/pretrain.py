@@ -33,7 +33,7 @@ from lmtailor.core.training_loop import OptimizerSettings, TrainingLoop
 from lmtailor.data.packing import (PackedCorpus, noise_span_counts, pack_documents, span_corruption,
                                    span_corruption_lengths, text_infilling)
 from lmtailor.errors import UserError
-from lmtailor.models.family import detect_family
+from lmtailor.models.families import adapters, family_of, model_family, pretraining_families
 from lmtailor.runtime import Runtime
 from lmtailor.training.common import common_training_args, count_params, summarize_log, use_loss_bar
 from lmtailor.training.engine import engine_trainer_class
@@ -55,19 +55,19 @@ SENTINELS = 100  # T5 tokenizers carry <extra_id_0> ... <extra_id_99>
 
 def resolve_objective(requested: str, config) -> Objective:
     """The objective to pre-train ``config``'s model with: the requested one, or the family's (``auto``)."""
-    family = detect_family(config)
+    adapter = family_of(config)
     model_type = getattr(config, "model_type", "")
-    if family == "encoder":
-        raise UserError(f"model type {model_type!r} is an encoder: its pre-training objective (masked LM) is not "
-                        "implemented; use a decoder-only (causal LM) or encoder-decoder (T5, BART) model")
-    if family == "decoder-only":
-        if requested not in ("auto", "causal-lm"):
-            raise UserError(f"objective: {requested} is for encoder-decoder models; a decoder-only model "
-                            f"({model_type}) trains with causal-lm (or leave objective: auto)")
-        return "causal-lm"
-    if requested == "causal-lm":
-        raise UserError(f"objective: causal-lm is for decoder-only models; {model_type} is an encoder-decoder: use "
-                        "span-corruption (T5 family), text-infilling, or auto")
+    objectives = adapter.pretrain_objectives
+    if not objectives:
+        raise UserError(f"model type {model_type!r} is {adapter.with_article}: no pre-training objective is "
+                        f"implemented for it (an encoder's would be masked LM); use a model of a family that has one: "
+                        f"{pretraining_families()}")
+    if requested != "auto" and requested not in objectives:
+        owners = " or ".join(a.name for a in adapters() if requested in a.pretrain_objectives) or "no"
+        raise UserError(f"objective: {requested} is for {owners} models; {model_type} is {adapter.with_article}: use "
+                        f"{', '.join(objectives)} or auto")
+    if len(objectives) == 1:
+        return objectives[0]  # type: ignore[return-value]
     if requested == "span-corruption" and model_type not in T5_TYPES:
         raise UserError(f"objective: span-corruption is T5's (sentinel tokens); {model_type} is not a T5-family "
                         "model: use text-infilling or auto")
@@ -317,8 +317,8 @@ def _build_trainer(model, tokenizer, cfg: OptimizerSettings, method: MethodSetti
     from transformers import TrainingArguments
 
     loop = phase_loop(cfg, steps)
-    family = "encoder-decoder" if model.config.is_encoder_decoder else "decoder-only"
-    model = wrap_for_training(model, method, family, loop.gradient_checkpointing)
+    family = model_family(model)
+    model = wrap_for_training(model, method, family.name, loop.gradient_checkpointing)
     args = TrainingArguments(**common_training_args(loop, runtime, seed, out_dir / "checkpoints", False,
                                                     learning_rate),
                              lr_scheduler_type="cosine", remove_unused_columns=False)
@@ -327,7 +327,7 @@ def _build_trainer(model, tokenizer, cfg: OptimizerSettings, method: MethodSetti
     validation = _Blocks([fixed.example(b.tolist()) for b in held_out]) if len(held_out) else None
     trainer = _trainer_class()(model=model, args=args, data_collator=collator, train_dataset=_Blocks(train_blocks),
                                eval_dataset=validation, processing_class=tokenizer)
-    trainer.counts_labels, trainer.corpus_tokens_per_block = model.config.is_encoder_decoder, raw_block
+    trainer.counts_labels, trainer.corpus_tokens_per_block = family.seq2seq, raw_block
     return use_loss_bar(trainer)
 
 

@@ -20,6 +20,7 @@ from lmtailor.core.example import Example
 from lmtailor.core.task_spec import TaskSpec
 from lmtailor.core.training_loop import TrainingLoop
 from lmtailor.errors import UserError
+from lmtailor.models.families import model_family
 from lmtailor.prompting.seq2seq_format import encode_training_row
 from lmtailor.runtime import Runtime
 from lmtailor.training.common import common_training_args, count_params, train_and_save, use_loss_bar
@@ -108,7 +109,7 @@ def build_seq2seq_trainer(model, tokenizer, loop: TrainingLoop, method: MethodSe
                         "on the target, the source is only read by the encoder; remove the setting")
     # the collator asks the unwrapped model for decoder inputs (prepare_decoder_input_ids_from_labels)
     collator = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
-    model = wrap_for_training(model, method, "encoder-decoder", loop.gradient_checkpointing)
+    model = wrap_for_training(model, method, model_family(model).name, loop.gradient_checkpointing)
     args = seq2seq_training_args(loop, method, runtime, seed, output_dir, has_eval=validation is not None)
     trainer = _trainer_class()(model=model, args=args, data_collator=collator, train_dataset=train,
                                eval_dataset=validation, processing_class=tokenizer)

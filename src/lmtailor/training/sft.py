@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lmtailor.core.training_loop import TrainingLoop
+from lmtailor.models.families import model_family
 from lmtailor.runtime import Runtime
 from lmtailor.training.common import common_training_args, use_loss_bar
 from lmtailor.training.engine import engine_trainer_class
@@ -26,8 +27,9 @@ if TYPE_CHECKING:
 
 
 def learning_rate(loop: TrainingLoop, method: MethodSettings) -> float:
-    """The configured learning rate, or the method's default for generative (decoder / encoder-decoder) models."""
-    return method_learning_rate(loop, method, "decoder-only")
+    """The configured learning rate, or the method's default for generative (decoder / encoder-decoder) models: no
+    fresh head trains beside the method."""
+    return method_learning_rate(loop, method, fresh_head=False)
 
 
 def sft_config(loop: TrainingLoop, method: MethodSettings, runtime: Runtime, seed: int, output_dir: Path,
@@ -60,7 +62,8 @@ def build_trainer(model, tokenizer, loop: TrainingLoop, method: MethodSettings, 
 
     from lmtailor.training.padding_free import use_padding_free
 
-    model, peft_config = prepare_for_training(model, method, "decoder-only", loop.gradient_checkpointing)
+    model, peft_config = prepare_for_training(model, method, model_family(model).name,
+                                              loop.gradient_checkpointing)
     args = sft_config(loop, method, runtime, seed, output_dir, max_seq_len, has_eval=validation is not None,
                       padding_free=use_padding_free(model, tokenizer.pad_token_id, loop, method))
     # TRL's SFTTrainer, with the loss projected onto the vocabulary at the answer positions only where TRL's own

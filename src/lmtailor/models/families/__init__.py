@@ -34,10 +34,20 @@ def model_family(model) -> FamilyAdapter:
     return family_of(model.config)
 
 
+def adapters() -> list[FamilyAdapter]:
+    """Every registered family's adapter, in the order of their names."""
+    return [FAMILIES.get(name) for name in FAMILIES.names()]
+
+
+def pretraining_families() -> str:
+    """The families that pre-train, with their objectives, for messages: "decoder-only (causal-lm), ..."."""
+    return ", ".join(f"{a.name} ({', '.join(a.pretrain_objectives)})" for a in adapters() if a.pretrain_objectives)
+
+
 def tiny_architectures() -> dict[str, tuple[FamilyAdapter, TinyArchitecture]]:
     """Every registered family's tiny test models, by name, each with its family."""
-    adapters = [FAMILIES.get(name) for name in FAMILIES]
-    return {arch.name: (adapter, arch) for adapter in adapters for arch in adapter.tiny_architectures}
+    return {arch.name: (adapter, arch) for adapter in adapters() for arch in adapter.tiny_architectures}
 
 
-__all__ = ["FAMILIES", "FamilyAdapter", "TinyArchitecture", "family_of", "model_family", "tiny_architectures"]
+__all__ = ["FAMILIES", "FamilyAdapter", "TinyArchitecture", "adapters", "family_of", "model_family",
+           "pretraining_families", "tiny_architectures"]

@@ -44,6 +44,10 @@ class FamilyAdapter:
     # the decoder's own sequence, ended by eos; otherwise a decoder continues its chat-templated prompt.
     seq2seq: ClassVar[bool]
     trains_with: ClassVar[Trainer]  # fine-tuning: TRL SFT, Seq2SeqTrainer, or a classification head
+    # Fine-tuning puts a freshly initialised task head on the model (an encoder's classifier): it trains in full
+    # beside any method (PEFT ``modules_to_save``, freeze), at the method's encoder learning rate.
+    fresh_head: ClassVar[bool]
+    peft_task_type: ClassVar[str]  # PEFT's ``task_type`` for this family's fine-tuned model ("CAUSAL_LM", ...)
     predicts_with: ClassVar[Predictor | None]  # prompted inference; None: cannot be prompted
     pretrain_objectives: ClassVar[tuple[str, ...]]  # continued pre-training / scratch; () = not implemented
     padding_free: ClassVar[bool]  # training batches may be flattened into one sequence
@@ -61,6 +65,11 @@ class FamilyAdapter:
     def auto_class(self, head: Head | None = None):
         """The transformers auto class that loads this family's model with ``head`` (default: the family's)."""
         return auto_class(self.head(head))
+
+    @property
+    def with_article(self) -> str:
+        """The family's name with its article, for messages: "an encoder", "a decoder-only"."""
+        return f"{'an' if self.name[:1] in 'aeiou' else 'a'} {self.name}"
 
     def __repr__(self) -> str:
         return f"<model family {self.name}>"

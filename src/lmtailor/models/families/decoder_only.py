@@ -43,6 +43,8 @@ class DecoderOnly(FamilyAdapter):
     generates_text = True
     seq2seq = False
     trains_with = "sft"
+    fresh_head = False
+    peft_task_type = "CAUSAL_LM"
     predicts_with = "causal"
     pretrain_objectives = ("causal-lm",)
     padding_free = True

@@ -32,6 +32,8 @@ class Encoder(FamilyAdapter):
     generates_text = False
     seq2seq = False
     trains_with = "classifier"
+    fresh_head = True  # the sequence-classification head finetune loads it with
+    peft_task_type = "SEQ_CLS"
     predicts_with = None
     pretrain_objectives = ()  # masked-LM pre-training is not implemented
     padding_free = False

@@ -57,6 +57,8 @@ class EncoderDecoder(FamilyAdapter):
     generates_text = True
     seq2seq = True
     trains_with = "seq2seq"
+    fresh_head = False
+    peft_task_type = "SEQ_2_SEQ_LM"
     predicts_with = "seq2seq"
     pretrain_objectives = ("span-corruption", "text-infilling")
     padding_free = False  # encoder inputs and seq2seq targets are padded per batch
