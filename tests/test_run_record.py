@@ -174,3 +174,16 @@ def test_the_layout_check_finds_a_path_built_by_hand(tmp_path):
     module.write_text('p = run_dir / "results" / f"{r}.json"\nq = run_dir / "task.json"\ns = f"predictions/{r}"\n'
                       'doc = "results/<row>.json is where a record is"\nc = cache_dir() / "synthetic"\n')
     assert _layout_literals(module) == ["1: / 'results'", "2: 'task.json'", "3: f'predictions/'..."]
+
+
+def test_run_dir_writes_only_inside_itself(tmp_path):
+    from lmtailor.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.write_json(run.probe_path("tiny-llama"), {"model": "tiny-llama"})
+    assert run.read_json(run.probe_path("tiny-llama")) == {"model": "tiny-llama"}
+    with pytest.raises(ValueError, match="not inside the run directory"):
+        run.write_text(tmp_path / "elsewhere.md", "x")
+    with pytest.raises(ValueError, match="not inside the run directory"):
+        run.write_text(run.path / ".." / "escape.md", "x")

@@ -143,14 +143,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from lmtailor.report.build import run_target, write_run_reports
     from lmtailor.report.results_json import load_records
-    from lmtailor.report.table import results_markdown
+    from lmtailor.report.table import write_results_markdown
 
     run_dir: Path = args.run_dir
     if not RunDir(run_dir).record_files():
         console.print(f"[red]{run_dir}: no results/*.json: is this a run directory made by `lmtailor run`?[/]")
         return 2
     records = load_records(run_dir)  # plan order, as the run wrote results.md; a broken file is named
-    write_text_atomic(RunDir(run_dir).results_md, results_markdown(records, title=run_dir.name))
+    write_results_markdown(run_dir, records, run_dir.name)
     target = run_target(run_dir)
     overrides = {k: getattr(args, k) for k in ("quality_floor", "monthly_budget_usd", "requests_per_month", "baseline")
                  if getattr(args, k, None) is not None}

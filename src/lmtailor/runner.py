@@ -29,7 +29,7 @@ from lmtailor.data.splits import nested_subsets
 from lmtailor.distributed_rows import agree_on_row, stop_if_out_of_step
 from lmtailor.environment import describe_environment
 from lmtailor.errors import TrainingInterrupted, UserError
-from lmtailor.io import jsonl_text, write_json_atomic, write_text_atomic
+from lmtailor.io import jsonl_text
 from lmtailor.probing import forgetting
 from lmtailor.measure.meter import Meter
 from lmtailor.models import detect_family, family_name_of
@@ -37,7 +37,7 @@ from lmtailor.models.remote_code import check_remote_code
 from lmtailor.remote.reference import is_remote
 from lmtailor.remote.settings import API_FAMILY
 from lmtailor.report.results_json import write_results
-from lmtailor.report.table import results_markdown
+from lmtailor.report.table import write_results_markdown
 from lmtailor.row_plan import PlannedRow, unique_row_id
 from lmtailor.run_lock import RunLock
 from lmtailor.rundir import RunDir, RunRecord
@@ -219,7 +219,7 @@ def base_probe(ref: str, runtime: Runtime, exp: Experiment, run_dir: Path) -> di
     log.info("forgetting probe of the base model %s (once per run)", ref)
     result = forgetting.probe_model_ref(ref, runtime, exp.budget.to_budget())
     if distributed.is_main_process():  # every process probes (no one waits on another); one writes
-        write_json_atomic(path, result)
+        run.write_json(path, result)
     return result
 
 
@@ -398,8 +398,7 @@ def run_experiment(exp: Experiment, base_dir: Path, out_dir: Path | None = None,
                          time.perf_counter() - t0)
                 # Rewritten after every row, so an interrupted run still leaves the table of what finished, and
                 # the machine-readable summary (`lmtailor report` rebuilds it byte for byte from results/).
-                distributed.on_main(lambda: (write_text_atomic(RunDir(run_dir).results_md,
-                                                               results_markdown(records, title=exp.name)),
+                distributed.on_main(lambda: (write_results_markdown(run_dir, records, exp.name),
                                              write_results(run_dir)))
                 stop_if_out_of_step(records[-1], run_dir)
             # The cost-benefit report (report.html, report.md), once at the end: its charts take a second or two.

@@ -322,6 +322,6 @@ def write_synthetic(run_dir: Path, row_id: str, result: SyntheticResult) -> dict
     run = RunDir(run_dir)
     paths = {"rows": run.extra_rows_path("synthetic", row_id),
              "rejections": run.extra_rows_path("synthetic", row_id, ".rejections")}
-    write_jsonl_atomic(paths["rows"], (example_record(r) for r in result.rows))
-    write_jsonl_atomic(paths["rejections"], result.rejections)
+    run.write_jsonl(paths["rows"], (example_record(r) for r in result.rows))
+    run.write_jsonl(paths["rejections"], result.rejections)
     return paths

@@ -11,7 +11,6 @@ import html
 import re
 from pathlib import Path
 
-from lmtailor.io import write_text_atomic
 from lmtailor.report.charts import ABSENT, Chart, all_charts
 from lmtailor.report.below_majority import below_majority_notes
 from lmtailor.report.cost_notes import cost_notes
@@ -163,7 +162,7 @@ def write_report(run_dir: Path, title: str | None = None, recommendation: dict |
     charts = all_charts(summary, records, **chart_options(report_cfg))
     run = RunDir(run_dir)
     path = run.report_html
-    write_text_atomic(path, render_html(summary, records, title, recommendation, honesty, report_cfg, charts=charts))
-    write_text_atomic(run.report_md, render_markdown_report(summary, records, title, recommendation, honesty,
-                                                            report_cfg, charts=charts))
+    run.write_text(path, render_html(summary, records, title, recommendation, honesty, report_cfg, charts=charts))
+    run.write_text(run.report_md, render_markdown_report(summary, records, title, recommendation, honesty,
+                                                         report_cfg, charts=charts))
     return path

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmtailor.io import write_text_atomic
 from lmtailor.report.below_majority import below_majority_notes
 from lmtailor.report.charts import ABSENT, Chart, all_charts, best_group
 from lmtailor.report.cost_notes import cost_notes
@@ -242,8 +241,9 @@ def chart_options(report_cfg) -> dict:
 
 def write_markdown_report(run_dir: Path, summary: dict, records: list[dict], title: str, **kwargs) -> Path:
     """Write ``run_dir/report.md`` atomically; keyword arguments as for ``render_markdown_report``."""
-    path = RunDir(run_dir).report_md
-    write_text_atomic(path, render_markdown_report(summary, records, title, **kwargs))
+    run = RunDir(run_dir)
+    run.write_text(run.report_md, render_markdown_report(summary, records, title, **kwargs))
+    path = run.report_md
     return path
 
 

@@ -10,7 +10,6 @@ import json
 import math
 from pathlib import Path
 
-from lmtailor.io import write_text_atomic
 from lmtailor.report import paired
 from lmtailor.report.analysis import bootstrap_ci, data_required, mean_std, pareto_frontier
 from lmtailor.report.selection import VALIDATION, selection_block
@@ -223,6 +222,7 @@ def write_results(run_dir: Path, summary: dict | None = None) -> Path:
     """Write ``run_dir/results.json`` atomically; the same run directory always gives the same bytes.
 
     ``summary``: ``build_results(run_dir)`` when the caller has it already (it reads every record)."""
-    path = RunDir(run_dir).results_json
-    write_text_atomic(path, render_results(summary if summary is not None else build_results(run_dir)))
+    run = RunDir(run_dir)
+    path = run.results_json
+    run.write_text(path, render_results(summary if summary is not None else build_results(run_dir)))
     return path

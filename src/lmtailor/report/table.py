@@ -5,11 +5,14 @@ Its rows are built in ``report/table_rows.py``; this module lays them out, with 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from lmtailor.report.below_majority import below_majority_notes
 from lmtailor.report.cost_notes import cost_notes
 from lmtailor.report.extra_data import extra_data_findings
 from lmtailor.report.findings import architecture_findings
 from lmtailor.report.table_rows import TableRow, api_usage, build_rows, fmt_usd
+from lmtailor.rundir import RunDir
 
 
 def _fmt_params(n: int | None) -> str:
@@ -187,3 +190,9 @@ def results_rich_table(records: list[dict], title: str = "results"):
     for row in format_rows(table_rows):
         table.add_row(*row, style=None if row[-1] == "ok" else "red")
     return table
+
+
+def write_results_markdown(run_dir: Path, records: list[dict], title: str) -> None:
+    """``results.md``: the table of ``records``, written through the run directory (the run and `report` both)."""
+    run = RunDir(run_dir)
+    run.write_text(run.results_md, results_markdown(records, title=title))

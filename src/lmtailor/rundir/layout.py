@@ -23,12 +23,12 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from pydantic import ValidationError
 
 from lmtailor.errors import UserError
-from lmtailor.io import json_text, write_json_atomic, write_text_atomic
+from lmtailor.io import json_text, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from lmtailor.paths import check_record, slug
 from lmtailor.rundir.provenance import check_record_of_run, digest_of_test_rows, task_identity
 from lmtailor.rundir.record import RunRecord
@@ -260,3 +260,19 @@ class RunDir:
         """Write run-relative ``files`` in order, each atomically."""
         for rel, text in files.items():
             write_text_atomic(self.path / rel, text)
+
+    def _inside(self, path: Path) -> Path:
+        """``path`` when it lies in this run directory: every file a run holds is written through here."""
+        if not Path(path).resolve().is_relative_to(self.path.resolve()):
+            raise ValueError(f"{path} is not inside the run directory {self.path}")
+        return Path(path)
+
+    def write_text(self, path: Path, text: str) -> None:
+        """Write a run file (a path this class gave, e.g. ``report_md``) atomically."""
+        write_text_atomic(self._inside(path), text)
+
+    def write_json(self, path: Path, obj: Any) -> None:
+        write_json_atomic(self._inside(path), obj)
+
+    def write_jsonl(self, path: Path, rows: Iterable[dict]) -> None:
+        write_jsonl_atomic(self._inside(path), rows)

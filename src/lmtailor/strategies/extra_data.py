@@ -19,7 +19,6 @@ from lmtailor.augmentation.teachers import open_teacher
 from lmtailor.core.context import RunContext
 from lmtailor.distributed import on_main
 from lmtailor.errors import UserError
-from lmtailor.io import write_jsonl_atomic
 from lmtailor.rundir import RunDir
 
 if TYPE_CHECKING:
@@ -62,8 +61,9 @@ def with_extra_rows(ctx: RunContext, augment: AugmentConfig | None, synthetic: S
             generator = SimpleNamespace(model=model, tokenizer=tokenizer)  # the model being trained rewrites
         result = make_augmented(real, augment, ctx.seed, ctx.task, generator, ctx.meter, splits=ctx.data,
                                 runtime=ctx.runtime)
-        path = RunDir(ctx.run_dir).extra_rows_path("augmented", ctx.row_id)
-        on_main(lambda: write_jsonl_atomic(path, (_record(r) for r in result.rows)))  # one writer per run
+        run = RunDir(ctx.run_dir)
+        path = run.extra_rows_path("augmented", ctx.row_id)
+        on_main(lambda: run.write_jsonl(path, (_record(r) for r in result.rows)))  # one writer per run
         details["augmented"] = {**result.stats, "rows_file": str(path)}
         ctx.log.info("augmentation (%s, %d×): %d rows added to %d real rows", augment.method, augment.factor,
                      len(result.rows), len(real))
