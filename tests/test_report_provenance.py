@@ -10,7 +10,6 @@ from pathlib import Path
 from lmtailor.cli import main
 from lmtailor.io import write_json_atomic
 from lmtailor.tasks.held_out import ids_digest
-from lmtailor.tasks.held_out import ids_digest
 
 TEST_IDS = ["t1", "t2", "t3", "t4"]
 
