@@ -18,7 +18,7 @@ from __future__ import annotations
 import difflib
 from typing import TYPE_CHECKING, Annotated, Any, Callable, Union
 
-from pydantic import Discriminator, Tag
+from pydantic import Discriminator, PlainValidator, Tag
 
 from lmtailor.errors import UserError
 from lmtailor.registry import Registry
@@ -124,15 +124,31 @@ def _tag(value: Any) -> str | None:
         method = finetune_method(name)
     except UserError:
         return None
-    return method.name if method.name in FINETUNE_METHODS else "peft"
+    if method.name not in FINETUNE_METHODS:
+        return "peft"
+    return method.name if method.name in _UNION_TAGS else _LATER
+
+
+def _registered_later(value: Any) -> MethodSettings:
+    """Settings of a method registered after this module was imported (a plugin's, a test's), validated with its
+    own settings model: the union below is built once, at import, from the methods registered then."""
+    if isinstance(value, MethodSettings):
+        return value
+    return finetune_method(value["name"]).settings_model.model_validate(value)
+
+
+_LATER = "registered-later"
+_UNION_TAGS = frozenset(FINETUNE_METHODS.names())
 
 
 def _union_members() -> tuple:
-    members = [Annotated[FINETUNE_METHODS.get(n).settings_model, Tag(n)] for n in FINETUNE_METHODS.names()]
-    return (*members, Annotated[PeftSettings, Tag("peft")])
+    members = [Annotated[FINETUNE_METHODS.get(n).settings_model, Tag(n)] for n in sorted(_UNION_TAGS)]
+    return (*members, Annotated[PeftSettings, Tag("peft")],
+            Annotated[Any, PlainValidator(_registered_later, json_schema_input_type=dict[str, Any]), Tag(_LATER)])
 
 
-# The ``method:`` field of a fine-tuning config: each registered method's settings model, picked by ``name``.
+# The ``method:`` field of a fine-tuning config: each registered method's settings model, picked by ``name``;
+# a method registered later validates through its own settings model all the same.
 MethodField = Annotated[Union[_union_members()], Discriminator(_tag)]
 
 
