@@ -53,8 +53,8 @@ def measure(model_ref: str, rows: int) -> None:
     test = splits.test[:rows]
     shots = draw_exemplars(splits.train, 4, 0, True, frozenset(e.input for e in splits.test))
     texts, shots, _, _ = prepare_inputs(tok, task, test, shots, exp.budget.max_input_tokens)
-    prompts = [encode_prompt(tok, build_messages(task, t, shots)) for t in texts]
-    first = build_messages(task, texts[0], shots)
+    prompts = [encode_prompt(tok, build_messages(task, t, s)) for t, s in zip(texts, shots)]
+    first = build_messages(task, texts[0], shots[0])
     labels = [encode_prompt_completion(tok, first, label)[1] for label in task.labels]
     pad = pad_token_id(tok)
     ref = score_labels(fp32.model, prompts, labels, pad, prefix_cache=False).scores

@@ -52,3 +52,11 @@ def test_table_headers_name_the_cpu_flags_and_the_commit(tmp_path, monkeypatch):
     assert bench_env.cpu(tmp_path / "absent")[1] == "?"
     assert bench_env.commit(tmp_path) == "?"  # not a git checkout
     assert bench_env.commit(BENCHMARKS.parent).split()[0].isalnum()
+
+
+def test_label_scoring_tolerance_prints_the_three_differences(tiny_llama_dir):
+    out = _run("label_scoring_tolerance.py", "--models", "tiny-llama", "--rows", "2")
+    for row in ("(a) fp32 cached vs fp32 uncached: max", "(b) bf16 uncached vs fp32 uncached: max",
+                "(c) bf16 cached vs fp32 uncached: max"):
+        assert row in out, row
+    assert "path prefix-cache" in out

@@ -13,7 +13,7 @@ from lmtailor.core.task_spec import TaskSpec
 from lmtailor.errors import UserError
 from lmtailor.inference.calibration import (CONTENT_FREE_INPUTS, ContentFreePrompts, calibrate, content_free_log_prior,
                                             content_free_prompts)
-from lmtailor.inference.label_scoring import naive_label_scores
+from lmtailor.inference.label_reference import naive_label_scores
 from lmtailor.inference.predict import predict
 from lmtailor.measure.meter import Meter
 from lmtailor.models import load_model

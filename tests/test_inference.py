@@ -9,7 +9,8 @@ from lmtailor.core.budget import Budget
 from lmtailor.core.example import Example
 from lmtailor.core.task_spec import TaskSpec
 from lmtailor.inference.generation import LabelTrie, generate_ids
-from lmtailor.inference.label_scoring import common_prefix_len, naive_label_scores, score_labels
+from lmtailor.inference.label_reference import naive_label_scores
+from lmtailor.inference.label_scoring import common_prefix_len, score_labels
 from lmtailor.inference.predict import predict
 from lmtailor.measure.meter import Meter
 from lmtailor.models import load_model

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from lmtailor.inference.generation import generate_ids
-from lmtailor.inference.label_scoring import naive_label_scores, score_labels
+from lmtailor.inference.label_reference import naive_label_scores
+from lmtailor.inference.label_scoring import score_labels
 from lmtailor.models import load_model
 from lmtailor.runtime import Runtime
 

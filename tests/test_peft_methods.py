@@ -261,7 +261,8 @@ def _prompts(tokenizer, shared: str) -> list[list[int]]:
 @pytest.mark.parametrize("method", ["prefix", "prompt-tuning"])
 @pytest.mark.parametrize("shared", ["", "Which colour is it? "])
 def test_label_scores_of_virtual_token_models_equal_plain_forwards(method, shared, tiny_llama_dir):
-    from lmtailor.inference.label_scoring import naive_label_scores, score_labels
+    from lmtailor.inference.label_reference import naive_label_scores
+    from lmtailor.inference.label_scoring import score_labels
 
     model, tok = _prompt_learning_model("llama", method)
     prompts = _prompts(tok, shared)

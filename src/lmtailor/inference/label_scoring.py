@@ -17,10 +17,15 @@ Fast path (``prefix_cache=True``), which gives the same scores as one full forwa
    run as one batch, right-padded: attention is causal, so a real token never sees the padding after it, and
    padded positions are never read. Log-probs are taken as logit minus log-sum-exp at the label tokens only.
 
+Where some layers attend through a sliding window (Gemma 2 and 3, Mistral), the padding between the prefix and a
+row would shrink that row's window, which transformers measures in cache slots: the window is measured in positions
+instead, and the cache keeps every slot (``inference/position_masks.py``).
+
 The first batch's shortest (most padded) row is also scored without any cache, in fp32 (the weights are cast up
-for that one forward and back, exactly); if the two disagree by more than the precision explains (an architecture
-whose cache does not survive copying or batch expansion, or that ignores position ids) the run logs it and scores
-every row the slower, cache-free way. Which check ran and the difference it measured go into ``LabelScores.check``.
+for that one forward and back, exactly; ``inference/label_reference.py``); if the two disagree by more than the
+precision explains (an architecture whose cache does not survive copying or batch expansion, or that ignores
+position ids) the run logs it and scores every row the slower, cache-free way, still in batches. Which check ran
+and the difference it measured go into ``LabelScores.check``.
 
 A prefix- or prompt-tuned PeftModel puts its virtual tokens before every prompt: they open the shared prefix, a
 cache the base model then continues (``inference/virtual_tokens.py``); the cache-free path and the self-check run
@@ -30,15 +35,15 @@ the PeftModel itself.
 from __future__ import annotations
 
 import copy
-import itertools
 import logging
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
 
 from lmtailor.inference.generation import pad_batch
+from lmtailor.inference.label_reference import check_against_reference, score_rows_uncached
+from lmtailor.inference.position_masks import position_masks, slides, unbounded_cache
 from lmtailor.inference.virtual_tokens import (cache_keyword, computed_virtual_tokens, virtual_token_cache,
                                               virtual_token_count)
 
@@ -74,7 +79,10 @@ def _cache_keyword(model) -> str:
 
 
 def new_cache(model):
-    """An empty ``DynamicCache`` laid out for the model (sliding-window layers where its config has them)."""
+    """An empty cache for the model. One that keeps every slot where some layers slide: the scorer pads between the
+    shared prefix and each row, and measures the window in positions (``inference/position_masks.py``)."""
+    if slides(model):
+        return unbounded_cache()
     from transformers import DynamicCache
 
     return DynamicCache(config=model.config)
@@ -110,6 +118,14 @@ def _token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
+def _masks(model, cache, mask: torch.Tensor, every: torch.Tensor, query_len: int):
+    """The forward's attention mask: the 2-D padding mask, or where some layers slide (and the cache keeps every
+    slot), masks whose window is measured in positions, since padding sits between the prefix and each row."""
+    if slides(model) and not any(getattr(cache, "is_sliding", ())):
+        return position_masks(model, mask, every, cache, query_len)
+    return mask
+
+
 @torch.no_grad()
 def _score_batch_cached(model, prefix_cache, prefix_len: int, prompts: Sequence[Sequence[int]],
                         labels: Sequence[Sequence[int]], pad_id: int) -> tuple[list[list[list[float]]], int]:
@@ -117,10 +133,7 @@ def _score_batch_cached(model, prefix_cache, prefix_len: int, prompts: Sequence[
 
     Two forwards for the whole batch. (1) The rows' suffixes, left-padded, after copies of the prefix cache: the
     padding sits between prefix and suffix, so the attention mask hides it and explicit position ids keep every
-    real token where it would be unpadded; only the last position's logits are computed. (2) The cache repeated
-    once per label and every label's tokens (but its last) for every row as one right-padded batch: a real token
-    never sees the padding after it (causal attention), and padded positions are never read. Logits come out
-    only for label positions: batch × labels × (longest label - 1) × vocabulary.
+    real token where it would be unpadded; only the last position's logits are computed. (2) ``_later_tokens``.
     """
     device = _device(model)
     rows = len(prompts)
@@ -134,121 +147,48 @@ def _score_batch_cached(model, prefix_cache, prefix_len: int, prompts: Sequence[
     ids, suffix_mask = pad_batch(suffixes, pad_id, device, side="left")
     mask = torch.cat([torch.ones(rows, past, dtype=suffix_mask.dtype, device=device), suffix_mask], dim=1)
     positions = past + (suffix_mask.cumsum(-1) - 1).clamp(min=0)
-    out = forward_with_cache(model, ids, cache, attention_mask=mask, position_ids=positions, logits_to_keep=1)
+    every = torch.cat([torch.arange(past, device=device).expand(rows, -1), positions], dim=1)  # each slot's position
+    out = forward_with_cache(model, ids, cache, attention_mask=_masks(model, cache, mask, every, ids.shape[1]),
+                             position_ids=positions, logits_to_keep=1)
     first_ids = torch.tensor([lab[0] for lab in labels], device=device)
     first = _token_logps(out.logits[:, -1:, :].expand(-1, len(labels), -1), first_ids.expand(rows, -1))  # rows × L
     tokens = sum(map(len, suffixes))
-    width = max(len(lab) for lab in labels) - 1
-    if width == 0:
+    if max(len(lab) for lab in labels) == 1:
         return [[[x] for x in row] for row in first.tolist()], tokens
-    n = len(labels)
-    rest = [list(lab[:-1]) or [pad_id] for lab in labels]  # the inputs that predict tokens 1..len-1
-    inputs, _ = pad_batch(rest, pad_id, device)  # n × width
-    targets, valid = pad_batch([list(lab[1:]) or [pad_id] for lab in labels], pad_id, device)
-    valid[[len(lab) == 1 for lab in labels]] = 0  # a one-token label has nothing after its first token
-    cache.batch_repeat_interleave(n)  # row r's labels are rows r*n .. r*n+n-1
-    mask = torch.cat([mask.repeat_interleave(n, dim=0), torch.ones(rows * n, width, dtype=mask.dtype, device=device)],
-                     dim=1)
-    start = (past + suffix_mask.sum(-1)).repeat_interleave(n)
-    positions = start[:, None] + torch.arange(width, device=device)
-    out = forward_with_cache(model, inputs.repeat(rows, 1), cache, attention_mask=mask, position_ids=positions)
-    later = _token_logps(out.logits, targets.repeat(rows, 1)).view(rows, n, width)
-    first, later, valid = first.tolist(), later.tolist(), valid.tolist()
-    logps = [[[first[r][j]] + later[r][j][: sum(valid[j])] for j in range(n)] for r in range(rows)]
+    later = _later_tokens(model, cache, mask, every, labels, pad_id)
+    logps = [[[f] + rest for f, rest in zip(firsts, rests)] for firsts, rests in zip(first.tolist(), later)]
     return logps, tokens + rows * sum(len(lab) - 1 for lab in labels)
 
 
-@torch.no_grad()
-def _score_row_uncached(model, prompt: Sequence[int], labels, pad_id: int):
-    """All labels of one row as one right-padded batch of prompt + label, no cache (the fallback path)."""
-    seqs = [list(prompt) + list(lab[:-1]) for lab in labels]
-    device = _device(model)
-    inputs, mask = pad_batch(seqs, pad_id, device)
-    width = max(len(lab) for lab in labels)
-    out = model(input_ids=inputs, attention_mask=mask, logits_to_keep=width)
-    lp = torch.log_softmax(out.logits.float(), dim=-1)  # positions len(prompt)-1 .. end
-    logps = [[lp[i, j, lab[j]].item() for j in range(len(lab))] for i, lab in enumerate(labels)]
-    # a prompt-tuned PeftModel runs its virtual tokens before every sequence
-    return logps, sum(len(s) for s in seqs) + computed_virtual_tokens(model) * len(seqs)
+def _later_tokens(model, cache, mask: torch.Tensor, every: torch.Tensor, labels: Sequence[Sequence[int]],
+                  pad_id: int) -> list[list[list[float]]]:
+    """Log-probs of every label's tokens after its first, for each row of ``cache`` (rows x labels x tokens): the
+    cache repeated once per label, and every label's tokens (but its last) for every row as one right-padded batch.
+    A real token never sees the padding after it (causal attention), and padded positions are never read; logits
+    come out only for label positions: rows × labels × (longest label - 1) × vocabulary."""
+    device, rows, n = mask.device, mask.shape[0], len(labels)
+    width = max(len(lab) for lab in labels) - 1
+    inputs, _ = pad_batch([list(lab[:-1]) or [pad_id] for lab in labels], pad_id, device)  # n × width
+    targets, _ = pad_batch([list(lab[1:]) or [pad_id] for lab in labels], pad_id, device)
+    cache.batch_repeat_interleave(n)  # row r's labels are rows r*n .. r*n+n-1
+    start = mask.sum(-1).repeat_interleave(n)  # each row's real tokens so far: its labels' first position
+    mask = torch.cat([mask.repeat_interleave(n, dim=0), torch.ones(rows * n, width, dtype=mask.dtype, device=device)],
+                     dim=1)
+    positions = start[:, None] + torch.arange(width, device=device)
+    every = torch.cat([every.repeat_interleave(n, dim=0), positions], dim=1)
+    out = forward_with_cache(model, inputs.repeat(rows, 1), cache, position_ids=positions,
+                             attention_mask=_masks(model, cache, mask, every, width))
+    later = _token_logps(out.logits, targets.repeat(rows, 1)).view(rows, n, width).tolist()
+    return [[later[r][j][: len(lab) - 1] for j, lab in enumerate(labels)] for r in range(rows)]
 
 
-# Tolerances of the check, as a relative difference of a summed label log-prob, |s - ref| / max(1, |ref|), the
-# reference being the same row scored without the cache in fp32. Measured with benchmarks/label_scoring_tolerance.py
-# --rows 4 (the demo's 4-shot prompt, 570-651 tokens; 4 test rows x 8 labels = 32 scores per model; CPU with AMX),
-# largest difference over the 32 scores:
-#                                          smollm2-135m-instruct   gemma3-270m
-#   (a) fp32 cached vs fp32 uncached       1.5e-5                  2.7e-2 on the check row: its cache does not
-#                                                                  survive (issue 19); the check falls back
-#   (b) bf16 uncached vs fp32 uncached     5.6e-2                  1.9e-2   (bf16 rounding alone; median 1.7e-2, 6.7e-3)
-#   (c) bf16 cached vs fp32 uncached       3.9e-2                  4.7e-2   (what a bf16 run's check compares)
-# fp32: the cache moves a score by float reordering only, so 2e-3 is ~100x smollm2's (a) and still ~10x below
-# gemma3's mismatch. bf16: the check cannot tell a cache error from rounding smaller than (b), so the tolerance is
-# (b)'s largest value with ~1.8x margin for other prompts and rows: 0.1, against the 0.25 the check allowed before
-# against a bf16 reference. (gemma3's 2.7e-2 cache error is within bf16 rounding: a bf16 run keeps its cache, and
-# the record's cache_check shows the difference.) A reference that cannot be fp32 (quantized weights, no memory)
-# carries rounding on both sides: twice the bf16 tolerance.
-FP32_CHECK_TOLERANCE = 2e-3
-BF16_CHECK_TOLERANCE = 0.1
-
-
-class CannotCastToFp32(Exception):
-    """The model's weights cannot be cast to fp32 for the reference (quantized storage)."""
-
-
-@contextmanager
-def _fp32_weights(model):
-    """The model's floating-point weights and buffers in fp32 for the block, then back to their own dtypes.
-
-    A bf16 or fp16 value is exact in fp32, so the round trip changes no weight. Quantized weights (integer
-    storage) cannot be cast: ``CannotCastToFp32`` is raised before anything changes.
-    """
-    tensors = list(itertools.chain(model.parameters(), model.buffers()))
-    if getattr(model, "hf_quantizer", None) is not None or any(
-            not t.is_floating_point() for t in model.parameters()):
-        raise CannotCastToFp32("quantized weights")
-    saved = [(t, t.dtype) for t in tensors if t.is_floating_point() and t.dtype != torch.float32]
-    try:
-        for t, _ in saved:
-            t.data = t.data.float()
-        yield
-    finally:
-        for t, dtype in saved:
-            t.data = t.data.to(dtype)
-
-
-def _reference_scores(model, prompt, labels, pad_id: int) -> tuple[list[list[float]], int, str, float]:
-    """Cache-free scores of one row: in fp32 where the weights can be cast (else in their own dtype, with the
-    tolerance doubled: both sides then carry rounding), with the tolerance that applies and what the reference was."""
-    dtype = next(model.parameters()).dtype
-    if dtype == torch.float32:
-        return *_score_row_uncached(model, prompt, labels, pad_id), "fp32, no cache", FP32_CHECK_TOLERANCE
-    try:
-        with _fp32_weights(model):
-            return *_score_row_uncached(model, prompt, labels, pad_id), "fp32, no cache", BF16_CHECK_TOLERANCE
-    except (CannotCastToFp32, torch.OutOfMemoryError) as e:  # quantized, or a big model on a small GPU
-        why = "quantized weights" if isinstance(e, CannotCastToFp32) else "no memory for an fp32 copy"
-        logps, n = _score_row_uncached(model, prompt, labels, pad_id)
-        return logps, n, f"{str(dtype).removeprefix('torch.')}, no cache ({why})", 2 * BF16_CHECK_TOLERANCE
-
-
-def _check_cache(model, prompt, labels, pad_id: int, cached: list[list[float]], result: "LabelScores") -> bool:
-    """Compare the cached scores of one row with a cache-free fp32 computation; on disagreement, switch paths.
-
-    Only the shortest and the longest label are recomputed: together they exercise the batch expansion and the
-    right padding, for the price of two prompts instead of one per label.
-    """
-    picks = sorted({min(range(len(labels)), key=lambda j: len(labels[j])),
-                    max(range(len(labels)), key=lambda j: len(labels[j]))})
-    reference, n, what, tol = _reference_scores(model, prompt, [labels[j] for j in picks], pad_id)
+def _check_cache(model, prompt, labels, pad_id: int, cached: list[list[float]], result: LabelScores) -> bool:
+    """Hold one row's cached scores against the cache-free fp32 reference (``inference/label_reference.py``); on
+    disagreement, log it and switch ``result`` to the cache-free path."""
+    result.check, n, note = check_against_reference(model, prompt, labels, pad_id, cached)
     result.tokens += n
-    diff = max(abs(sum(cached[j]) - sum(ref)) / max(1.0, abs(sum(ref))) for j, ref in zip(picks, reference))
-    result.check = {"reference": what, "labels_checked": len(picks), "relative_difference": round(diff, 6),
-                    "tolerance": tol, "passed": diff <= tol}
-    if diff <= tol:
+    if not note:
         return True
-    note = (f"{type(model).__name__}: label scores with the prefix KV cache differ from scores without it "
-            f"(relative difference {diff:.2g} against {what}, tolerance {tol:g}); scoring every row without the "
-            "cache (slower, correct)")
     log.warning(note)
     result.notes.append(note)
     result.path, result.prefix_len = "no-cache", 0
@@ -302,15 +242,11 @@ def score_labels(model, prompts: Sequence[Sequence[int]], labels: Sequence[Seque
             if start == 0 and self_check and not _check_cache(model, prompts[batch[0]], labels, pad_id, rows[0],
                                                                result):
                 batched = False
-            else:
-                for i, row in zip(batch, rows):
-                    logps[i] = row
-                    if on_row:
-                        on_row()
-                continue
-        for i in batch:
-            logps[i], n = _score_row_uncached(model, prompts[i], labels, pad_id)
+        if not batched:
+            rows, n = score_rows_uncached(model, [prompts[i] for i in batch], labels, pad_id)
             result.tokens += n
+        for i, row in zip(batch, rows):
+            logps[i] = row
             if on_row:
                 on_row()
     result.scores = [[_reduce(lp, normalize) for lp in row] for row in logps]
@@ -337,21 +273,3 @@ def score_prompt_groups(model, groups: Sequence[Sequence[Sequence[int]]], labels
         out.notes += part.notes
         out.path = "prefix-cache per group" if cached else "no-cache"
     return out
-
-
-@torch.no_grad()
-def naive_label_scores(model, prompts: Sequence[Sequence[int]], labels: Sequence[Sequence[int]],
-                       normalize: bool = False) -> list[list[float]]:
-    """Reference scores: one full forward per (row, label), no cache, no batching (for tests and benchmarks)."""
-    device = _device(model)
-    scores = []
-    for prompt in prompts:
-        row = []
-        for lab in labels:
-            ids = torch.tensor([list(prompt) + list(lab)], device=device)
-            # the last positions: a prompt-tuned PeftModel also returns logits for its virtual tokens, first
-            lp = torch.log_softmax(model(input_ids=ids).logits[0, -ids.shape[1]:].float(), dim=-1)
-            start = len(prompt)
-            row.append(_reduce([lp[start + j - 1, t].item() for j, t in enumerate(lab)], normalize))
-        scores.append(row)
-    return scores
