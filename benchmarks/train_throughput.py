@@ -10,7 +10,9 @@ variable length, loss on the answer tokens only) with the same hyper-parameters,
             (TRL's SFTTrainer in lmtailor's engine) -> ``train_and_save``, with FinetuneConfig's defaults (for a
             decoder-only model with batches of several rows: padding-free, each batch flattened into one row);
   lmtailor-padded  the same with ``padding_free: false`` (each batch padded to its longest row), to show what the
-            padding-free default gives on its own.
+            padding-free default gives on its own;
+  lmtailor-fp32-casts  (``--engines``, not run by default) lmtailor with PEFT's fp32 cast of every adapter input
+            put back (``training/adapter_casts.py`` undone), to measure that change side by side in bf16.
 
 Each training runs in its own subprocess (so one run's allocations do not inflate the other's peak RSS), in the
 order plain, lmtailor, lmtailor-padded, plain, ... Every number is measured around the training loop only
@@ -28,6 +30,7 @@ order plain, lmtailor, lmtailor-padded, plain, ... Every number is measured arou
 
     .venv/bin/python benchmarks/train_throughput.py                         # smollm2-135m-instruct, 2 repetitions
     .venv/bin/python benchmarks/train_throughput.py --model tiny-llama      # a quick check of the script
+    .venv/bin/python benchmarks/train_throughput.py --precision fp32        # the AVX2 path, on any CPU
 """
 
 from __future__ import annotations
@@ -48,8 +51,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "src" / "lmtailor" / "examples" / "demo.yaml"
-# lmtailor-padded: lmtailor with the finetune option padding_free: false (padding-free is its default)
-ENGINES = ("plain", "lmtailor", "lmtailor-padded")
+# lmtailor-padded: lmtailor with the finetune option padding_free: false (padding-free is its default);
+# lmtailor-fp32-casts: lmtailor with PEFT's fp32 cast of every adapter input back on (training/adapter_casts.py off),
+# to measure that change side by side (only differs from lmtailor in bf16)
+ENGINES = ("plain", "lmtailor", "lmtailor-padded", "lmtailor-fp32-casts")
+DEFAULT_ENGINES = ("plain", "lmtailor", "lmtailor-padded")
 MAX_REPEATS, MAX_STEPS = 5, 200  # bounded: the whole script is meant to finish within 10 minutes on 2 cores
 
 
@@ -202,6 +208,10 @@ def train_lmtailor(model_ref: str, cfg, train_rows, runtime, seed: int, out: Pat
     loaded = load_model(model_ref, runtime)
     trainer = build_trainer(loaded.model, loaded.tokenizer, cfg, cfg.method, train_rows, None, runtime, seed,
                             out / "checkpoints", max_seq_len)
+    if box.get("fp32_casts"):  # PEFT's own behaviour: cast every adapter input to fp32 (and back)
+        for module in trainer.model.modules():
+            if hasattr(module, "cast_input_dtype_enabled"):
+                module.cast_input_dtype_enabled = True
     trainer.add_callback(_timing_callback(box))
     _count_tokens(trainer, box)
     box["padding_free"] = bool(trainer.args.padding_free)
@@ -235,7 +245,7 @@ def worker(args) -> dict:
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
-    runtime = detect_runtime()
+    runtime = detect_runtime(args.precision)
     cfg, exp = demo_finetune_config(args.steps)
     model_path = str(resolve_model(args.model).path)
     tokenizer = load_tokenizer(model_path)
@@ -244,7 +254,7 @@ def worker(args) -> dict:
     cfg = cfg.model_copy(update={"max_steps": steps})
     if args.worker == "lmtailor-padded":
         cfg = cfg.model_copy(update={"padding_free": False})
-    box: dict = {}
+    box: dict = {"fp32_casts": args.worker == "lmtailor-fp32-casts"}
     with tempfile.TemporaryDirectory(prefix=f"tt-{args.worker}-") as tmp:
         if args.worker == "plain":
             model, state = train_plain(model_path, cfg, train.dataset, runtime, args.seed, Path(tmp), box)
@@ -311,7 +321,7 @@ def machine() -> dict:
 
 def run_one(engine: str, args) -> dict:
     cmd = [sys.executable, __file__, "--worker", engine, "--model", args.model, "--seed", str(args.seed),
-           "--threads", str(args.threads or 0)]
+           "--threads", str(args.threads or 0), "--precision", args.precision]
     if args.steps:
         cmd += ["--steps", str(args.steps)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
@@ -364,15 +374,15 @@ def report(results: list[dict], peak: float, info: dict, args) -> str:
                      f"{r['val_answer_loss']:.4f} | {100 * mfu:.2f}% |")
     med = {e: {k: _median([r[k] for r in results if r["engine"] == e])
                for k in ("tokens_per_s", "s_per_step", "rss_train_peak", "val_answer_loss", "last_train_loss")}
-           for e in ENGINES}
+           for e in args.engines}
     lines += ["", "| median | tokens/s | s/step | peak RSS | val answer loss | MFU |",
               "| --- | --- | --- | --- | --- | --- |"]
-    for e in ENGINES:
+    for e in args.engines:
         m = med[e]
         lines.append(f"| {e} | {m['tokens_per_s']:,.0f} | {m['s_per_step']:.2f} | {_mb(m['rss_train_peak'])} | "
                      f"{m['val_answer_loss']:.4f} | {100 * first['flops_per_token'] * m['tokens_per_s'] / peak:.2f}% |")
     a = med["plain"]
-    for e in ENGINES[1:]:
+    for e in args.engines[1:]:
         b = med[e]
         lines.append(f"| {e} / plain | {b['tokens_per_s'] / a['tokens_per_s']:.2f}x | "
                      f"{b['s_per_step'] / a['s_per_step']:.2f}x | {b['rss_train_peak'] / a['rss_train_peak']:.2f}x | "
@@ -393,8 +403,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=400, help="seconds one run may take")
     parser.add_argument("--deadline", type=float, default=540,
                         help="no repetition is started that would end after this many seconds (the script's bound)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="dtype of both engines (auto: lmtailor's detect_runtime; fp32 on an AMX CPU is the proxy "
+                             "for an AVX2 CPU)")
+    parser.add_argument("--engines", default=",".join(DEFAULT_ENGINES),
+                        help=f"comma-separated, plain first (of {', '.join(ENGINES)})")
     parser.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.engines = tuple(args.engines.split(","))
+    if args.engines[0] != "plain" or not set(args.engines) <= set(ENGINES):
+        parser.error(f"--engines: plain first, then any of {', '.join(ENGINES[1:])}")
     if args.worker:
         os.environ.setdefault("TQDM_DISABLE", "1")
         print("RESULT " + json.dumps(worker(args)), flush=True)
@@ -409,7 +427,7 @@ def main(argv: list[str] | None = None) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    runtime = detect_runtime()
+    runtime = detect_runtime(args.precision)
     args.peak_size = 8192 if runtime.device.startswith("cuda") else 2048  # 2048 cubed is too little for a GPU
     peak = peak_flops(runtime.precision, runtime.device, args.peak_size)
     print(f"peak matmul: {peak / 1e9:,.0f} GFLOP/s", flush=True)
@@ -419,7 +437,7 @@ def main(argv: list[str] | None = None) -> None:
         if rep and elapsed / rep * (rep + 1) > args.deadline:  # another pair would end past the deadline
             print(f"stopping after {rep} repetitions: another would end past --deadline {args.deadline:.0f} s")
             break
-        for engine in ENGINES:
+        for engine in args.engines:
             r = run_one(engine, args)
             print(f"[{rep + 1}/{args.repeats}] {engine}: {r['tokens_per_s']:,.0f} tokens/s, {r['s_per_step']:.2f} "
                   f"s/step, val answer loss {r['val_answer_loss']:.4f}", flush=True)

@@ -25,10 +25,14 @@ def test_inference_throughput_prints_every_engine_against_the_naive_loop(tiny_ll
 
 
 def test_train_throughput_prints_plain_against_lmtailor(tiny_llama_dir):
-    out = _run("train_throughput.py", "--model", "tiny-llama", "--repeats", "1", "--steps", "2")
-    for row in ("| plain |", "| lmtailor |", "| lmtailor-padded |", "| lmtailor / plain |"):
+    out = _run("train_throughput.py", "--model", "tiny-llama", "--repeats", "1", "--steps", "2", "--precision",
+               "fp32", "--engines", "plain,lmtailor,lmtailor-fp32-casts")
+    for row in ("| plain |", "| lmtailor |", "| lmtailor-fp32-casts |", "| lmtailor / plain |",
+                "| lmtailor-fp32-casts / plain |"):
         assert row in out, row
+    assert "| lmtailor-padded" not in out  # not asked for
     assert "lmtailor (padding-free) |" in out  # the default for a decoder-only model
+    assert "dtype fp32" in out and "(fp32 2048x2048 matmul)" in out  # --precision reaches the runs and the peak
     assert "4N+2T" in out and "GFLOP/s" in out
 
 

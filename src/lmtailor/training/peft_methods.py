@@ -22,6 +22,7 @@ from pydantic import Discriminator, PlainValidator, Tag
 
 from lmtailor.errors import UserError
 from lmtailor.registry import Registry
+from lmtailor.training.adapter_casts import skip_redundant_adapter_casts
 from lmtailor.training.method_base import (FinetuneMethod, check_peft_options, default_target_modules, family_adapter,
                                            fresh_modules, head_modules, peft_summary)
 from lmtailor.training.method_kinds import (AdapterMethod, FreezeMethod, FullMethod, IA3Method, LoraMethod,
@@ -246,9 +247,11 @@ def wrap_for_training(model, s: MethodSettings, family: str, gradient_checkpoint
     from peft import get_peft_model
 
     try:
-        return get_peft_model(model, config)
+        model = get_peft_model(model, config)
     except ValueError as e:
         raise UserError(f"method: {s.name}: PEFT could not apply it to {type(model).__name__}: {e}") from e
+    skip_redundant_adapter_casts(model)  # no fp32 round trip of adapter inputs under bf16 autocast
+    return model
 
 
 def save_override(s: MethodSettings) -> dict[str, Callable]:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from lmtailor.core.training_loop import TrainingLoop
 from lmtailor.models.families import model_family
 from lmtailor.runtime import Runtime
+from lmtailor.training.adapter_casts import skip_redundant_adapter_casts
 from lmtailor.training.common import common_training_args, use_loss_bar
 from lmtailor.training.engine import engine_trainer_class
 from lmtailor.training.method_settings import MethodSettings
@@ -71,4 +72,5 @@ def build_trainer(model, tokenizer, loop: TrainingLoop, method: MethodSettings, 
     trainer_class = engine_trainer_class(CompactLossSFTTrainer)
     trainer = trainer_class(model=model, args=args, train_dataset=train, eval_dataset=validation,
                             processing_class=tokenizer, peft_config=peft_config)
+    skip_redundant_adapter_casts(trainer.model)  # TRL wrapped it with PEFT: no fp32 round trip under bf16 autocast
     return use_loss_bar(trainer)
