@@ -306,7 +306,7 @@ def test_generation_failure_is_a_500_and_the_server_recovers(client, served, mon
     def broken(*args, **kwargs):
         raise RuntimeError("out of memory (simulated)")
 
-    monkeypatch.setattr(served.model, "generate", broken)
+    monkeypatch.setattr(served.model, "forward", broken)  # both engines (static: generate; continuous) call it
     error = _error(client.post("/v1/chat/completions", json=GOOD), 500)
     assert "out of memory (simulated)" in error["message"]
     events = _stream(client, "/v1/chat/completions", GOOD)
