@@ -113,8 +113,8 @@ class ModeResult:
 
 def load_test(args: argparse.Namespace, batching: str) -> ModeResult:
     """Serve ``args.model`` with ``--batching batching`` and run the clients against it."""
-    server = ServerProcess(args.model, ["--model-name", "load-test", "--max-batch", str(args.max_batch),
-                                        "--batching", batching])
+    options = ["--model-name", "load-test", "--max-batch", str(args.max_batch), "--batching", batching]
+    server = ServerProcess(args.model, options + (["--threads", str(args.threads)] if args.threads else []))
     with server:
         stats = [ClientStats() for _ in range(args.clients)]
         start = time.monotonic()
@@ -140,7 +140,8 @@ def mode_rows(r: ModeResult) -> list[tuple[str, str]]:
     rows += [(f"latency p{q}", f"{1000 * percentile(lat, q):.0f} ms" if lat else "-") for q in (50, 95, 99)]
     rows += [("latency mean", f"{1000 * statistics.mean(lat):.0f} ms" if lat else "-")]
     if r.engine.get("batches"):
-        rows += [("forward passes (batches)", str(r.engine["batches"])),
+        rows += [("batches (static) / decoding steps (continuous)", str(r.engine["batches"])),
+                 ("prefill passes", str(r.engine.get("prefills", r.engine["batches"]))),
                  ("mean / largest batch", f"{r.engine['mean_batch']:.1f} / {r.engine['max_batch_seen']}")]
     rows += [("server up after", "yes" if r.alive else "NO"), ("server log", r.log_path)]
     return rows
@@ -150,7 +151,8 @@ def print_table(args: argparse.Namespace, results: list[ModeResult]) -> None:
     """A markdown table: one column per mode, and the last mode's ratio to the first for the throughput rows."""
     columns = [dict(mode_rows(r)) for r in results]
     print(f"model {args.model}, {args.clients} clients × {args.seconds:g} s, "
-          f"{'stream' if args.stream else 'non-stream'}, max_tokens {args.max_tokens}, --max-batch {args.max_batch}; "
+          f"{'stream' if args.stream else 'non-stream'}, max_tokens {args.max_tokens}, --max-batch {args.max_batch}, "
+          f"--threads {args.threads or 'default'}; "
           f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
     print("| measure | " + " | ".join(r.batching for r in results) + " |")
     print("| --- |" + " --- |" * len(results))
@@ -172,6 +174,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batching", default="static,continuous",
                         help="the server's --batching modes to run one after the other (default static,continuous)")
     parser.add_argument("--stream", action="store_true", help="stream every answer (server-sent events)")
+    parser.add_argument("--threads", type=int, default=None, help="the server's --threads (default: torch's own)")
     parser.add_argument("--host", default=LOOPBACK, help="only 127.0.0.1: this test never leaves the machine")
     args = parser.parse_args(argv)
     args.batching = [m.strip() for m in args.batching.split(",") if m.strip()]

@@ -141,7 +141,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         shown_host = f"[{host}]" if ":" in host else host
         for line in (f"serving {served.description}",
                      f"model name: {settings.model_name}; context {served.context_length or 'unknown'} tokens; "
-                     f"{app.state.engine.batching} batches of up to {settings.max_batch}; max_tokens up to {settings.max_tokens_limit}",
+                     f"batching: {app.state.engine.batching}, up to {app.state.engine.max_batch} requests at a time; "
+                     f"max_tokens up to {settings.max_tokens_limit}",
                      f"precision: {runtime.describe()}",
                      f"API key: {'required (Authorization: Bearer ...)' if api_key else 'none (loopback only)'}; "
                      f"Host header: {HostRule.of(args.host, settings.allowed_hosts).describe()} (--allowed-hosts)",

@@ -8,8 +8,8 @@ keeps its own temperature, top_p, seed, stop tokens, stop strings and answer con
 any requests can share a step. As in vLLM and TGI, waiting requests are admitted at every step: a short prefill
 beside a batch that would otherwise run half empty.
 
-``batch_sizes`` counts decoding steps (prefills included) by the rows they decoded, so the mean batch is the mean
-number of requests a forward pass served.
+``batch_sizes`` counts decoding steps by the rows they decoded, so the mean batch is the mean number of requests
+that shared a step; the prefills that admitted them are counted apart (``prefills``, ``prefill_rows``).
 """
 
 from __future__ import annotations
@@ -41,14 +41,17 @@ class ContinuousEngine(Engine):
     def __init__(self, model, tokenizer, pad_id: int, max_batch: int = 8) -> None:
         super().__init__(model, tokenizer, pad_id, max_batch)
         self.batch = DecodeBatch(model, pad_id)
-        self.requests = 0
+        self.requests = 0  # admitted, each in one prefill
+        self.prefills = 0
 
     def stats(self) -> dict[str, Any]:
-        """As ``Engine.stats``, with ``batches`` the decoding steps and ``requests`` the requests admitted."""
+        """As ``Engine.stats``, with ``batches`` the decoding steps, ``mean_batch`` their mean rows, ``requests`` the
+        requests admitted and ``prefills`` the forward passes that admitted them."""
         sizes = dict(self.batch_sizes)
         steps = sum(sizes.values())
         return {"batches": steps, "requests": self.requests, "max_batch_seen": max(sizes, default=0),
                 "mean_batch": round(sum(k * v for k, v in sizes.items()) / steps, 2) if steps else 0.0,
+                "prefills": self.prefills,
                 "cancelled": self.cancelled, "waiting": self._inbox.qsize() + len(self._waiting)}
 
     def _run(self) -> None:
@@ -79,7 +82,7 @@ class ContinuousEngine(Engine):
         if jobs:
             rows = [live_row(job, self.tokenizer) for job in jobs]
             self.requests += len(rows)
-            self.batch_sizes[len(rows)] += 1
+            self.prefills += 1
             try:
                 self.batch.admit(rows)
             except Exception as e:  # the batch is untouched: only the joining requests fail (a 500)

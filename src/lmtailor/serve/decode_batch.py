@@ -36,9 +36,10 @@ class LiveRow:
     chooser: Chooser
     state: RowState
 
-    def take(self, logits: torch.Tensor) -> int:
-        """Choose this row's next token, hand it to the row's state, and return it."""
-        token = self.chooser.choose(logits, self.state.ids)
+    def take(self, logits: torch.Tensor, argmax: int) -> int:
+        """Choose this row's next token (``argmax``: of its logits, computed for the batch at once), hand it to the
+        row's state, and return it."""
+        token = argmax if self.chooser.plain_greedy else self.chooser.choose(logits, self.state.ids)
         self.state.accept(token)
         self.state.flush()
         return token
@@ -88,6 +89,11 @@ class DecodeBatch:
                          logits_to_keep=1, **{self._keyword: cache})
         return out.logits[:, -1, :]
 
+    def _take(self, rows: Sequence[LiveRow], logits: torch.Tensor) -> torch.Tensor:
+        """Each row's next token (given to the row), as a tensor of the batch's last tokens."""
+        argmax = logits.argmax(dim=-1).tolist()
+        return torch.tensor([row.take(logits[i], argmax[i]) for i, row in enumerate(rows)], device=self.device)
+
     @torch.no_grad()
     def admit(self, rows: Sequence[LiveRow]) -> None:
         """Prefill ``rows`` and give each its first token; those not finished by it join the batch."""
@@ -97,7 +103,7 @@ class DecodeBatch:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = unbounded_cache()
         logits = self._forward(ids, mask, positions, cache)
-        last = torch.tensor([row.take(logits[i]) for i, row in enumerate(rows)], device=self.device)
+        last = self._take(rows, logits)
         if self.cache is None:
             self.rows, self.cache, self.mask = list(rows), cache, mask
             self.positions, self.last = positions[:, -1] + 1, last
@@ -119,7 +125,7 @@ class DecodeBatch:
             return
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
         logits = self._forward(self.last[:, None], self.mask, self.positions[:, None], self.cache)
-        self.last = torch.tensor([row.take(logits[i]) for i, row in enumerate(self.rows)], device=self.device)
+        self.last = self._take(self.rows, logits)
         self.positions = self.positions + 1
         self._drop_finished()
 

@@ -33,6 +33,11 @@ class Chooser:
             seed = self.seed if self.seed is not None else secrets.randbits(62)
             self._generator = torch.Generator().manual_seed(seed)
 
+    @property
+    def plain_greedy(self) -> bool:
+        """The argmax of the whole vocabulary: a batch computes it for all such rows at once."""
+        return self._generator is None and self.trie is None
+
     def choose(self, logits: torch.Tensor, answer: Sequence[int]) -> int:
         """The next token given this row's last-position ``logits`` (vocab,) and its answer so far."""
         logits = logits.float()
