@@ -136,3 +136,21 @@ def test_each_request_keeps_its_sampling_seed_stop_and_limit(one_torch_thread):
     assert together[1] == (text[:cut], "stop", cut + 2)
     assert together[2][1:] == ("length", 3) and together[3][1:] == ("length", 7)
     assert engine.stats()["requests"] == 4 and engine.max_batch_seen >= 2
+
+
+@pytest.mark.parametrize("backend, seq2seq, virtual, batching, expected", [
+    ("transformers", False, 0, "continuous", "ContinuousEngine"),
+    ("transformers", False, 0, "static", "Engine"),
+    ("transformers", True, 0, "continuous", "Engine"),  # encoder-decoder: generate's static batches
+    ("transformers", False, 20, "continuous", "Engine"),  # prefix tuning: its virtual tokens' cache
+    ("llamacpp", False, 0, "continuous", "LlamaCppEngine"),
+])
+def test_engine_choice(backend, seq2seq, virtual, batching, expected):
+    from types import SimpleNamespace
+
+    from lmtailor.serve.engines import engine_class
+
+    served = SimpleNamespace(backend=backend, seq2seq=seq2seq, virtual_tokens=virtual)
+    assert engine_class(served, batching).__name__ == expected
+    with pytest.raises(ValueError, match="batching must be one of"):
+        engine_class(served, "dynamic")
