@@ -65,3 +65,22 @@ def test_a_gguf_missing_a_weight_is_refused(tiny_llama_dir, tmp_path, monkeypatc
     with pytest.raises(RuntimeError, match="no tensor for model.norm.weight"):
         convert_gguf(gguf, tmp_path / "out")
 
+
+
+def test_the_gguf_header_is_parsed_once_and_the_library_is_left_as_it_was(tiny_llama_dir, tmp_path, monkeypatch):
+    import gguf
+
+    gguf_file = tmp_path / "tiny.gguf"
+    write_llama_gguf(tiny_llama_dir, gguf_file)
+    opened = []
+
+    class CountingReader(gguf.GGUFReader):
+        def __init__(self, path, mode="r"):
+            opened.append(path)
+            super().__init__(path, mode)
+
+    monkeypatch.setattr(gguf, "GGUFReader", CountingReader)
+    (tmp_path / "out").mkdir()
+    convert_gguf(gguf_file, tmp_path / "out")
+    assert len(opened) == 1  # tokenizer, config and weights shared one reader (three without the sharing)
+    assert gguf.GGUFReader is CountingReader and not hasattr(gguf.get_tensor_name_map, "cache_info")
