@@ -60,5 +60,6 @@ def write_llama_gguf(src: Path, out: Path, quantized: bool = False) -> None:
             kind = names[rest.removesuffix(".weight")]
             t = {"attn_q": lambda x: _permute_for_llama_cpp(x, heads),
                  "attn_k": lambda x: _permute_for_llama_cpp(x, kv_heads)}.get(kind, lambda x: x)(t)
-            _add(w, f"blk.{layer}.{kind}.weight", t.contiguous().numpy(), GGMLQuantizationType.Q4_1 if quantized else None)
+            quant = GGMLQuantizationType.Q4_1 if quantized else None
+            _add(w, f"blk.{layer}.{kind}.weight", t.contiguous().numpy(), quant)
     w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
