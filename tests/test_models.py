@@ -194,6 +194,16 @@ def test_a_failed_build_leaves_nothing_that_looks_finished(tmp_path):
     assert (target / "ok.bin").read_text() == "y"
 
 
+def test_a_killed_build_leaves_no_scratch_behind_the_next_one(tmp_path):
+    stale = tmp_path / ".model.tmp-killed"  # what mkdtemp made for a build that was SIGKILLed halfway
+    stale.mkdir()
+    (stale / "model.safetensors").write_text("half of it")
+    (tmp_path / ".other.tmp-x").mkdir()  # another target's scratch is not ours to remove
+    target = build_once(tmp_path / "model", lambda tmp: (tmp / "ok.bin").write_text("y"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".model.lock", ".other.tmp-x", "model"]
+    assert (target / "ok.bin").read_text() == "y"
+
+
 def test_an_unfinished_cache_dir_is_rebuilt(tmp_path):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "stale.bin").write_text("from an interrupted run")
