@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
+from lmtailor.errors import UserError
 from lmtailor.models.cache import build_once, is_complete
 from lmtailor.paths import cache_dir
 
@@ -60,6 +61,10 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
+class IncompleteGgufError(UserError, RuntimeError):
+    """A GGUF that lacks weights the model's architecture needs: the user's file, named with what to do."""
+
+
 _READ_ONCE_LOCK = threading.Lock()
 
 
@@ -99,8 +104,10 @@ def _check_every_weight_read(skeleton, tensors: dict, gguf_path: Path) -> None:
     expected = remove_tied_weights_from_state_dict(dict(skeleton.state_dict()), skeleton)
     missing = sorted(set(expected) - set(tensors))
     if missing:
-        raise RuntimeError(f"{gguf_path.name}: the GGUF holds no tensor for {', '.join(missing[:5])}"
-                           f"{' ...' if len(missing) > 5 else ''}; it cannot be converted to a whole model")
+        raise IncompleteGgufError(f"{gguf_path}: the GGUF holds no tensor for {', '.join(missing[:5])}"
+                                  f"{' ...' if len(missing) > 5 else ''}; it cannot be converted to a whole model. "
+                                  "Re-download or re-export the file (a truncated or partial GGUF), or point the "
+                                  "model reference at the model's safetensors directory instead")
 
 
 def ensure_converted(alias: str, digest: str, materialize: Callable[[Path], Path],
