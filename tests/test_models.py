@@ -25,6 +25,8 @@ from lmtailor.models.gguf_cache import converted_path, ensure_converted
 from lmtailor.models.tiny import build_tiny_model
 from lmtailor.runtime import Runtime
 
+from tiny_gguf import write_llama_gguf
+
 CPU = Runtime("cpu", "fp32", "test")
 
 FAMILIES = [  # (fixture, alias, family, default class)
@@ -192,6 +194,16 @@ def test_a_failed_build_leaves_nothing_that_looks_finished(tmp_path):
     assert (target / "ok.bin").read_text() == "y"
 
 
+def test_a_killed_build_leaves_no_scratch_behind_the_next_one(tmp_path):
+    stale = tmp_path / ".model.tmp-killed"  # what mkdtemp made for a build that was SIGKILLed halfway
+    stale.mkdir()
+    (stale / "model.safetensors").write_text("half of it")
+    (tmp_path / ".other.tmp-x").mkdir()  # another target's scratch is not ours to remove
+    target = build_once(tmp_path / "model", lambda tmp: (tmp / "ok.bin").write_text("y"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".model.lock", ".other.tmp-x", "model"]
+    assert (target / "ok.bin").read_text() == "y"
+
+
 def test_an_unfinished_cache_dir_is_rebuilt(tmp_path):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "stale.bin").write_text("from an interrupted run")
@@ -210,54 +222,8 @@ def test_list_models_shows_every_alias_and_what_is_cached(tiny_llama_dir):
     assert all(set(r) == set(rows["tiny-llama"]) for r in rows.values())
 
 
-def _permute_for_llama_cpp(w: torch.Tensor, n_head: int) -> torch.Tensor:
-    # what llama.cpp's converter does to q/k rows; transformers undoes it when reading the GGUF
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def _write_llama_gguf(src: Path, out: Path) -> None:
-    """Write the tiny llama as an (unquantized) GGUF the way llama.cpp would, tokenizer and chat template included."""
-    import json
-
-    from gguf import GGUFWriter, TokenType
-    from safetensors.torch import load_file
-
-    cfg = json.loads((src / "config.json").read_text())
-    tok = json.loads((src / "tokenizer.json").read_text())
-    heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
-    w = GGUFWriter(out, "llama")
-    w.add_context_length(cfg["max_position_embeddings"]), w.add_embedding_length(cfg["hidden_size"])
-    w.add_block_count(cfg["num_hidden_layers"]), w.add_feed_forward_length(cfg["intermediate_size"])
-    w.add_head_count(heads), w.add_head_count_kv(kv_heads), w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
-    w.add_rope_freq_base(cfg["rope_parameters"]["rope_theta"]), w.add_vocab_size(cfg["vocab_size"])
-    w.add_rope_dimension_count(cfg["hidden_size"] // heads)
-    vocab = sorted(tok["model"]["vocab"].items(), key=lambda kv: kv[1])
-    special = {a["content"] for a in tok["added_tokens"]}
-    w.add_tokenizer_model("gpt2"), w.add_tokenizer_pre("default"), w.add_token_list([t for t, _ in vocab])
-    w.add_token_types([TokenType.CONTROL if t in special else TokenType.NORMAL for t, _ in vocab])
-    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]])
-    w.add_bos_token_id(cfg["bos_token_id"]), w.add_eos_token_id(cfg["eos_token_id"])
-    w.add_pad_token_id(cfg["pad_token_id"]), w.add_unk_token_id(0), w.add_add_bos_token(False)
-    w.add_chat_template((src / "chat_template.jinja").read_text())
-    names = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-             "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
-             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
-    for name, t in load_file(src / "model.safetensors").items():
-        if name == "model.embed_tokens.weight":
-            w.add_tensor("token_embd.weight", t.numpy())
-        elif name == "model.norm.weight":
-            w.add_tensor("output_norm.weight", t.numpy())
-        elif name.startswith("model.layers."):
-            layer, rest = name.removeprefix("model.layers.").split(".", 1)
-            kind = names[rest.removesuffix(".weight")]
-            t = {"attn_q": lambda x: _permute_for_llama_cpp(x, heads),
-                 "attn_k": lambda x: _permute_for_llama_cpp(x, kv_heads)}.get(kind, lambda x: x)(t)
-            w.add_tensor(f"blk.{layer}.{kind}.weight", t.contiguous().numpy())
-    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
-
-
 def test_a_gguf_converts_to_an_equivalent_safetensors_model_with_its_chat_template(tiny_llama_dir, tmp_path):
-    _write_llama_gguf(tiny_llama_dir, tmp_path / "tiny.gguf")
+    write_llama_gguf(tiny_llama_dir, tmp_path / "tiny.gguf")
     out = ensure_converted("tiny-gguf", "cd" * 32, lambda scratch: tmp_path / "tiny.gguf")  # the real converter
     assert not (out / "config.json").read_text().count("quantization_config")  # a plain dense model now
     original, converted = load_model(str(tiny_llama_dir), CPU), load_model(str(out), CPU)
@@ -272,7 +238,7 @@ def test_a_gguf_converts_to_an_equivalent_safetensors_model_with_its_chat_templa
 
 
 def test_a_gguf_file_path_is_converted_once_and_loads(tiny_llama_dir, tmp_path):
-    _write_llama_gguf(tiny_llama_dir, tmp_path / "mine.gguf")
+    write_llama_gguf(tiny_llama_dir, tmp_path / "mine.gguf")
     first = resolve_model(str(tmp_path / "mine.gguf"))
     assert first.source == "local" and Path(first.path).name.startswith("mine-")
     assert resolve_model(str(tmp_path / "mine.gguf")).path == first.path

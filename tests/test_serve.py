@@ -306,7 +306,7 @@ def test_generation_failure_is_a_500_and_the_server_recovers(client, served, mon
     def broken(*args, **kwargs):
         raise RuntimeError("out of memory (simulated)")
 
-    monkeypatch.setattr(served.model, "generate", broken)
+    monkeypatch.setattr(served.model, "forward", broken)  # both engines (static: generate; continuous) call it
     error = _error(client.post("/v1/chat/completions", json=GOOD), 500)
     assert "out of memory (simulated)" in error["message"]
     events = _stream(client, "/v1/chat/completions", GOOD)
@@ -712,11 +712,11 @@ def test_serve_help_lists_options():
     add_serve_parser(parser.add_subparsers())
     text = parser._subparsers._group_actions[0].choices["serve"].format_help()
     for option in ("--row", "--host", "--port", "--api-key", "--model-name", "--max-batch", "--max-tokens-limit",
-                   "--max-body-bytes", "--read-timeout", "--allowed-hosts", "--trust-remote-code"):
+                   "--max-body-bytes", "--read-timeout", "--allowed-hosts", "--trust-remote-code", "--batching"):
         assert option in text
     args = parser.parse_args(["serve", "tiny-llama"])
     assert (args.host, args.port, args.max_batch, args.max_tokens_limit, args.max_body_bytes, args.read_timeout,
-            args.allowed_hosts) == ("127.0.0.1", 8000, 8, 512, 1_000_000, 30.0, ())
+            args.allowed_hosts, args.batching) == ("127.0.0.1", 8000, 8, 512, 1_000_000, 30.0, (), "continuous")
     args = parser.parse_args(["serve", "tiny-llama", "--allowed-hosts", "box.lan, proxy.example", "--read-timeout",
                               "2.5"])
     assert (args.allowed_hosts, args.read_timeout) == (("box.lan", "proxy.example"), 2.5)

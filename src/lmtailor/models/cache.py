@@ -52,6 +52,10 @@ def build_once(target: Path, build: Callable[[Path], None]) -> Path:
             return target
         if target.exists():  # left by an interrupted build from before markers, or removed marker: redo it
             shutil.rmtree(target)
+        # A build killed outright (SIGKILL, power loss) skips its cleanup: its scratch directory, up to a GiB of
+        # half-written weights, is still here. Holding the lock, no live build owns one, so they can go.
+        for stale in target.parent.glob(f".{target.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
         try:
             # Tool set-up (a GGUF converted, a model built into the cache): no deployment pays it, so the row

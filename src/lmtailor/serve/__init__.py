@@ -3,8 +3,11 @@
 - ``target.py``: what is served (model reference, adapter directory, merged export, a run's trained row)
 - ``protocol.py``: the accepted request shapes, the limits, OpenAI's error shape
 - ``prompting.py``: requests to token ids, the context check, the JSON-schema enum constraint
-- ``engine.py`` and ``rows.py``: the worker thread that batches requests through ``generate``, and the per-row
-  stopping criteria and streamer that route each row's tokens to its request
+- ``engines.py``: which engine serves the model (``--batching continuous`` or ``static``, llama.cpp's)
+- ``continuous.py``, ``decode_batch.py`` and ``token_choice.py``: continuous batching, the worker thread whose
+  waiting requests join the running batch at every decoding step over one KV cache, each row choosing its own tokens
+- ``engine.py`` and ``rows.py``: static batching, the worker thread that batches requests through ``generate``, and
+  each row's state (its answer, stop strings, held-back text) with the stopping criteria and streamer around it
 - ``auth.py``: loopback without a key, a bearer key elsewhere
 - ``guard.py``: what every request passes first: a Host naming this server (DNS rebinding), JSON on POST (CSRF)
 - ``app.py``: the FastAPI app (``create_app``); ``server.py``: uvicorn in the foreground or on a thread

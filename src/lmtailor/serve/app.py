@@ -22,11 +22,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from lmtailor.inference.hf_rows import pad_token_id
 from lmtailor.serve.auth import BearerAuth
 from lmtailor.serve.engine import Engine, Job
 from lmtailor.serve.guard import HostRule, RequestGuard
-from lmtailor.serve.llamacpp_engine import LlamaCppEngine
+from lmtailor.serve.engines import DEFAULT_BATCHING, make_engine
 from lmtailor.serve.prompting import (answer_budget, chat_prompt_ids, completion_prompt_ids, response_constraint,
                                       stop_ids)
 from lmtailor.serve.protocol import (GREEDY_BELOW_TEMPERATURE, APIError, ChatRequest, CompletionRequest, ServeSettings,
@@ -256,15 +255,13 @@ def _model_card(name: str, created: int) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": created, "owned_by": "lmtailor"}
 
 
-def create_app(served: ServedModel, settings: ServeSettings) -> FastAPI:
-    """The app serving ``served`` under ``settings.model_name``; its engine starts with the app and stops with it.
+def create_app(served: ServedModel, settings: ServeSettings, batching: str = DEFAULT_BATCHING) -> FastAPI:
+    """The app serving ``served`` under ``settings.model_name``; its engine (``engines.py``: ``batching``
+    continuous or static) starts with the app and stops with it.
 
     ``app.state.engine`` is the ``Engine`` (``engine.batch_sizes``, ``engine.max_batch_seen``, ``engine.stats()``).
     """
-    engine_class = Engine
-    if served.backend == "llamacpp":
-        engine_class = LlamaCppEngine
-    engine = engine_class(served.model, served.tokenizer, pad_token_id(served.tokenizer), settings.max_batch)
+    engine = make_engine(served, settings.max_batch, batching)
     generation = _Generation(served, settings, engine)
     auth = BearerAuth(settings.api_key)
     created = int(time.time())

@@ -42,6 +42,17 @@ def _port(value: str) -> int:
     return number
 
 
+def _add_batching_options(p: argparse.ArgumentParser) -> None:
+    from lmtailor.serve.engines import DEFAULT_BATCHING, ENGINES
+
+    p.add_argument("--max-batch", type=_positive, default=DEFAULT_MAX_BATCH,
+                   help=f"most requests decoded together in one batch (default {DEFAULT_MAX_BATCH})")
+    p.add_argument("--batching", choices=sorted(ENGINES), default=DEFAULT_BATCHING,
+                   help="continuous: waiting requests join the running batch at its next decoding step (default; "
+                        "encoder-decoder models and prefix/prompt tuning fall back to static); static: a batch is "
+                        "decoded to its end while new requests wait")
+
+
 def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``serve`` subcommand to the ``lmtailor`` parser's subparsers."""
     p = subparsers.add_parser(
@@ -64,8 +75,7 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
                         "LMTAILOR_API_KEY; prefer it: a command-line argument is visible in the process list)")
     p.add_argument("--model-name", default=None,
                    help="the model name clients send (default: the alias or hub id, the directory name, or the row id)")
-    p.add_argument("--max-batch", type=_positive, default=DEFAULT_MAX_BATCH,
-                   help=f"most requests decoded together in one batch (default {DEFAULT_MAX_BATCH})")
+    _add_batching_options(p)
     p.add_argument("--max-tokens-limit", type=_positive, default=DEFAULT_MAX_TOKENS_LIMIT,
                    help=f"largest max_tokens a request may ask for (default {DEFAULT_MAX_TOKENS_LIMIT})")
     p.add_argument("--max-body-bytes", type=_positive, default=DEFAULT_MAX_BODY_BYTES,
@@ -126,12 +136,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         served = load_target(args.target, runtime, row=args.row, name=args.model_name, backend=args.backend)
         settings = ServeSettings(served.name, api_key, args.max_batch, args.max_tokens_limit, args.max_body_bytes,
                                  args.read_timeout, args.host, tuple(args.allowed_hosts))
-        app = create_app(served, settings)
+        app = create_app(served, settings, args.batching)
         host, port = sock.getsockname()[:2]
         shown_host = f"[{host}]" if ":" in host else host
         for line in (f"serving {served.description}",
                      f"model name: {settings.model_name}; context {served.context_length or 'unknown'} tokens; "
-                     f"batches of up to {settings.max_batch}; max_tokens up to {settings.max_tokens_limit}",
+                     f"batching: {app.state.engine.batching}, up to {app.state.engine.max_batch} requests at a time; "
+                     f"max_tokens up to {settings.max_tokens_limit}",
                      f"precision: {runtime.describe()}",
                      f"API key: {'required (Authorization: Bearer ...)' if api_key else 'none (loopback only)'}; "
                      f"Host header: {HostRule.of(args.host, settings.allowed_hosts).describe()} (--allowed-hosts)",

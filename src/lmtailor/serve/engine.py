@@ -83,6 +83,8 @@ class Engine:
     requests shared the model. ``cancelled`` counts requests dropped or cut short because their client went away.
     """
 
+    batching = "static"
+
     def __init__(self, model, tokenizer, pad_id: int, max_batch: int = 8) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
@@ -104,8 +106,9 @@ class Engine:
     def stats(self) -> dict[str, Any]:
         """Batches decoded, requests decoded, the largest batch, requests cancelled, and requests waiting."""
         sizes = dict(self.batch_sizes)
-        return {"batches": sum(sizes.values()), "requests": sum(k * v for k, v in sizes.items()),
-                "max_batch_seen": max(sizes, default=0), "cancelled": self.cancelled,
+        batches, requests = sum(sizes.values()), sum(k * v for k, v in sizes.items())
+        return {"batches": batches, "requests": requests, "max_batch_seen": max(sizes, default=0),
+                "mean_batch": round(requests / batches, 2) if batches else 0.0, "cancelled": self.cancelled,
                 "waiting": self._inbox.qsize() + len(self._waiting)}
 
     def start(self) -> None:

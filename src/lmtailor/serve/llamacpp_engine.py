@@ -20,6 +20,8 @@ log = logging.getLogger("lmtailor.serve")
 class LlamaCppEngine(Engine):
     """``Engine`` whose model is an ``inference.llamacpp.LlamaCppModel``."""
 
+    batching = "no"  # one llama.cpp sequence: requests are decoded one after the other
+
     def __init__(self, model, tokenizer, pad_id: int, max_batch: int = 8) -> None:
         super().__init__(model, tokenizer, pad_id, max_batch=1)  # one llama.cpp sequence
 

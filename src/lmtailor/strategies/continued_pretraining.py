@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from lmtailor.core.budget import Budget
 from lmtailor.core.context import RunContext
@@ -33,8 +33,8 @@ from lmtailor.strategies.base import Strategy, StrategyConfig
 from lmtailor.strategies.finetune import FinetuneConfig, FinetuneStrategy
 from lmtailor.strategies.rag import corpus_documents, input_limit
 from lmtailor.strategies.traits import StrategyTraits, with_extra_data
-from lmtailor.training.peft_methods import (MethodField, check_method, finetune_method, known_method, method_label,
-                                            nest_method, artifact_kind)
+from lmtailor.training.method_field import MethodField, NestedMethod
+from lmtailor.training.peft_methods import artifact_kind, check_method, finetune_method, method_label
 
 _NOISE_FIELDS = ("noise_density", "mean_noise_span_length")
 
@@ -88,7 +88,7 @@ class PretrainingConfig(StrategyConfig, OptimizerSettings):
         return self.finetune.train_sizes
 
 
-class ContinuedPretrainingConfig(PretrainingConfig):
+class ContinuedPretrainingConfig(PretrainingConfig, NestedMethod):
     """Knobs of a continued pre-training run (then fine-tuning, per the ``finetune`` block)."""
 
     name: Literal["continued-pretraining"] = Field(description="registered strategy name")
@@ -96,14 +96,6 @@ class ContinuedPretrainingConfig(PretrainingConfig):
         description="pre-training phase: a fine-tuning method and its settings, from the same registry as "
                     "finetune's method: full (every weight), freeze, or a method whose adapter merges into the "
                     "weights before fine-tuning (lora, dora, ia3, loha, ...), e.g. {name: lora, r: 16}")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _nested_method(cls, values: Any) -> Any:
-        """The flat spelling (method: lora, lora_r: 8) as the nested one, as the finetune strategy reads it."""
-        return nest_method(values)
-
-    _known_method = field_validator("method", mode="before")(known_method)
 
     @field_validator("method")
     @classmethod

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from lmtailor.augmentation.augment import AugmentConfig
 from lmtailor.augmentation.synthetic import SyntheticConfig
@@ -26,12 +26,13 @@ from lmtailor.strategies.base import Strategy, StrategyConfig
 from lmtailor.strategies.extra_data import extra_data_label, with_extra_rows
 from lmtailor.strategies.traits import StrategyTraits, with_extra_data
 from lmtailor.training.method_kinds import lora_details
-from lmtailor.training.peft_methods import (MethodField, check_method, check_settings, finetune_method, known_method, method_label, nest_method)
+from lmtailor.training.method_field import MethodField, NestedMethod
+from lmtailor.training.peft_methods import check_method, check_settings, finetune_method, method_label
 from lmtailor.training.search_space import SearchConfig, check_search
 from lmtailor.training.trained import Trained
 
 
-class FinetuneConfig(StrategyConfig, TrainingLoop):
+class FinetuneConfig(StrategyConfig, TrainingLoop, NestedMethod):
     """Knobs of a fine-tuning run: the training loop (``core/training_loop.py``), the method with its own settings
     (``method: {name: lora, r: 16}``, ``training/method_settings.py``), the prompt layout and extra data. The flat
     spelling of earlier versions (``method: lora`` with ``lora_r: 16`` beside it) is read as the nested one."""
@@ -65,14 +66,6 @@ class FinetuneConfig(StrategyConfig, TrainingLoop):
         None, description="hyperparameter search (Optuna, TPE, seeded): {trials: 8, metric: validation_loss, "
                           "space: {...}}; trials are scored on the validation rows, the best settings train the "
                           "final model, and the search's time and $ are the row's set-up cost (training/search.py)")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _nested_method(cls, values: Any) -> Any:
-        """The flat spelling (method: lora, lora_r: 8) as the nested one; an unknown method with the nearest names."""
-        return nest_method(values)
-
-    _known_method = field_validator("method", mode="before")(known_method)
 
     @model_validator(mode="after")
     def _check_consistency(self) -> "FinetuneConfig":

@@ -2,7 +2,7 @@
 ``method: {name: lora, r: 16, alpha: 32}`` in an experiment file.
 
 Each built-in method of ``training/peft_methods.py`` names its model here (``FinetuneMethod.settings_model``); the
-finetune strategy's ``method:`` field is the discriminated union of them (``peft_methods.MethodField``). The flat
+finetune strategy's ``method:`` field is the discriminated union of them (``method_field.MethodField``). The flat
 spelling of earlier versions (``method: lora`` with ``lora_r: 16`` beside it) is converted on load by
 ``nest_flat_settings``, and ``lmtailor validate`` prints a deprecation note for it (``flat_spelling_notes``).
 

@@ -16,9 +16,8 @@ Importing this module is cheap (no torch, PEFT or transformers): the config vali
 from __future__ import annotations
 
 import difflib
-from typing import TYPE_CHECKING, Annotated, Any, Callable, Union
+from typing import TYPE_CHECKING, Any, Callable
 
-from pydantic import Discriminator, PlainValidator, Tag
 
 from lmtailor.errors import UserError
 from lmtailor.registry import Registry
@@ -28,17 +27,16 @@ from lmtailor.training.method_base import (FinetuneMethod, check_peft_options, d
 from lmtailor.training.method_kinds import (AdapterMethod, FreezeMethod, FullMethod, IA3Method, LoraMethod,
                                             PrefixMethod, PromptTuningMethod, pass_through, save_adapters)
 from lmtailor.training.method_settings import (AdapterSettings, FreezeSettings, FullSettings, IA3Settings,
-                                               LoraSettings, MethodSettings, PeftSettings, VirtualTokenSettings,
-                                               nest_flat_settings)
+                                               LoraSettings, MethodSettings, VirtualTokenSettings)
 
 if TYPE_CHECKING:
     from peft import PeftConfig
 
     from lmtailor.core.training_loop import OptimizerSettings
 
-__all__ = ["FINETUNE_METHODS", "FinetuneMethod", "MethodField", "MethodSettings",
+__all__ = ["FINETUNE_METHODS", "FinetuneMethod", "MethodSettings",
            "artifact_kind", "check_method", "check_settings", "default_target_modules", "finetune_method",
-           "fresh_modules", "head_modules", "known_method", "learning_rate", "method_label", "nest_method",
+           "fresh_modules", "head_modules", "learning_rate", "method_label",
            "peft_summary", "prepare_for_training", "save_adapters", "save_override", "serve", "wrap_for_training"]
 
 # Where the default learning rates come from (AdamW, linear decay after warm-up, as every trainer here uses):
@@ -113,77 +111,6 @@ def finetune_method(name: str) -> FinetuneMethod:
     hint = f" Did you mean {', '.join(repr(n) for n in near)}?" if near else ""
     raise UserError(f"unknown fine-tuning method {name!r}.{hint} Built in: {', '.join(known)}; or any PEFT method "
                     f"by name: {', '.join(pass_through_names())}")
-
-
-def _tag(value: Any) -> str | None:
-    """The union member a ``method:`` value validates as: its built-in method's name (any PEFT pass-through:
-    "peft"); an error's key path then reads e.g. ``method.lora.rr``."""
-    name = value.get("name") if isinstance(value, dict) else getattr(value, "name", None)
-    if not isinstance(name, str):
-        return None
-    try:
-        method = finetune_method(name)
-    except UserError:
-        return None
-    if method.name not in FINETUNE_METHODS:
-        return "peft"
-    return method.name if method.name in _UNION_TAGS else _LATER
-
-
-def _registered_later(value: Any) -> MethodSettings:
-    """Settings of a method registered after this module was imported (a plugin's, a test's), validated with its
-    own settings model: the union below is built once, at import, from the methods registered then."""
-    if isinstance(value, MethodSettings):
-        return value
-    return finetune_method(value["name"]).settings_model.model_validate(value)
-
-
-_LATER = "registered-later"
-_UNION_TAGS = frozenset(FINETUNE_METHODS.names())
-
-
-def _union_members() -> tuple:
-    members = [Annotated[FINETUNE_METHODS.get(n).settings_model, Tag(n)] for n in sorted(_UNION_TAGS)]
-    return (*members, Annotated[PeftSettings, Tag("peft")],
-            Annotated[Any, PlainValidator(_registered_later, json_schema_input_type=dict[str, Any]), Tag(_LATER)])
-
-
-# The ``method:`` field of a fine-tuning config: each registered method's settings model, picked by ``name``;
-# a method registered later validates through its own settings model all the same.
-MethodField = Annotated[Union[_union_members()], Discriminator(_tag)]
-
-
-def _takes(name: str) -> tuple[str, ...]:
-    return finetune_method(name).settings
-
-
-def nest_method(values: Any) -> Any:
-    """A config block's ``method`` as a nested mapping: the flat spelling converted (``nest_flat_settings``), a
-    PEFT alias (prefix_tuning) turned into the built-in name. An unknown name is left for ``known_method``."""
-    if not isinstance(values, dict):
-        return values
-    method = values.get("method")
-    name = method if isinstance(method, str) else method.get("name") if isinstance(method, dict) else None
-    if not isinstance(name, str):
-        return values
-    try:
-        canonical = finetune_method(name).name
-    except UserError:
-        return values  # reported on the method key by known_method
-    if canonical in FINETUNE_METHODS and canonical != name:
-        values = {**values, "method": canonical if isinstance(method, str) else {**method, "name": canonical}}
-    return nest_flat_settings(values, _takes)
-
-
-def known_method(value: Any) -> Any:
-    """A ``method:`` value whose name is a method (else the error lists the nearest names): a field validator."""
-    name = value.get("name") if isinstance(value, dict) else value if isinstance(value, str) else None
-    if isinstance(name, str):
-        try:
-            finetune_method(name)
-        except UserError as e:
-            raise ValueError(str(e)) from None
-    return {"name": value} if isinstance(value, str) else value
 
 
 def check_settings(s: MethodSettings, padding_free: bool | None = None) -> None:
