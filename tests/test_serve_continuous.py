@@ -13,7 +13,7 @@ import torch
 from lmtailor.inference.generation import generate_ids
 from lmtailor.serve.continuous import ContinuousEngine, live_row
 from lmtailor.serve.decode_batch import DecodeBatch
-from lmtailor.serve.engine import Job
+from lmtailor.serve.engine import Job, _deliver
 
 STOP = 63  # the stop token of every row here
 WINDOW = 8
@@ -154,3 +154,42 @@ def test_engine_choice(backend, seq2seq, virtual, batching, expected):
     assert engine_class(served, batching).__name__ == expected
     with pytest.raises(ValueError, match="batching must be one of"):
         engine_class(served, "dynamic")
+
+
+def test_a_step_wakes_the_event_loop_once_and_whole_answers_send_only_their_end(one_torch_thread):
+    """Four streamed and two whole (non-streamed) requests decode together: the event loop is woken once per
+    admission or step, not once per event, each streamed request still gets its deltas in order, and a whole request
+    gets only its end, with the same text (in ``job.parts``) as the streamed request with its prompt."""
+    model, prompts = _llama(), _prompts(4)
+    streamed = [_job(p, 12) for p in prompts]
+    whole = [_job(p, 12, whole=True) for p in prompts[:2]]
+    engine = ContinuousEngine(model, _Chars(), 0, max_batch=8)
+    calls = []
+
+    async def run() -> list:
+        loop = asyncio.get_running_loop()
+        original = loop.call_soon_threadsafe
+
+        def counting(callback, *args, **kw):
+            if callback is _deliver or isinstance(getattr(callback, "__self__", None), asyncio.Queue):  # a job's
+                calls.append(callback)
+            return original(callback, *args, **kw)
+
+        loop.call_soon_threadsafe = counting
+        for job in whole:
+            job.bind()
+        engine.start()
+        for job in whole:
+            engine.submit(job)
+        results = await _run(engine, streamed)
+        return results + [await job.events.get() for job in whole]
+
+    results = asyncio.run(run())
+    texts, ends = [r[0] for r in results[:4]], results[4:]
+    for k, job in enumerate(whole):
+        assert ends[k][0] == "done" and job.events.empty()
+        assert "".join(job.parts) == texts[k] and ends[k][2] == len(texts[k])
+    stats = engine.stats()
+    events = sum(len(t) for t in texts) + 6  # at most one delta per token, and one end per request
+    assert all(call is _deliver for call in calls)
+    assert len(calls) <= stats["batches"] < events

@@ -175,7 +175,8 @@ class _Generation:
         temperature = 1.0 if request.temperature is None else request.temperature  # OpenAI's default
         return Job(prompt, budget, stops, strings,
                    temperature=0.0 if temperature < GREEDY_BELOW_TEMPERATURE else temperature,
-                   top_p=1.0 if request.top_p is None else request.top_p, seed=request.seed, constraint=constraint)
+                   top_p=1.0 if request.top_p is None else request.top_p, seed=request.seed, constraint=constraint,
+                   whole=not request.stream)
 
     async def __call__(self, http: Request, chat: bool) -> Response:
         info = _info(http)
@@ -199,7 +200,6 @@ class _Generation:
 
 async def _collect(job: Job, reply: Reply, info: dict[str, Any], http: Request) -> Response:
     """Wait for the whole answer (cancelling it if the client goes away) and return it."""
-    parts: list[str] = []
     checked = time.monotonic()
     while True:
         try:
@@ -214,11 +214,9 @@ async def _collect(job: Job, reply: Reply, info: dict[str, Any], http: Request) 
                 return Response(status_code=CLIENT_CLOSED)
         if event is None:
             continue
-        if event[0] == "delta":
-            parts.append(event[1])
-        elif event[0] == "done":
+        if event[0] == "done":  # the job is ``whole``: its text is in ``job.parts``, complete once "done" is sent
             info["completion_tokens"] = event[2]
-            return JSONResponse(reply.complete("".join(parts), event[1], len(job.prompt), event[2]))
+            return JSONResponse(reply.complete("".join(job.parts), event[1], len(job.prompt), event[2]))
         else:
             raise APIError(500, event[1], None, None, "server_error")
 

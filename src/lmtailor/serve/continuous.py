@@ -18,7 +18,7 @@ import logging
 from typing import Any
 
 from lmtailor.serve.decode_batch import DecodeBatch, LiveRow
-from lmtailor.serve.engine import _STOP, Engine, Job
+from lmtailor.serve.engine import _STOP, Engine, Job, one_wakeup_per_step
 from lmtailor.serve.rows import RowState
 from lmtailor.serve.token_choice import Chooser
 
@@ -63,10 +63,12 @@ class ContinuousEngine(Engine):
                 self._waiting.append(item)
             if not self._collect():
                 break
-            self._admit()
-            self._guarded(self._step)
+            with one_wakeup_per_step():  # the joining rows' first tokens and this step's: one wake-up
+                self._admit()
+                self._guarded(self._step)
         while self.batch:  # as Engine.close promises: the requests being decoded finish, the waiting ones fail
-            self._guarded(self._step)
+            with one_wakeup_per_step():
+                self._guarded(self._step)
         self._fail_all("the server is shutting down")
 
     def _admit(self) -> None:
@@ -103,7 +105,7 @@ class ContinuousEngine(Engine):
         self.cancelled += sum(row.state.finish_reason == "cancelled" for row in rows)
 
     def _guarded(self, work) -> None:
-        """Run one admission or step; if it fails, its rows get an error (a 500) and the worker goes on."""
+        """Run one step; if it fails, its rows get an error (a 500) and the worker goes on."""
         try:
             work()
         except Exception as e:  # one bad forward must not take the server down

@@ -15,6 +15,7 @@ import queue
 import secrets
 import threading
 from collections import Counter, deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,32 @@ from lmtailor.serve.rows import RowState, RowStopping, RowStreamer
 
 log = logging.getLogger("lmtailor.serve")
 _STOP = object()
+_held = threading.local()  # the events a worker thread holds back until its step ends (``one_wakeup_per_step``)
+
+
+@contextmanager
+def one_wakeup_per_step():
+    """Hold back the events emitted inside the block and hand each event loop all of its own in one call at the end.
+
+    A continuous batch's step emits a token for each of up to ``max_batch`` requests: one ``call_soon_threadsafe``
+    each would wake the event loop (a write to its self-pipe and a GIL hand-over) as many times per step. Each
+    request's events keep their order."""
+    held: dict[asyncio.AbstractEventLoop, list] = {}
+    _held.events = held
+    try:
+        yield
+    finally:
+        _held.events = None
+        for loop, items in held.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # the loop is closed: the server is shutting down
+                pass
+
+
+def _deliver(items: list[tuple[asyncio.Queue, tuple]]) -> None:
+    for events, event in items:
+        events.put_nowait(event)
 
 
 @dataclass
@@ -31,6 +58,8 @@ class Job:
     """One request waiting for, or being, decoded; its events arrive on ``events`` in the request's event loop.
 
     Events: ``("delta", text)``, then ``("done", finish_reason, completion_tokens)``, or ``("error", message)``.
+    With ``whole`` (a non-streamed answer) the deltas are not sent: they are kept in ``parts`` on the worker's side
+    and read once ``done`` has arrived, so a request costs its event loop one wake-up, not one per token.
     """
 
     prompt: list[int]
@@ -41,6 +70,8 @@ class Job:
     top_p: float = 1.0
     seed: int | None = None
     constraint: Constraint | None = None
+    whole: bool = False
+    parts: list[str] = field(default_factory=list)
     loop: asyncio.AbstractEventLoop | None = None
     events: asyncio.Queue | None = None
     _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -70,6 +101,13 @@ class Job:
 
     def emit(self, event: tuple) -> None:
         """Hand an event to the request's event loop (thread-safe; dropped if that loop is gone)."""
+        if self.whole and event[0] == "delta":
+            self.parts.append(event[1])  # read by the loop only after "done", which is sent after it
+            return
+        held = getattr(_held, "events", None)
+        if held is not None:
+            held.setdefault(self.loop, []).append((self.events, event))
+            return
         try:
             self.loop.call_soon_threadsafe(self.events.put_nowait, event)
         except RuntimeError:  # the loop is closed: the server is shutting down
