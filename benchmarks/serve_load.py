@@ -111,9 +111,14 @@ class ModeResult:
         return sum(s.tokens for s in self.stats) / self.elapsed
 
 
+# each mode's server options: continuous batching with and without the shared prompt prefix cache
+MODES = {"static": ["--batching", "static"], "continuous": ["--batching", "continuous"],
+         "continuous-no-prefix-cache": ["--batching", "continuous", "--no-prefix-cache"]}
+
+
 def load_test(args: argparse.Namespace, batching: str) -> ModeResult:
-    """Serve ``args.model`` with ``--batching batching`` and run the clients against it."""
-    options = ["--model-name", "load-test", "--max-batch", str(args.max_batch), "--batching", batching]
+    """Serve ``args.model`` in mode ``batching`` (``MODES``) and run the clients against it."""
+    options = ["--model-name", "load-test", "--max-batch", str(args.max_batch), *MODES[batching]]
     server = ServerProcess(args.model, options + (["--threads", str(args.threads)] if args.threads else []))
     with server:
         stats = [ClientStats() for _ in range(args.clients)]
@@ -142,7 +147,8 @@ def mode_rows(r: ModeResult) -> list[tuple[str, str]]:
     if r.engine.get("batches"):
         rows += [("batches (static) / decoding steps (continuous)", str(r.engine["batches"])),
                  ("prefill passes", str(r.engine.get("prefills", r.engine["batches"]))),
-                 ("mean / largest batch", f"{r.engine['mean_batch']:.1f} / {r.engine['max_batch_seen']}")]
+                 ("mean / largest batch", f"{r.engine['mean_batch']:.1f} / {r.engine['max_batch_seen']}"),
+                 ("prompt tokens reused (prefix cache)", str(r.engine.get("prefix_tokens_reused", "-")))]
     rows += [("server up after", "yes" if r.alive else "NO"), ("server log", r.log_path)]
     return rows
 
@@ -172,7 +178,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-tokens", type=int, default=16, help="tokens generated per request")
     parser.add_argument("--max-batch", type=int, default=32, help="the server's --max-batch")
     parser.add_argument("--batching", default="static,continuous",
-                        help="the server's --batching modes to run one after the other (default static,continuous)")
+                        help="modes to run one after the other (default static,continuous; also "
+                             "continuous-no-prefix-cache: the server's --no-prefix-cache)")
     parser.add_argument("--stream", action="store_true", help="stream every answer (server-sent events)")
     parser.add_argument("--threads", type=int, default=None, help="the server's --threads (default: torch's own)")
     parser.add_argument("--host", default=LOOPBACK, help="only 127.0.0.1: this test never leaves the machine")
@@ -182,8 +189,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("the load test runs on loopback only (--host 127.0.0.1)")
     if not 1 <= args.clients <= 256 or not 0 < args.seconds <= 600:
         parser.error("--clients must be 1..256 and --seconds 0..600")
-    if not args.batching or not set(args.batching) <= {"static", "continuous"}:
-        parser.error("--batching takes static, continuous or both, comma-separated")
+    if not args.batching or not set(args.batching) <= set(MODES):
+        parser.error(f"--batching takes one or more of {', '.join(MODES)}, comma-separated")
     return args
 
 

@@ -64,3 +64,16 @@ def test_label_scoring_tolerance_prints_the_three_differences(tiny_llama_dir):
                 "(c) bf16 cached vs fp32 uncached: max"):
         assert row in out, row
     assert "path prefix-cache" in out
+
+
+def test_serve_load_prints_each_mode_side_by_side():
+    """Three servers of the tiny random Llama in turn (static, continuous without and with the prefix cache), two
+    clients for two seconds each: every mode answers without errors, and only the last reuses prompt tokens."""
+    out = _run("serve_load.py", "--clients", "2", "--seconds", "2",
+               "--batching", "static,continuous-no-prefix-cache,continuous")
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[1:] for line in out.splitlines() if line.startswith("|")}
+    assert rows["measure"][-1].strip(" |") == "continuous"
+    assert [v.strip(" |") for v in rows["errors"]] == ["0", "0", "0"]
+    reused = [v.strip(" |") for v in rows["prompt tokens reused (prefix cache)"]]
+    assert reused[:2] == ["-", "0"] and int(reused[2]) > 0
+    assert "continuous / static" in out

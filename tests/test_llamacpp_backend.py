@@ -318,7 +318,7 @@ def test_serve_with_the_llamacpp_backend_answers_like_transformers_on_the_same_w
 
     from lmtailor.runtime import Runtime
     from lmtailor.serve.app import create_app
-    from lmtailor.serve.protocol import ServeSettings
+    from lmtailor.serve.settings import ServeSettings
     from lmtailor.serve.target import load_target
 
     runtime = Runtime("cpu", "fp32", "test")

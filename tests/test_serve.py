@@ -54,7 +54,7 @@ def client(served):
     from fastapi.testclient import TestClient
 
     from lmtailor.serve.app import create_app
-    from lmtailor.serve.protocol import ServeSettings
+    from lmtailor.serve.settings import ServeSettings
 
     app = create_app(served, ServeSettings(NAME, max_tokens_limit=64, max_body_bytes=20_000))
     with TestClient(app, base_url=LOCAL) as c:
@@ -321,7 +321,7 @@ def test_api_key_required_on_v1_routes_not_on_health(served, caplog):
     from fastapi.testclient import TestClient
 
     from lmtailor.serve.app import create_app
-    from lmtailor.serve.protocol import ServeSettings
+    from lmtailor.serve.settings import ServeSettings
 
     key = "s3cret-key-123"
     app = create_app(served, ServeSettings(NAME, api_key=key))
@@ -432,7 +432,7 @@ def test_concurrent_http_requests_are_batched_and_answer_as_alone(served):
     import requests
 
     from lmtailor.serve.app import create_app
-    from lmtailor.serve.protocol import ServeSettings
+    from lmtailor.serve.settings import ServeSettings
     from lmtailor.serve.server import BackgroundServer
 
     bodies = [{"model": NAME, "messages": [{"role": "user", "content": f"Question {i}: what is {i} + {i}?"}],
@@ -497,7 +497,7 @@ def test_client_hanging_up_cancels_its_row(slow_served):
     import requests
 
     from lmtailor.serve.app import create_app
-    from lmtailor.serve.protocol import ServeSettings
+    from lmtailor.serve.settings import ServeSettings
     from lmtailor.serve.server import BackgroundServer
 
     app = create_app(slow_served, ServeSettings(NAME))
@@ -592,7 +592,7 @@ def _served_text(served, messages, max_tokens: int = 20) -> str:
     from fastapi.testclient import TestClient
 
     from lmtailor.serve.app import create_app
-    from lmtailor.serve.protocol import ServeSettings
+    from lmtailor.serve.settings import ServeSettings
 
     with TestClient(create_app(served, ServeSettings(served.name)), base_url=LOCAL) as c:
         body = {"model": served.name, "messages": messages, "max_tokens": max_tokens, "temperature": 0}
@@ -681,7 +681,7 @@ def test_encoder_decoder_model(tiny_t5_dir):
 
     from lmtailor.prompting.seq2seq_format import encode_source
     from lmtailor.serve.app import create_app
-    from lmtailor.serve.protocol import ServeSettings
+    from lmtailor.serve.settings import ServeSettings
     from lmtailor.serve.target import load_target
 
     t5 = load_target(str(tiny_t5_dir), FP32, name="t5")

@@ -193,3 +193,26 @@ def test_a_step_wakes_the_event_loop_once_and_whole_answers_send_only_their_end(
     events = sum(len(t) for t in texts) + 6  # at most one delta per token, and one end per request
     assert all(call is _deliver for call in calls)
     assert len(calls) <= stats["batches"] < events
+
+
+def test_a_shared_prompt_prefix_is_computed_once_and_rows_decode_as_alone(one_torch_thread):
+    """Prompts that begin with the same 14 tokens (a chat template's system turn) and end in 3-20 others, joining
+    a running batch at steps 0, 0, 0, 4, 4 and 9: the prefix's keys and values are computed once and reused by
+    every admission, and each row's greedy tokens equal generate's for its whole prompt alone (fp32). A Gemma 3
+    (sliding-window layers) does not reuse prefixes."""
+    model, rng = _llama(), random.Random(3)
+    system = [rng.randrange(1, STOP) for _ in range(14)]
+    prompts = [system + [rng.randrange(1, STOP) for _ in range(rng.randrange(3, 21))] for _ in range(6)]
+    prompts[5][10] = system[10] % (STOP - 1) + 1  # shares only 10 tokens: a shorter cut of the stored prefix
+    arrivals, batch, rows = {0: [0, 1, 2], 4: [3, 4], 9: [5]}, DecodeBatch(model, pad_id=0), {}
+    for step in range(40):
+        joining = {i: live_row(_job(prompts[i], 12), _Chars()) for i in arrivals.get(step, [])}
+        for row in joining.values():
+            row.state.emit = lambda event: None
+        rows.update(joining)
+        batch.admit(list(joining.values()))
+        batch.step()
+    assert batch.prefix.ids == system and batch.prefix.reused_tokens == 14 * 2 + 14 * 2 + 10
+    for i, row in sorted(rows.items()):
+        assert row.state.ids == _alone(model, prompts[i], 12), f"row {i}"
+    assert DecodeBatch(_gemma3(), pad_id=0).prefix is None

@@ -28,62 +28,16 @@ from lmtailor.serve.guard import HostRule, RequestGuard
 from lmtailor.serve.engines import DEFAULT_BATCHING, make_engine
 from lmtailor.serve.prompting import (answer_budget, chat_prompt_ids, completion_prompt_ids, response_constraint,
                                       stop_ids)
-from lmtailor.serve.protocol import (GREEDY_BELOW_TEMPERATURE, APIError, ChatRequest, CompletionRequest, ServeSettings,
-                                     error_body, parse_request, requested_max_tokens, stop_strings)
+from lmtailor.serve.protocol import (GREEDY_BELOW_TEMPERATURE, APIError, ChatRequest, CompletionRequest, error_body,
+                                     parse_request, requested_max_tokens, stop_strings)
+from lmtailor.serve.request_log import RequestLog, request_info
 from lmtailor.serve.responses import SSE_DONE, Reply, sse
+from lmtailor.serve.settings import ServeSettings
 from lmtailor.serve.target import ServedModel
 
 log = logging.getLogger("lmtailor.serve")
-_LOG_KEY = "lmtailor.request_log"
 _DISCONNECT_POLL_S = 0.5
 CLIENT_CLOSED = 499  # nginx's status for "the client closed the connection": logged, never received
-
-
-class RequestLog:
-    """ASGI middleware: one log line per request (method, path, status, latency; tokens, stream, model)."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        info: dict[str, Any] = {}
-        scope[_LOG_KEY] = info
-        status = [500]
-        start = time.perf_counter()
-
-        async def send_status(message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            ms = (time.perf_counter() - start) * 1000
-            extra = ""
-            if "model" in info:
-                extra = (f" prompt_tokens={info.get('prompt_tokens', '-')} completion_tokens="
-                         f"{info.get('completion_tokens', '-')} stream={'yes' if info.get('stream') else 'no'} "
-                         f"model={info['model']}")
-            if info.get("cancelled"):
-                extra += " client_gone"
-            log.info("%s %s %d %.1fms%s", scope["method"], _logged_path(scope), status[0], ms, extra)
-
-
-def _logged_path(scope) -> str:
-    """The path as the client sent it (still percent-encoded): a decoded %0A would forge a second log line."""
-    raw = scope.get("raw_path")
-    path = raw.decode("latin-1") if raw else scope["path"]
-    return path.encode("ascii", "backslashreplace").decode("ascii")
-
-
-def _info(request: Request) -> dict[str, Any]:
-    return request.scope.setdefault(_LOG_KEY, {})
-
-
 async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     """The request body, refused with 413 when its declared length or the bytes actually sent exceed ``limit``, and
     with 408 when it has not all arrived ``timeout_s`` after the headers (a slow upload would hold its connection and
@@ -125,7 +79,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ClientDisconnect)
     async def client_gone(request: Request, _: ClientDisconnect) -> Response:
-        _info(request)["cancelled"] = True  # one log line (RequestLog); nobody is left to read an answer
+        request_info(request)["cancelled"] = True  # one log line (RequestLog); nobody is left to read an answer
         return Response(status_code=CLIENT_CLOSED)
 
     @app.exception_handler(StarletteHTTPException)
@@ -179,7 +133,7 @@ class _Generation:
                    whole=not request.stream)
 
     async def __call__(self, http: Request, chat: bool) -> Response:
-        info = _info(http)
+        info = request_info(http)
         body = await read_body(http, self.settings.max_body_bytes, self.settings.read_timeout_s)
         request = parse_request(ChatRequest if chat else CompletionRequest, body)
         if request.model != self.settings.model_name:
@@ -259,7 +213,7 @@ def create_app(served: ServedModel, settings: ServeSettings, batching: str = DEF
 
     ``app.state.engine`` is the ``Engine`` (``engine.batch_sizes``, ``engine.max_batch_seen``, ``engine.stats()``).
     """
-    engine = make_engine(served, settings.max_batch, batching)
+    engine = make_engine(served, settings.max_batch, batching, settings.prefix_cache)
     generation = _Generation(served, settings, engine)
     auth = BearerAuth(settings.api_key)
     created = int(time.time())

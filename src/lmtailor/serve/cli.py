@@ -7,7 +7,7 @@ import logging
 import sys
 
 from lmtailor.serve.auth import check_bind, resolve_api_key
-from lmtailor.serve.protocol import (DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TOKENS_LIMIT,
+from lmtailor.serve.settings import (DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TOKENS_LIMIT,
                                      DEFAULT_READ_TIMEOUT_S, ServeSettings)
 from lmtailor.serve.server import bind_socket, run_server
 
@@ -51,6 +51,9 @@ def _add_batching_options(p: argparse.ArgumentParser) -> None:
                    help="continuous: waiting requests join the running batch at its next decoding step (default; "
                         "encoder-decoder models and prefix/prompt tuning fall back to static); static: a batch is "
                         "decoded to its end while new requests wait")
+    p.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
+                   help="continuous batching: prefill every prompt whole instead of reusing the keys and values of "
+                        "the prompt prefix requests share (a chat template's system turn)")
 
 
 def add_serve_parser(subparsers) -> argparse.ArgumentParser:
@@ -135,13 +138,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             runtime = replace(runtime, reason="set by --precision")
         served = load_target(args.target, runtime, row=args.row, name=args.model_name, backend=args.backend)
         settings = ServeSettings(served.name, api_key, args.max_batch, args.max_tokens_limit, args.max_body_bytes,
-                                 args.read_timeout, args.host, tuple(args.allowed_hosts))
+                                 args.read_timeout, args.host, tuple(args.allowed_hosts), args.prefix_cache)
         app = create_app(served, settings, args.batching)
         host, port = sock.getsockname()[:2]
         shown_host = f"[{host}]" if ":" in host else host
         for line in (f"serving {served.description}",
                      f"model name: {settings.model_name}; context {served.context_length or 'unknown'} tokens; "
-                     f"batching: {app.state.engine.batching}, up to {app.state.engine.max_batch} requests at a time; "
+                     f"batching: {app.state.engine.describe()}, up to {app.state.engine.max_batch} requests at a time; "
                      f"max_tokens up to {settings.max_tokens_limit}",
                      f"precision: {runtime.describe()}",
                      f"API key: {'required (Authorization: Bearer ...)' if api_key else 'none (loopback only)'}; "

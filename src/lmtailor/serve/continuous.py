@@ -38,21 +38,27 @@ class ContinuousEngine(Engine):
 
     batching = "continuous"
 
-    def __init__(self, model, tokenizer, pad_id: int, max_batch: int = 8) -> None:
+    def __init__(self, model, tokenizer, pad_id: int, max_batch: int = 8, reuse_prefix: bool = True) -> None:
         super().__init__(model, tokenizer, pad_id, max_batch)
-        self.batch = DecodeBatch(model, pad_id)
+        self.batch = DecodeBatch(model, pad_id, reuse_prefix)
         self.requests = 0  # admitted, each in one prefill
         self.prefills = 0
 
     def stats(self) -> dict[str, Any]:
         """As ``Engine.stats``, with ``batches`` the decoding steps, ``mean_batch`` their mean rows, ``requests`` the
-        requests admitted and ``prefills`` the forward passes that admitted them."""
+        requests admitted, ``prefills`` the forward passes that admitted them and ``prefix_tokens_reused`` the prompt
+        tokens they did not compute again (``prefix_cache.py``)."""
         sizes = dict(self.batch_sizes)
         steps = sum(sizes.values())
         return {"batches": steps, "requests": self.requests, "max_batch_seen": max(sizes, default=0),
                 "mean_batch": round(sum(k * v for k, v in sizes.items()) / steps, 2) if steps else 0.0,
                 "prefills": self.prefills,
+                "prefix_tokens_reused": self.batch.prefix.reused_tokens if self.batch.prefix else 0,
                 "cancelled": self.cancelled, "waiting": self._inbox.qsize() + len(self._waiting)}
+
+    def describe(self) -> str:
+        cache = "on" if self.batch.prefix else "off (turned off, or not for this model's layers)"
+        return f"{self.batching} (shared prompt prefix cache: {cache})"
 
     def _run(self) -> None:
         while True:

@@ -7,11 +7,13 @@ themselves) into a cache of their own, which is then left-padded to the batch's 
 concatenated along the batch. A finished row is removed from the cache, and slots that are padding in every row
 left are dropped from the left.
 
-Padding is only ever on the left of a row, before all of its real tokens, so slots and positions of real tokens
-differ by the same offset: transformers' masks, which measure causality and sliding windows in slots
-(``masking_utils``), are then right for every row, including Gemma 3's sliding-window layers. (Padding between a
-cache and new tokens would not be: see ``inference/position_masks.py``.) For the same reason the cache keeps every
-slot (``position_masks.unbounded_cache``): a sliding-window cache layer crops by slots, not per row.
+Padding is only on the left of a row, before all of its real tokens, so slots and positions of real tokens differ by
+the same offset: transformers' masks, which measure causality and sliding windows in slots (``masking_utils``), are
+then right for every row, including Gemma 3's sliding-window layers. (Padding between a cache and new tokens would
+not be: see ``inference/position_masks.py``.) For the same reason the cache keeps every slot
+(``position_masks.unbounded_cache``): a sliding-window cache layer crops by slots, not per row. The one exception
+is a shared prompt prefix whose keys and values are reused (``prefix_cache.py``): the joining rows' padding then
+sits between that prefix and the rest of each prompt, which only full-attention models are given.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from lmtailor.inference.generation import pad_batch
 from lmtailor.inference.position_masks import unbounded_cache
 from lmtailor.inference.virtual_tokens import cache_keyword
+from lmtailor.serve.prefix_cache import PrefixCache, reusable
 from lmtailor.serve.rows import RowState
 from lmtailor.serve.token_choice import Chooser
 
@@ -70,7 +73,7 @@ def _drop_left_slots(cache, count: int) -> None:
 class DecodeBatch:
     """The rows being decoded, their shared cache, and one step at a time (``admit``, then ``step``)."""
 
-    def __init__(self, model, pad_id: int) -> None:
+    def __init__(self, model, pad_id: int, reuse_prefix: bool = True) -> None:
         self.model = model
         self.pad_id = pad_id
         self.device = next(model.parameters()).device
@@ -80,6 +83,8 @@ class DecodeBatch:
         self.mask = torch.zeros(0, 0, dtype=torch.long, device=self.device)
         self.positions = torch.zeros(0, dtype=torch.long, device=self.device)  # each row's next position
         self.last = torch.zeros(0, dtype=torch.long, device=self.device)  # each row's last token
+        # the shared prompt prefix's keys and values (prefix_cache.py), where the model's layers allow it
+        self.prefix = PrefixCache(self._forward, self.device) if reuse_prefix and reusable(model) else None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -99,9 +104,15 @@ class DecodeBatch:
         """Prefill ``rows`` and give each its first token; those not finished by it join the batch."""
         if not rows:
             return
-        ids, mask = pad_batch([row.prompt for row in rows], self.pad_id, self.device, side="left")
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = unbounded_cache()
+        prompts = [row.prompt for row in rows]
+        shared = self.prefix.length_for(prompts) if self.prefix else 0
+        ids, mask = pad_batch([p[shared:] for p in prompts], self.pad_id, self.device, side="left")
+        positions = shared + (mask.cumsum(-1) - 1).clamp(min=0)
+        if shared:  # [shared prefix | padding | rest of the prompt], the prefix's keys and values reused
+            cache = self.prefix.cache_for(shared, len(rows))
+            mask = torch.cat([mask.new_ones(len(rows), shared), mask], dim=1)
+        else:
+            cache = unbounded_cache()
         logits = self._forward(ids, mask, positions, cache)
         last = self._take(rows, logits)
         if self.cache is None:

@@ -149,6 +149,10 @@ class Engine:
                 "mean_batch": round(requests / batches, 2) if batches else 0.0, "cancelled": self.cancelled,
                 "waiting": self._inbox.qsize() + len(self._waiting)}
 
+    def describe(self) -> str:
+        """How this engine batches, as the server's start-up lines say it."""
+        return self.batching
+
     def start(self) -> None:
         """Start the worker thread (idempotent)."""
         with self._lock:

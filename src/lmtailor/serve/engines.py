@@ -29,6 +29,10 @@ def engine_class(served: ServedModel, batching: str = DEFAULT_BATCHING) -> type[
     return ENGINES[batching]
 
 
-def make_engine(served: ServedModel, max_batch: int, batching: str = DEFAULT_BATCHING) -> Engine:
-    """The engine decoding ``served`` in batches of up to ``max_batch`` requests."""
-    return engine_class(served, batching)(served.model, served.tokenizer, pad_token_id(served.tokenizer), max_batch)
+def make_engine(served: ServedModel, max_batch: int, batching: str = DEFAULT_BATCHING,
+                prefix_cache: bool = True) -> Engine:
+    """The engine decoding ``served`` in batches of up to ``max_batch`` requests (a continuous one reusing the
+    shared prompt prefix's keys and values unless ``prefix_cache`` is off)."""
+    cls = engine_class(served, batching)
+    options = {"reuse_prefix": prefix_cache} if cls is ContinuousEngine else {}
+    return cls(served.model, served.tokenizer, pad_token_id(served.tokenizer), max_batch, **options)

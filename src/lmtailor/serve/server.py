@@ -7,7 +7,7 @@ import threading
 import time
 
 from lmtailor.errors import UserError
-from lmtailor.serve.protocol import DEFAULT_READ_TIMEOUT_S
+from lmtailor.serve.settings import DEFAULT_READ_TIMEOUT_S
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -72,7 +72,7 @@ def _config(app, host: str, port: int):
 
     settings = getattr(app.state, "settings", None)
     seconds = getattr(settings, "read_timeout_s", DEFAULT_READ_TIMEOUT_S)
-    # access_log off: the app logs one line per request itself, with latency and tokens (app.RequestLog)
+    # access_log off: the app logs one line per request itself, with latency and tokens (request_log.RequestLog)
     return uvicorn.Config(app, host=host, port=port, access_log=False, log_level="warning", lifespan="on",
                           timeout_graceful_shutdown=10, http=with_header_deadline(AutoHTTPProtocol, seconds))
 
