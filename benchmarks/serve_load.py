@@ -119,7 +119,8 @@ MODES = {"static": ["--batching", "static"], "continuous": ["--batching", "conti
 def load_test(args: argparse.Namespace, batching: str) -> ModeResult:
     """Serve ``args.model`` in mode ``batching`` (``MODES``) and run the clients against it."""
     options = ["--model-name", "load-test", "--max-batch", str(args.max_batch), *MODES[batching]]
-    server = ServerProcess(args.model, options + (["--threads", str(args.threads)] if args.threads else []))
+    options += ["--threads", str(args.threads)] if args.threads else []
+    server = ServerProcess(args.model, options + (["--precision", args.precision] if args.precision else []))
     with server:
         stats = [ClientStats() for _ in range(args.clients)]
         start = time.monotonic()
@@ -158,7 +159,7 @@ def print_table(args: argparse.Namespace, results: list[ModeResult]) -> None:
     columns = [dict(mode_rows(r)) for r in results]
     print(f"model {args.model}, {args.clients} clients × {args.seconds:g} s, "
           f"{'stream' if args.stream else 'non-stream'}, max_tokens {args.max_tokens}, --max-batch {args.max_batch}, "
-          f"--threads {args.threads or 'default'}; "
+          f"--threads {args.threads or 'default'}, --precision {args.precision or 'auto'}; "
           f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
     print("| measure | " + " | ".join(r.batching for r in results) + " |")
     print("| --- |" + " --- |" * len(results))
@@ -182,6 +183,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "continuous-no-prefix-cache: the server's --no-prefix-cache)")
     parser.add_argument("--stream", action="store_true", help="stream every answer (server-sent events)")
     parser.add_argument("--threads", type=int, default=None, help="the server's --threads (default: torch's own)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                        help="the server's --precision (default: what the hardware supports; fp32 is the AVX2 path)")
     parser.add_argument("--host", default=LOOPBACK, help="only 127.0.0.1: this test never leaves the machine")
     args = parser.parse_args(argv)
     args.batching = [m.strip() for m in args.batching.split(",") if m.strip()]

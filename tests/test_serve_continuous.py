@@ -216,3 +216,18 @@ def test_a_shared_prompt_prefix_is_computed_once_and_rows_decode_as_alone(one_to
     for i, row in sorted(rows.items()):
         assert row.state.ids == _alone(model, prompts[i], 12), f"row {i}"
     assert DecodeBatch(_gemma3(), pad_id=0).prefix is None
+
+
+def test_a_cache_that_is_not_plain_keys_and_values_turns_the_prefix_cache_off():
+    """A model whose cache does not hold one key and value per prompt slot (a state-space or compressed layer: here
+    a fake forward storing 2 slots for 9 tokens) prefills every prompt whole, from then on."""
+    from lmtailor.serve.prefix_cache import PrefixCache
+
+    def forward(ids, mask, positions, cache):
+        cache.update(torch.zeros(1, 1, 2, 4), torch.zeros(1, 1, 2, 4), 0)
+        return torch.zeros(1, 8)
+
+    prefix = PrefixCache(forward, "cpu")
+    prompts = [list(range(1, 10)) + [20], list(range(1, 10)) + [30]]
+    assert prefix.length_for(prompts) == 0 and not prefix.usable and prefix.ids == []
+    assert prefix.length_for(prompts) == 0 and prefix.reused_tokens == 0

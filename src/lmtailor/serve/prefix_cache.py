@@ -58,25 +58,33 @@ class PrefixCache:
         self.ids: list[int] = []
         self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.reused_tokens = 0  # prompt tokens not prefilled thanks to the stored prefix
+        self.usable = True  # False once the model's cache turned out not to be plain keys and values per slot
 
     def length_for(self, prompts: Sequence[Sequence[int]]) -> int:
         """The prefix length an admission of ``prompts`` reuses (0: none), storing a new prefix if it must."""
+        if not self.usable:
+            return 0
         if self.ids:
             n = min(shared_length([self.ids + [-1], *prompts]), len(self.ids))
             if n >= MIN_SHARED:
                 self.reused_tokens += n * len(prompts)
                 return n
-        if len(prompts) < 2 or (n := shared_length(prompts)) < MIN_SHARED:
+        if len(prompts) < 2 or (n := shared_length(prompts)) < MIN_SHARED or not self._store(list(prompts[0][:n])):
             return 0
-        self._store(list(prompts[0][:n]))
         self.reused_tokens += n * (len(prompts) - 1)  # computed once now, for these rows and later ones
         return n
 
-    def _store(self, ids: list[int]) -> None:
+    def _store(self, ids: list[int]) -> bool:
+        """Compute and keep the keys and values of ``ids``; False (and never again) if the cache is not plain."""
         cache = unbounded_cache()
         self.forward(torch.tensor([ids], device=self.device), torch.ones(1, len(ids), dtype=torch.long,
                      device=self.device), torch.arange(len(ids), device=self.device)[None], cache)
-        self.ids, self.layers = ids, [(layer.keys, layer.values) for layer in cache.layers]
+        layers = [(getattr(layer, "keys", None), getattr(layer, "values", None)) for layer in cache.layers]
+        if not layers or any(k is None or v is None or k.shape[-2] != len(ids) for k, v in layers):
+            self.usable = False  # a state-space or otherwise compressed cache: prefill prompts whole
+            return False
+        self.ids, self.layers = ids, layers
+        return True
 
     def cache_for(self, length: int, rows: int):
         """A cache holding the first ``length`` tokens of the stored prefix for each of ``rows`` rows."""
