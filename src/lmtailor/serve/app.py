@@ -168,7 +168,9 @@ async def _collect(job: Job, reply: Reply, info: dict[str, Any], http: Request) 
                 return Response(status_code=CLIENT_CLOSED)
         if event is None:
             continue
-        if event[0] == "done":  # the job is ``whole``: its text is in ``job.parts``, complete once "done" is sent
+        if event[0] == "delta":  # not sent for a ``whole`` job (its text is kept in ``job.parts``), but kept if sent
+            job.parts.append(event[1])
+        elif event[0] == "done":  # ``job.parts`` is complete once "done" is sent
             info["completion_tokens"] = event[2]
             return JSONResponse(reply.complete("".join(job.parts), event[1], len(job.prompt), event[2]))
         else:
