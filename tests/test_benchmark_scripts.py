@@ -77,3 +77,12 @@ def test_serve_load_prints_each_mode_side_by_side():
     reused = [v.strip(" |") for v in rows["prompt tokens reused (prefix cache)"]]
     assert reused[:2] == ["-", "0"] and int(reused[2]) > 0
     assert "continuous / static" in out
+
+
+def test_train_step_anatomy_prints_every_variant(tiny_llama_dir):
+    out = _run("train_step_anatomy.py", "--model", "tiny-llama", "--precision", "fp32", "--batches", "2",
+               "--repeats", "1")
+    for row in ("| forward |", "| forward + backward | ", "| forward + backward, LoRA dropout 0 |",
+                "| forward + backward, PEFT's fp32 casts |"):
+        assert row in out, row
+    assert "| forward + backward | " in out and "| 1.00 |" in out and "commit" in out
